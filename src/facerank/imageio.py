@@ -1,0 +1,99 @@
+"""Load and validate images: format sniffing, EXIF orientation, colour modes, size limits."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facerank.errors import ImageError
+
+MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompression bombs)
+MIN_SIDE = 32  # smaller images cannot hold a detectable face
+ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"}
+
+
+def _describe(source: str | Path | bytes, name: str | None) -> str:
+    if name:
+        return name
+    return "<uploaded bytes>" if isinstance(source, bytes) else str(source)
+
+
+def load_image(
+    source: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Read an image as uint8 RGB (H, W, 3), upright (EXIF orientation applied).
+
+    Grayscale, palette, CMYK and alpha images are converted to RGB (alpha composited on white).
+    Raises `ImageError` naming the file for empty, non-image, truncated, tiny or huge input.
+    """
+    label = _describe(source, name)
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{label}: file not found")
+        if not path.is_file():
+            raise ImageError(f"{label}: not a regular file")
+        data = path.read_bytes()
+    if not data:
+        raise ImageError(f"{label}: file is empty (0 bytes); pass a JPEG or PNG photo")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "?"
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageError(f"{label}: unsupported image format {fmt}; use JPEG or PNG")
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(
+                    f"{label}: image is {w}x{h} = {w * h:,} pixels, over the limit of "
+                    f"{max_pixels:,}; downscale it first"
+                )
+            if min(w, h) < MIN_SIDE:
+                raise ImageError(
+                    f"{label}: image is only {w}x{h} pixels; a face needs at least "
+                    f"{MIN_SIDE}x{MIN_SIDE}"
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image (unrecognised format); pass a JPEG or PNG "
+                         "photo") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{label}: image dimensions are implausibly large (decompression "
+                         "bomb); refusing to decode") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{label}: image data is corrupt or truncated ({e}); re-export or "
+                         "re-download the file") from None
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 RGB (H, W, 3)."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode == "I;16" or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = (255 * (arr - arr.min()) / max(np.ptp(arr), 1)).astype(np.uint8)
+        img = Image.fromarray(arr)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def save_image(path: str | Path, image: np.ndarray) -> None:
+    """Write a uint8 RGB array atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    Image.fromarray(image).save(tmp, format=fmt)
+    tmp.replace(path)

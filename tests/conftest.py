@@ -1,0 +1,49 @@
+"""Shared fixtures: real LFW data (skipped when absent) and bundled dlib models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facerank.errors import DataError
+
+
+@pytest.fixture(scope="session")
+def lfw_root() -> Path:
+    from facerank.paths import lfw_root as find
+
+    try:
+        return find()
+    except DataError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def lfw_images(lfw_root: Path) -> list[Path]:
+    """All 13,233 LFW images, sorted."""
+    return sorted((lfw_root / "images").glob("*/*.jpg"))
+
+
+def sample_every(items: list, n: int) -> list:
+    """n items spread evenly over a sorted list (deterministic)."""
+    step = max(1, len(items) // n)
+    return items[::step][:n]
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    from facerank.models.dlib_resnet import DlibResNet
+
+    return DlibResNet.from_dat()
+
+
+@pytest.fixture(scope="session")
+def extractor(backbone, tmp_path_factory):
+    """HOG, face nearest the centre, central-box fallback; a private cache per test session."""
+    from facerank.detect import FaceDetector
+    from facerank.features import FeatureExtractor
+
+    det = FaceDetector(policy="center", fallback="center")
+    return FeatureExtractor(backbone=backbone, detector=det,
+                            cache=tmp_path_factory.mktemp("cache"))

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval, verification and open-set metrics and the protocols built on them."""

@@ -67,9 +67,9 @@ def load_image(
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image (unrecognised format); pass a JPEG or PNG "
                          "photo") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{label}: image dimensions are implausibly large (decompression "
-                         "bomb); refusing to decode") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{label}: refusing to decode, the header claims too many pixels "
+                         f"({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{label}: image data is corrupt or truncated ({e}); re-export or "
                          "re-download the file") from None

@@ -1,0 +1,158 @@
+"""The `facerank` command line. Every expected failure prints one line and exits with code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from facerank.errors import FacerankError, InputError
+
+app = typer.Typer(
+    name="facerank",
+    help="Face identification beyond one cosine score: search, re-rank, explain.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+DLIB_THRESHOLD = 0.6  # dlib's same-person rule: Euclidean distance of descriptors < 0.6
+
+Detector = Annotated[str, typer.Option("--detector", help="hog (fast) or mmod (CNN).")]
+Faces = Annotated[str, typer.Option("--faces", help="Several faces: largest, center or strict.")]
+NoFace = Annotated[str, typer.Option(
+    "--no-face", help="No face found: none (error), whole (image is a face crop), center.")]
+Model = Annotated[Path | None, typer.Option(
+    "--model", help="dlib ResNet .dat file (default: the bundled one).")]
+
+
+def expand_images(paths: list[Path]) -> list[Path]:
+    """Files as given; folders expanded recursively to their image files (sorted)."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return files
+
+
+def make_extractor(detector: str = "hog", faces: str = "largest", no_face: str = "none",
+                   model: Path | None = None, cache: bool = True):  # noqa: ANN201
+    """A FeatureExtractor from CLI options (imports torch lazily, so --help stays fast)."""
+    from facerank.detect import FaceDetector
+    from facerank.features import FeatureExtractor
+    from facerank.models.dlib_resnet import DlibResNet
+
+    det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
+    return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache)
+
+
+@app.command()
+def extract(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output .npz file.")] = Path("feats.npz"),
+    detector: Detector = "hog",
+    faces: Faces = "largest",
+    no_face: NoFace = "none",
+    model: Model = None,
+    strict: Annotated[bool, typer.Option(help="Exit 2 if any file fails.")] = False,
+) -> None:
+    """Extract face features (embedding, patch grids, landmarks) into one .npz file."""
+    files = expand_images(paths)
+    if not files:
+        raise InputError(f"no image files found in {', '.join(map(str, paths))}")
+    fx = make_extractor(detector, faces, no_face, model)
+    fs = fx.extract_paths(files, progress=True)
+    for _path, msg in fs.failures:
+        err.print(f"skipped: {msg}", markup=False, highlight=False)
+    if len(fs) == 0:
+        raise FacerankError(f"no face could be extracted from {len(files)} file(s); see above")
+    if strict and fs.failures:
+        raise FacerankError(f"{len(fs.failures)} of {len(files)} file(s) failed (--strict)")
+    fs.save(out_path)
+    out.print(f"wrote {len(fs)} face(s) to {out_path} ({len(fs.failures)} skipped)")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="First image.")],
+    b: Annotated[Path, typer.Argument(help="Second image.")],
+    detector: Detector = "hog",
+    faces: Faces = "largest",
+    no_face: NoFace = "none",
+    model: Model = None,
+) -> None:
+    """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule."""
+    import numpy as np
+
+    fx = make_extractor(detector, faces, no_face, model)
+    fa, fb = fx.extract_file(a), fx.extract_file(b)
+    cosine = float(fa.embedding @ fb.embedding)
+    dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
+    table = Table(show_header=True)
+    for col in ("image A", "image B", "cosine", "dlib distance", "verdict (< 0.6)"):
+        table.add_column(col)
+    verdict = "same person" if dist < DLIB_THRESHOLD else "different people"
+    table.add_row(str(a), str(b), f"{cosine:.4f}", f"{dist:.4f}", verdict)
+    out.print(table)
+
+
+@app.command()
+def demo(
+    identities: Annotated[int, typer.Option(help="LFW identities to use.")] = 6,
+) -> None:
+    """End-to-end demo on the bundled LFW data."""
+    from facerank.demo import run_demo
+
+    run_demo(identities=identities, console=out)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (added as they exist)."""
+    import importlib
+
+    for module in ("facerank.eval.cli", "facerank.explain.cli", "facerank.gallery_cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_optional_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turn facerank errors into one line and exit code 2."""
+    import click
+
+    try:
+        rv = app(args=argv, prog_name="facerank", standalone_mode=False)
+    except FacerankError as e:
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

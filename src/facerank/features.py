@@ -1,0 +1,339 @@
+"""Face features: image -> detect -> align -> backbone -> FaceFeatures, batched and cached.
+
+The cache keeps one small `.npz` per image under
+`<cache>/features/<config digest>/<hash[:2]>/<sha1 of file bytes>.npz`, where the digest covers
+the backbone id, the detector configuration, the grids kept and `FEATURES_VERSION`; changing
+any of them starts a fresh cache instead of serving stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facerank import __version__
+from facerank.align import chip_transform, extract_chip, landmarks_to_chip
+from facerank.detect import Detection, FaceDetector
+from facerank.errors import FacerankError, InputError
+from facerank.imageio import load_image
+from facerank.models.dlib_resnet import DlibResNet
+from facerank.paths import cache_root
+from facerank.progress import progress_bar
+
+FEATURES_VERSION = 1
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+DEFAULT_GRIDS = ("l2", "l1")
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """x / ||x|| along `axis` (zero vectors stay zero)."""
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+@dataclass
+class FaceFeatures:
+    """Everything facerank keeps about one face."""
+
+    embedding: np.ndarray  # (D,) L2-normalised
+    descriptor: np.ndarray  # (D,) raw backbone output (dlib distance uses this)
+    grids: dict[str, np.ndarray]  # name -> (C, H, W)
+    landmarks5: np.ndarray  # (5, 2) image coordinates
+    landmarks68: np.ndarray  # (68, 2) image coordinates (NaN when not computed)
+    chip_landmarks68: np.ndarray  # (68, 2) chip coordinates (NaN when not computed)
+    box: np.ndarray  # (4,) x0, y0, x1, y1
+    det_score: float
+    det_source: str
+    path: str = ""
+
+
+@dataclass
+class FeatureSet:
+    """Features of many images, stacked; `failures` lists (path, message) of skipped files."""
+
+    paths: list[str]
+    descriptors: np.ndarray  # (N, D)
+    grids: dict[str, np.ndarray]  # name -> (N, C, H, W), float16
+    landmarks5: np.ndarray  # (N, 5, 2)
+    landmarks68: np.ndarray  # (N, 68, 2)
+    chip_landmarks68: np.ndarray  # (N, 68, 2)
+    boxes: np.ndarray  # (N, 4)
+    det_scores: np.ndarray  # (N,)
+    det_sources: list[str]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """(N, D) L2-normalised descriptors."""
+        return l2_normalize(self.descriptors.astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> FaceFeatures:
+        return FaceFeatures(
+            embedding=l2_normalize(self.descriptors[i].astype(np.float32)),
+            descriptor=self.descriptors[i],
+            grids={k: v[i].astype(np.float32) for k, v in self.grids.items()},
+            landmarks5=self.landmarks5[i],
+            landmarks68=self.landmarks68[i],
+            chip_landmarks68=self.chip_landmarks68[i],
+            box=self.boxes[i],
+            det_score=float(self.det_scores[i]),
+            det_source=self.det_sources[i],
+            path=self.paths[i],
+        )
+
+    @classmethod
+    def stack(cls, items: Sequence[FaceFeatures], failures: list[tuple[str, str]] | None = None,
+              grid_names: Sequence[str] = ()) -> FeatureSet:
+        """Stack single-face features (all with the same grids)."""
+        names = list(items[0].grids) if items else list(grid_names)
+        dim = items[0].descriptor.shape[0] if items else 128
+        return cls(
+            paths=[f.path for f in items],
+            descriptors=np.stack([f.descriptor for f in items]).astype(np.float32)
+            if items else np.zeros((0, dim), np.float32),
+            grids={n: np.stack([f.grids[n] for f in items]).astype(np.float16) for n in names}
+            if items else {},
+            landmarks5=_stack([f.landmarks5 for f in items], (5, 2)),
+            landmarks68=_stack([f.landmarks68 for f in items], (68, 2)),
+            chip_landmarks68=_stack([f.chip_landmarks68 for f in items], (68, 2)),
+            boxes=_stack([f.box for f in items], (4,)),
+            det_scores=np.array([f.det_score for f in items], dtype=np.float64),
+            det_sources=[f.det_source for f in items],
+            failures=list(failures or []),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write as one `.npz` (atomic)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "paths": np.array(self.paths, dtype=str),
+            "descriptors": self.descriptors,
+            "embeddings": self.embeddings,
+            "landmarks5": self.landmarks5,
+            "landmarks68": self.landmarks68,
+            "chip_landmarks68": self.chip_landmarks68,
+            "boxes": self.boxes,
+            "det_scores": self.det_scores,
+            "det_sources": np.array(self.det_sources, dtype=str),
+            "failures": np.array([json.dumps(f) for f in self.failures], dtype=str),
+        }
+        arrays.update({f"grid_{k}": v for k, v in self.grids.items()})
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        """Read a file written by `save` (no pickle)."""
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: not a facerank feature file ({e})") from None
+        return cls(
+            paths=[str(p) for p in z["paths"]],
+            descriptors=z["descriptors"],
+            grids={k[5:]: z[k] for k in z.files if k.startswith("grid_")},
+            landmarks5=z["landmarks5"],
+            landmarks68=z["landmarks68"],
+            chip_landmarks68=z["chip_landmarks68"],
+            boxes=z["boxes"],
+            det_scores=z["det_scores"],
+            det_sources=[str(s) for s in z["det_sources"]],
+            failures=[tuple(json.loads(f)) for f in z["failures"]],
+        )
+
+
+def _stack(rows: list[np.ndarray | None], shape: tuple[int, ...]) -> np.ndarray:
+    out = np.full((len(rows), *shape), np.nan, dtype=np.float64)
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i] = r
+    return out
+
+
+def file_digest(data: bytes) -> str:
+    """Content hash used as the cache key of an image."""
+    return hashlib.sha1(data).hexdigest()
+
+
+@dataclass
+class Aligned:
+    """A detected and aligned face, before the network."""
+
+    chip: np.ndarray  # (150, 150, 3) uint8
+    detection: Detection
+    chip_landmarks68: np.ndarray  # (68, 2)
+
+
+class FeatureExtractor:
+    """Batched image -> FaceFeatures with an on-disk cache.
+
+    backbone: default the dlib ResNet port; detector: default HOG, largest face, no fallback.
+    grids: which intermediate maps to keep (stored as float16).
+    cache: a folder, or None/False to disable (default: `facerank.paths.cache_root()`).
+    """
+
+    def __init__(
+        self,
+        backbone: DlibResNet | None = None,
+        detector: FaceDetector | None = None,
+        grids: Sequence[str] = DEFAULT_GRIDS,
+        cache: str | Path | bool | None = True,
+        batch_size: int = 64,
+    ) -> None:
+        self.backbone = backbone or DlibResNet.from_dat()
+        self.detector = detector or FaceDetector()
+        self.grid_names = tuple(grids)
+        self.batch_size = batch_size
+        if cache is True:
+            self.cache_dir: Path | None = cache_root() / "features" / self.config_digest
+        elif cache:
+            self.cache_dir = Path(cache) / "features" / self.config_digest
+        else:
+            self.cache_dir = None
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.backbone.model_id}@facerank-features-{FEATURES_VERSION}"
+
+    @property
+    def config_digest(self) -> str:
+        key = json.dumps([self.model_id, __version__, self.detector.config_id,
+                          self.grid_names, "float16"])
+        return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+    # ---- single image --------------------------------------------------------------------
+
+    def align(self, image: np.ndarray, name: str = "<image>") -> Aligned:
+        """Detect the face (policy of the detector) and cut the dlib chip."""
+        det = self.detector.detect(image, name)
+        chip = extract_chip(image, det.landmarks5, CHIP_SIZE, CHIP_PADDING)
+        if det.landmarks68 is not None:
+            transform = chip_transform(det.landmarks5, CHIP_SIZE, CHIP_PADDING)
+            chip_l68 = landmarks_to_chip(det.landmarks68, transform)
+        else:
+            chip_l68 = np.full((68, 2), np.nan)
+        return Aligned(chip=chip, detection=det, chip_landmarks68=chip_l68)
+
+    def embed_chips(self, chips: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """uint8 chips (N, 150, 150, 3) -> descriptors (N, D), grids {name: (N, C, H, W)}."""
+        return self.backbone.embed_chips(chips, self.batch_size, self.grid_names)
+
+    def extract(self, image: np.ndarray, name: str = "<image>") -> FaceFeatures:
+        """Features of the one face in an RGB image; raises NoFaceError etc."""
+        a = self.align(image, name)
+        desc, grids = self.embed_chips(a.chip[None])
+        return self._features(a, desc[0], {k: v[0] for k, v in grids.items()}, name)
+
+    def extract_file(self, path: str | Path) -> FaceFeatures:
+        """`extract` on an image file (cached)."""
+        fs = self.extract_paths([path], progress=False, raise_errors=True)
+        return fs[0]
+
+    @staticmethod
+    def _features(a: Aligned, desc: np.ndarray, grids: dict[str, np.ndarray],
+                  name: str) -> FaceFeatures:
+        d = a.detection
+        l68 = d.landmarks68 if d.landmarks68 is not None else np.full((68, 2), np.nan)
+        return FaceFeatures(
+            embedding=l2_normalize(desc.astype(np.float32)), descriptor=desc.astype(np.float32),
+            grids=grids, landmarks5=d.landmarks5, landmarks68=l68,
+            chip_landmarks68=a.chip_landmarks68, box=d.box, det_score=d.score,
+            det_source=d.source, path=name,
+        )
+
+    # ---- many images ---------------------------------------------------------------------
+
+    def extract_paths(
+        self,
+        paths: Iterable[str | Path],
+        progress: bool = True,
+        raise_errors: bool = False,
+        description: str = "extracting",
+    ) -> FeatureSet:
+        """Features for many files, in order; bad files are skipped and listed in `failures`."""
+        paths = [str(p) for p in paths]
+        results: dict[int, FaceFeatures] = {}
+        failures: list[tuple[str, str]] = []
+        pending: list[tuple[int, str, Aligned]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            desc, grids = self.embed_chips(np.stack([a.chip for _, _, a in pending]))
+            for j, (i, digest, a) in enumerate(pending):
+                f = self._features(a, desc[j], {k: v[j] for k, v in grids.items()}, paths[i])
+                results[i] = f
+                self._cache_put(digest, f)
+            pending.clear()
+
+        with progress_bar(progress, description, len(paths)) as advance:
+            for i, p in enumerate(paths):
+                try:
+                    data = Path(p).read_bytes() if Path(p).is_file() else b""
+                    digest = file_digest(data)
+                    cached = self._cache_get(digest, p) if data else None
+                    if cached is not None:
+                        results[i] = cached
+                    else:
+                        image = load_image(data if data else p, name=p)
+                        pending.append((i, digest, self.align(image, p)))
+                        if len(pending) >= self.batch_size:
+                            flush()
+                except FacerankError as e:
+                    if raise_errors:
+                        raise
+                    failures.append((p, str(e)))
+                advance()
+            flush()
+        items = [results[i] for i in sorted(results)]
+        return FeatureSet.stack(items, failures, self.grid_names)
+
+    # ---- cache ---------------------------------------------------------------------------
+
+    def _cache_path(self, digest: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / digest[:2] / f"{digest}.npz"
+
+    def _cache_get(self, digest: str, name: str) -> FaceFeatures | None:
+        path = self._cache_path(digest)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return FaceFeatures(
+                    embedding=l2_normalize(z["descriptor"]), descriptor=z["descriptor"],
+                    grids={n: z[f"grid_{n}"].astype(np.float32) for n in self.grid_names},
+                    landmarks5=z["landmarks5"], landmarks68=z["landmarks68"],
+                    chip_landmarks68=z["chip_landmarks68"], box=z["box"],
+                    det_score=float(z["det_score"]), det_source=str(z["det_source"]),
+                    path=name,
+                )
+        except (OSError, KeyError, ValueError):
+            return None  # a damaged entry is recomputed and rewritten
+
+    def _cache_put(self, digest: str, f: FaceFeatures) -> None:
+        path = self._cache_path(digest)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{digest}.{os.getpid()}.tmp.npz")
+        np.savez(
+            tmp, descriptor=f.descriptor, landmarks5=f.landmarks5, landmarks68=f.landmarks68,
+            chip_landmarks68=f.chip_landmarks68, box=f.box, det_score=f.det_score,
+            det_source=f.det_source,
+            **{f"grid_{n}": f.grids[n].astype(np.float16) for n in self.grid_names},
+        )
+        tmp.replace(path)

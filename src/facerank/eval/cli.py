@@ -1,0 +1,90 @@
+"""`facerank eval PROTOCOL`: run an LFW protocol and write JSON + markdown reports."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from facerank.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `eval` command to the main app."""
+    app.command(name="eval")(eval_command)
+
+
+def eval_command(
+    protocol: Annotated[str, typer.Argument(
+        help="lfw-1680, lfw-crop, lfw-mask, lfw-sunglasses, lfw-pairs, lfw-openset or all.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval-out"),
+    stage2: Annotated[str, typer.Option(help="Stage-2 method (none, emd).")] = "none",
+    grid: Annotated[str, typer.Option(help="EMD patch grid: l2, l1, l2p4 (l2 pooled 4x4)...")]
+    = "l2",
+    weighting: Annotated[str, typer.Option(help="uniform, apc, cc, sc or lmk.")] = "apc",
+    alpha: Annotated[float, typer.Option(help="Final = alpha*EMD + (1-alpha)*cosine.")] = 0.7,
+    k: Annotated[int, typer.Option(help="Stage-2 re-ranks the top k of Stage 1.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of occlusions and splits.")] = 0,
+    keep_original: Annotated[bool, typer.Option(
+        help="Occluded protocols: keep the query's own original in the gallery (papers' code).")]
+    = False,
+    limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N queries.")] = None,
+) -> None:
+    """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
+    from rich.console import Console
+
+    from facerank.eval import protocols as P
+    from facerank.eval.report import (
+        identification_table,
+        openset_table,
+        verification_table,
+        write_report,
+    )
+    from facerank.rerank.base import make_stage2
+
+    console = Console()
+    names = list(P.PROTOCOLS) if protocol == "all" else [protocol]
+    for n in names:
+        if n not in P.PROTOCOLS:
+            raise InputError(f"unknown protocol {n!r}; choose from {', '.join(P.PROTOCOLS)} "
+                             "or all")
+    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k}
+    reranker = make_stage2(stage2, **options) if stage2 != "none" else None
+    command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    start = time.perf_counter()
+    data = P.EvalData.load()
+    console.print(f"LFW features ready: {len(data.features)} images in {data.seconds:.1f} s")
+    method2 = reranker.describe() if reranker else ""
+    for n in names:
+        t0 = time.perf_counter()
+        if n in P.IDENTIFICATION:
+            res = P.run_identification(data, n, reranker, seed, keep_original, limit)
+            rows = [(n, "Stage 1 (cosine)", res.stage1)]
+            if res.stage2:
+                rows.append((n, method2, res.stage2))
+            md = identification_table(rows)
+            payload = {"settings": res.settings, "stage1": res.stage1, "stage2": res.stage2,
+                       "seconds": res.seconds}
+        elif n == "lfw-pairs":
+            payload = P.run_pairs(data, reranker)
+            rows_v = [("Stage 1 (cosine)", payload["stage1"])]
+            if "stage2" in payload:
+                rows_v.append((method2, payload["stage2"]))
+            md = verification_table(rows_v)
+        else:
+            payload = P.run_openset(data, reranker, seed)
+            rows_o = [("Stage 1 (cosine)", payload["stage1"])]
+            if "stage2" in payload:
+                rows_o.append((method2, payload["stage2"]))
+            md = openset_table(rows_o)
+        payload["command"] = command
+        payload["seconds_total"] = time.perf_counter() - t0
+        tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}"
+        json_path, md_path = write_report(out_dir, tag, payload, f"{md}\n\n`{command}`")
+        console.print(md)
+        console.print(f"wrote {json_path} and {md_path}")
+    console.print(f"total {time.perf_counter() - start:.1f} s")

@@ -1,0 +1,269 @@
+"""The papers' LFW protocols (DESIGN.md §4), seeded, each taking any Stage-2 re-ranker.
+
+    lfw-1680        9,164 images of the 1,680 people with >= 2 images; each queries the rest
+    lfw-crop        those 9,164 as 70 % random crops resized back; gallery = 13,233 clean images
+    lfw-mask        ... with a synthetic face mask        (gallery minus the query's own original;
+    lfw-sunglasses  ... with synthetic sunglasses          `keep_original=True`: papers' variant)
+    lfw-pairs       pairs.txt verification, 10 folds
+    lfw-openset     one image per person for a seeded half of the 1,680 enrolled; mated probes =
+                    their other images, non-mated = the other half's images
+
+Features of the clean images come from the extractor's cache; occluded query sets are cached
+per (occlusion, seed, extractor configuration) under `<cache>/protocols/`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facerank.align import extract_chip
+from facerank.errors import DataError, InputError
+from facerank.eval import metrics
+from facerank.eval.lfw import LFW, load_lfw, load_pairs
+from facerank.features import FeatureExtractor, FeatureSet
+from facerank.imageio import load_image
+from facerank.progress import progress_bar
+from facerank.rerank.base import Reranker
+from facerank.search import Ranking, cosine_topk
+
+IDENTIFICATION = ("lfw-1680", "lfw-crop", "lfw-mask", "lfw-sunglasses")
+PROTOCOLS = (*IDENTIFICATION, "lfw-pairs", "lfw-openset")
+OCCLUSION_OF = {"lfw-crop": "crop", "lfw-mask": "mask", "lfw-sunglasses": "sunglasses"}
+
+
+def lfw_extractor(cache: bool | Path = True) -> FeatureExtractor:
+    """The evaluation set-up: HOG, the face nearest the centre, central box if none found."""
+    from facerank.detect import FaceDetector
+
+    return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center"),
+                            cache=cache)
+
+
+@dataclass
+class EvalData:
+    """LFW with features for all images (row i of `features` is `lfw.paths[i]`)."""
+
+    lfw: LFW
+    extractor: FeatureExtractor
+    features: FeatureSet
+    seconds: float = 0.0
+
+    @classmethod
+    def load(cls, extractor: FeatureExtractor | None = None, root: Path | None = None,
+             progress: bool = True) -> EvalData:
+        start = time.perf_counter()
+        lfw = load_lfw(root)
+        fx = extractor or lfw_extractor()
+        feats = fx.extract_paths(lfw.paths, progress=progress, description="LFW features")
+        if feats.failures:
+            path, msg = feats.failures[0]
+            raise DataError(f"{len(feats.failures)} LFW image(s) could not be read; first: {msg}")
+        return cls(lfw, fx, feats, time.perf_counter() - start)
+
+
+def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: int,
+                     progress: bool = True) -> FeatureSet:
+    """Features of occluded chips of `query_index` images (cached per kind/seed/config)."""
+    from facerank.eval.occlusion import occlude
+
+    fx = data.extractor
+    cache = None
+    if fx.cache_dir is not None:
+        digest = np.frombuffer(query_index.astype(np.int64).tobytes(), np.uint8).sum()
+        cache = fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
+            f"{kind}-seed{seed}-n{len(query_index)}-{int(digest)}.npz")
+        if cache.is_file():
+            return FeatureSet.load(cache)
+    feats = data.features
+    rel = [str(p.relative_to(data.lfw.root)) for p in data.lfw.paths]
+    items_desc: list[np.ndarray] = []
+    items_grids: dict[str, list[np.ndarray]] = {g: [] for g in fx.grid_names}
+    chip_l68: list[np.ndarray] = []
+    batch = 256
+    with progress_bar(progress, f"{kind} queries", len(query_index)) as advance:
+        for s in range(0, len(query_index), batch):
+            idx = query_index[s : s + batch]
+            chips = np.stack([extract_chip(load_image(data.lfw.paths[i]), feats.landmarks5[i])
+                              for i in idx])
+            occluded = occlude(kind, chips, feats.chip_landmarks68[idx], seed,
+                               ids=[rel[i] for i in idx])
+            desc, grids = fx.embed_chips(occluded)
+            items_desc.append(desc)
+            for g in fx.grid_names:
+                items_grids[g].append(grids[g].astype(np.float16))
+            chip_l68.append(fx.detector.chip_landmarks68(occluded))
+            advance(len(idx))
+    n = len(query_index)
+    out = FeatureSet(
+        paths=[f"{data.lfw.paths[i]}#{kind}-seed{seed}" for i in query_index],
+        descriptors=np.concatenate(items_desc),
+        grids={g: np.concatenate(v) for g, v in items_grids.items()},
+        landmarks5=feats.landmarks5[query_index], landmarks68=feats.landmarks68[query_index],
+        chip_landmarks68=np.concatenate(chip_l68),
+        boxes=feats.boxes[query_index], det_scores=np.zeros(n), det_sources=[kind] * n,
+    )
+    if cache is not None:
+        out.save(cache)
+    return out
+
+
+# ---- identification ------------------------------------------------------------------------
+
+
+@dataclass
+class IdentificationResult:
+    protocol: str
+    stage1: dict
+    stage2: dict | None
+    ranking: Ranking
+    settings: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def identification(
+    queries: FeatureSet,
+    query_labels: np.ndarray,
+    gallery: FeatureSet,
+    gallery_labels: np.ndarray,
+    exclude: np.ndarray | None,
+    stage2: Reranker | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict | None, Ranking]:
+    """Stage-1 (and Stage-2) retrieval metrics of Q queries against a gallery.
+
+    exclude (Q,): gallery index not to return for each query (its own image), -1 for none.
+    The ranking is long enough (max R) for exact MAP@R; Stage 2 re-orders its first k.
+    """
+    rel = gallery_labels[None, :] == query_labels[:, None]  # (Q, G) bool
+    r = rel.sum(axis=1)
+    if exclude is not None:
+        has = exclude >= 0
+        r = r - (has & (gallery_labels[np.where(has, exclude, 0)] == query_labels))
+    k_eval = int(max(r.max(initial=1), stage2.k if stage2 else 1))
+    t0 = time.perf_counter()
+    ranking = cosine_topk(queries.embeddings, gallery.embeddings, k_eval, exclude)
+    t1 = time.perf_counter()
+    m1 = _retrieval(ranking, query_labels, gallery_labels, r)
+    m1["seconds"] = t1 - t0
+    if stage2 is None:
+        return m1, None, ranking
+    ranking2 = stage2.rerank(queries, gallery, ranking, progress=progress)
+    m2 = _retrieval(ranking2, query_labels, gallery_labels, r)
+    m2["seconds"] = time.perf_counter() - t1
+    return m1, m2, ranking2
+
+
+def _retrieval(ranking: Ranking, q_labels: np.ndarray, g_labels: np.ndarray,
+               r: np.ndarray) -> dict:
+    match = g_labels[ranking.indices] == q_labels[:, None]
+    m = metrics.retrieval_metrics_from_ranked(match, r)
+    return {k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in m.items()}
+
+
+def run_identification(data: EvalData, protocol: str, stage2: Reranker | None = None,
+                       seed: int = 0, keep_original: bool = False, limit: int | None = None,
+                       progress: bool = True) -> IdentificationResult:
+    """One of lfw-1680 / lfw-crop / lfw-mask / lfw-sunglasses."""
+    if protocol not in IDENTIFICATION:
+        raise InputError(f"unknown identification protocol {protocol!r}; choose from "
+                         f"{', '.join(IDENTIFICATION)}")
+    lfw, feats = data.lfw, data.features
+    query_index = lfw.people_with_at_least(2)
+    if limit is not None:
+        rng = np.random.default_rng(seed)
+        query_index = np.sort(rng.choice(query_index, min(limit, len(query_index)),
+                                         replace=False))
+    t0 = time.perf_counter()
+    if protocol == "lfw-1680":
+        gallery_index = lfw.people_with_at_least(2)
+        queries = _subset(feats, query_index)
+        gallery = _subset(feats, gallery_index)
+        position = np.searchsorted(gallery_index, query_index)
+        exclude = position  # leave-one-out
+    else:
+        queries = occluded_queries(data, OCCLUSION_OF[protocol], query_index, seed, progress)
+        gallery_index = np.arange(len(lfw))
+        gallery = feats
+        exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()
+    t1 = time.perf_counter()
+    m1, m2, ranking = identification(queries, lfw.labels[query_index], gallery,
+                                     lfw.labels[gallery_index], exclude, stage2, progress)
+    settings = {"protocol": protocol, "seed": seed, "keep_original": keep_original,
+                "n_queries": len(query_index), "n_gallery": len(gallery_index),
+                "stage2": stage2.describe() if stage2 else "none"}
+    return IdentificationResult(protocol, m1, m2, ranking, settings,
+                                {"queries": t1 - t0, "search": time.perf_counter() - t1})
+
+
+def _subset(fs: FeatureSet, index: np.ndarray) -> FeatureSet:
+    return FeatureSet(
+        paths=[fs.paths[i] for i in index], descriptors=fs.descriptors[index],
+        grids={k: v[index] for k, v in fs.grids.items()}, landmarks5=fs.landmarks5[index],
+        landmarks68=fs.landmarks68[index], chip_landmarks68=fs.chip_landmarks68[index],
+        boxes=fs.boxes[index], det_scores=fs.det_scores[index],
+        det_sources=[fs.det_sources[i] for i in index],
+    )
+
+
+# ---- verification and open set --------------------------------------------------------------
+
+
+def run_pairs(data: EvalData, stage2: Reranker | None = None) -> dict:
+    """pairs.txt: 10-fold accuracy, TAR@FAR 1e-3 / 1e-2 and ROC AUC for Stage 1 (and 2)."""
+    pairs = load_pairs(data.lfw)
+    emb = data.features.embeddings
+    out = {"stage1": _verification(np.einsum("pd,pd->p", emb[pairs.a], emb[pairs.b]), pairs)}
+    if stage2 is not None:
+        scores = stage2.score_pairs(_subset(data.features, pairs.a),
+                                    _subset(data.features, pairs.b))
+        out["stage2"] = _verification(scores, pairs)
+    out["settings"] = {"protocol": "lfw-pairs", "n_pairs": len(pairs.a),
+                       "stage2": stage2.describe() if stage2 else "none"}
+    return out
+
+
+def _verification(scores: np.ndarray, pairs) -> dict:  # noqa: ANN001
+    acc = metrics.verification_accuracy_10fold(scores, pairs.same, pairs.fold)
+    tar = metrics.tar_at_far(scores, pairs.same, [1e-3, 1e-2])
+    return {"accuracy": float(acc["mean"]), "accuracy_std": float(acc["std"]),
+            "tar_at_far_1e-3": float(tar["tar"][0]), "tar_at_far_1e-2": float(tar["tar"][1]),
+            "auc": float(metrics.roc_auc(scores, pairs.same))}
+
+
+def run_openset(data: EvalData, stage2: Reranker | None = None, seed: int = 0,
+                progress: bool = True) -> dict:
+    """Open-set identification: TPIR at FPIR 1 % and 10 %, Stage 1 (and Stage 2)."""
+    lfw = data.lfw
+    multi = lfw.people_with_at_least(2)
+    people = np.unique(lfw.labels[multi])
+    rng = np.random.default_rng(seed)
+    enrolled = rng.permutation(people)[: len(people) // 2]
+    is_enrolled = np.isin(lfw.labels[multi], enrolled)
+    gallery_index = np.array([rng.choice(multi[lfw.labels[multi] == p]) for p in enrolled])
+    mated = np.setdiff1d(multi[is_enrolled], gallery_index)
+    nonmated = multi[~is_enrolled]
+    gallery = _subset(data.features, gallery_index)
+    g_labels = lfw.labels[gallery_index]
+    out: dict = {"settings": {"protocol": "lfw-openset", "seed": seed,
+                              "n_gallery": len(gallery_index), "n_mated": len(mated),
+                              "n_nonmated": len(nonmated),
+                              "stage2": stage2.describe() if stage2 else "none"}}
+    for stage in ("stage1", "stage2") if stage2 else ("stage1",):
+        mats = []
+        for probes in (mated, nonmated):
+            q = _subset(data.features, probes)
+            k = stage2.k if stage2 else 1
+            ranking = cosine_topk(q.embeddings, gallery.embeddings, k)
+            if stage == "stage2":
+                ranking = stage2.rerank(q, gallery, ranking, progress=progress)
+            mat = np.full((len(probes), len(gallery_index)), -np.inf, dtype=np.float64)
+            np.put_along_axis(mat, ranking.indices, ranking.scores.astype(np.float64), axis=1)
+            mats.append(mat)
+        res = metrics.tpir_at_fpir(mats[0], lfw.labels[mated], mats[1], g_labels, [0.01, 0.1])
+        out[stage] = {"tpir_at_fpir_1e-2": float(res["tpir"][0]),
+                      "tpir_at_fpir_1e-1": float(res["tpir"][1]), "rank1": float(res["rank1"])}
+    return out

@@ -43,7 +43,8 @@ def main() -> None:
             rect = rects[0] if rects else dlib.rectangle(70, 70, 180, 180)
             shapes.append(sp(img, rect))
     with Timer() as t_align_a:
-        chips_a = [dlib.get_face_chip(img, s, 150, 0.25) for img, s in zip(images, shapes)]
+        chips_a = [dlib.get_face_chip(img, s, 150, 0.25)
+                   for img, s in zip(images, shapes, strict=True)]
     with Timer() as t_net_a:
         desc_a = np.array([np.asarray(fr.compute_face_descriptor(c)) for c in chips_a])
 
@@ -53,7 +54,8 @@ def main() -> None:
     with Timer() as t_det_b:
         dets = [detector.detect(img) for img in images]
     with Timer() as t_align_b:
-        chips_b = np.stack([extract_chip(img, d.landmarks5) for img, d in zip(images, dets)])
+        chips_b = np.stack([extract_chip(img, d.landmarks5) for img, d in
+                            zip(images, dets, strict=True)])
     with Timer() as t_net_b:
         desc_b, _ = net.embed_chips(chips_b, batch_size=64, grids=("l2", "l1"))
 

@@ -1,0 +1,1 @@
+"""Explanations: flow pictures of Stage-2 matches."""

@@ -256,11 +256,11 @@ def run_openset(data: EvalData, stage2: Reranker | None = None, seed: int = 0,
         mats = []
         for probes in (mated, nonmated):
             q = _subset(data.features, probes)
-            k = stage2.k if stage2 else 1
-            ranking = cosine_topk(q.embeddings, gallery.embeddings, k)
+            # full ranking: Stage 2 re-scores its top k, the rest keep their cosine
+            ranking = cosine_topk(q.embeddings, gallery.embeddings, len(gallery_index))
             if stage == "stage2":
                 ranking = stage2.rerank(q, gallery, ranking, progress=progress)
-            mat = np.full((len(probes), len(gallery_index)), -np.inf, dtype=np.float64)
+            mat = np.empty((len(probes), len(gallery_index)), dtype=np.float64)
             np.put_along_axis(mat, ranking.indices, ranking.scores.astype(np.float64), axis=1)
             mats.append(mat)
         res = metrics.tpir_at_fpir(mats[0], lfw.labels[mated], mats[1], g_labels, [0.01, 0.1])

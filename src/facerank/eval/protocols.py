@@ -164,10 +164,25 @@ def _retrieval(ranking: Ranking, q_labels: np.ndarray, g_labels: np.ndarray,
     return {k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in m.items()}
 
 
-def run_identification(data: EvalData, protocol: str, stage2: Reranker | None = None,
-                       seed: int = 0, keep_original: bool = False, limit: int | None = None,
-                       progress: bool = True) -> IdentificationResult:
-    """One of lfw-1680 / lfw-crop / lfw-mask / lfw-sunglasses."""
+@dataclass
+class IdentificationSetup:
+    """Queries, gallery and labels of one identification protocol."""
+
+    protocol: str
+    queries: FeatureSet
+    query_labels: np.ndarray  # (Q,)
+    gallery: FeatureSet
+    gallery_labels: np.ndarray  # (G,)
+    exclude: np.ndarray  # (Q,) gallery index hidden from each query, -1 for none
+    query_index: np.ndarray  # (Q,) LFW image index of each query
+    settings: dict
+    seconds: float
+
+
+def setup_identification(data: EvalData, protocol: str, seed: int = 0,
+                         keep_original: bool = False, limit: int | None = None,
+                         progress: bool = True) -> IdentificationSetup:
+    """Build the queries/gallery of lfw-1680 / lfw-crop / lfw-mask / lfw-sunglasses."""
     if protocol not in IDENTIFICATION:
         raise InputError(f"unknown identification protocol {protocol!r}; choose from "
                          f"{', '.join(IDENTIFICATION)}")
@@ -182,21 +197,30 @@ def run_identification(data: EvalData, protocol: str, stage2: Reranker | None = 
         gallery_index = lfw.people_with_at_least(2)
         queries = _subset(feats, query_index)
         gallery = _subset(feats, gallery_index)
-        position = np.searchsorted(gallery_index, query_index)
-        exclude = position  # leave-one-out
+        exclude = np.searchsorted(gallery_index, query_index)  # leave-one-out
     else:
         queries = occluded_queries(data, OCCLUSION_OF[protocol], query_index, seed, progress)
         gallery_index = np.arange(len(lfw))
         gallery = feats
         exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()
-    t1 = time.perf_counter()
-    m1, m2, ranking = identification(queries, lfw.labels[query_index], gallery,
-                                     lfw.labels[gallery_index], exclude, stage2, progress)
     settings = {"protocol": protocol, "seed": seed, "keep_original": keep_original,
-                "n_queries": len(query_index), "n_gallery": len(gallery_index),
-                "stage2": stage2.describe() if stage2 else "none"}
+                "n_queries": len(query_index), "n_gallery": len(gallery_index)}
+    return IdentificationSetup(protocol, queries, lfw.labels[query_index], gallery,
+                               lfw.labels[gallery_index], exclude, query_index, settings,
+                               time.perf_counter() - t0)
+
+
+def run_identification(data: EvalData, protocol: str, stage2: Reranker | None = None,
+                       seed: int = 0, keep_original: bool = False, limit: int | None = None,
+                       progress: bool = True) -> IdentificationResult:
+    """One of lfw-1680 / lfw-crop / lfw-mask / lfw-sunglasses, Stage 1 and optional Stage 2."""
+    st = setup_identification(data, protocol, seed, keep_original, limit, progress)
+    t1 = time.perf_counter()
+    m1, m2, ranking = identification(st.queries, st.query_labels, st.gallery,
+                                     st.gallery_labels, st.exclude, stage2, progress)
+    settings = {**st.settings, "stage2": stage2.describe() if stage2 else "none"}
     return IdentificationResult(protocol, m1, m2, ranking, settings,
-                                {"queries": t1 - t0, "search": time.perf_counter() - t1})
+                                {"queries": st.seconds, "search": time.perf_counter() - t1})
 
 
 def _subset(fs: FeatureSet, index: np.ndarray) -> FeatureSet:

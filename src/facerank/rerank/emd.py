@@ -1,0 +1,414 @@
+"""Stage-2 core: patch-wise EMD similarity of face pairs by batched entropic OT (Sinkhorn).
+
+DeepFace-EMD (seeds/001, ch. 3; DESIGN.md §5): the cost between the N query patches and the M
+candidate patches is C_ij = 1 - cos(q_i, c_j); the marginals are the patch weightings
+normalised to sum 1; the plan T minimises <T, C> - eps * H(T) under those marginals; and the
+EMD similarity is sum(T * (1 - C)) = sum(T * cos).
+
+How it is fast (DESIGN.md §5 "speed facts"): pairs are solved in chunks of `chunk_size` so a
+chunk's kernels stay in cache across all its iterations; the iterations run in the exp domain
+on row-shifted kernels K_ij = exp(-(C_ij - min_j C_ij) / eps), which gives the very iterates
+of log-domain Sinkhorn (rows can be rescaled freely) without any exp/log per iteration; each
+half-step is one batched row-vector x matrix product; the marginal error is only looked at
+every `check_every` iterations (one host sync), reusing the product the next step needs; and
+pairs that have converged leave the chunk. When eps is too small for float32 exp (a row's
+cost spread / eps > 50, e.g. eps = 1e-3) the chunk runs in the log domain instead (slower,
+but it never overflows).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facerank.errors import InputError
+
+DEFAULT_CHUNK = 128  # pairs per chunk: 128 x 64 x 64 float32 kernels = 2 MiB, cache-resident
+_EXP_RANGE = 50.0  # largest (row cost spread) / eps solved in the exp domain (e^-50 ~ 2e-22)
+_COMPACT_AT = 0.25  # drop converged pairs once at least this share of the chunk has converged
+
+
+Array = np.ndarray | torch.Tensor  # the solver loop runs on either (numpy on the CPU)
+
+
+class SinkhornResult(NamedTuple):
+    """Plan of every pair and the most iterations any chunk ran."""
+
+    transport: torch.Tensor  # (B, N, M), rows sum to a, columns to b
+    n_iter: int
+
+
+# ---------------------------------------------------------------------------------------------
+# grids and costs
+
+
+def grid_to_patches(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) feature grid -> (B, H*W, C) patch vectors, row-major over the grid."""
+    if grid.dim() != 4:
+        raise InputError(f"a feature grid must be (B, C, H, W), got shape {tuple(grid.shape)}")
+    return grid.flatten(2).transpose(1, 2)
+
+
+def pool_grid(grid: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size) by adaptive average pooling (e.g. 8x8 -> 4x4)."""
+    if grid.dim() != 4:
+        raise InputError(f"a feature grid must be (B, C, H, W), got shape {tuple(grid.shape)}")
+    if size < 1:
+        raise InputError(f"pooled grid size must be >= 1, got {size}")
+    return F.adaptive_avg_pool2d(_as_float(grid), size)
+
+
+def cost_matrix(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """q (B, N, C), c (B, M, C) -> (B, N, M) cost 1 - cos(q_i, c_j); zero vectors give cos 0."""
+    _check_patches(q, c)
+    return 1.0 - _cosine(_unit(q), _unit(c))
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.is_floating_point() else x.float()
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """(..., C) -> unit vectors (eps-safe: a zero vector stays zero)."""
+    return F.normalize(_as_float(x), dim=-1, eps=1e-12)
+
+
+def _cosine(qn: torch.Tensor, cn: torch.Tensor) -> torch.Tensor:
+    """Unit patches (b, N, C), (b, M, C) -> (b, N, M) cosines."""
+    return torch.bmm(qn, cn.transpose(1, 2))
+
+
+def _inv_norm(x: torch.Tensor) -> torch.Tensor:
+    """(..., C) -> (...) 1 / |x| (a zero vector gets 1e12: its cosines stay 0)."""
+    return torch.linalg.vector_norm(x, dim=-1).clamp_min_(1e-12).reciprocal_()
+
+
+def _chunk_cosine(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Raw patches (n, N, C), (n, M, C) -> (n, N, M) cosines, normalising after the product."""
+    cos = torch.bmm(q, c.transpose(1, 2))
+    return cos.mul_(_inv_norm(q).unsqueeze(2)).mul_(_inv_norm(c).unsqueeze(1))
+
+
+def _check_patches(q: torch.Tensor, c: torch.Tensor) -> None:
+    if q.dim() != 3 or c.dim() != 3:
+        raise InputError(f"patches must be (B, N, C) and (B, M, C), got shapes "
+                         f"{tuple(q.shape)} and {tuple(c.shape)}")
+    if q.shape[0] != c.shape[0]:
+        raise InputError(f"query and candidate patches hold different numbers of pairs: "
+                         f"{q.shape[0]} vs {c.shape[0]} (shapes {tuple(q.shape)}, "
+                         f"{tuple(c.shape)})")
+    if q.shape[2] != c.shape[2]:
+        raise InputError(f"query patches have {q.shape[2]} channels but candidate patches have "
+                         f"{c.shape[2]}; both must come from the same layer")
+
+
+def _marginal(w: torch.Tensor | None, b: int, n: int, like: torch.Tensor,
+              name: str) -> torch.Tensor:
+    """Weights (b, n) or None -> non-negative rows summing to 1 (None -> uniform)."""
+    if w is None:
+        return torch.full((b, n), 1.0 / max(n, 1), dtype=like.dtype, device=like.device)
+    if tuple(w.shape) != (b, n):
+        raise InputError(f"{name} weights have shape {tuple(w.shape)}, expected ({b}, {n}): "
+                         f"one weight per patch of each pair")
+    w = w.to(dtype=like.dtype, device=like.device)
+    total = w.sum(dim=1, keepdim=True)  # (b, 1)
+    bad = (w < 0).any(dim=1) | ~(total[:, 0] > 0) | ~torch.isfinite(total[:, 0])
+    if b and bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise InputError(f"{name} weights of pair {i} are negative, NaN or all zero; give "
+                         f"non-negative weights with a positive sum (or None for uniform)")
+    return w / total
+
+
+def _check_solver_args(eps: float, max_iter: int, check_every: int, chunk_size: int) -> None:
+    if not eps > 0:
+        raise InputError(f"Sinkhorn eps must be > 0, got {eps}")
+    if max_iter < 1 or check_every < 1 or chunk_size < 1:
+        raise InputError(f"max_iter, check_every and chunk_size must be >= 1, got "
+                         f"{max_iter}, {check_every}, {chunk_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinkhorn on one chunk
+
+
+def _kernel(gain: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """gain (n, N, M) = -cost -> exp((gain - row max) / eps), each row's max 1 (new tensor).
+
+    None when some row spans more than _EXP_RANGE * eps: float32 exp would underflow.
+    """
+    kern = torch.sub(gain, gain.amax(dim=2, keepdim=True))  # (n, N, M), <= 0
+    if float(kern.amin()) < -_EXP_RANGE * eps:  # host sync, once per chunk
+        return None
+    return kern.mul_(1.0 / eps).exp_()
+
+
+def _iterate(kern: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor,
+             max_iter: int, tol: float, check_every: int) -> int:
+    """Exp-domain Sinkhorn on kern (n, N, M), marginals a (n, N), b (n, M) -> plan in out.
+
+    Returns the iterations run, or -1 if float range was exceeded (plan then unusable).
+    On the CPU the loop runs numpy's matmul / divide on the same memory: single-threaded,
+    about twice less per-call overhead than torch, and no thread barriers to stall on a
+    busy machine.
+    """
+    if kern.device.type == "cpu":
+        return _iterate_xp(np, kern.numpy(), a.numpy(), b.numpy(), out.numpy(), max_iter,
+                           tol, check_every)
+    return _iterate_xp(torch, kern, a, b, out, max_iter, tol, check_every)
+
+
+def _iterate_xp(xp: ModuleType, kern: Array, a: Array, b: Array, out: Array, max_iter: int,
+                tol: float, check_every: int) -> int:
+    """The loop of `_iterate` for xp = numpy (ndarrays) or torch (tensors)."""
+    n, n_rows, n_cols = kern.shape
+    arow, brow = a.reshape(n, 1, n_rows), b.reshape(n, 1, n_cols)
+    vrow = xp.ones_like(brow)  # (n, 1, M) column scaling
+    urow = xp.empty_like(arow)  # (n, 1, N) row scaling
+    kv = xp.matmul(vrow, kern.swapaxes(1, 2))  # (n, 1, N) = (K v)^T
+    ktu = xp.empty_like(brow)  # (n, 1, M) = (K^T u)^T
+    pos = None  # positions in `out` of the pairs still running (None: all, in order)
+    it = 0
+    while True:
+        xp.divide(arow, kv, out=urow)
+        xp.matmul(urow, kern, out=ktu)
+        xp.divide(brow, ktu, out=vrow)
+        xp.matmul(vrow, kern.swapaxes(1, 2), out=kv)  # also the next row update's product
+        it += 1
+        if it % check_every and it < max_iter:
+            continue
+        err = xp.abs(urow * kv - arow).sum(axis=(1, 2))  # (n,) L1 row error of diag(u) K diag(v)
+        if it >= max_iter:
+            if not bool(xp.isfinite(err).all()):
+                return -1
+            _write_plan(out, pos, urow, kern, vrow)
+            return it
+        done = err <= tol  # NaN never counts as done
+        n_done = int(done.sum())  # the one host sync per check
+        if n_done == len(done):
+            _write_plan(out, pos, urow, kern, vrow)
+            return it
+        if n_done >= _COMPACT_AT * len(done):  # drop converged pairs from the chunk
+            if pos is None:
+                pos = np.arange(n) if xp is np else torch.arange(n, device=kern.device)
+            _write_plan(out, pos[done], urow[done], kern[done], vrow[done])
+            keep = ~done
+            pos, kern, arow, brow, urow, vrow, kv = (
+                t[keep] for t in (pos, kern, arow, brow, urow, vrow, kv))
+            ktu = xp.empty_like(brow)
+
+
+def _write_plan(out: Array, pos: Array | None, urow: Array, kern: Array, vrow: Array) -> None:
+    """out[pos] = diag(u) K diag(v) for (n, 1, N), (n, N, M), (n, 1, M) arrays or tensors."""
+    if pos is None:
+        out[...] = kern
+        out *= urow.swapaxes(1, 2)
+        out *= vrow
+    else:
+        out[pos] = kern * urow.swapaxes(1, 2) * vrow
+
+
+def _solve_log(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor,
+               eps: float, max_iter: int, tol: float, check_every: int) -> int:
+    """Log-domain Sinkhorn (as POT's `sinkhorn_log`): robust for any eps, slower."""
+    logk = cost * (-1.0 / eps)  # (n, N, M)
+    loga, logb = a.log(), b.log()  # -inf for zero weights: those rows / columns carry nothing
+    g = torch.zeros_like(b)  # (n, M)
+    it = 0
+    while it < max_iter:
+        f = loga - torch.logsumexp(logk + g.unsqueeze(1), dim=2)  # (n, N)
+        g = logb - torch.logsumexp(logk + f.unsqueeze(2), dim=1)  # (n, M)
+        it += 1
+        if it % check_every == 0 and it < max_iter:
+            rows = torch.logsumexp(logk + g.unsqueeze(1), dim=2) + f  # (n, N) log row sums
+            if bool(((rows.exp() - a).abs().sum(dim=1) <= tol).all()):
+                break
+    torch.exp(logk + f.unsqueeze(2) + g.unsqueeze(1), out=out)
+    return it
+
+
+def _solve_chunks(n_pairs: int, chunk_size: int, gain_of: Callable[[int, int], torch.Tensor],
+                  a: torch.Tensor, b: torch.Tensor, plan_of: Callable[[int, int], torch.Tensor],
+                  done: Callable[[int, int, torch.Tensor, torch.Tensor], None], eps: float,
+                  max_iter: int, tol: float, check_every: int) -> int:
+    """Solve pairs [0, n_pairs) in chunks; returns the most iterations any chunk ran.
+
+    gain_of(s, e) -> (n, N, M) gain (= -cost up to a per-row constant); plan_of(s, e) -> where
+    the chunk's plan goes; done(s, e, gain, plan) consumes it. On the CPU, up to
+    torch.get_num_threads() chunks iterate at once in threads (numpy releases the GIL).
+    """
+    _check_solver_args(eps, max_iter, check_every, chunk_size)
+    ranges = [(s, min(s + chunk_size, n_pairs)) for s in range(0, n_pairs, chunk_size)]
+    workers = max(1, torch.get_num_threads()) if a.device.type == "cpu" else 1
+    n_iter = 0
+    for g in range(0, len(ranges), workers):
+        group = ranges[g:g + workers]
+        gains = [gain_of(s, e) for s, e in group]  # torch, intra-op threads
+        plans = [plan_of(s, e) for s, e in group]
+        jobs = [(_kernel(x, eps), a[s:e], b[s:e], p) for x, (s, e), p in zip(gains, group, plans,
+                                                                            strict=True)]
+
+        def run(job: tuple) -> int:
+            kern, aa, bb, plan = job
+            return -1 if kern is None else _iterate(kern, aa, bb, plan, max_iter, tol, check_every)
+
+        iters = list(_pool(workers).map(run, jobs)) if len(jobs) > 1 else [run(jobs[0])]
+        for (s, e), gain, plan, it in zip(group, gains, plans, iters, strict=True):
+            if it < 0:  # eps too small for the exp domain (or it overflowed): log domain
+                it = _solve_log(-gain, a[s:e], b[s:e], plan, eps, max_iter, tol, check_every)
+            done(s, e, gain, plan)
+            n_iter = max(n_iter, it)
+    return n_iter
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool kept for the process (threads idle between calls)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="facerank-emd")
+
+
+# ---------------------------------------------------------------------------------------------
+# public solvers
+
+
+@torch.no_grad()
+def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float = 0.05,
+             max_iter: int = 100, tol: float = 1e-6, check_every: int = 10,
+             chunk_size: int = DEFAULT_CHUNK) -> SinkhornResult:
+    """Entropic OT plans of B problems: cost (B, N, M), weights a (B, N), b (B, M).
+
+    Weights are normalised here. A pair stops once the L1 error of its row marginals is
+    <= tol (checked every `check_every` iterations) or after `max_iter` iterations.
+    """
+    _check_solver_args(eps, max_iter, check_every, chunk_size)
+    if cost.dim() != 3:
+        raise InputError(f"cost must be (B, N, M), got shape {tuple(cost.shape)}")
+    cost = _as_float(cost.detach())
+    n_pairs, n, m = cost.shape
+    a = _marginal(a, n_pairs, n, cost, "source (a)")
+    b = _marginal(b, n_pairs, m, cost, "target (b)")
+    out = torch.empty_like(cost)  # (B, N, M)
+    n_iter = _solve_chunks(n_pairs, chunk_size, lambda s, e: torch.neg(cost[s:e]), a, b,
+                           lambda s, e: out[s:e], lambda *_: None, eps, max_iter, tol,
+                           check_every)
+    return SinkhornResult(out, n_iter)
+
+
+def _emd_chunked(cosine: Callable[[int, int], torch.Tensor], n_pairs: int, a: torch.Tensor,
+                 b: torch.Tensor, eps: float, max_iter: int, tol: float, check_every: int,
+                 chunk_size: int, flow: torch.Tensor | None) -> torch.Tensor:
+    """EMD similarity of B pairs whose (n, N, M) cosines `cosine(s, e)` gives chunk-wise."""
+    sims = torch.empty(n_pairs, dtype=a.dtype, device=a.device)  # (B,)
+
+    def plan_of(s: int, e: int) -> torch.Tensor:
+        if flow is not None:
+            return flow[s:e]
+        return torch.empty((e - s, a.shape[1], b.shape[1]), dtype=a.dtype, device=a.device)
+
+    def done(s: int, e: int, cos: torch.Tensor, plan: torch.Tensor) -> None:
+        torch.sum(plan.mul_(cos) if flow is None else plan * cos, dim=(1, 2), out=sims[s:e])
+
+    # gain = cos: the cost 1 - cos up to a constant
+    _solve_chunks(n_pairs, chunk_size, cosine, a, b, plan_of, done, eps, max_iter, tol,
+                  check_every)
+    return sims
+
+
+@torch.no_grad()
+def emd_similarity(q_patches: torch.Tensor, c_patches: torch.Tensor,
+                   a: torch.Tensor | None = None, b: torch.Tensor | None = None,
+                   eps: float = 0.05, max_iter: int = 100, return_flow: bool = False, *,
+                   tol: float = 1e-6, check_every: int = 10, chunk_size: int = DEFAULT_CHUNK,
+                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """EMD similarity sum(T * cos) of B pairs: q (B, N, C), c (B, M, C) -> (B,).
+
+    a (B, N), b (B, M): patch weights (None = uniform). With return_flow also the plans
+    (B, N, M).
+    """
+    _check_patches(q_patches, c_patches)
+    n_pairs, n, m = q_patches.shape[0], q_patches.shape[1], c_patches.shape[1]
+    q, c = _as_float(q_patches.detach()), _as_float(c_patches.detach())
+    a = _marginal(a, n_pairs, n, q, "query (a)")
+    b = _marginal(b, n_pairs, m, q, "candidate (b)")
+    flow = torch.empty(n_pairs, n, m, dtype=q.dtype, device=q.device) if return_flow else None
+    sims = _emd_chunked(lambda s, e: _chunk_cosine(q[s:e], c[s:e]), n_pairs, a, b, eps,
+                        max_iter, tol, check_every, chunk_size, flow)
+    return (sims, flow) if flow is not None else sims
+
+
+@torch.no_grad()
+def emd_similarity_exact(q_patches: torch.Tensor, c_patches: torch.Tensor,
+                         a: torch.Tensor | None = None, b: torch.Tensor | None = None,
+                         eps: float = 0.05, max_iter: int = 100, return_flow: bool = False,
+                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Exact (unregularised) EMD similarity with POT's `ot.emd`, one pair at a time.
+
+    The reference for tests; eps and max_iter are accepted for a common signature and unused.
+    """
+    import ot
+
+    _check_patches(q_patches, c_patches)
+    n_pairs, n, m = q_patches.shape[0], q_patches.shape[1], c_patches.shape[1]
+    cos = _cosine(_unit(q_patches), _unit(c_patches)).double()  # (B, N, M)
+    a = _marginal(a, n_pairs, n, cos, "query (a)")
+    b = _marginal(b, n_pairs, m, cos, "candidate (b)")
+    cos_np, a_np, b_np = cos.cpu().numpy(), a.cpu().numpy(), b.cpu().numpy()
+    plans = np.zeros((n_pairs, n, m))
+    for i in range(n_pairs):
+        plans[i] = ot.emd(a_np[i], b_np[i], 1.0 - cos_np[i], numItermax=1_000_000)
+    dtype = _as_float(q_patches).dtype
+    sims = torch.from_numpy((plans * cos_np).sum(axis=(1, 2))).to(dtype)
+    if return_flow:
+        return sims, torch.from_numpy(plans).to(dtype)
+    return sims
+
+
+@torch.no_grad()
+def emd_rerank_scores(query_grids: torch.Tensor, cand_grids: torch.Tensor,
+                      query_w: torch.Tensor | None = None, cand_w: torch.Tensor | None = None,
+                      eps: float = 0.05, max_iter: int = 100, *, tol: float = 1e-6,
+                      check_every: int = 10, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """EMD similarity of Q queries x K candidates each -> (Q, K).
+
+    query_grids (Q, C, H, W); cand_grids (Q, K, C, H', W'); query_w (Q, K, H*W) and
+    cand_w (Q, K, H'*W') are per-pair patch weights (they may depend on both faces) or None
+    for uniform. The Q*K pairs are solved in chunks without repeating the query grids.
+    """
+    if query_grids.dim() != 4 or cand_grids.dim() != 5:
+        raise InputError(f"expected query grids (Q, C, H, W) and candidate grids "
+                         f"(Q, K, C, H, W), got shapes {tuple(query_grids.shape)} and "
+                         f"{tuple(cand_grids.shape)}")
+    n_q, n_k = cand_grids.shape[:2]
+    if query_grids.shape[0] != n_q:
+        raise InputError(f"{query_grids.shape[0]} query grids but candidate grids for {n_q} "
+                         f"queries (shape {tuple(cand_grids.shape)})")
+    if query_grids.shape[1] != cand_grids.shape[2]:
+        raise InputError(f"query grids have {query_grids.shape[1]} channels but candidate "
+                         f"grids have {cand_grids.shape[2]}; both must come from the same layer")
+    qn = _unit(grid_to_patches(query_grids.detach()))  # (Q, N, C) unit patches
+    cp = _as_float(grid_to_patches(cand_grids.detach().flatten(0, 1)))  # (Q*K, M, C)
+    n_pairs, n, m = n_q * n_k, qn.shape[1], cp.shape[1]
+    for w, name, size in ((query_w, "query", n), (cand_w, "candidate", m)):
+        if w is not None and tuple(w.shape) != (n_q, n_k, size):
+            raise InputError(f"{name} weights have shape {tuple(w.shape)}, expected "
+                             f"({n_q}, {n_k}, {size}): one weight per patch of each pair")
+    a = _marginal(None if query_w is None else query_w.reshape(n_pairs, n), n_pairs, n, qn,
+                  "query")  # (B, N)
+    b = _marginal(None if cand_w is None else cand_w.reshape(n_pairs, m), n_pairs, m, qn,
+                  "candidate")  # (B, M)
+
+    def cosine(s: int, e: int) -> torch.Tensor:
+        qi = torch.arange(s, e, device=qn.device) // n_k  # query of each pair
+        cos = torch.bmm(qn[qi], cp[s:e].transpose(1, 2))  # (n, N, M)
+        return cos.mul_(_inv_norm(cp[s:e]).unsqueeze(1))
+
+    sims = _emd_chunked(cosine, n_pairs, a, b, eps, max_iter, tol, check_every, chunk_size,
+                        None)
+    return sims.reshape(n_q, n_k)

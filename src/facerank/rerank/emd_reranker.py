@@ -1,0 +1,201 @@
+"""DeepFace-EMD Stage 2: re-rank the Stage-1 top-k by EMD between patch embeddings.
+
+    final = alpha * EMD-similarity + (1 - alpha) * cosine        (DeepFace-EMD Eq. 5.1)
+
+EMD-similarity = sum_ij T_ij * cos(q_i, g_j) with T the entropic transport plan between the two
+faces' patch weightings (see `weights.py`). All (query, candidate) pairs of a chunk of queries
+go through one batched Sinkhorn call.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from facerank.errors import InputError
+from facerank.features import FeatureSet
+from facerank.progress import progress_bar
+from facerank.rerank import weights as W
+from facerank.rerank.base import register_stage2
+from facerank.rerank.emd import cost_matrix, pool_grid, sinkhorn
+from facerank.search import Ranking
+
+_GRID = re.compile(r"^(l[0-4])(?:p(\d+))?$")
+
+
+def parse_grid(grid: str) -> tuple[str, int | None]:
+    """"l2" -> ("l2", None); "l2p4" -> ("l2", 4) (l2 average-pooled to 4x4)."""
+    m = _GRID.match(grid)
+    if not m:
+        raise InputError(f"unknown grid {grid!r}; use a backbone map l0..l4, optionally pooled "
+                         "as e.g. l2p4 (l2 pooled to 4x4)")
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+@dataclass
+class PairFlows:
+    """EMD details of B pairs (for explanations)."""
+
+    emd: np.ndarray  # (B,) EMD similarity
+    cosine: np.ndarray  # (B,) global cosine
+    final: np.ndarray  # (B,)
+    flow: np.ndarray  # (B, N, M) transport plan
+    query_weights: np.ndarray  # (B, N)
+    cand_weights: np.ndarray  # (B, M)
+    grid_hw: tuple[int, int]
+
+
+class Stage2EMD:
+    """EMD re-ranker: `Stage2EMD(grid="l2", weighting="apc", alpha=0.7, k=100)`."""
+
+    name = "emd"
+
+    def __init__(self, grid: str = "l2", weighting: str = "apc", alpha: float = 0.7,
+                 k: int = 100, eps: float = 0.05, max_iter: int = 100,
+                 chunk_pairs: int = 4096, fc_weight: torch.Tensor | None = None) -> None:
+        if weighting not in W.WEIGHTINGS:
+            raise InputError(f"unknown weighting {weighting!r}; choose from "
+                             f"{', '.join(W.WEIGHTINGS)}")
+        if not 0.0 <= alpha <= 1.0:
+            raise InputError(f"alpha must be in [0, 1], got {alpha}")
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        self.grid = grid
+        self.grid_name, self.pool = parse_grid(grid)
+        self.weighting = weighting
+        self.alpha = float(alpha)
+        self.k = int(k)
+        self.eps = eps
+        self.max_iter = max_iter
+        self.chunk_pairs = chunk_pairs
+        self._fc_weight = fc_weight
+
+    def describe(self) -> str:
+        return f"Stage 2 EMD ({self.grid}, {self.weighting}, alpha={self.alpha:g}, k={self.k})"
+
+    @property
+    def fc_weight(self) -> torch.Tensor:
+        if self._fc_weight is None:
+            from facerank.models.dlib_resnet import DlibResNet
+
+            self._fc_weight = DlibResNet.from_dat().fc_weight.detach().clone()
+        return self._fc_weight
+
+    # ---- patches --------------------------------------------------------------------------
+
+    def patches(self, fs: FeatureSet, index: np.ndarray) -> torch.Tensor:
+        """Grid rows `index` of a FeatureSet as patch vectors (len(index), H*W, C) float32."""
+        if self.grid_name not in fs.grids:
+            raise InputError(f"features have no grid {self.grid_name!r} (have "
+                             f"{', '.join(fs.grids) or 'none'}); extract with grids including it")
+        g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][index])).float()
+        if self.pool:
+            g = pool_grid(g, self.pool)
+        return g.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C)
+
+    def grid_hw(self, fs: FeatureSet) -> tuple[int, int]:
+        h, w = fs.grids[self.grid_name].shape[-2:]
+        return (self.pool, self.pool) if self.pool else (int(h), int(w))
+
+    # ---- pair scoring ---------------------------------------------------------------------
+
+    def _pairs(self, qf: FeatureSet, qi: np.ndarray, cf: FeatureSet, ci: np.ndarray,
+               with_flow: bool = False) -> tuple[torch.Tensor, ...]:
+        """EMD similarity of pairs (qf[qi[b]], cf[ci[b]]) -> (B,) [+ flow, weights]."""
+        q = self.patches(qf, qi)  # (B, N, C)
+        c = self.patches(cf, ci)  # (B, M, C)
+        if q.shape[2] != c.shape[2] or q.shape[1:] != c.shape[1:]:
+            raise InputError(f"query grid {tuple(q.shape[1:])} and gallery grid "
+                             f"{tuple(c.shape[1:])} differ; both must come from the same model")
+        cost = cost_matrix(q, c)  # (B, N, M)
+        wq, wc = self._weights(q, c, cost, qf, qi, cf, ci)
+        plan = sinkhorn(cost, wq, wc, eps=self.eps, max_iter=self.max_iter).transport
+        emd = (plan * (1.0 - cost)).sum(dim=(1, 2))  # (B,)
+        if with_flow:
+            return emd, plan, wq, wc
+        return (emd,)
+
+    def _weights(self, q: torch.Tensor, c: torch.Tensor, cost: torch.Tensor, qf: FeatureSet,
+                 qi: np.ndarray, cf: FeatureSet, ci: np.ndarray) -> tuple[torch.Tensor, ...]:
+        if self.weighting == "uniform":
+            return W.uniform(q, c)
+        if self.weighting == "apc":
+            return W.apc(q, c)
+        if self.weighting == "sc":
+            return W.sc(1.0 - cost)
+        if self.weighting == "cc":
+            qd = torch.from_numpy(qf.descriptors[qi]).float()
+            cd = torch.from_numpy(cf.descriptors[ci]).float()
+            return W.cc(q, c, qd, cd, self.fc_weight)
+        hw = self.grid_hw(qf)
+        ql = torch.from_numpy(qf.chip_landmarks68[qi]).float()
+        cl = torch.from_numpy(cf.chip_landmarks68[ci]).float()
+        return W.landmark_density(ql, hw), W.landmark_density(cl, hw)
+
+    def score_pairs(self, a: FeatureSet, b: FeatureSet) -> np.ndarray:
+        """Final blended score of pairs (a[i], b[i]) -> (P,)."""
+        if len(a) != len(b):
+            raise InputError(f"pair lists differ in length: {len(a)} vs {len(b)}")
+        emd = np.zeros(len(a), dtype=np.float32)
+        idx = np.arange(len(a))
+        for s in range(0, len(a), self.chunk_pairs):
+            sl = idx[s : s + self.chunk_pairs]
+            emd[sl] = self._pairs(a, sl, b, sl)[0].numpy()
+        cos = np.einsum("pd,pd->p", a.embeddings, b.embeddings)
+        return self.alpha * emd + (1 - self.alpha) * cos
+
+    def explain_pairs(self, a: FeatureSet, b: FeatureSet) -> PairFlows:
+        """Scores, transport plans and weights of pairs (a[i], b[i]) (small batches)."""
+        idx = np.arange(len(a))
+        emd, plan, wq, wc = self._pairs(a, idx, b, idx, with_flow=True)
+        cos = np.einsum("pd,pd->p", a.embeddings, b.embeddings)
+        emd_np = emd.numpy()
+        return PairFlows(emd_np, cos, self.alpha * emd_np + (1 - self.alpha) * cos,
+                         plan.numpy(), wq.numpy(), wc.numpy(), self.grid_hw(a))
+
+    # ---- re-ranking -----------------------------------------------------------------------
+
+    def emd_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
+                   progress: bool = False) -> np.ndarray:
+        """EMD similarity of each query with its candidates: cand (Q, k) -> (Q, k)."""
+        n_q, k = cand.shape
+        emd = np.zeros((n_q, k), dtype=np.float32)
+        per_chunk = max(1, self.chunk_pairs // max(k, 1))
+        with progress_bar(progress, f"Stage 2 {self.grid}/{self.weighting}", n_q) as advance:
+            for s in range(0, n_q, per_chunk):
+                rows = np.arange(s, min(n_q, s + per_chunk))
+                qi = np.repeat(rows, k)
+                ci = cand[rows].reshape(-1)
+                emd[rows] = self._pairs(queries, qi, gallery, ci)[0].numpy().reshape(-1, k)
+                advance(len(rows))
+        return emd
+
+    def blend(self, ranking: Ranking, emd: np.ndarray) -> Ranking:
+        """Re-order the first k columns by alpha * emd + (1 - alpha) * Stage-1 cosine."""
+        k = emd.shape[1]
+        cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
+        final = self.alpha * emd + (1 - self.alpha) * cos
+        order = np.argsort(-final, axis=1, kind="stable")
+        rows = np.arange(ranking.num_queries)[:, None]
+        return ranking.reorder(order, final[rows, order], "emd", emd)
+
+    def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
+               progress: bool = False) -> Ranking:
+        """Re-order the first k columns of `ranking` by the blended score."""
+        n_q = ranking.num_queries
+        if n_q != len(queries):
+            raise InputError(f"ranking has {n_q} rows but {len(queries)} queries were given")
+        k = min(self.k, ranking.k)
+        if k == 0 or n_q == 0:
+            return ranking
+        emd = self.emd_scores(queries, gallery, ranking.indices[:, :k], progress)
+        return self.blend(ranking, emd)
+
+
+@register_stage2("emd")
+def _make(grid: str = "l2", weighting: str = "apc", alpha: float = 0.7, k: int = 100,
+          **kw: object) -> Stage2EMD:
+    return Stage2EMD(grid=grid, weighting=weighting, alpha=alpha, k=k, **kw)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
 from facerank.rerank.emd import cost_matrix, pool_grid, sinkhorn
+from facerank.rerank.gate import QualityGate
 from facerank.search import Ranking
 
 _GRID = re.compile(r"^(l[0-4])(?:p(\d+))?$")
@@ -55,7 +56,8 @@ class Stage2EMD:
 
     def __init__(self, grid: str = "l2", weighting: str = "apc", alpha: float = 0.7,
                  k: int = 100, eps: float = 0.05, max_iter: int = 100,
-                 chunk_pairs: int = 4096, fc_weight: torch.Tensor | None = None) -> None:
+                 chunk_pairs: int = 4096, fc_weight: torch.Tensor | None = None,
+                 gate: QualityGate | str | None = None) -> None:
         if weighting not in W.WEIGHTINGS:
             raise InputError(f"unknown weighting {weighting!r}; choose from "
                              f"{', '.join(W.WEIGHTINGS)}")
@@ -72,9 +74,12 @@ class Stage2EMD:
         self.max_iter = max_iter
         self.chunk_pairs = chunk_pairs
         self._fc_weight = fc_weight
+        self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
 
     def describe(self) -> str:
-        return f"Stage 2 EMD ({self.grid}, {self.weighting}, alpha={self.alpha:g}, k={self.k})"
+        gated = ", gated" if self.gate is not None else ""
+        return (f"Stage 2 EMD ({self.grid}, {self.weighting}, alpha={self.alpha:g}, k={self.k}"
+                f"{gated})")
 
     @property
     def fc_weight(self) -> torch.Tensor:
@@ -174,10 +179,17 @@ class Stage2EMD:
         return emd
 
     def blend(self, ranking: Ranking, emd: np.ndarray) -> Ranking:
-        """Re-order the first k columns by alpha * emd + (1 - alpha) * Stage-1 cosine."""
+        """Re-order the first k columns by alpha * emd + (1 - alpha) * Stage-1 cosine.
+
+        With a gate, queries it does not flag as hard keep alpha = 0 (their Stage-1 order).
+        """
         k = emd.shape[1]
-        cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
-        final = self.alpha * emd + (1 - self.alpha) * cos
+        stage1 = ranking.stage_scores.get("stage1", ranking.scores)
+        cos = stage1[:, :k]
+        alpha = np.full((ranking.num_queries, 1), self.alpha, dtype=np.float32)
+        if self.gate is not None and ranking.k >= 2:
+            alpha[~self.gate.use_stage2(stage1, emd)] = 0.0
+        final = alpha * emd + (1 - alpha) * cos
         order = np.argsort(-final, axis=1, kind="stable")
         rows = np.arange(ranking.num_queries)[:, None]
         return ranking.reorder(order, final[rows, order], "emd", emd)
@@ -197,5 +209,6 @@ class Stage2EMD:
 
 @register_stage2("emd")
 def _make(grid: str = "l2", weighting: str = "apc", alpha: float = 0.7, k: int = 100,
-          **kw: object) -> Stage2EMD:
-    return Stage2EMD(grid=grid, weighting=weighting, alpha=alpha, k=k, **kw)  # type: ignore[arg-type]
+          gate: str | None = None, **kw: object) -> Stage2EMD:
+    return Stage2EMD(grid=grid, weighting=weighting, alpha=alpha, k=k, gate=gate,
+                     **kw)  # type: ignore[arg-type]

@@ -1,0 +1,176 @@
+"""Stage 1 vs Stage 2 (DeepFace-EMD) on the four LFW identification protocols.
+
+    python -m benchmarks.stage2 sweep --limit 2000      # every grid x weighting, alpha sweep
+    python -m benchmarks.stage2 gated                   # gated l2/APC on all 9,164 queries
+
+`sweep` scores every (grid, weighting) on the same seeded query subset and reports P@1 / RP /
+MAP@R at alpha in {0, 0.3, 0.5, 0.7, 1}. `gated` evaluates the quality gate identity-disjoint:
+people are split in two seeded halves; a gate fitted on one half's queries (clean lfw-1680
+queries = easy, the three occluded sets = hard) decides for the other half's queries, and the
+other way round, so no query is scored by a gate that saw its identity. `--save-gate` also
+fits the gate on all queries and writes the bundled default. EMD scores are cached under
+`.cache/stage2/`, so re-running with other alphas is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from benchmarks.common import write_result
+from facerank.eval.protocols import IDENTIFICATION, EvalData, _retrieval, setup_identification
+from facerank.eval.report import identification_table
+from facerank.paths import cache_root
+from facerank.rerank.emd_reranker import Stage2EMD
+from facerank.rerank.gate import BUNDLED, QualityGate, gate_features
+from facerank.rerank.weights import WEIGHTINGS
+from facerank.search import cosine_topk
+
+ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0)
+console = Console()
+
+
+def prepare(data: EvalData, protocol: str, limit: int | None, seed: int, k: int):
+    """Queries, Stage-1 ranking (long enough for exact MAP@R) and relevant counts R."""
+    st = setup_identification(data, protocol, seed=seed, limit=limit, progress=True)
+    rel = st.gallery_labels[None, :] == st.query_labels[:, None]
+    r = rel.sum(axis=1) - (st.gallery_labels[st.exclude] == st.query_labels)
+    ranking = cosine_topk(st.queries.embeddings, st.gallery.embeddings,
+                          int(max(r.max(), k)), st.exclude)
+    return st, ranking, r
+
+
+def emd_cached(reranker: Stage2EMD, st, ranking, tag: str) -> tuple[np.ndarray, float]:  # noqa: ANN001
+    """EMD of each query's top k (cached per protocol/grid/weighting/query set)."""
+    path = cache_root() / "stage2" / f"{tag}-{reranker.grid}-{reranker.weighting}.npy"
+    if path.is_file():
+        return np.load(path), float("nan")
+    t0 = time.perf_counter()
+    emd = reranker.emd_scores(st.queries, st.gallery, ranking.indices[:, : reranker.k],
+                              progress=True)
+    seconds = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, emd)
+    return emd, seconds
+
+
+def sweep(args: argparse.Namespace) -> None:
+    data = EvalData.load()
+    fc = data.extractor.backbone.fc_weight.detach()
+    rows, out = [], {"settings": vars(args), "results": []}
+    for protocol in args.protocols:
+        st, ranking, r = prepare(data, protocol, args.limit, args.seed, args.k)
+        tag = f"{protocol}-s{args.seed}-n{len(st.query_index)}-k{args.k}"
+        m1 = _retrieval(ranking, st.query_labels, st.gallery_labels, r)
+        rows.append((protocol, "Stage 1 (cosine)", m1))
+        out["results"].append({"protocol": protocol, "method": "stage1", **m1})
+        for grid in args.grids:
+            for weighting in args.weightings:
+                rr = Stage2EMD(grid=grid, weighting=weighting, k=args.k, fc_weight=fc)
+                emd, seconds = emd_cached(rr, st, ranking, tag)
+                for alpha in ALPHAS:
+                    rr.alpha = alpha
+                    m = _retrieval(rr.blend(ranking, emd), st.query_labels,
+                                   st.gallery_labels, r)
+                    out["results"].append({"protocol": protocol, "grid": grid,
+                                           "weighting": weighting, "alpha": alpha,
+                                           "emd_seconds": seconds, **m})
+                    if alpha == args.alpha:
+                        rows.append((protocol, f"{grid} {weighting} α={alpha:g}", m))
+        console.print(identification_table([row for row in rows if row[0] == protocol]))
+    path = write_result(f"stage2_sweep_n{args.limit or 'all'}", out)
+    console.print(identification_table(rows))
+    console.print(f"wrote {path}")
+
+
+def gated(args: argparse.Namespace) -> None:
+    data = EvalData.load()
+    fc = data.extractor.backbone.fc_weight.detach()
+    people = np.unique(data.lfw.labels)
+    half = set(np.random.default_rng(args.seed).permutation(people)[: len(people) // 2].tolist())
+    prepared = {}
+    for protocol in IDENTIFICATION:
+        st, ranking, r = prepare(data, protocol, args.limit, args.seed, args.k)
+        tag = f"{protocol}-s{args.seed}-n{len(st.query_index)}-k{args.k}"
+        rr = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
+                       fc_weight=fc)
+        emd, seconds = emd_cached(rr, st, ranking, tag)
+        fold = np.array([lab in half for lab in st.query_labels])
+        feats = gate_features(ranking.stage_scores["stage1"], emd)
+        prepared[protocol] = (st, ranking, r, emd, fold, feats, seconds)
+
+    gates = {}
+    for test_fold in (False, True):
+        x = np.concatenate([p[5][p[4] != test_fold] for p in prepared.values()])
+        y = np.concatenate([np.full((p[4] != test_fold).sum(), name != "lfw-1680")
+                            for name, p in prepared.items()])
+        gates[test_fold] = QualityGate.fit(x, y, meta={"trained_on": "half of LFW people"})
+
+    rows, out = [], {"settings": vars(args), "results": []}
+    for protocol, (st, ranking, r, emd, fold, _feats, seconds) in prepared.items():
+        m1 = _retrieval(ranking, st.query_labels, st.gallery_labels, r)
+        plain = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k)
+        m_plain = _retrieval(plain.blend(ranking, emd), st.query_labels, st.gallery_labels, r)
+        # each query is scored by the gate fitted on the other half of the people
+        blended = {}
+        for test_fold in (False, True):
+            g = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
+                          gate=gates[test_fold])
+            blended[test_fold] = g.blend(ranking, emd)
+        sel = fold[:, None]
+        merged_idx = np.where(sel, blended[True].indices, blended[False].indices)
+        merged = type(ranking)(merged_idx, np.where(sel, blended[True].scores,
+                                                    blended[False].scores))
+        m_gate = _retrieval(merged, st.query_labels, st.gallery_labels, r)
+        used = np.where(fold, gates[True].use_stage2(ranking.stage_scores["stage1"], emd),
+                        gates[False].use_stage2(ranking.stage_scores["stage1"], emd))
+        name = f"{args.grid} {args.weighting} α={args.alpha:g}"
+        rows += [(protocol, "Stage 1 (cosine)", m1), (protocol, f"Stage 2 {name}", m_plain),
+                 (protocol, f"Stage 2 {name}, gated", m_gate)]
+        out["results"].append({"protocol": protocol, "stage1": m1, "stage2": m_plain,
+                               "stage2_gated": m_gate, "gate_used_fraction": float(used.mean()),
+                               "emd_seconds": seconds, "n_queries": len(st.query_index)})
+        console.print(f"{protocol}: gate sent {100 * used.mean():.1f} % of queries to Stage 2")
+    path = write_result(f"stage2_gated_n{args.limit or 'all'}", out)
+    console.print(identification_table(rows))
+    console.print(f"wrote {path}")
+    if args.save_gate:
+        x = np.concatenate([p[5] for p in prepared.values()])
+        y = np.concatenate([np.full(len(p[5]), n != "lfw-1680") for n, p in prepared.items()])
+        gate = QualityGate.fit(x, y, meta={
+            "trained_on": "all LFW identification queries: lfw-1680 (easy) vs lfw-crop, "
+                          "lfw-mask, lfw-sunglasses (hard), seed 0",
+            "backbone": data.extractor.model_id, "grid": args.grid,
+            "weighting": args.weighting, "k": args.k})
+        saved = gate.save(BUNDLED / f"dlib_resnet_v1-{args.grid}-{args.weighting}.json")
+        console.print(f"wrote {saved}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sweep")
+    s.add_argument("--protocols", nargs="+", default=list(IDENTIFICATION))
+    s.add_argument("--grids", nargs="+", default=["l2", "l1"])
+    s.add_argument("--weightings", nargs="+", default=list(WEIGHTINGS))
+    s.add_argument("--alpha", type=float, default=0.7, help="alpha shown in the table")
+    g = sub.add_parser("gated")
+    g.add_argument("--grid", default="l2")
+    g.add_argument("--weighting", default="apc")
+    g.add_argument("--alpha", type=float, default=0.7)
+    g.add_argument("--save-gate", action="store_true")
+    for p in (s, g):
+        p.add_argument("--limit", type=int, default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--k", type=int, default=100)
+    args = ap.parse_args()
+    {"sweep": sweep, "gated": gated}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    Path(cache_root()).mkdir(parents=True, exist_ok=True)
+    main()

@@ -1,0 +1,112 @@
+"""Quality gate: decide per query whether Stage 2 should re-order its candidates.
+
+DESIGN §5 found that EMD on this backbone's intermediate maps lifts occluded queries but hurts
+clean ones at any fixed alpha. The gate predicts, from the shapes of the query's Stage-1 and
+EMD score lists, whether the query is a hard (occluded) one; only then is the EMD blend used.
+It is a logistic regression over a few list statistics, fitted on training identities and
+stored as a small JSON file (no pickle).
+
+    features (per query, from cos = Stage-1 top-K scores and emd = EMD of the top k):
+      cos_std, cos_top1, cos_peak (top-1 z-score among the rest), cos_gap10 (top1 - top10),
+      cos_mean, emd_std, emd_max, emd_mean, emd_at_cos_top1, agree (EMD's best = cosine's best)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facerank.errors import InputError, ModelFileError
+
+FEATURES = ("cos_std", "cos_top1", "cos_peak", "cos_gap10", "cos_mean", "emd_std", "emd_max",
+            "emd_mean", "emd_at_cos_top1", "agree")
+BUNDLED = Path(__file__).resolve().parent / "gates"
+
+
+def gate_features(cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
+    """cos (Q, K) Stage-1 scores best first, emd (Q, k) EMD of the first k -> (Q, F)."""
+    if cos.ndim != 2 or emd.ndim != 2 or cos.shape[0] != emd.shape[0] or cos.shape[1] < 2:
+        raise InputError(f"gate needs (Q, K>=2) cosines and (Q, k) EMD scores, got {cos.shape} "
+                         f"and {emd.shape}")
+    cos = cos.astype(np.float64)
+    emd = emd.astype(np.float64)
+    rest = cos[:, 1:]
+    tenth = cos[:, min(9, cos.shape[1] - 1)]
+    return np.stack([
+        cos.std(axis=1), cos[:, 0], (cos[:, 0] - rest.mean(axis=1)) / (rest.std(axis=1) + 1e-9),
+        cos[:, 0] - tenth, cos.mean(axis=1), emd.std(axis=1), emd.max(axis=1),
+        emd.mean(axis=1), emd[:, 0], (emd.argmax(axis=1) == 0).astype(np.float64),
+    ], axis=1)
+
+
+@dataclass
+class QualityGate:
+    """Logistic regression on standardised gate features; p > threshold -> use Stage 2."""
+
+    mean: list[float]
+    std: list[float]
+    coef: list[float]
+    bias: float
+    threshold: float = 0.5
+    meta: dict = field(default_factory=dict)
+
+    def probability(self, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
+        """(Q,) probability that each query is a hard one that Stage 2 should re-rank."""
+        x = (gate_features(cos, emd) - np.array(self.mean)) / np.array(self.std)
+        return 1.0 / (1.0 + np.exp(-(x @ np.array(self.coef) + self.bias)))
+
+    def use_stage2(self, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
+        """(Q,) bool."""
+        return self.probability(cos, emd) > self.threshold
+
+    @classmethod
+    def fit(cls, features: np.ndarray, hard: np.ndarray, l2: float = 1e-2,
+            threshold: float = 0.5, meta: dict | None = None) -> QualityGate:
+        """Fit on (N, F) features and (N,) bool labels (True = occluded / hard query)."""
+        if len(features) != len(hard) or len(np.unique(hard)) != 2:
+            raise InputError("gate training needs features and labels of both classes")
+        mean, std = features.mean(axis=0), features.std(axis=0) + 1e-12
+        x = torch.from_numpy((features - mean) / std)
+        y = torch.from_numpy(hard.astype(np.float64))
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y)
+            loss = loss + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return cls(mean.tolist(), std.tolist(), w.detach().tolist(), float(b.detach()),
+                   threshold, {"features": list(FEATURES), **(meta or {})})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> QualityGate:
+        """Read a gate JSON; "default" means the bundled l2/APC gate of the dlib backbone."""
+        path = BUNDLED / "dlib_resnet_v1-l2-apc.json" if str(path) == "default" else Path(path)
+        try:
+            raw = json.loads(Path(path).read_text())
+            gate = cls(**raw)
+        except FileNotFoundError:
+            raise ModelFileError(f"{path}: gate file not found") from None
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModelFileError(f"{path}: not a facerank gate file ({e})") from None
+        if len(gate.coef) != len(FEATURES) or len(gate.mean) != len(FEATURES):
+            raise ModelFileError(f"{path}: gate has {len(gate.coef)} weights, expected "
+                                 f"{len(FEATURES)}; retrain it with this facerank version")
+        return gate

@@ -187,19 +187,22 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
         raise InputError(f"unknown identification protocol {protocol!r}; choose from "
                          f"{', '.join(IDENTIFICATION)}")
     lfw, feats = data.lfw, data.features
-    query_index = lfw.people_with_at_least(2)
+    all_queries = lfw.people_with_at_least(2)
+    pick = np.arange(len(all_queries))
     if limit is not None:
         rng = np.random.default_rng(seed)
-        query_index = np.sort(rng.choice(query_index, min(limit, len(query_index)),
-                                         replace=False))
+        pick = np.sort(rng.choice(pick, min(limit, len(pick)), replace=False))
+    query_index = all_queries[pick]
     t0 = time.perf_counter()
     if protocol == "lfw-1680":
-        gallery_index = lfw.people_with_at_least(2)
+        gallery_index = all_queries
         queries = _subset(feats, query_index)
         gallery = _subset(feats, gallery_index)
         exclude = np.searchsorted(gallery_index, query_index)  # leave-one-out
     else:
-        queries = occluded_queries(data, OCCLUSION_OF[protocol], query_index, seed, progress)
+        # the full occluded set is built (and cached) once; a limit takes a subset of it
+        full = occluded_queries(data, OCCLUSION_OF[protocol], all_queries, seed, progress)
+        queries = _subset(full, pick)
         gallery_index = np.arange(len(lfw))
         gallery = feats
         exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()

@@ -1,0 +1,280 @@
+"""`facerank gallery create|add|list|remove|rename|reextract` and `facerank search`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from facerank.errors import InputError
+
+if TYPE_CHECKING:
+    from facerank.features import FeatureExtractor, FeatureSet
+    from facerank.gallery import AddReport, Gallery, SearchResult
+    from facerank.rerank.base import Reranker
+
+gallery_app = typer.Typer(help="A persistent gallery of enrolled faces (one folder).",
+                          no_args_is_help=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+GalleryDir = Annotated[Path, typer.Argument(help="Gallery folder.")]
+Detector = Annotated[str, typer.Option("--detector", help="hog (fast) or mmod (CNN).")]
+Faces = Annotated[str, typer.Option("--faces", help="Several faces: largest, center or strict.")]
+NoFace = Annotated[str, typer.Option(
+    "--no-face", help="No face found: none (skip the file), whole (image is a face crop), center.")]
+Model = Annotated[Path | None, typer.Option(
+    "--model", help="dlib ResNet .dat file (default: the bundled one).")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `gallery` sub-commands and `search` to the main app."""
+    app.add_typer(gallery_app, name="gallery")
+    app.command(name="search")(search_command)
+
+
+def _extractor(detector: str, faces: str, no_face: str, model: Path | None) -> FeatureExtractor:
+    from facerank.detect import FaceDetector
+    from facerank.features import FeatureExtractor
+    from facerank.models.dlib_resnet import DlibResNet
+
+    det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
+    return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det)
+
+
+def _open(folder: Path, **kw: Any) -> Gallery:
+    from facerank.gallery import Gallery
+
+    return Gallery.open(folder, **kw)
+
+
+def _print_report(report: AddReport, verb: str) -> None:
+    for _path, msg in report.failures:
+        err.print(f"skipped: {msg}", markup=False, highlight=False)
+    present = f"{report.already_present} already present, " if verb == "added" else ""
+    out.print(f"{verb} {report.added} image(s) of {len(report.identities)} identit"
+              f"{'y' if len(report.identities) == 1 else 'ies'} in {report.seconds:.1f} s; "
+              f"{present}{report.skipped} skipped", markup=False, highlight=False)
+
+
+@gallery_app.command("create")
+def create_command(
+    folder: GalleryDir,
+    detector: Detector = "hog",
+    faces: Faces = "largest",
+    no_face: NoFace = "none",
+    model: Model = None,
+) -> None:
+    """Create an empty gallery; the detector settings are stored and reused by `add`."""
+    from facerank.gallery import Gallery
+
+    g = Gallery.create(folder, _extractor(detector, faces, no_face, model))
+    out.print(f"created gallery {folder} ({g.extractor.model_id}, detector "
+              f"{g.extractor.detector.config_id})", markup=False, highlight=False)
+
+
+@gallery_app.command("add")
+def add_command(
+    folder: GalleryDir,
+    images: Annotated[list[Path], typer.Argument(help="Image folders or files.")],
+    identity_from: Annotated[str, typer.Option(
+        "--identity-from", help="folder (parent folder name) or filename (stem minus _0001).")]
+    = "folder",
+    identity: Annotated[str | None, typer.Option(
+        "--identity", help="Enrol every image under this one name instead.")] = None,
+) -> None:
+    """Enrol images (resumable: files already in the gallery are skipped)."""
+    from facerank.gallery import identity_of, list_images
+
+    if identity_from not in ("folder", "filename"):
+        raise InputError(f"--identity-from {identity_from!r}: use folder or filename")
+    files: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            files.extend(list_images(p))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    if not files:
+        raise InputError(f"no image files found in {', '.join(map(str, images))}")
+    names = [identity or identity_of(f, identity_from) for f in files]  # type: ignore[arg-type]
+    g = _open(folder)
+    try:
+        report = g.add_files(files, names, progress=True)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; the gallery keeps {len(g)} image(s) committed so far. Run the "
+                  "same command again to resume.", markup=False, highlight=False)
+        raise
+    _print_report(report, "added")
+    out.print(f"gallery {folder}: {len(g)} image(s), {len(g.identities())} identities",
+              markup=False, highlight=False)
+
+
+@gallery_app.command("list")
+def list_command(
+    folder: GalleryDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+    = False,
+) -> None:
+    """List the identities and how many images each has."""
+    g = _open(folder)
+    ids = g.identities()
+    meta = g.meta()
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "gallery": str(folder), "images": len(g), "model_id": meta.get("model_id"),
+            "identities": [{"name": n, "images": k} for n, k in ids]}, indent=2) + "\n")
+        return
+    table = Table(title=f"gallery {folder} ({meta.get('model_id')})",
+                  caption=f"{len(g)} image(s), {len(ids)} identities")
+    table.add_column("identity", overflow="fold")
+    table.add_column("images", justify="right")
+    for name, n in ids:
+        table.add_row(name, str(n))
+    out.print(table)
+
+
+@gallery_app.command("remove")
+def remove_command(
+    folder: GalleryDir,
+    identity: Annotated[str, typer.Argument(help="Identity to remove (with all its images).")],
+) -> None:
+    """Remove an identity and its images."""
+    n = _open(folder).remove_identity(identity)
+    out.print(f"removed {identity} ({n} image(s))", markup=False, highlight=False)
+
+
+@gallery_app.command("rename")
+def rename_command(
+    folder: GalleryDir,
+    old: Annotated[str, typer.Argument(help="Current name.")],
+    new: Annotated[str, typer.Argument(help="New name.")],
+    merge: Annotated[bool, typer.Option(help="If NEW exists, move OLD's images into it.")]
+    = False,
+) -> None:
+    """Rename an identity."""
+    _open(folder).rename_identity(old, new, merge=merge)
+    out.print(f"renamed {old} -> {new}", markup=False, highlight=False)
+
+
+@gallery_app.command("reextract")
+def reextract_command(
+    folder: GalleryDir,
+    detector: Annotated[str | None, typer.Option(
+        "--detector", help="New detector (default: the stored one).")] = None,
+    faces: Annotated[str | None, typer.Option("--faces", help="New face policy.")] = None,
+    no_face: Annotated[str | None, typer.Option("--no-face", help="New fallback.")] = None,
+    model: Model = None,
+    drop_failed: Annotated[bool, typer.Option(
+        help="Remove images that cannot be re-extracted instead of failing.")] = False,
+) -> None:
+    """Recompute all features with the current model (atomic: all or nothing)."""
+    with _open(folder, check_model=False) as old:
+        det = json.loads(old.meta()["detector"])
+    fx = _extractor(detector or det["method"], faces or det["policy"],
+                    no_face or det["fallback"], model)
+    report = _open(folder, extractor=fx, check_model=False).reextract(
+        progress=True, drop_failed=drop_failed)
+    _print_report(report, "re-extracted")
+
+
+# ---- search -------------------------------------------------------------------------------
+
+
+def search_command(
+    probe: Annotated[Path, typer.Argument(help="Probe image.")],
+    gallery: Annotated[Path, typer.Option("--gallery", help="Gallery folder.")],
+    stage2: Annotated[str, typer.Option(help="Stage-2 re-ranker: emd or none.")] = "emd",
+    top: Annotated[int, typer.Option(help="Results to show.")] = 10,
+    grid: Annotated[str | None, typer.Option(help="Stage-2 patch grid (l2, l1, l2p4 ...).")]
+    = None,
+    weighting: Annotated[str | None, typer.Option(
+        help="Stage-2 patch weighting (uniform, apc, cc, sc, lmk).")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="Final = alpha*Stage-2 + (1-alpha)*cosine.")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Stage-1 candidates re-ranked.")] = None,
+    faces: Annotated[str | None, typer.Option(
+        "--faces", help="Probe with several faces: largest, center or strict (default: the "
+        "gallery's).")] = None,
+    explain: Annotated[Path | None, typer.Option(
+        "--explain", help="Write a PNG explaining the top match.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+) -> None:
+    """Search a gallery for a probe face: Stage-1 cosine, then Stage-2 re-ranking."""
+    from facerank.features import FeatureSet
+    from facerank.gallery import take
+    from facerank.rerank.base import make_stage2
+
+    if top < 1:
+        raise InputError(f"--top must be >= 1, got {top}")
+    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k}
+    reranker = make_stage2(stage2, **{n: v for n, v in options.items() if v is not None})
+    g = _open(gallery)
+    fx = g.extractor
+    if faces is not None and faces != fx.detector.policy:
+        from facerank.detect import FaceDetector
+        from facerank.features import FeatureExtractor
+
+        d = fx.detector
+        det = FaceDetector(method=d.method, policy=faces,  # type: ignore[arg-type]
+                           fallback=d.fallback, upsample=d.upsample)
+        fx = FeatureExtractor(backbone=fx.backbone, grids=fx.grid_names, detector=det)
+    probe_fs = FeatureSet.stack([fx.extract_file(probe)])
+    results = g.search(probe_fs, k=top, stage2=reranker)
+    explained = None
+    if explain is not None and results:
+        cand = take(g.features(grids=True), [results[0].row])
+        explained = _explain(probe_fs, cand, explain, reranker,
+                             (probe.name, f"{results[0].identity}: {Path(results[0].path).name}"))
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "probe": str(probe), "gallery": str(gallery),
+            "stage2": reranker.describe() if reranker is not None else "none",
+            "explanation": str(explained) if explained else None,
+            "results": [r.to_dict() for r in results]}, indent=2) + "\n")
+        return
+    _print_results(probe, results, reranker)
+    if explained is not None:
+        out.print(f"wrote explanation of the top match to {explained}", markup=False,
+                  highlight=False)
+
+
+def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker | None) -> None:
+    names = [n for n in (results[0].stage_scores if results else {}) if n != "stage1"]
+    title = f"{probe.name}: {reranker.describe() if reranker else 'Stage 1 only'}"
+    table = Table(title=title)
+    table.add_column("rank", justify="right")
+    table.add_column("identity", overflow="fold")
+    table.add_column("file", overflow="fold")
+    table.add_column("final score", justify="right")
+    table.add_column("Stage-1 cosine", justify="right")
+    for n in names:
+        table.add_column(f"Stage-2 {n}", justify="right")
+
+    def fmt(x: float) -> str:
+        return "-" if x != x else f"{x:.4f}"  # NaN: not re-ranked
+
+    for r in results:
+        table.add_row(str(r.rank), r.identity, Path(r.path).name, fmt(r.score), fmt(r.stage1),
+                      *(fmt(r.stage_scores[n]) for n in names))
+    out.print(table)
+
+
+def _explain(probe: FeatureSet, cand: FeatureSet, out_path: Path, reranker: Reranker | None,
+             labels: tuple[str, str]) -> Path | None:
+    """Render the flow explanation of the top match, if the explain module is installed."""
+    try:
+        from facerank.explain.flow import render_pair
+    except ImportError as e:
+        err.print(f"explanations are unavailable ({e}); no {out_path} written", markup=False,
+                  highlight=False)
+        return None
+    emd = reranker if getattr(reranker, "name", None) == "emd" else None
+    path, _ = render_pair(probe, cand, out_path, emd, labels=labels)  # type: ignore[arg-type]
+    return Path(path)

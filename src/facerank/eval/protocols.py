@@ -14,6 +14,7 @@ per (occlusion, seed, extractor configuration) under `<cache>/protocols/`.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from facerank.align import extract_chip
 from facerank.errors import DataError, InputError
 from facerank.eval import metrics
 from facerank.eval.lfw import LFW, load_lfw, load_pairs
-from facerank.features import FeatureExtractor, FeatureSet
+from facerank.features import FeatureExtractor, FeatureSet, file_digest
 from facerank.imageio import load_image
 from facerank.progress import progress_bar
 from facerank.rerank.base import Reranker
@@ -58,24 +59,40 @@ class EvalData:
         start = time.perf_counter()
         lfw = load_lfw(root)
         fx = extractor or lfw_extractor()
+        packed = _packed_cache(fx, lfw)
+        if packed is not None and packed.is_file():
+            return cls(lfw, fx, FeatureSet.load(packed), time.perf_counter() - start)
         feats = fx.extract_paths(lfw.paths, progress=progress, description="LFW features")
         if feats.failures:
             path, msg = feats.failures[0]
             raise DataError(f"{len(feats.failures)} LFW image(s) could not be read; first: {msg}")
+        if packed is not None:
+            feats.save(packed)
         return cls(lfw, fx, feats, time.perf_counter() - start)
+
+
+def _packed_cache(fx: FeatureExtractor, lfw: LFW) -> Path | None:
+    """One file holding the features of all LFW images, keyed by every file's content hash."""
+    if fx.cache_dir is None:
+        return None
+    h = hashlib.sha1(fx.config_digest.encode())
+    for p in lfw.paths:
+        h.update(file_digest(p.read_bytes()).encode())
+    return fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
+        f"lfw-all-{h.hexdigest()[:16]}.npz")
 
 
 def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: int,
                      progress: bool = True) -> FeatureSet:
     """Features of occluded chips of `query_index` images (cached per kind/seed/config)."""
-    from facerank.eval.occlusion import occlude
+    from facerank.eval.occlusion import VERSION, occlude
 
     fx = data.extractor
     cache = None
     if fx.cache_dir is not None:
-        digest = np.frombuffer(query_index.astype(np.int64).tobytes(), np.uint8).sum()
+        digest = hashlib.sha1(query_index.astype(np.int64).tobytes()).hexdigest()[:12]
         cache = fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
-            f"{kind}-seed{seed}-n{len(query_index)}-{int(digest)}.npz")
+            f"{kind}-v{VERSION}-seed{seed}-n{len(query_index)}-{digest}.npz")
         if cache.is_file():
             return FeatureSet.load(cache)
     feats = data.features

@@ -109,19 +109,20 @@ def compare(
 
 @app.command()
 def demo(
-    identities: Annotated[int, typer.Option(help="LFW identities to use.")] = 6,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
 ) -> None:
-    """End-to-end demo on the bundled LFW data."""
+    """End-to-end demo on bundled LFW: enrol, search a cropped and a masked query, explain."""
     from facerank.demo import run_demo
 
-    run_demo(identities=identities, console=out)
+    run_demo(console=out, out=out_dir)
 
 
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (added as they exist)."""
     import importlib
 
-    for module in ("facerank.eval.cli", "facerank.explain.cli", "facerank.gallery_cli"):
+    for module in ("facerank.eval.cli", "facerank.explain.cli", "facerank.gallery_cli",
+                   "facerank.web.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

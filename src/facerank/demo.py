@@ -1,65 +1,101 @@
-"""`make demo`: the main job end to end on bundled LFW data."""
+"""`make demo`: the main job end to end on bundled LFW data.
+
+1. Build (or reopen) a gallery of LFW — every image except two held-out queries — in
+   `demo-out/gallery` (features cached after the first run, so a re-run takes seconds).
+2. Make a cropped and a masked query from the held-out images (people who still have other
+   images in the gallery), search each with Stage 1 and Stage 2 (EMD), print the tables.
+3. Write the flow explanation of each top-1 match and print where it is.
+"""
 
 from __future__ import annotations
 
-from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli import DLIB_THRESHOLD, make_extractor
-from facerank.paths import lfw_root
+from facerank.errors import GalleryError
+from facerank.eval.lfw import load_lfw
+from facerank.eval.occlusion import occlude
+from facerank.eval.protocols import lfw_extractor
+from facerank.features import FeatureSet
+from facerank.gallery import Gallery, take
+from facerank.imageio import load_image, save_image
+from facerank.rerank.base import make_stage2
+
+QUERIES = ("Tony_Blair/Tony_Blair_0007.jpg", "Serena_Williams/Serena_Williams_0003.jpg")
 
 
-def pick_identities(n: int, min_images: int = 3) -> list[tuple[str, list[str]]]:
-    """The first `n` LFW people (alphabetical) with at least `min_images` images."""
-    root = lfw_root() / "images"
-    people = []
-    for d in sorted(root.iterdir()):
-        files = sorted(str(f) for f in d.glob("*.jpg"))
-        if len(files) >= min_images:
-            people.append((d.name, files[:min_images]))
-        if len(people) == n:
-            break
-    return people
+def _gallery(out: Path, paths: list[Path], names: list[str], console: Console) -> Gallery:
+    folder = out / "gallery"
+    fx = lfw_extractor()
+    try:
+        gallery = Gallery.open(folder, fx)
+    except GalleryError:
+        if folder.exists() and any(folder.iterdir()):
+            raise
+        gallery = Gallery.create(folder, fx)
+    if len(gallery) < len(paths):
+        console.print(f"enrolling {len(paths)} LFW images into {folder} (resumable; features "
+                      "are cached, so later runs are quick)")
+        report = gallery.add_files(paths, names, progress=True)
+        console.print(f"added {report.added}, already present {report.already_present}, "
+                      f"skipped {len(report.failures)}")
+    return gallery
 
 
-def run_demo(identities: int = 6, console: Console | None = None) -> None:
-    """Extract a few LFW identities, compare matching and non-matching pairs, print a table."""
+def _probe(fx, chip: np.ndarray, name: str) -> FeatureSet:  # noqa: ANN001
+    """FeatureSet of an edited chip: the network on it, landmarks found again on it."""
+    desc, grids = fx.embed_chips(chip[None])
+    lm = fx.detector.chip_landmarks68(chip[None])
+    return FeatureSet(paths=[name], descriptors=desc, grids=grids,
+                      landmarks5=np.full((1, 5, 2), np.nan), landmarks68=lm,
+                      chip_landmarks68=lm, boxes=np.zeros((1, 4)), det_scores=np.zeros(1),
+                      det_sources=["edited chip"])
+
+
+def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> None:
+    """Enrol LFW, search a cropped and a masked query, explain the top matches."""
+    from facerank.explain.flow import render_pair
+
     console = console or Console()
-    people = pick_identities(identities)
-    paths = [p for _, files in people for p in files]
-    labels = [name for name, files in people for _ in files]
-    console.print(f"LFW data: {lfw_root()}  ({len(people)} identities, {len(paths)} images)")
-    fx = make_extractor(faces="center", no_face="center")
-    fs = fx.extract_paths(paths, progress=True)
-    index = {p: i for i, p in enumerate(fs.paths)}
-    emb, desc = fs.embeddings, fs.descriptors
+    lfw = load_lfw()
+    held = {lfw.root / "images" / q for q in QUERIES}
+    paths = [p for p in lfw.paths if p not in held]
+    names = [p.parent.name for p in paths]
+    gallery = _gallery(out, paths, names, console)
+    console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
+    fx = gallery.extractor
+    stage2 = make_stage2("emd", gate="default")
+    gfeats = gallery.features()
+    for (query, kind) in zip(QUERIES, ("crop", "mask"), strict=True):
+        path = lfw.root / "images" / query
+        aligned = fx.align(load_image(path), str(path))
+        chip = occlude(kind, aligned.chip[None], aligned.chip_landmarks68[None], seed=0,
+                       ids=[query])[0]
+        stem = Path(query).stem
+        query_png = out / f"{stem}_{kind}.png"
+        save_image(query_png, chip)
+        probe = _probe(fx, chip, str(query_png))
+        results = {name: gallery.search(probe, k=5, stage2=s)
+                   for name, s in (("Stage 1", None), ("Stage 2", stage2))}
+        table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
+        for col in ("rank", "Stage 1 identity", "cosine", "Stage 2 identity", "final", "emd"):
+            table.add_column(col)
+        for r1, r2 in zip(results["Stage 1"], results["Stage 2"], strict=True):
+            emd = r2.stage_scores.get("emd", float("nan"))
+            table.add_row(str(r1.rank), _mark(r1.identity, path.parent.name),
+                          f"{r1.stage1:.3f}", _mark(r2.identity, path.parent.name),
+                          f"{r2.score:.3f}", f"{emd:.3f}")
+        console.print(table)
+        top = results["Stage 2"][0]
+        explain = out / f"{stem}_{kind}_explained.png"
+        cand = take(gfeats, [int(top.row)])
+        render_pair(probe, cand, explain, stage2, query_chip=chip,
+                    labels=(f"{kind} query", f"top-1: {top.identity}"))
+        console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")
 
-    table = Table(title="facerank compare: matching and non-matching LFW pairs")
-    for col in ("image A", "image B", "truth", "cosine", "dlib dist", "verdict", "ok"):
-        table.add_column(col)
-    correct = total = 0
-    for a, b in combinations(range(len(paths)), 2):
-        same = labels[a] == labels[b]
-        if not same and (b - a) % 5:  # keep a readable sample of non-matching pairs
-            continue
-        ia, ib = index.get(paths[a]), index.get(paths[b])
-        if ia is None or ib is None:
-            continue
-        cos = float(emb[ia] @ emb[ib])
-        dist = float(np.linalg.norm(desc[ia] - desc[ib]))
-        verdict = dist < DLIB_THRESHOLD
-        ok = verdict == same
-        correct += ok
-        total += 1
-        table.add_row(_short(paths[a]), _short(paths[b]), "same" if same else "diff",
-                      f"{cos:.3f}", f"{dist:.3f}", "same" if verdict else "diff",
-                      "[green]yes[/]" if ok else "[red]no[/]")
-    console.print(table)
-    console.print(f"{correct}/{total} pairs decided correctly by dlib's 0.6 rule")
 
-
-def _short(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
+def _mark(identity: str, truth: str) -> str:
+    return f"[green]{identity}[/]" if identity == truth else identity

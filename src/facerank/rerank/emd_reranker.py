@@ -20,7 +20,7 @@ from facerank.features import FeatureSet
 from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
-from facerank.rerank.emd import cost_matrix, pool_grid, sinkhorn
+from facerank.rerank.emd import cost_matrix, emd_similarity_from_cost, pool_grid
 from facerank.rerank.gate import QualityGate
 from facerank.search import Ranking
 
@@ -117,11 +117,11 @@ class Stage2EMD:
                              f"{tuple(c.shape[1:])} differ; both must come from the same model")
         cost = cost_matrix(q, c)  # (B, N, M)
         wq, wc = self._weights(q, c, cost, qf, qi, cf, ci)
-        plan = sinkhorn(cost, wq, wc, eps=self.eps, max_iter=self.max_iter).transport
-        emd = (plan * (1.0 - cost)).sum(dim=(1, 2))  # (B,)
         if with_flow:
+            emd, plan = emd_similarity_from_cost(cost, wq, wc, self.eps, self.max_iter,
+                                                 return_flow=True)
             return emd, plan, wq, wc
-        return (emd,)
+        return (emd_similarity_from_cost(cost, wq, wc, self.eps, self.max_iter),)
 
     def _weights(self, q: torch.Tensor, c: torch.Tensor, cost: torch.Tensor, qf: FeatureSet,
                  qi: np.ndarray, cf: FeatureSet, ci: np.ndarray) -> tuple[torch.Tensor, ...]:

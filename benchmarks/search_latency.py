@@ -19,7 +19,7 @@ from rich.table import Table
 
 from benchmarks.common import write_result
 from facerank.features import FeatureExtractor
-from facerank.gallery import Gallery, take
+from facerank.gallery import Gallery
 from facerank.rerank.base import make_stage2
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     gallery = Gallery.open(args.gallery)
     feats = gallery.features()
     rows = np.random.default_rng(0).choice(len(feats), args.probes, replace=False)
-    probes = [take(feats, [int(r)]) for r in rows]
+    probes = [feats.take([int(r)]) for r in rows]
     gallery.search(probes[0], k=10)  # build the index, warm up
     timings = {}
     for name, stage2 in (("Stage 1 only", None),

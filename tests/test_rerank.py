@@ -104,12 +104,8 @@ def test_bad_options() -> None:
 def test_pooled_grid_and_pairs(gallery: FeatureSet) -> None:
     r = Stage2EMD(grid="l2p4", k=5)
     assert r.grid_hw(gallery) == (4, 4)
-    s = r.score_pairs(_subset(gallery, [0, 1]), _subset(gallery, [0, 2]))
+    s = r.score_pairs(gallery.take([0, 1]), gallery.take([0, 2]))
     assert s.shape == (2,) and s[0] > s[1]  # a face matches itself best
-    flows = r.explain_pairs(_subset(gallery, [0]), _subset(gallery, [3]))
+    flows = r.explain_pairs(gallery.take([0]), gallery.take([3]))
     assert flows.flow.shape == (1, 16, 16)
     np.testing.assert_allclose(flows.flow.sum(), 1.0, atol=1e-4)
-
-
-def _subset(fs: FeatureSet, idx: list[int]) -> FeatureSet:
-    return FeatureSet.stack([fs[i] for i in idx])

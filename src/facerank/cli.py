@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from facerank.cli_options import Detector, Faces, Model, NoFace
 from facerank.errors import FacerankError, InputError
 
 app = typer.Typer(
@@ -25,12 +26,6 @@ err = Console(stderr=True)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 DLIB_THRESHOLD = 0.6  # dlib's same-person rule: Euclidean distance of descriptors < 0.6
 
-Detector = Annotated[str, typer.Option("--detector", help="hog (fast) or mmod (CNN).")]
-Faces = Annotated[str, typer.Option("--faces", help="Several faces: largest, center or strict.")]
-NoFace = Annotated[str, typer.Option(
-    "--no-face", help="No face found: none (error), whole (image is a face crop), center.")]
-Model = Annotated[Path | None, typer.Option(
-    "--model", help="dlib ResNet .dat file (default: the bundled one).")]
 
 
 def expand_images(paths: list[Path]) -> list[Path]:

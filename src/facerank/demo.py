@@ -20,7 +20,7 @@ from facerank.eval.lfw import load_lfw
 from facerank.eval.occlusion import occlude
 from facerank.eval.protocols import lfw_extractor
 from facerank.features import FeatureSet
-from facerank.gallery import Gallery, take
+from facerank.gallery import Gallery
 from facerank.imageio import load_image, save_image
 from facerank.rerank.base import make_stage2
 
@@ -91,7 +91,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
         console.print(table)
         top = results["Stage 2"][0]
         explain = out / f"{stem}_{kind}_explained.png"
-        cand = take(gfeats, [int(top.row)])
+        cand = gfeats.take([int(top.row)])
         render_pair(probe, cand, explain, stage2, query_chip=chip,
                     labels=(f"{kind} query", f"top-1: {top.identity}"))
         console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")

@@ -91,6 +91,17 @@ class FeatureSet:
             path=self.paths[i],
         )
 
+    def take(self, rows: Sequence[int] | np.ndarray) -> FeatureSet:
+        """The given rows, as a new FeatureSet (failures are not carried over)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return FeatureSet(
+            paths=[self.paths[i] for i in idx], descriptors=self.descriptors[idx],
+            grids={k: v[idx] for k, v in self.grids.items()}, landmarks5=self.landmarks5[idx],
+            landmarks68=self.landmarks68[idx], chip_landmarks68=self.chip_landmarks68[idx],
+            boxes=self.boxes[idx], det_scores=self.det_scores[idx],
+            det_sources=[self.det_sources[i] for i in idx],
+        )
+
     @classmethod
     def stack(cls, items: Sequence[FaceFeatures], failures: list[tuple[str, str]] | None = None,
               grid_names: Sequence[str] = ()) -> FeatureSet:

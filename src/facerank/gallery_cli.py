@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from facerank.cli_options import Detector, Faces, Model, NoFace
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
@@ -24,12 +25,6 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 GalleryDir = Annotated[Path, typer.Argument(help="Gallery folder.")]
-Detector = Annotated[str, typer.Option("--detector", help="hog (fast) or mmod (CNN).")]
-Faces = Annotated[str, typer.Option("--faces", help="Several faces: largest, center or strict.")]
-NoFace = Annotated[str, typer.Option(
-    "--no-face", help="No face found: none (skip the file), whole (image is a face crop), center.")]
-Model = Annotated[Path | None, typer.Option(
-    "--model", help="dlib ResNet .dat file (default: the bundled one).")]
 
 
 def register(app: typer.Typer) -> None:

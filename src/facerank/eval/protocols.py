@@ -213,13 +213,13 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
     t0 = time.perf_counter()
     if protocol == "lfw-1680":
         gallery_index = all_queries
-        queries = _subset(feats, query_index)
-        gallery = _subset(feats, gallery_index)
+        queries = feats.take(query_index)
+        gallery = feats.take(gallery_index)
         exclude = np.searchsorted(gallery_index, query_index)  # leave-one-out
     else:
         # the full occluded set is built (and cached) once; a limit takes a subset of it
         full = occluded_queries(data, OCCLUSION_OF[protocol], all_queries, seed, progress)
-        queries = _subset(full, pick)
+        queries = full.take(pick)
         gallery_index = np.arange(len(lfw))
         gallery = feats
         exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()
@@ -243,16 +243,6 @@ def run_identification(data: EvalData, protocol: str, stage2: Reranker | None = 
                                 {"queries": st.seconds, "search": time.perf_counter() - t1})
 
 
-def _subset(fs: FeatureSet, index: np.ndarray) -> FeatureSet:
-    return FeatureSet(
-        paths=[fs.paths[i] for i in index], descriptors=fs.descriptors[index],
-        grids={k: v[index] for k, v in fs.grids.items()}, landmarks5=fs.landmarks5[index],
-        landmarks68=fs.landmarks68[index], chip_landmarks68=fs.chip_landmarks68[index],
-        boxes=fs.boxes[index], det_scores=fs.det_scores[index],
-        det_sources=[fs.det_sources[i] for i in index],
-    )
-
-
 # ---- verification and open set --------------------------------------------------------------
 
 
@@ -262,8 +252,8 @@ def run_pairs(data: EvalData, stage2: Reranker | None = None) -> dict:
     emb = data.features.embeddings
     out = {"stage1": _verification(np.einsum("pd,pd->p", emb[pairs.a], emb[pairs.b]), pairs)}
     if stage2 is not None:
-        scores = stage2.score_pairs(_subset(data.features, pairs.a),
-                                    _subset(data.features, pairs.b))
+        scores = stage2.score_pairs(data.features.take(pairs.a),
+                                    data.features.take(pairs.b))
         out["stage2"] = _verification(scores, pairs)
     out["settings"] = {"protocol": "lfw-pairs", "n_pairs": len(pairs.a),
                        "stage2": stage2.describe() if stage2 else "none"}
@@ -290,7 +280,7 @@ def run_openset(data: EvalData, stage2: Reranker | None = None, seed: int = 0,
     gallery_index = np.array([rng.choice(multi[lfw.labels[multi] == p]) for p in enrolled])
     mated = np.setdiff1d(multi[is_enrolled], gallery_index)
     nonmated = multi[~is_enrolled]
-    gallery = _subset(data.features, gallery_index)
+    gallery = data.features.take(gallery_index)
     g_labels = lfw.labels[gallery_index]
     out: dict = {"settings": {"protocol": "lfw-openset", "seed": seed,
                               "n_gallery": len(gallery_index), "n_mated": len(mated),
@@ -299,7 +289,7 @@ def run_openset(data: EvalData, stage2: Reranker | None = None, seed: int = 0,
     for stage in ("stage1", "stage2") if stage2 else ("stage1",):
         mats = []
         for probes in (mated, nonmated):
-            q = _subset(data.features, probes)
+            q = data.features.take(probes)
             # full ranking: Stage 2 re-scores its top k, the rest keep their cosine
             ranking = cosine_topk(q.embeddings, gallery.embeddings, len(gallery_index))
             if stage == "stage2":

@@ -1,0 +1,16 @@
+"""Command-line options shared by several `facerank` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Detector = Annotated[str, typer.Option("--detector", help="hog (fast) or mmod (CNN).")]
+Faces = Annotated[str, typer.Option("--faces", help="Several faces: largest, center or strict.")]
+NoFace = Annotated[str, typer.Option(
+    "--no-face", help="No face found: none (error / skip the file), whole (the image is a face "
+    "crop), center (the central box).")]
+Model = Annotated[Path | None, typer.Option(
+    "--model", help="dlib ResNet .dat file (default: the bundled one).")]

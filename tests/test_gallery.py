@@ -17,7 +17,7 @@ import pytest
 
 from facerank.errors import GalleryError, InputError
 from facerank.features import FeatureExtractor, FeatureSet
-from facerank.gallery import Gallery, identity_of, take
+from facerank.gallery import Gallery, identity_of
 from facerank.search import Ranking, cosine_topk
 
 PEOPLE = ["Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "Gerhard_Schroeder", "Tony_Blair"]
@@ -104,7 +104,7 @@ def test_round_trip_and_search(people: tuple[Path, list[Path]], extractor: Featu
 
     probes = extractor.extract_paths(held_out, progress=False)
     for i, name in enumerate(PEOPLE):
-        res = g.search(take(probes, [i]), k=5)
+        res = g.search(probes.take([i]), k=5)
         assert [r.rank for r in res] == [1, 2, 3, 4, 5]
         assert res[0].identity == name, res
         assert res[0].score == pytest.approx(res[0].stage1)
@@ -118,12 +118,12 @@ def test_round_trip_and_search(people: tuple[Path, list[Path]], extractor: Featu
         assert [r.path for r in res] == [fs.paths[j] for j in exact.indices[i]]
 
     # k larger than the gallery is clipped
-    assert len(g.search(take(probes, [0]), k=100)) == 15
+    assert len(g.search(probes.take([0]), k=100)) == 15
 
     # Stage 2: indices refer to rows of features(); per-stage scores kept side by side
     rr = ReverseReranker(k=4)
-    s1 = g.search(take(probes, [1]), k=6)
-    s2 = g.search(take(probes, [1]), k=6, stage2=rr)
+    s1 = g.search(probes.take([1]), k=6)
+    s2 = g.search(probes.take([1]), k=6, stage2=rr)
     assert rr.gallery_size == 15
     assert [r.image_id for r in s2[:4]] == [r.image_id for r in s1[:4]][::-1]
     assert [r.image_id for r in s2[4:]] == [r.image_id for r in s1[4:]]
@@ -138,7 +138,7 @@ def test_round_trip_and_search(people: tuple[Path, list[Path]], extractor: Featu
     g2 = Gallery.open(tmp_path / "g", extractor, index="hnsw", load_grids=False)
     assert g2.features().grids == {}
     np.testing.assert_array_equal(g2.features().descriptors, fs.descriptors)
-    assert g2.search(take(probes, [3]), k=3)[0].identity == PEOPLE[3]
+    assert g2.search(probes.take([3]), k=3)[0].identity == PEOPLE[3]
     assert list((tmp_path / "g").glob("index-hnsw-*.faiss"))
 
 

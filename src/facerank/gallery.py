@@ -120,11 +120,6 @@ def identity_of(path: str | Path, identity_from: IdentityFrom = "folder") -> str
     return name
 
 
-def take(fs: FeatureSet, rows: Sequence[int] | np.ndarray) -> FeatureSet:
-    """The rows `rows` of a FeatureSet (same as `fs.take(rows)`)."""
-    return fs.take(rows)
-
-
 @dataclass
 class AddReport:
     """What `add_files` / `reextract` did."""

@@ -203,7 +203,6 @@ def search_command(
 ) -> None:
     """Search a gallery for a probe face: Stage-1 cosine, then Stage-2 re-ranking."""
     from facerank.features import FeatureSet
-    from facerank.gallery import take
     from facerank.rerank.base import make_stage2
 
     if top < 1:
@@ -224,7 +223,7 @@ def search_command(
     results = g.search(probe_fs, k=top, stage2=reranker)
     explained = None
     if explain is not None and results:
-        cand = take(g.features(grids=True), [results[0].row])
+        cand = g.features(grids=True).take([results[0].row])
         explained = _explain(probe_fs, cand, explain, reranker,
                              (probe.name, f"{results[0].identity}: {Path(results[0].path).name}"))
     if as_json:

@@ -1,0 +1,443 @@
+"""FastAPI app: one page, a search API, gallery thumbnails by id (DESIGN.md §7).
+
+Endpoints
+    GET  /                     the page (static/index.html + app.js + app.css, no CDN)
+    GET  /api/info             gallery size, Stage-2 method, upload limit
+    POST /api/search?k=5       multipart `file` -> probe (box, 68 landmarks, detector score),
+                               ranked results with per-stage scores, top-1 flow explanation
+    GET  /api/image/{image_id} a gallery image as a JPEG thumbnail, looked up by its id
+
+Safety: uploads are read from the request stream into memory with the size limit enforced
+while reading (413), identified by decoding (`load_image`), never by filename or client
+content type (400), and no client-supplied name ever reaches the filesystem. Every error is
+JSON `{"error": "..."}` with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from facerank.errors import (
+    FacerankError,
+    GalleryError,
+    ImageError,
+    InputError,
+    MultipleFacesError,
+    NoFaceError,
+)
+from facerank.features import FeatureExtractor, FeatureSet
+from facerank.gallery import Gallery
+from facerank.imageio import load_image
+from facerank.rerank.base import Reranker, make_stage2, stage2_names
+
+MiB = 1024 * 1024
+DEFAULT_MAX_UPLOAD = 8 * MiB
+FORM_OVERHEAD = 64 * 1024  # multipart headers and boundaries allowed on top of the photo
+DEFAULT_K = 5
+MAX_K = 50
+THUMB_SIDE = 256
+PROBE_SIDE = 720
+STATIC = Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class HTTPProblem(Exception):
+    """An error answered as JSON `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def format_bytes(n: int) -> str:
+    """8388608 -> "8 MiB", 10240 -> "10 KiB", 10000 -> "10,000 bytes"."""
+    if n >= MiB and n % MiB == 0:
+        return f"{n // MiB} MiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n:,} bytes"
+
+
+def too_large(limit: int) -> HTTPProblem:
+    """The 413 answer for uploads over `limit` bytes."""
+    return HTTPProblem(413, f"upload is larger than the {format_bytes(limit)} limit; send a "
+                       "smaller photo (JPEG or PNG)", limit_bytes=limit)
+
+
+def _display_name(raw: bytes | None) -> str:
+    """A client filename reduced to a short printable label (display only, never a path)."""
+    if not raw:
+        return "uploaded photo"
+    name = raw.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable())[:80].strip()
+    return name or "uploaded photo"
+
+
+async def read_upload(request: Request, limit: int, field: str = "file") -> tuple[bytes, str]:
+    """The bytes and display name of the multipart `field` of `request`, read in memory.
+
+    The body is parsed as it streams in; more than `limit` bytes in the file part (or a body
+    over `limit` + a small allowance for the form around it) stops the read with a 413.
+    """
+    mime, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if mime != b"multipart/form-data" or not boundary:
+        raise HTTPProblem(400, f"send the photo as multipart/form-data in a field named "
+                          f"{field!r} (got content type {mime.decode('latin-1') or 'none'})")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
+        raise too_large(limit)
+
+    parts: list[dict[str, Any]] = []
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+
+    def on_part_begin() -> None:
+        parts.append({"headers": {}, "data": bytearray()})
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        parts[-1]["headers"][header["field"].lower()] = header["value"]
+        header["field"], header["value"] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    callbacks: dict[str, Callable[..., None]] = {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_part_data": on_part_data}
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit + FORM_OVERHEAD:
+                raise too_large(limit)
+            parser.write(chunk)
+            if parts and len(parts[-1]["data"]) > limit:
+                raise too_large(limit)
+        parser.finalize()
+    except HTTPProblem:
+        raise
+    except Exception as e:  # python-multipart raises several error types on malformed forms
+        raise HTTPProblem(400, f"malformed multipart form ({e}); send the photo as "
+                          f"multipart/form-data in a field named {field!r}") from None
+    for part in parts:
+        _, disp = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if disp.get(b"name") == field.encode():
+            return bytes(part["data"]), _display_name(disp.get(b"filename"))
+    raise HTTPProblem(400, f"no file in the upload: send the photo in a form field named "
+                      f"{field!r}")
+
+
+def _jpeg_data_url(image: np.ndarray, side: int) -> tuple[str, float]:
+    """A JPEG data URL of `image` shrunk to fit `side`, and the scale applied."""
+    pil = Image.fromarray(image)
+    scale = min(1.0, side / max(pil.size))
+    if scale < 1.0:
+        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))),
+                         Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), scale
+
+
+def _clean(x: float) -> float | None:
+    """JSON-safe float (NaN/inf -> None)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _points(a: np.ndarray) -> list[list[float] | None]:
+    """(N, 2) -> [[x, y] | None] (rows with NaN become None)."""
+    return [None if not np.isfinite(p).all() else [round(float(p[0]), 2), round(float(p[1]), 2)]
+            for p in np.asarray(a, dtype=np.float64)]
+
+
+class SearchService:
+    """The gallery, the probe extractor and Stage 2, shared by all requests (one at a time)."""
+
+    def __init__(self, gallery_dir: Path, stage2: str, extractor: FeatureExtractor | None) -> None:
+        self.gallery_dir = Path(gallery_dir)
+        self.gallery = Gallery.open(self.gallery_dir, extractor=extractor)
+        self.extractor = self.gallery.extractor  # the gallery's own model and detector settings
+        self.reranker, self.stage2_note = self._stage2(stage2)
+        self.lock = threading.Lock()  # dlib, torch and matplotlib state: one request at a time
+        self._ids: tuple[str, dict[int, str]] = ("", {})
+        self._thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+
+    @staticmethod
+    def _stage2(name: str) -> tuple[Reranker | None, str | None]:
+        """Build Stage 2; an unavailable "emd" falls back to Stage 1 only, with a note."""
+        try:
+            available = stage2_names()
+        except ImportError as e:
+            if name == "none":
+                return None, None
+            return None, f"Stage 2 {name!r} is unavailable ({e}); showing Stage 1 only"
+        if name not in available:
+            if name == "emd":
+                return None, "Stage 2 'emd' is not available in this install; showing Stage 1 only"
+            raise InputError(f"unknown Stage-2 method {name!r}; choose from "
+                             f"{', '.join(available)}")
+        return make_stage2(name), None
+
+    def info(self) -> dict[str, Any]:
+        """What the page shows in its header."""
+        meta = self.gallery.meta()
+        return {
+            "gallery": self.gallery_dir.name, "images": len(self.gallery),
+            "identities": len(self.gallery.identities()), "model": meta.get("model_id"),
+            "stage2": self.reranker.describe() if self.reranker is not None else "none",
+            "stage2_note": self.stage2_note, "default_k": DEFAULT_K, "max_k": MAX_K,
+        }
+
+    # ---- gallery images ------------------------------------------------------------------
+
+    def image_path(self, image_id: int) -> str | None:
+        """The stored file of a gallery image id (the id -> path map follows gallery changes)."""
+        generation = self.gallery.meta().get("generation", "")
+        if self._ids[0] != generation:
+            self._ids = (generation, {int(r["id"]): str(r["path"]) for r in self.gallery.images()})
+        return self._ids[1].get(image_id)
+
+    def thumbnail(self, image_id: int) -> bytes:
+        """JPEG thumbnail of a gallery image; 404 for unknown ids or missing files."""
+        with self._thumb_lock:
+            return self._thumbnail(image_id)
+
+    def _thumbnail(self, image_id: int) -> bytes:
+        path = self.image_path(image_id)
+        if path is None:
+            raise HTTPProblem(404, f"no gallery image with id {image_id}")
+        key = (image_id, path)
+        if key in self._thumbs:
+            self._thumbs.move_to_end(key)
+            return self._thumbs[key]
+        try:
+            image = load_image(path)
+        except ImageError:
+            raise HTTPProblem(404, f"the file of gallery image {image_id} is missing or "
+                              "unreadable; re-add it to the gallery") from None
+        pil = Image.fromarray(image)
+        pil.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        pil.save(buf, format="JPEG", quality=85)
+        self._thumbs[key] = buf.getvalue()
+        if len(self._thumbs) > 512:
+            self._thumbs.popitem(last=False)
+        return self._thumbs[key]
+
+    # ---- search --------------------------------------------------------------------------
+
+    def search(self, data: bytes, name: str, k: int, explain: bool) -> dict[str, Any]:
+        """Decode, detect, extract, search and explain one probe photo (in memory)."""
+        t0 = time.perf_counter()
+        try:
+            image = load_image(data, name=name)
+        except ImageError as e:
+            raise HTTPProblem(400, str(e)) from None
+        with self.lock:
+            t1 = time.perf_counter()
+            try:
+                face = self.extractor.extract(image, name)
+            except NoFaceError:
+                raise HTTPProblem(422, f"no face found in {name}; upload a photo where one face "
+                                  "is clearly visible, frontal and not too small") from None
+            except MultipleFacesError:
+                raise HTTPProblem(422, f"several faces found in {name}; crop the photo to the "
+                                  "one face you want to search for") from None
+            probe = FeatureSet.stack([face])
+            t2 = time.perf_counter()
+            results = self.gallery.search(probe, k=k, stage2=self.reranker)
+            t3 = time.perf_counter()
+            explanation, explain_note = None, None
+            if explain and results:
+                explanation, explain_note = self._explain(probe, image, face.landmarks5,
+                                                          results[0], name)
+            t4 = time.perf_counter()
+        stage2_name = getattr(self.reranker, "name", None)
+        image_url, _ = _jpeg_data_url(image, PROBE_SIDE)
+        h, w = image.shape[:2]
+        return {
+            "probe": {
+                "name": name, "width": w, "height": h, "image": image_url,
+                "box": [round(float(v), 2) for v in face.box],
+                "landmarks68": _points(face.landmarks68), "landmarks5": _points(face.landmarks5),
+                "det_score": _clean(face.det_score), "det_source": face.det_source,
+            },
+            "stage2": self.reranker.describe() if self.reranker is not None else "none",
+            "stage2_name": stage2_name, "stage2_note": self.stage2_note,
+            "results": [{
+                "rank": r.rank, "identity": r.identity, "image_id": r.image_id,
+                "file": Path(r.path).name, "score": _clean(r.score),
+                "stage1": _clean(r.stage_scores.get("stage1", float("nan"))),
+                "stage2": _clean(r.stage_scores[stage2_name])
+                if stage2_name in r.stage_scores else None,
+                "stage_scores": {n: _clean(v) for n, v in r.stage_scores.items()},
+                "thumbnail": f"/api/image/{r.image_id}",
+            } for r in results],
+            "explanation": explanation, "explanation_note": explain_note,
+            "timings_ms": {"decode": round(1e3 * (t1 - t0), 1),
+                           "extract": round(1e3 * (t2 - t1), 1),
+                           "search": round(1e3 * (t3 - t2), 1),
+                           "explain": round(1e3 * (t4 - t3), 1)},
+        }
+
+    def _explain(self, probe: FeatureSet, image: np.ndarray, landmarks5: np.ndarray,
+                 top: Any, name: str) -> tuple[str | None, str | None]:
+        """Flow explanation PNG of the top-1 match as a data URL, or (None, why not)."""
+        try:
+            from facerank.align import extract_chip
+            from facerank.explain.flow import render_pair
+            from facerank.rerank.emd_reranker import Stage2EMD
+        except ImportError as e:
+            return None, f"explanations are unavailable in this install ({e})"
+        reranker = self.reranker if isinstance(self.reranker, Stage2EMD) else Stage2EMD()
+        note = None if reranker is self.reranker else (
+            f"explained with the default {reranker.describe()} (Stage 2 is off)")
+        try:
+            cand = self.gallery.features(grids=True).take([top.row])
+            # render_pair writes a file: a private temp folder, deleted right after reading
+            with tempfile.TemporaryDirectory(prefix="facerank-explain-") as tmp:
+                path, _ = render_pair(probe, cand, Path(tmp) / "flow.png", reranker,
+                                      query_chip=extract_chip(image, landmarks5),
+                                      labels=("probe", f"#1 {top.identity}"))
+                png = _trim_white(Path(path).read_bytes())
+        except (FacerankError, OSError, ValueError) as e:
+            return None, f"could not render the explanation ({e})"
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii"), note
+
+
+def _trim_white(png: bytes, pad: int = 8) -> bytes:
+    """Crop the white margin a matplotlib figure leaves around its panels."""
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    ink = np.asarray(img).min(axis=2) < 250
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not len(rows):
+        return png
+    box = (max(0, int(cols[0]) - pad), max(0, int(rows[0]) - pad),
+           min(img.width, int(cols[-1]) + 1 + pad), min(img.height, int(rows[-1]) + 1 + pad))
+    buf = io.BytesIO()
+    img.crop(box).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+               extractor: FeatureExtractor | None = None) -> FastAPI:
+    """The web app for the gallery in `gallery_dir`.
+
+    stage2: a registered Stage-2 method or "none" ("emd" falls back to none if unavailable).
+    max_upload_bytes: the largest probe photo accepted (413 above it).
+    extractor: reuse a loaded FeatureExtractor (must match the gallery's model); default:
+    the gallery's stored settings.
+    """
+    if max_upload_bytes < 1:
+        raise InputError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
+    if not Path(gallery_dir).is_dir():
+        raise GalleryError(f"{gallery_dir}: no such gallery folder; create one with "
+                           f"`facerank gallery create {gallery_dir}`")
+    service = SearchService(Path(gallery_dir), stage2, extractor)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.gallery.close()
+
+    app = FastAPI(title="facerank", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.service = service
+    app.state.max_upload_bytes = max_upload_bytes
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[..., Any]) -> Response:
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
+        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        msgs = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}"
+                for e in exc.errors()]
+        return JSONResponse({"error": "bad request: " + "; ".join(msgs)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"nothing at {request.url.path[:200]}",
+                   405: f"{request.method} is not allowed on {request.url.path[:200]}"}
+        return JSONResponse({"error": message.get(exc.status_code, str(exc.detail))},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(FacerankError)
+    async def facerank_error(_: Request, exc: FacerankError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/info")
+    async def info() -> JSONResponse:
+        data = await run_in_threadpool(service.info)
+        return JSONResponse({**data, "max_upload_bytes": max_upload_bytes,
+                             "max_upload": format_bytes(max_upload_bytes)})
+
+    @app.post("/api/search")
+    async def search(request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
+                     explain: bool = True) -> JSONResponse:
+        data, name = await read_upload(request, max_upload_bytes)
+        result = await run_in_threadpool(service.search, data, name, k, explain)
+        return JSONResponse(result)
+
+    @app.get("/api/image/{image_id}")
+    async def image(image_id: str) -> Response:
+        if not image_id.isdigit() or len(image_id) > 18:
+            raise HTTPProblem(404, f"no gallery image with id {image_id[:40]!r}")
+        jpeg = await run_in_threadpool(service.thumbnail, int(image_id))
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -5,7 +5,8 @@ One PNG with four panels:
   2. both chips side by side with the strongest flows drawn as lines coloured by their mass;
   3. the candidate chip with its grid and weights;
   4. DeepEMD's reconstruction: each query patch replaced by the candidate patch that receives
-     most of its mass, darkened by that flow (normalised to [0, 1], Eq. 3.9).
+     most of its mass, darkened by that flow (normalised to [0, 1] as in Eq. 3.9, then shown
+     at 20-100 % brightness so the weakest patches stay visible).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def render_flow(query_chip: np.ndarray, cand_chip: np.ndarray, flows: PairFlows,
     best = flow.argmax(axis=1)
     strength = flow.max(axis=1)
     strength = (strength - strength.min()) / max(float(np.ptp(strength)), 1e-12)
+    strength = 0.2 + 0.8 * strength  # Eq. 3.9, lifted so the weakest patch stays visible
     recon = np.zeros((ph * h, pw * w, 3), dtype=np.float32)
     for i in range(h * w):
         r, c = divmod(i, w)

@@ -349,3 +349,21 @@ def test_bad_input_raises_input_error() -> None:
         tpir_at_fpir(np.zeros((1, 2)), [5], np.zeros((1, 2)), g, 0.1)
     with pytest.raises(InputError, match="mated_labels has 2"):
         tpir_at_fpir(np.zeros((1, 2)), [0, 1], np.zeros((1, 2)), g, 0.1)
+
+
+def test_real_lfw_embeddings_match_pml(lfw_images, extractor) -> None:  # noqa: ANN001
+    """Leave-one-out on real embeddings of 40 LFW people x 4 images, through the port."""
+    by_person: dict[str, list] = {}
+    for p in lfw_images:
+        by_person.setdefault(p.parent.name, []).append(p)
+    people = [n for n, files in sorted(by_person.items()) if len(files) >= 4][::20][:40]
+    paths = [f for n in people for f in by_person[n][:4]]
+    fs = extractor.extract_paths(paths, progress=False)
+    assert len(fs) == len(paths)
+    labels = np.repeat(np.arange(len(people)), 4)
+    emb = fs.embeddings.astype(np.float64)
+    scores = emb @ emb.T
+    assert_no_ties(scores)
+    ours = retrieval_metrics(scores, labels, labels, query_gallery_index=np.arange(len(labels)))
+    assert_same(ours, pml(scores, labels, labels, ref_includes_query=True))
+    assert ours["p_at_1"] > 0.9  # these are real, recognisable faces

@@ -305,6 +305,18 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="facerank-emd")
 
 
+def _checked_problem(cost: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None,
+                     a_name: str, b_name: str,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A ready cost (B, N, M) in the work dtype with its normalised weights a (B, N), b (B, M)."""
+    if cost.dim() != 3:
+        raise InputError(f"cost must be (B, N, M), got shape {tuple(cost.shape)}")
+    cost = cost.detach().to(_work_dtype(cost))
+    n_pairs, n, m = cost.shape
+    return (cost, _marginal(a, n_pairs, n, cost, a_name),
+            _marginal(b, n_pairs, m, cost, b_name))
+
+
 # ---------------------------------------------------------------------------------------------
 # public solvers
 
@@ -319,12 +331,8 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None,
     marginals is <= tol (looked at every `check_every` iterations) or after max_iter.
     chunk_size: pairs solved together (None: CHUNK_BYTES of kernels).
     """
-    if cost.dim() != 3:
-        raise InputError(f"cost must be (B, N, M), got shape {tuple(cost.shape)}")
-    cost = cost.detach().to(_work_dtype(cost))
-    n_pairs, n, m = cost.shape
-    a = _marginal(a, n_pairs, n, cost, "source (a)")
-    b = _marginal(b, n_pairs, m, cost, "target (b)")
+    cost, a, b = _checked_problem(cost, a, b, "source (a)", "target (b)")
+    n_pairs = cost.shape[0]
     out = torch.empty_like(cost)  # (B, N, M)
     n_iter = _solve_chunks(n_pairs, chunk_size, lambda s, e: torch.neg(cost[s:e]), a, b,
                            lambda s, e: out[s:e], lambda *_: None, eps, max_iter, tol,
@@ -360,12 +368,8 @@ def emd_similarity_from_cost(cost: torch.Tensor, a: torch.Tensor | None = None,
 
     Same as `sinkhorn` then the sum, without materialising the plans unless return_flow.
     """
-    if cost.dim() != 3:
-        raise InputError(f"cost must be (B, N, M), got shape {tuple(cost.shape)}")
-    cost = cost.detach().to(_work_dtype(cost))
-    n_pairs, n, m = cost.shape
-    a = _marginal(a, n_pairs, n, cost, "query (a)")
-    b = _marginal(b, n_pairs, m, cost, "candidate (b)")
+    cost, a, b = _checked_problem(cost, a, b, "query (a)", "candidate (b)")
+    n_pairs = cost.shape[0]
     flow = torch.empty_like(cost) if return_flow else None
     sims = _emd_chunked(lambda s, e: 1.0 - cost[s:e], n_pairs, a, b, eps, max_iter, tol,
                         check_every, chunk_size, flow, spread=None)

@@ -100,7 +100,8 @@ def gated(args: argparse.Namespace) -> None:
                        fc_weight=fc)
         emd, seconds = emd_cached(rr, st, ranking, tag)
         fold = np.array([lab in half for lab in st.query_labels])
-        feats = gate_features(ranking.stage_scores["stage1"], emd)
+        cos = ranking.stage_scores["stage1"][:, : args.k]  # the columns the gate sees in use
+        feats = gate_features(cos, emd)
         prepared[protocol] = (st, ranking, r, emd, fold, feats, seconds)
 
     gates = {}
@@ -126,8 +127,9 @@ def gated(args: argparse.Namespace) -> None:
         merged = type(ranking)(merged_idx, np.where(sel, blended[True].scores,
                                                     blended[False].scores))
         m_gate = _retrieval(merged, st.query_labels, st.gallery_labels, r)
-        used = np.where(fold, gates[True].use_stage2(ranking.stage_scores["stage1"], emd),
-                        gates[False].use_stage2(ranking.stage_scores["stage1"], emd))
+        cos = ranking.stage_scores["stage1"][:, : args.k]
+        used = np.where(fold, gates[True].use_stage2(cos, emd),
+                        gates[False].use_stage2(cos, emd))
         name = f"{args.grid} {args.weighting} α={args.alpha:g}"
         rows += [(protocol, "Stage 1 (cosine)", m1), (protocol, f"Stage 2 {name}", m_plain),
                  (protocol, f"Stage 2 {name}, gated", m_gate)]

@@ -188,7 +188,7 @@ class Stage2EMD:
         cos = stage1[:, :k]
         alpha = np.full((ranking.num_queries, 1), self.alpha, dtype=np.float32)
         if self.gate is not None and ranking.k >= 2:
-            alpha[~self.gate.use_stage2(stage1, emd)] = 0.0
+            alpha[~self.gate.use_stage2(cos, emd)] = 0.0  # same k columns as trained
         final = alpha * emd + (1 - alpha) * cos
         order = np.argsort(-final, axis=1, kind="stable")
         rows = np.arange(ranking.num_queries)[:, None]

@@ -6,7 +6,7 @@ EMD score lists, whether the query is a hard (occluded) one; only then is the EM
 It is a logistic regression over a few list statistics, fitted on training identities and
 stored as a small JSON file (no pickle).
 
-    features (per query, from cos = Stage-1 top-K scores and emd = EMD of the top k):
+    features (per query, from cos = Stage-1 scores and emd = EMD of the same top k):
       cos_std, cos_top1, cos_peak (top-1 z-score among the rest), cos_gap10 (top1 - top10),
       cos_mean, emd_std, emd_max, emd_mean, emd_at_cos_top1, agree (EMD's best = cosine's best)
 """
@@ -28,10 +28,14 @@ BUNDLED = Path(__file__).resolve().parent / "gates"
 
 
 def gate_features(cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
-    """cos (Q, K) Stage-1 scores best first, emd (Q, k) EMD of the first k -> (Q, F)."""
-    if cos.ndim != 2 or emd.ndim != 2 or cos.shape[0] != emd.shape[0] or cos.shape[1] < 2:
-        raise InputError(f"gate needs (Q, K>=2) cosines and (Q, k) EMD scores, got {cos.shape} "
-                         f"and {emd.shape}")
+    """cos (Q, k) Stage-1 scores best first, emd (Q, k) EMD of the same candidates -> (Q, F).
+
+    Both lists cover the same k candidates (the re-ranked ones), so the statistics mean the
+    same thing whether the Stage-1 ranking was cut at k or kept longer.
+    """
+    if cos.ndim != 2 or cos.shape != emd.shape or cos.shape[1] < 2:
+        raise InputError(f"gate needs Stage-1 and EMD scores of the same (Q, k>=2) candidates, "
+                         f"got {cos.shape} and {emd.shape}")
     cos = cos.astype(np.float64)
     emd = emd.astype(np.float64)
     rest = cos[:, 1:]
@@ -103,7 +107,9 @@ class QualityGate:
             raw = json.loads(Path(path).read_text())
             gate = cls(**raw)
         except FileNotFoundError:
-            raise ModelFileError(f"{path}: gate file not found") from None
+            raise ModelFileError(f"{path}: gate file not found; fit one with `python -m "
+                                 "benchmarks.stage2 gated --save-gate` or run Stage 2 without "
+                                 "a gate") from None
         except (json.JSONDecodeError, TypeError) as e:
             raise ModelFileError(f"{path}: not a facerank gate file ({e})") from None
         if len(gate.coef) != len(FEATURES) or len(gate.mean) != len(FEATURES):

@@ -14,3 +14,6 @@ NoFace = Annotated[str, typer.Option(
     "crop), center (the central box).")]
 Model = Annotated[Path | None, typer.Option(
     "--model", help="dlib ResNet .dat file (default: the bundled one).")]
+Gate = Annotated[str, typer.Option(
+    "--gate", help="Stage-2 quality gate: auto (the bundled gate for this grid and weighting, "
+    "if one ships), none (re-rank every query), or a gate JSON file.")]

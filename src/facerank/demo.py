@@ -67,7 +67,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
     gallery = _gallery(out, paths, names, console)
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
-    stage2 = make_stage2("emd", gate="default")
+    stage2 = make_stage2("emd")  # gated by the bundled l2/APC gate
     gfeats = gallery.features()
     for (query, kind) in zip(QUERIES, ("crop", "mask"), strict=True):
         path = lfw.root / "images" / query

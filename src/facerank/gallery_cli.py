@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Detector, Faces, Model, NoFace
+from facerank.cli_options import Detector, Faces, Gate, Model, NoFace
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
@@ -194,6 +194,7 @@ def search_command(
     alpha: Annotated[float | None, typer.Option(
         help="Final = alpha*Stage-2 + (1-alpha)*cosine.")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Stage-1 candidates re-ranked.")] = None,
+    gate: Gate = "auto",
     faces: Annotated[str | None, typer.Option(
         "--faces", help="Probe with several faces: largest, center or strict (default: the "
         "gallery's).")] = None,
@@ -207,7 +208,7 @@ def search_command(
 
     if top < 1:
         raise InputError(f"--top must be >= 1, got {top}")
-    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k}
+    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
     reranker = make_stage2(stage2, **{n: v for n, v in options.items() if v is not None})
     g = _open(gallery)
     fx = g.extractor

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from facerank.cli_options import Gate
 from facerank.errors import InputError
 
 
@@ -28,6 +29,7 @@ def eval_command(
     weighting: Annotated[str, typer.Option(help="uniform, apc, cc, sc or lmk.")] = "apc",
     alpha: Annotated[float, typer.Option(help="Final = alpha*EMD + (1-alpha)*cosine.")] = 0.7,
     k: Annotated[int, typer.Option(help="Stage-2 re-ranks the top k of Stage 1.")] = 100,
+    gate: Gate = "auto",
     seed: Annotated[int, typer.Option(help="Seed of occlusions and splits.")] = 0,
     keep_original: Annotated[bool, typer.Option(
         help="Occluded protocols: keep the query's own original in the gallery (papers' code).")]
@@ -52,7 +54,7 @@ def eval_command(
         if n not in P.PROTOCOLS:
             raise InputError(f"unknown protocol {n!r}; choose from {', '.join(P.PROTOCOLS)} "
                              "or all")
-    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k}
+    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
     reranker = make_stage2(stage2, **options) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
 from facerank.rerank.emd import cost_matrix, emd_similarity_from_cost, pool_grid
-from facerank.rerank.gate import QualityGate
+from facerank.rerank.gate import QualityGate, bundled_gate
 from facerank.search import Ranking
 
 _GRID = re.compile(r"^(l[0-4])(?:p(\d+))?$")
@@ -209,6 +209,13 @@ class Stage2EMD:
 
 @register_stage2("emd")
 def _make(grid: str = "l2", weighting: str = "apc", alpha: float = 0.7, k: int = 100,
-          gate: str | None = None, **kw: object) -> Stage2EMD:
+          gate: str | None = "auto", **kw: object) -> Stage2EMD:
+    """The product's EMD re-ranker. gate: "auto" = the bundled gate fitted for this grid and
+    weighting when one ships (else none), "none", "default", or a gate JSON file."""
+    if gate == "auto":
+        found = bundled_gate(grid, weighting)
+        gate = str(found) if found is not None else None
+    elif gate == "none":
+        gate = None
     return Stage2EMD(grid=grid, weighting=weighting, alpha=alpha, k=k, gate=gate,
                      **kw)  # type: ignore[arg-type]

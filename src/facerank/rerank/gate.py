@@ -47,6 +47,12 @@ def gate_features(cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
     ], axis=1)
 
 
+def bundled_gate(grid: str, weighting: str) -> Path | None:
+    """The gate shipped for the dlib backbone with this grid and weighting, if there is one."""
+    path = BUNDLED / f"dlib_resnet_v1-{grid}-{weighting}.json"
+    return path if path.is_file() else None
+
+
 @dataclass
 class QualityGate:
     """Logistic regression on standardised gate features; p > threshold -> use Stage 2."""

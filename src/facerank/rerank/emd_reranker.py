@@ -21,7 +21,7 @@ from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
 from facerank.rerank.emd import cost_matrix, emd_similarity_from_cost, pool_grid
-from facerank.rerank.gate import QualityGate, bundled_gate
+from facerank.rerank.gate import QualityGate, bundled_gate, gate_features, query_features
 from facerank.search import Ranking
 
 _GRID = re.compile(r"^(l[0-4])(?:p(\d+))?$")
@@ -178,17 +178,28 @@ class Stage2EMD:
                 advance(len(rows))
         return emd
 
-    def blend(self, ranking: Ranking, emd: np.ndarray) -> Ranking:
+    def gate_features(self, queries: FeatureSet, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
+        """(Q, F) gate inputs: Stage-1 cos (Q, k) and emd (Q, k) of the same candidates."""
+        if self.grid_name not in queries.grids:
+            raise InputError(f"query features have no grid {self.grid_name!r}")
+        return gate_features(cos, emd, query_features(queries.descriptors,
+                                                      queries.grids[self.grid_name]))
+
+    def blend(self, ranking: Ranking, emd: np.ndarray,
+              queries: FeatureSet | None = None) -> Ranking:
         """Re-order the first k columns by alpha * emd + (1 - alpha) * Stage-1 cosine.
 
-        With a gate, queries it does not flag as hard keep alpha = 0 (their Stage-1 order).
+        With a gate (which needs the query features), queries it does not flag as hard keep
+        alpha = 0, i.e. their Stage-1 order.
         """
         k = emd.shape[1]
         stage1 = ranking.stage_scores.get("stage1", ranking.scores)
         cos = stage1[:, :k]
         alpha = np.full((ranking.num_queries, 1), self.alpha, dtype=np.float32)
-        if self.gate is not None and ranking.k >= 2:
-            alpha[~self.gate.use_stage2(cos, emd)] = 0.0  # same k columns as trained
+        if self.gate is not None and k >= 2:
+            if queries is None:
+                raise InputError("a gated Stage 2 needs the query features to blend")
+            alpha[~self.gate.use_stage2(self.gate_features(queries, cos, emd))] = 0.0
         final = alpha * emd + (1 - alpha) * cos
         order = np.argsort(-final, axis=1, kind="stable")
         rows = np.arange(ranking.num_queries)[:, None]
@@ -204,7 +215,7 @@ class Stage2EMD:
         if k == 0 or n_q == 0:
             return ranking
         emd = self.emd_scores(queries, gallery, ranking.indices[:, :k], progress)
-        return self.blend(ranking, emd)
+        return self.blend(ranking, emd, queries)
 
 
 @register_stage2("emd")

@@ -2,13 +2,18 @@
 
 DESIGN §5 found that EMD on this backbone's intermediate maps lifts occluded queries but hurts
 clean ones at any fixed alpha. The gate predicts, from the shapes of the query's Stage-1 and
-EMD score lists, whether the query is a hard (occluded) one; only then is the EMD blend used.
-It is a logistic regression over a few list statistics, fitted on training identities and
-stored as a small JSON file (no pickle).
+EMD score lists and from a few statistics of the query's own features, whether the query is a
+hard (occluded) one; only then is the EMD blend used. It is a logistic regression, fitted on
+training identities, whose threshold is set so that a chosen small share of the clean training
+queries (the clean budget, 1 % by default) is sent to Stage 2; stored as a small JSON file
+(no pickle).
 
-    features (per query, from cos = Stage-1 scores and emd = EMD of the same top k):
+    list features (per query, cos = Stage-1 scores and emd = EMD of the same top k):
       cos_std, cos_top1, cos_peak (top-1 z-score among the rest), cos_gap10 (top1 - top10),
       cos_mean, emd_std, emd_max, emd_mean, emd_at_cos_top1, agree (EMD's best = cosine's best)
+    query features (the query's raw descriptor and its patch grid):
+      q_norm (descriptor length), q_grid_mean, q_grid_std, q_grid_active (share > 0),
+      q_grid_spatial_std (spread of the channel-mean map over the grid)
 """
 
 from __future__ import annotations
@@ -22,13 +27,28 @@ import torch
 
 from facerank.errors import InputError, ModelFileError
 
-FEATURES = ("cos_std", "cos_top1", "cos_peak", "cos_gap10", "cos_mean", "emd_std", "emd_max",
-            "emd_mean", "emd_at_cos_top1", "agree")
+LIST_FEATURES = ("cos_std", "cos_top1", "cos_peak", "cos_gap10", "cos_mean", "emd_std",
+                 "emd_max", "emd_mean", "emd_at_cos_top1", "agree")
+QUERY_FEATURES = ("q_norm", "q_grid_mean", "q_grid_std", "q_grid_active", "q_grid_spatial_std")
+FEATURES = LIST_FEATURES + QUERY_FEATURES
 BUNDLED = Path(__file__).resolve().parent / "gates"
 
 
-def gate_features(cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
-    """cos (Q, k) Stage-1 scores best first, emd (Q, k) EMD of the same candidates -> (Q, F).
+def query_features(descriptors: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """descriptors (Q, D) raw (not normalised), grid (Q, C, H, W) -> (Q, 5) query statistics."""
+    if descriptors.ndim != 2 or grid.ndim != 4 or len(descriptors) != len(grid):
+        raise InputError(f"gate needs (Q, D) descriptors and (Q, C, H, W) grids, got "
+                         f"{descriptors.shape} and {grid.shape}")
+    g = grid.astype(np.float32)
+    return np.stack([
+        np.linalg.norm(descriptors.astype(np.float64), axis=1), g.mean(axis=(1, 2, 3)),
+        g.std(axis=(1, 2, 3)), (g > 0).mean(axis=(1, 2, 3)), g.mean(axis=1).std(axis=(1, 2)),
+    ], axis=1).astype(np.float64)
+
+
+def gate_features(cos: np.ndarray, emd: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """cos (Q, k) Stage-1 scores best first, emd (Q, k) EMD of the same candidates,
+    query (Q, 5) from `query_features` -> (Q, F).
 
     Both lists cover the same k candidates (the re-ranked ones), so the statistics mean the
     same thing whether the Stage-1 ranking was cut at k or kept longer.
@@ -36,6 +56,9 @@ def gate_features(cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
     if cos.ndim != 2 or cos.shape != emd.shape or cos.shape[1] < 2:
         raise InputError(f"gate needs Stage-1 and EMD scores of the same (Q, k>=2) candidates, "
                          f"got {cos.shape} and {emd.shape}")
+    if query.shape != (len(cos), len(QUERY_FEATURES)):
+        raise InputError(f"gate needs ({len(cos)}, {len(QUERY_FEATURES)}) query features, "
+                         f"got {query.shape}")
     cos = cos.astype(np.float64)
     emd = emd.astype(np.float64)
     rest = cos[:, 1:]
@@ -44,6 +67,7 @@ def gate_features(cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
         cos.std(axis=1), cos[:, 0], (cos[:, 0] - rest.mean(axis=1)) / (rest.std(axis=1) + 1e-9),
         cos[:, 0] - tenth, cos.mean(axis=1), emd.std(axis=1), emd.max(axis=1),
         emd.mean(axis=1), emd[:, 0], (emd.argmax(axis=1) == 0).astype(np.float64),
+        *query.T,
     ], axis=1)
 
 
@@ -55,7 +79,7 @@ def bundled_gate(grid: str, weighting: str) -> Path | None:
 
 @dataclass
 class QualityGate:
-    """Logistic regression on standardised gate features; p > threshold -> use Stage 2."""
+    """Logistic regression on standardised gate features (Q, F); p > threshold -> Stage 2."""
 
     mean: list[float]
     std: list[float]
@@ -64,19 +88,27 @@ class QualityGate:
     threshold: float = 0.5
     meta: dict = field(default_factory=dict)
 
-    def probability(self, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
+    def probability(self, features: np.ndarray) -> np.ndarray:
         """(Q,) probability that each query is a hard one that Stage 2 should re-rank."""
-        x = (gate_features(cos, emd) - np.array(self.mean)) / np.array(self.std)
+        if features.ndim != 2 or features.shape[1] != len(self.coef):
+            raise InputError(f"gate expects (Q, {len(self.coef)}) features, got "
+                             f"{features.shape}")
+        x = (features - np.array(self.mean)) / np.array(self.std)
         return 1.0 / (1.0 + np.exp(-(x @ np.array(self.coef) + self.bias)))
 
-    def use_stage2(self, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
-        """(Q,) bool."""
-        return self.probability(cos, emd) > self.threshold
+    def use_stage2(self, features: np.ndarray) -> np.ndarray:
+        """(Q,) bool from (Q, F) `gate_features`."""
+        return self.probability(features) > self.threshold
 
     @classmethod
     def fit(cls, features: np.ndarray, hard: np.ndarray, l2: float = 1e-2,
-            threshold: float = 0.5, meta: dict | None = None) -> QualityGate:
-        """Fit on (N, F) features and (N,) bool labels (True = occluded / hard query)."""
+            clean_budget: float = 0.01, meta: dict | None = None) -> QualityGate:
+        """Fit on (N, F) features and (N,) bool labels (True = occluded / hard query).
+
+        The threshold lets `clean_budget` of the easy training queries through to Stage 2.
+        """
+        if not 0.0 < clean_budget < 1.0:
+            raise InputError(f"clean_budget must be in (0, 1), got {clean_budget}")
         if len(features) != len(hard) or len(np.unique(hard)) != 2:
             raise InputError("gate training needs features and labels of both classes")
         mean, std = features.mean(axis=0), features.std(axis=0) + 1e-12
@@ -94,8 +126,12 @@ class QualityGate:
             return loss
 
         opt.step(closure)
+        with torch.no_grad():
+            p_easy = torch.sigmoid(x[~torch.from_numpy(hard.astype(bool))] @ w + b)
+        threshold = float(torch.quantile(p_easy, 1.0 - clean_budget))
         return cls(mean.tolist(), std.tolist(), w.detach().tolist(), float(b.detach()),
-                   threshold, {"features": list(FEATURES), **(meta or {})})
+                   threshold, {"features": list(FEATURES), "clean_budget": clean_budget,
+                               **(meta or {})})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -1,0 +1,148 @@
+"""Quality gate: features, fitting, the JSON file format and its use inside Stage 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facerank.errors import InputError, ModelFileError
+from facerank.features import FeatureSet
+from facerank.rerank.base import make_stage2
+from facerank.rerank.emd_reranker import Stage2EMD
+from facerank.rerank.gate import FEATURES, QualityGate, gate_features, query_features
+from facerank.search import Ranking
+
+
+def _queries(n: int, hard: bool, seed: int) -> FeatureSet:
+    """Query features: hard (occluded-like) queries have weaker, flatter grids."""
+    rng = np.random.default_rng(seed)
+    scale = 0.6 if hard else 1.0
+    grids = (scale * np.abs(rng.normal(size=(n, 128, 8, 8)))).astype(np.float16)
+    desc = rng.normal(size=(n, 128)).astype(np.float32) * 0.12
+    lm = np.zeros((n, 68, 2))
+    return FeatureSet(paths=[f"q{i}" for i in range(n)], descriptors=desc, grids={"l2": grids},
+                      landmarks5=np.zeros((n, 5, 2)), landmarks68=lm, chip_landmarks68=lm,
+                      boxes=np.zeros((n, 4)), det_scores=np.ones(n), det_sources=["t"] * n)
+
+
+def _lists(n: int, hard: bool, seed: int, k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Score lists: easy queries have one clear Stage-1 winner, hard ones a flat list."""
+    rng = np.random.default_rng(seed)
+    cos = np.sort(rng.uniform(0.80, 0.90, size=(n, k)), axis=1)[:, ::-1].copy()
+    if not hard:
+        cos[:, 0] = rng.uniform(0.95, 0.99, size=n)
+    emd = rng.uniform(0.5, 0.7, size=(n, k))
+    return cos.astype(np.float32), emd.astype(np.float32)
+
+
+def _features(n: int, hard: bool, seed: int) -> np.ndarray:
+    q = _queries(n, hard, seed)
+    return gate_features(*_lists(n, hard, seed), query_features(q.descriptors, q.grids["l2"]))
+
+
+def _fitted(budget: float = 0.01) -> QualityGate:
+    x = np.concatenate([_features(300, False, 0), _features(300, True, 1)])
+    y = np.r_[np.zeros(300, bool), np.ones(300, bool)]
+    return QualityGate.fit(x, y, clean_budget=budget, meta={"note": "test"})
+
+
+def test_features_shape_and_mismatch() -> None:
+    cos, emd = _lists(5, False, 0)
+    q = _queries(5, False, 0)
+    qf = query_features(q.descriptors, q.grids["l2"])
+    assert qf.shape == (5, 5)
+    assert gate_features(cos, emd, qf).shape == (5, len(FEATURES))
+    with pytest.raises(InputError, match="same"):
+        gate_features(np.zeros((5, 30)), emd, qf)  # a longer Stage-1 list than the EMD scores
+    with pytest.raises(InputError):
+        gate_features(cos[:, :1], emd[:, :1], qf)
+    with pytest.raises(InputError, match="query features"):
+        gate_features(cos, emd, qf[:3])
+    with pytest.raises(InputError):
+        query_features(q.descriptors, q.grids["l2"][:, 0])
+
+
+def test_fit_separates_held_out_queries_within_the_clean_budget() -> None:
+    gate = _fitted()
+    easy, hard = _features(400, False, 10), _features(400, True, 11)  # unseen draws
+    assert gate.use_stage2(easy).mean() < 0.05  # budget 1 % on the training queries
+    assert gate.use_stage2(hard).mean() > 0.9
+    assert gate.meta["clean_budget"] == 0.01
+    loose = _fitted(0.2)
+    assert loose.threshold < gate.threshold
+    assert loose.use_stage2(easy).mean() > gate.use_stage2(easy).mean()
+    with pytest.raises(InputError, match="both classes"):
+        QualityGate.fit(np.zeros((4, len(FEATURES))), np.zeros(4, bool))
+    with pytest.raises(InputError, match="clean_budget"):
+        QualityGate.fit(easy, np.r_[np.zeros(200, bool), np.ones(200, bool)], clean_budget=0)
+    with pytest.raises(InputError, match="features"):
+        gate.use_stage2(easy[:, :4])
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    gate = _fitted()
+    path = gate.save(tmp_path / "g.json")
+    again = QualityGate.load(path)
+    x = _features(50, True, 3)
+    np.testing.assert_allclose(again.probability(x), gate.probability(x))
+    assert again.threshold == gate.threshold
+    assert again.meta["note"] == "test" and again.meta["features"] == list(FEATURES)
+
+
+def test_bad_gate_files(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="not found"):
+        QualityGate.load(tmp_path / "missing.json")
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    with pytest.raises(ModelFileError, match="junk.json"):
+        QualityGate.load(junk)
+    raw = json.loads(_fitted().save(tmp_path / "g.json").read_text())
+    raw["coef"] = raw["coef"][:3]
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(raw))
+    with pytest.raises(ModelFileError, match="retrain"):
+        QualityGate.load(short)
+
+
+def test_bundled_default_gate() -> None:
+    gate = QualityGate.load("default")
+    assert len(gate.coef) == len(FEATURES) and gate.meta["grid"] == "l2"
+    assert gate.meta["k"] == 100
+
+
+def test_gated_blend_keeps_easy_queries_in_stage1_order() -> None:
+    gate = _fitted()
+    (ce, ee), (ch, eh) = _lists(10, False, 20), _lists(10, True, 21)
+    easy_q, hard_q = _queries(10, False, 20), _queries(10, True, 21)
+    queries = FeatureSet.stack([easy_q[i] for i in range(10)] + [hard_q[i] for i in range(10)])
+    cos = np.concatenate([ce, ch])  # (20, k)
+    emd = np.concatenate([ee, eh])
+    # longer Stage-1 list than k: the gate must look at the same k columns as the EMD scores
+    k = cos.shape[1]
+    tail = np.full((20, 30), 0.5, np.float32)
+    full = np.concatenate([cos, tail], axis=1)
+    idx = np.tile(np.arange(full.shape[1]), (20, 1))
+    ranking = Ranking(idx, full, {"stage1": full})
+    reranker = Stage2EMD(alpha=0.7, k=k, gate=gate)
+    with pytest.raises(InputError, match="query features"):
+        reranker.blend(ranking, emd)
+    out = reranker.blend(ranking, emd, queries)
+    np.testing.assert_array_equal(out.indices[:10], idx[:10])  # easy: untouched
+    blended = 0.7 * emd[10:] + 0.3 * cos[10:]
+    np.testing.assert_array_equal(out.indices[10:, :k], np.argsort(-blended, axis=1,
+                                                                   kind="stable"))
+    np.testing.assert_array_equal(out.indices[:, k:], idx[:, k:])
+
+
+def test_registry_picks_the_bundled_gate_only_where_it_was_fitted(tmp_path: Path) -> None:
+    assert make_stage2("emd").gate is not None  # l2 / apc: the bundled gate
+    assert "gated" in make_stage2("emd").describe()
+    assert make_stage2("emd", weighting="uniform").gate is None  # none fitted for it
+    assert make_stage2("emd", gate="none").gate is None
+    path = _fitted().save(tmp_path / "mine.json")
+    assert make_stage2("emd", grid="l1", gate=str(path)).gate is not None
+    with pytest.raises(ModelFileError, match="not found"):
+        make_stage2("emd", gate=str(tmp_path / "nope.json"))

@@ -85,7 +85,8 @@ def eval_command(
             md = openset_table(rows_o)
         payload["command"] = command
         payload["seconds_total"] = time.perf_counter() - t0
-        tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}"
+        gated = "-gated" if getattr(reranker, "gate", None) is not None else ""
+        tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}{gated}"
         json_path, md_path = write_report(out_dir, tag, payload, f"{md}\n\n`{command}`")
         console.print(md)
         console.print(f"wrote {json_path} and {md_path}")

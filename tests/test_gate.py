@@ -135,6 +135,9 @@ def test_gated_blend_keeps_easy_queries_in_stage1_order() -> None:
     np.testing.assert_array_equal(out.indices[10:, :k], np.argsort(-blended, axis=1,
                                                                    kind="stable"))
     np.testing.assert_array_equal(out.indices[:, k:], idx[:, k:])
+    alpha = out.stage_scores["alpha"]  # (Q, K): what each query was blended with
+    assert (alpha[:10, :k] == 0).all() and np.allclose(alpha[10:, :k], 0.7)
+    assert np.isnan(alpha[:, k:]).all()
 
 
 def test_registry_picks_the_bundled_gate_only_where_it_was_fitted(tmp_path: Path) -> None:

@@ -105,7 +105,8 @@ def test_search_finds_the_enrolled_person(client: TestClient,
         assert scores == sorted(scores, reverse=True)
         for r in results:  # per-stage scores; files by name only, never a server path
             assert -1 <= r["stage1"] <= 1 and r["stage2"] is not None
-            assert set(r["stage_scores"]) == {"stage1", "emd"}
+            assert set(r["stage_scores"]) == {"stage1", "emd", "alpha"}
+            assert r["stage_scores"]["alpha"] in (0.0, 0.7)  # 0: the gate kept Stage 1
             assert "/" not in r["file"] and r["thumbnail"] == f"/api/image/{r['image_id']}"
         probe = data["probe"]
         assert probe["width"] == probe["height"] == 250 and len(probe["box"]) == 4

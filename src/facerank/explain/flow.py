@@ -92,7 +92,7 @@ def render_flow(query_chip: np.ndarray, cand_chip: np.ndarray, flows: PairFlows,
     ax.add_collection(lines)
     fig.colorbar(lines, ax=ax, fraction=0.025, pad=0.01, label="flow mass")
     ax.set_title(f"top {top} flows   cosine {flows.cosine[b]:.3f}   EMD {flows.emd[b]:.3f}   "
-                 f"final {flows.final[b]:.3f}", fontsize=9)
+                 f"{flows.alpha:g}-blend {flows.final[b]:.3f}", fontsize=9)
     ax.axis("off")
 
     # DeepEMD reconstruction of the query from the candidate's highest-flow patches

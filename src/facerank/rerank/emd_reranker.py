@@ -47,6 +47,7 @@ class PairFlows:
     query_weights: np.ndarray  # (B, N)
     cand_weights: np.ndarray  # (B, M)
     grid_hw: tuple[int, int]
+    alpha: float = 0.7  # final = alpha * emd + (1 - alpha) * cosine
 
 
 class Stage2EMD:
@@ -159,7 +160,7 @@ class Stage2EMD:
         cos = np.einsum("pd,pd->p", a.embeddings, b.embeddings)
         emd_np = emd.numpy()
         return PairFlows(emd_np, cos, self.alpha * emd_np + (1 - self.alpha) * cos,
-                         plan.numpy(), wq.numpy(), wc.numpy(), self.grid_hw(a))
+                         plan.numpy(), wq.numpy(), wc.numpy(), self.grid_hw(a), self.alpha)
 
     # ---- re-ranking -----------------------------------------------------------------------
 
@@ -203,7 +204,11 @@ class Stage2EMD:
         final = alpha * emd + (1 - alpha) * cos
         order = np.argsort(-final, axis=1, kind="stable")
         rows = np.arange(ranking.num_queries)[:, None]
-        return ranking.reorder(order, final[rows, order], "emd", emd)
+        out = ranking.reorder(order, final[rows, order], "emd", emd)
+        used = np.full(ranking.indices.shape, np.nan, dtype=np.float32)  # (Q, K)
+        used[:, :k] = alpha  # the alpha each query was blended with (0: the gate kept Stage 1)
+        out.stage_scores["alpha"] = used
+        return out
 
     def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
                progress: bool = False) -> Ranking:

@@ -179,8 +179,10 @@ function renderCard(r, stage2Name) {
   dl.appendChild(scoreRow("final", "final score", r.score));
   dl.appendChild(scoreRow("stage1", "Stage 1 cosine", r.stage1));
   if (stage2Name) {
-    dl.appendChild(scoreRow("stage2", `Stage 2 ${stage2Name.toUpperCase()}`, r.stage2,
-                            r.stage2 === null ? "not re-ranked" : ""));
+    const alpha = r.stage_scores ? r.stage_scores.alpha : undefined;
+    const note = r.stage2 === null ? "not re-ranked"
+      : alpha === 0 ? "not blended: the gate kept the Stage-1 order" : "";
+    dl.appendChild(scoreRow("stage2", `Stage 2 ${stage2Name.toUpperCase()}`, r.stage2, note));
   }
   body.appendChild(dl);
   li.appendChild(body);

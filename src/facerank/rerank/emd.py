@@ -377,6 +377,24 @@ def emd_similarity_from_cost(cost: torch.Tensor, a: torch.Tensor | None = None,
 
 
 @torch.no_grad()
+def emd_similarity_from_cosine(cos: torch.Tensor, a: torch.Tensor | None = None,
+                               b: torch.Tensor | None = None, eps: float = 0.05,
+                               max_iter: int = 100, return_flow: bool = False, *,
+                               tol: float = 1e-6, check_every: int = 10,
+                               chunk_size: int | None = None,
+                               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """sum(T * cos) of B pairs from ready patch cosines (B, N, M), e.g. from patch grids.
+
+    The same as `emd_similarity_from_cost(1 - cos)`, without building the cost.
+    """
+    cos, a, b = _checked_problem(cos, a, b, "query (a)", "candidate (b)")
+    flow = torch.empty_like(cos) if return_flow else None
+    sims = _emd_chunked(lambda s, e: cos[s:e], cos.shape[0], a, b, eps, max_iter, tol,
+                        check_every, chunk_size, flow, spread=None)
+    return (sims, flow) if flow is not None else sims
+
+
+@torch.no_grad()
 def emd_similarity(q_patches: torch.Tensor, c_patches: torch.Tensor,
                    a: torch.Tensor | None = None, b: torch.Tensor | None = None,
                    eps: float = 0.05, max_iter: int = 100, return_flow: bool = False, *,

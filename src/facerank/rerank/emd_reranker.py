@@ -20,7 +20,7 @@ from facerank.features import FeatureSet
 from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
-from facerank.rerank.emd import cost_matrix, emd_similarity_from_cost, pool_grid
+from facerank.rerank.emd import emd_similarity_from_cosine, pool_grid
 from facerank.rerank.gate import QualityGate, bundled_gate, gate_features, query_features
 from facerank.search import Ranking
 
@@ -94,13 +94,26 @@ class Stage2EMD:
 
     def patches(self, fs: FeatureSet, index: np.ndarray) -> torch.Tensor:
         """Grid rows `index` of a FeatureSet as patch vectors (len(index), H*W, C) float32."""
+        return self._patches(fs, index)[0]
+
+    def _patches(self, fs: FeatureSet, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches (B, H*W, C) float32 (a view of the grid layout) and their 1/norm (B, H*W).
+
+        Each distinct row is gathered, converted and measured once (a query repeats k times).
+        """
         if self.grid_name not in fs.grids:
             raise InputError(f"features have no grid {self.grid_name!r} (have "
                              f"{', '.join(fs.grids) or 'none'}); extract with grids including it")
-        g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][index])).float()
+        uniq, inverse = np.unique(np.asarray(index, dtype=np.int64), return_inverse=True)
+        g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][uniq])).float()
         if self.pool:
             g = pool_grid(g, self.pool)
-        return g.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C)
+        g = g.flatten(2)  # (U, C, H*W)
+        inv_norm = torch.linalg.vector_norm(g, dim=1).clamp_min_(1e-12).reciprocal_()  # (U, H*W)
+        if len(uniq) < len(inverse):
+            rows = torch.from_numpy(inverse.reshape(-1))
+            g, inv_norm = g.index_select(0, rows), inv_norm.index_select(0, rows)
+        return g.transpose(1, 2), inv_norm
 
     def grid_hw(self, fs: FeatureSet) -> tuple[int, int]:
         h, w = fs.grids[self.grid_name].shape[-2:]
@@ -111,27 +124,28 @@ class Stage2EMD:
     def _pairs(self, qf: FeatureSet, qi: np.ndarray, cf: FeatureSet, ci: np.ndarray,
                with_flow: bool = False) -> tuple[torch.Tensor, ...]:
         """EMD similarity of pairs (qf[qi[b]], cf[ci[b]]) -> (B,) [+ flow, weights]."""
-        q = self.patches(qf, qi)  # (B, N, C)
-        c = self.patches(cf, ci)  # (B, M, C)
+        q, q_inv = self._patches(qf, qi)  # (B, N, C), (B, N)
+        c, c_inv = self._patches(cf, ci)  # (B, M, C), (B, M)
         if q.shape[2] != c.shape[2] or q.shape[1:] != c.shape[1:]:
             raise InputError(f"query grid {tuple(q.shape[1:])} and gallery grid "
                              f"{tuple(c.shape[1:])} differ; both must come from the same model")
-        cost = cost_matrix(q, c)  # (B, N, M)
-        wq, wc = self._weights(q, c, cost, qf, qi, cf, ci)
+        cos = torch.bmm(q, c.transpose(1, 2))  # (B, N, M) patch cosines
+        cos.mul_(q_inv.unsqueeze(2)).mul_(c_inv.unsqueeze(1))
+        wq, wc = self._weights(q, c, cos, qf, qi, cf, ci)
         if with_flow:
-            emd, plan = emd_similarity_from_cost(cost, wq, wc, self.eps, self.max_iter,
-                                                 return_flow=True)
+            emd, plan = emd_similarity_from_cosine(cos, wq, wc, self.eps, self.max_iter,
+                                                   return_flow=True)
             return emd, plan, wq, wc
-        return (emd_similarity_from_cost(cost, wq, wc, self.eps, self.max_iter),)
+        return (emd_similarity_from_cosine(cos, wq, wc, self.eps, self.max_iter),)
 
-    def _weights(self, q: torch.Tensor, c: torch.Tensor, cost: torch.Tensor, qf: FeatureSet,
+    def _weights(self, q: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, qf: FeatureSet,
                  qi: np.ndarray, cf: FeatureSet, ci: np.ndarray) -> tuple[torch.Tensor, ...]:
         if self.weighting == "uniform":
             return W.uniform(q, c)
         if self.weighting == "apc":
             return W.apc(q, c)
         if self.weighting == "sc":
-            return W.sc(1.0 - cost)
+            return W.sc(cos)
         if self.weighting == "cc":
             qd = torch.from_numpy(qf.descriptors[qi]).float()
             cd = torch.from_numpy(cf.descriptors[ci]).float()

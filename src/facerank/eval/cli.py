@@ -61,6 +61,13 @@ def eval_command(
     data = P.EvalData.load()
     console.print(f"LFW features ready: {len(data.features)} images in {data.seconds:.1f} s")
     method2 = reranker.describe() if reranker else ""
+    gate = getattr(reranker, "gate", None)
+    gate_note = None
+    if gate is not None and "LFW" in str(gate.meta.get("trained_on", "")):
+        gate_note = ("the Stage-2 quality gate was fitted on these LFW queries (all people), so "
+                     "gated numbers here are optimistic; for identity-disjoint ones run "
+                     "`python -m benchmarks.stage2 gated`, or pass --gate none")
+        console.print(f"note: {gate_note}", markup=False, highlight=False)
     for n in names:
         t0 = time.perf_counter()
         if n in P.IDENTIFICATION:
@@ -84,6 +91,8 @@ def eval_command(
                 rows_o.append((method2, payload["stage2"]))
             md = openset_table(rows_o)
         payload["command"] = command
+        if gate is not None:
+            payload["gate"] = {"meta": gate.meta, "threshold": gate.threshold, "note": gate_note}
         payload["seconds_total"] = time.perf_counter() - t0
         gated = "-gated" if getattr(reranker, "gate", None) is not None else ""
         tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}{gated}"

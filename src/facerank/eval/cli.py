@@ -81,8 +81,10 @@ def eval_command(
         elif n == "lfw-pairs":
             payload = P.run_pairs(data, reranker)
             rows_v = [("Stage 1 (cosine)", payload["stage1"])]
-            if "stage2" in payload:
-                rows_v.append((method2, payload["stage2"]))
+            if "stage2" in payload:  # a pair has no ranked list, so no gate: every pair blends
+                label = method2.replace(", gated", "") + (" (the gate needs a ranked list; "
+                                                          "not applied to pairs)" if gate else "")
+                rows_v.append((label, payload["stage2"]))
             md = verification_table(rows_v)
         else:
             payload = P.run_openset(data, reranker, seed)

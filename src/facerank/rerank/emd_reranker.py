@@ -156,7 +156,10 @@ class Stage2EMD:
         return W.landmark_density(ql, hw), W.landmark_density(cl, hw)
 
     def score_pairs(self, a: FeatureSet, b: FeatureSet) -> np.ndarray:
-        """Final blended score of pairs (a[i], b[i]) -> (P,)."""
+        """Blended score alpha * EMD + (1 - alpha) * cosine of pairs (a[i], b[i]) -> (P,).
+
+        The gate is not used: it reads the shape of a ranked candidate list, which a pair lacks.
+        """
         if len(a) != len(b):
             raise InputError(f"pair lists differ in length: {len(a)} vs {len(b)}")
         emd = np.zeros(len(a), dtype=np.float32)

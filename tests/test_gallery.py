@@ -290,6 +290,17 @@ def test_edit_identities(people: tuple[Path, list[Path]], extractor: FeatureExtr
         ("Ariel_Sharon", 6), ("Gerhard_Schroeder", 3)]
 
 
+def test_a_facerank_release_alone_does_not_invalidate_features(
+        extractor: FeatureExtractor, monkeypatch: pytest.MonkeyPatch) -> None:
+    import facerank
+
+    before = (extractor.model_id, extractor.config_digest)
+    monkeypatch.setattr(facerank, "__version__", "99.0.0")
+    assert (extractor.model_id, extractor.config_digest) == before
+    monkeypatch.setattr("facerank.features.FEATURES_VERSION", 99)
+    assert extractor.model_id != before[0] and extractor.config_digest != before[1]
+
+
 def test_model_mismatch_and_reextract(people: tuple[Path, list[Path]],
                                       extractor: FeatureExtractor, tmp_path: Path, env: None,
                                       capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank import __version__
 from facerank.align import chip_transform, extract_chip, landmarks_to_chip
 from facerank.detect import Detection, FaceDetector
 from facerank.errors import FacerankError, InputError
@@ -26,7 +25,7 @@ from facerank.models.dlib_resnet import DlibResNet
 from facerank.paths import cache_root
 from facerank.progress import progress_bar
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 1  # bump when the extracted features change (not on every release)
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 DEFAULT_GRIDS = ("l2", "l1")
@@ -220,7 +219,7 @@ class FeatureExtractor:
 
     @property
     def config_digest(self) -> str:
-        key = json.dumps([self.model_id, __version__, self.detector.config_id,
+        key = json.dumps([self.model_id, self.detector.config_id,
                           self.grid_names, "float16"])
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 

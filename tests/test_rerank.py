@@ -55,6 +55,23 @@ def test_rerank_keeps_both_scores(gallery: FeatureSet, weighting: str) -> None:
     assert np.isnan(r2.stage_scores["emd"][:, 10:]).all()
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "apc", "cc", "sc", "lmk"])
+@pytest.mark.parametrize("n_queries", [1, 3])
+def test_emd_scores_follow_the_candidate_order(gallery: FeatureSet, weighting: str,
+                                               n_queries: int) -> None:
+    """Each score belongs to its own (query, candidate) pair, whatever the order of the
+    candidates (distinct, unsorted, repeated) — checked against the pair-by-pair solver."""
+    queries = _features(n_queries, 7)
+    cand = np.array([[17, 3, 29, 0, 11, 38], [5, 5, 22, 9, 1, 30], [39, 12, 2, 26, 14, 8]])
+    cand = cand[:n_queries]
+    rr = Stage2EMD(weighting=weighting, fc_weight=_fc())
+    got = rr.emd_scores(queries, gallery, cand)  # (Q, k)
+    for qi in range(n_queries):
+        for j, ci in enumerate(cand[qi]):
+            one = rr.emd_scores(queries.take([qi]), gallery.take([int(ci)]), np.zeros((1, 1), int))
+            assert abs(float(got[qi, j]) - float(one[0, 0])) < 1e-5, (qi, j, ci)
+
+
 def test_alpha_zero_is_stage1(gallery: FeatureSet) -> None:
     queries = _features(4, 2)
     ranking = cosine_topk(queries.embeddings, gallery.embeddings, 15)

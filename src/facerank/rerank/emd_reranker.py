@@ -104,13 +104,14 @@ class Stage2EMD:
         if self.grid_name not in fs.grids:
             raise InputError(f"features have no grid {self.grid_name!r} (have "
                              f"{', '.join(fs.grids) or 'none'}); extract with grids including it")
-        uniq, inverse = np.unique(np.asarray(index, dtype=np.int64), return_inverse=True)
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        uniq, inverse = np.unique(index, return_inverse=True)  # uniq is sorted
         g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][uniq])).float()
         if self.pool:
             g = pool_grid(g, self.pool)
         g = g.flatten(2)  # (U, C, H*W)
         inv_norm = torch.linalg.vector_norm(g, dim=1).clamp_min_(1e-12).reciprocal_()  # (U, H*W)
-        if len(uniq) < len(inverse):
+        if not np.array_equal(uniq, index):  # back to the order (and repeats) asked for
             rows = torch.from_numpy(inverse.reshape(-1))
             g, inv_norm = g.index_select(0, rows), inv_norm.index_select(0, rows)
         return g.transpose(1, 2), inv_norm

@@ -14,8 +14,10 @@ from facerank.rerank.emd import (
     emd_rerank_scores,
     emd_similarity,
     emd_similarity_exact,
+    emd_similarity_from_cosine,
     emd_similarity_from_cost,
     grid_to_patches,
+    patch_cosine,
     pool_grid,
     sinkhorn,
 )
@@ -123,6 +125,11 @@ def test_non_uniform_weights_match_pot() -> None:
     torch.testing.assert_close(flow2, flow, atol=1e-6, rtol=0)
     torch.testing.assert_close(emd_similarity_from_cost(cost, a, b), emd_similarity(q, c, a, b),
                                atol=1e-6, rtol=0)
+    from_cos, flow3 = emd_similarity_from_cosine(1.0 - cost, a, b, return_flow=True,
+                                                 **CONVERGED)
+    torch.testing.assert_close(from_cos, sims, atol=1e-6, rtol=0)
+    torch.testing.assert_close(flow3, flow, atol=1e-6, rtol=0)
+    torch.testing.assert_close(patch_cosine(q, c), 1.0 - cost, atol=1e-6, rtol=0)
 
 
 def test_zero_weights_are_patches_left_out() -> None:

@@ -96,7 +96,7 @@ def eval_command(
         if gate is not None:
             payload["gate"] = {"meta": gate.meta, "threshold": gate.threshold, "note": gate_note}
         payload["seconds_total"] = time.perf_counter() - t0
-        gated = "-gated" if getattr(reranker, "gate", None) is not None else ""
+        gated = "-gated" if gate is not None else ""
         tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}{gated}"
         json_path, md_path = write_report(out_dir, tag, payload, f"{md}\n\n`{command}`")
         console.print(md)

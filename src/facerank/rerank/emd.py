@@ -104,10 +104,14 @@ def _inv_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=-1).clamp_min_(1e-12).reciprocal_()
 
 
-def _chunk_cosine(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Raw patches (n, N, C), (n, M, C) -> (n, N, M) cosines, normalising after the product."""
+def patch_cosine(q: torch.Tensor, c: torch.Tensor, q_inv_norm: torch.Tensor | None = None,
+                 c_inv_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw float patches (n, N, C), (n, M, C) -> (n, N, M) cosines, normalising after the
+    product; 1/norms (n, N), (n, M) may be given when the caller already has them."""
+    q_inv_norm = _inv_norm(q) if q_inv_norm is None else q_inv_norm
+    c_inv_norm = _inv_norm(c) if c_inv_norm is None else c_inv_norm
     cos = torch.bmm(q, c.transpose(1, 2))
-    return cos.mul_(_inv_norm(q).unsqueeze(2)).mul_(_inv_norm(c).unsqueeze(1))
+    return cos.mul_(q_inv_norm.unsqueeze(2)).mul_(c_inv_norm.unsqueeze(1))
 
 
 def _check_patches(q: torch.Tensor, c: torch.Tensor) -> None:
@@ -368,12 +372,8 @@ def emd_similarity_from_cost(cost: torch.Tensor, a: torch.Tensor | None = None,
 
     Same as `sinkhorn` then the sum, without materialising the plans unless return_flow.
     """
-    cost, a, b = _checked_problem(cost, a, b, "query (a)", "candidate (b)")
-    n_pairs = cost.shape[0]
-    flow = torch.empty_like(cost) if return_flow else None
-    sims = _emd_chunked(lambda s, e: 1.0 - cost[s:e], n_pairs, a, b, eps, max_iter, tol,
-                        check_every, chunk_size, flow, spread=None)
-    return (sims, flow) if flow is not None else sims
+    return _emd_of_ready(cost, lambda x: 1.0 - x, a, b, eps, max_iter, return_flow, tol,
+                         check_every, chunk_size)
 
 
 @torch.no_grad()
@@ -387,9 +387,18 @@ def emd_similarity_from_cosine(cos: torch.Tensor, a: torch.Tensor | None = None,
 
     The same as `emd_similarity_from_cost(1 - cos)`, without building the cost.
     """
-    cos, a, b = _checked_problem(cos, a, b, "query (a)", "candidate (b)")
-    flow = torch.empty_like(cos) if return_flow else None
-    sims = _emd_chunked(lambda s, e: cos[s:e], cos.shape[0], a, b, eps, max_iter, tol,
+    return _emd_of_ready(cos, lambda x: x, a, b, eps, max_iter, return_flow, tol, check_every,
+                         chunk_size)
+
+
+def _emd_of_ready(x: torch.Tensor, gain: Callable[[torch.Tensor], torch.Tensor],
+                  a: torch.Tensor | None, b: torch.Tensor | None, eps: float, max_iter: int,
+                  return_flow: bool, tol: float, check_every: int, chunk_size: int | None,
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """EMD of B pairs from a ready (B, N, M) cost or cosine x; gain(x chunk) = the cosines."""
+    x, a, b = _checked_problem(x, a, b, "query (a)", "candidate (b)")
+    flow = torch.empty_like(x) if return_flow else None
+    sims = _emd_chunked(lambda s, e: gain(x[s:e]), x.shape[0], a, b, eps, max_iter, tol,
                         check_every, chunk_size, flow, spread=None)
     return (sims, flow) if flow is not None else sims
 
@@ -414,7 +423,7 @@ def emd_similarity(q_patches: torch.Tensor, c_patches: torch.Tensor,
     flow = torch.empty(n_pairs, n, m, dtype=dtype, device=q.device) if return_flow else None
 
     def cosine(s: int, e: int) -> torch.Tensor:
-        return _chunk_cosine(q[s:e].to(dtype), c[s:e].to(dtype))
+        return patch_cosine(q[s:e].to(dtype), c[s:e].to(dtype))
 
     sims = _emd_chunked(cosine, n_pairs, a, b, eps, max_iter, tol, check_every, chunk_size,
                         flow)

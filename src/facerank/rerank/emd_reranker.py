@@ -20,7 +20,7 @@ from facerank.features import FeatureSet
 from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
-from facerank.rerank.emd import emd_similarity_from_cosine, pool_grid
+from facerank.rerank.emd import emd_similarity_from_cosine, patch_cosine, pool_grid
 from facerank.rerank.gate import QualityGate, bundled_gate, gate_features, query_features
 from facerank.search import Ranking
 
@@ -92,10 +92,6 @@ class Stage2EMD:
 
     # ---- patches --------------------------------------------------------------------------
 
-    def patches(self, fs: FeatureSet, index: np.ndarray) -> torch.Tensor:
-        """Grid rows `index` of a FeatureSet as patch vectors (len(index), H*W, C) float32."""
-        return self._patches(fs, index)[0]
-
     def _patches(self, fs: FeatureSet, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches (B, H*W, C) float32 (a view of the grid layout) and their 1/norm (B, H*W).
 
@@ -130,8 +126,7 @@ class Stage2EMD:
         if q.shape[2] != c.shape[2] or q.shape[1:] != c.shape[1:]:
             raise InputError(f"query grid {tuple(q.shape[1:])} and gallery grid "
                              f"{tuple(c.shape[1:])} differ; both must come from the same model")
-        cos = torch.bmm(q, c.transpose(1, 2))  # (B, N, M) patch cosines
-        cos.mul_(q_inv.unsqueeze(2)).mul_(c_inv.unsqueeze(1))
+        cos = patch_cosine(q, c, q_inv, c_inv)  # (B, N, M)
         wq, wc = self._weights(q, c, cos, qf, qi, cf, ci)
         if with_flow:
             emd, plan = emd_similarity_from_cosine(cos, wq, wc, self.eps, self.max_iter,

@@ -20,18 +20,25 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from rich.console import Console
 
 from benchmarks.common import write_result
-from facerank.eval.protocols import IDENTIFICATION, EvalData, _retrieval, setup_identification
+from facerank.eval.protocols import (
+    IDENTIFICATION,
+    EvalData,
+    IdentificationSetup,
+    _retrieval,
+    setup_identification,
+)
 from facerank.eval.report import identification_table
 from facerank.paths import cache_root
 from facerank.rerank.emd_reranker import Stage2EMD
 from facerank.rerank.gate import BUNDLED, QualityGate
 from facerank.rerank.weights import WEIGHTINGS
-from facerank.search import cosine_topk
+from facerank.search import Ranking, cosine_topk
 
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0)
 console = Console()
@@ -95,12 +102,47 @@ def sweep(args: argparse.Namespace) -> None:
     console.print(f"wrote {path}")
 
 
+class Prepared(NamedTuple):
+    """One protocol's queries, Stage-1 ranking, EMD of the top k and gate inputs."""
+
+    st: IdentificationSetup
+    ranking: Ranking
+    r: np.ndarray  # (Q,) relevant count per query
+    emd: np.ndarray  # (Q, k)
+    fold: np.ndarray  # (Q,) bool: the query's person is in the first half
+    feats: np.ndarray  # (Q, F) gate features
+    seconds: float
+
+
+def fit_gate(prepared: dict[str, Prepared], protocols: list[str], test_fold: bool | None,
+             budget: float, meta: dict | None = None) -> QualityGate:
+    """A gate fitted on the queries of `protocols` outside `test_fold` (None: all of them);
+    lfw-1680 queries are the easy class, occluded ones the hard class."""
+    rows = {n: prepared[n].fold != test_fold if test_fold is not None
+            else np.ones(len(prepared[n].fold), bool) for n in protocols}
+    x = np.concatenate([prepared[n].feats[rows[n]] for n in protocols])
+    y = np.concatenate([np.full(rows[n].sum(), n != "lfw-1680") for n in protocols])
+    return QualityGate.fit(x, y, clean_budget=budget, meta=meta)
+
+
+def cross_fitted(p: Prepared, gates: dict[bool, QualityGate], args: argparse.Namespace
+                 ) -> Ranking:
+    """Each query blended under the gate fitted on the other half of the people."""
+    merged_idx, merged_scores = p.ranking.indices.copy(), p.ranking.scores.copy()
+    for test_fold, gate in gates.items():
+        g = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
+                      gate=gate).blend(p.ranking, p.emd, p.st.queries)
+        sel = p.fold == test_fold
+        merged_idx[sel], merged_scores[sel] = g.indices[sel], g.scores[sel]
+    return Ranking(merged_idx, merged_scores)
+
+
 def gated(args: argparse.Namespace) -> None:
     data = EvalData.load()
     fc = data.extractor.backbone.fc_weight.detach()
     people = np.unique(data.lfw.labels)
     half = set(np.random.default_rng(args.seed).permutation(people)[: len(people) // 2].tolist())
-    prepared = {}
+    prepared: dict[str, Prepared] = {}
     for protocol in IDENTIFICATION:
         st, ranking, r = prepare(data, protocol, args.limit, args.seed, args.k)
         tag = f"{protocol}-s{args.seed}-n{len(st.query_index)}-k{args.k}"
@@ -109,60 +151,36 @@ def gated(args: argparse.Namespace) -> None:
         emd, seconds = emd_cached(rr, st, ranking, tag)
         fold = np.array([lab in half for lab in st.query_labels])
         cos = ranking.stage_scores["stage1"][:, : args.k]  # the columns the gate sees in use
-        feats = rr.gate_features(st.queries, cos, emd)
-        prepared[protocol] = (st, ranking, r, emd, fold, feats, seconds)
+        prepared[protocol] = Prepared(st, ranking, r, emd, fold,
+                                      rr.gate_features(st.queries, cos, emd), seconds)
 
-    gates = {}
-    for test_fold in (False, True):
-        x = np.concatenate([p[5][p[4] != test_fold] for p in prepared.values()])
-        y = np.concatenate([np.full((p[4] != test_fold).sum(), name != "lfw-1680")
-                            for name, p in prepared.items()])
-        gates[test_fold] = QualityGate.fit(x, y, clean_budget=args.clean_budget,
-                                           meta={"trained_on": "half of LFW people"})
-
+    everything = list(prepared)
+    gates = {f: fit_gate(prepared, everything, f, args.clean_budget,
+                         meta={"trained_on": "half of LFW people"}) for f in (False, True)}
     rows, out = [], {"settings": vars(args), "results": []}
-    for protocol, (st, ranking, r, emd, fold, feats, seconds) in prepared.items():
-        m1 = _retrieval(ranking, st.query_labels, st.gallery_labels, r)
+    for protocol, p in prepared.items():
+        labels = (p.st.query_labels, p.st.gallery_labels, p.r)
+        m1 = _retrieval(p.ranking, *labels)
         plain = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k)
-        m_plain = _retrieval(plain.blend(ranking, emd), st.query_labels, st.gallery_labels, r)
-        # each query is scored by the gate fitted on the other half of the people
-        blended = {}
-        for test_fold in (False, True):
-            g = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
-                          gate=gates[test_fold])
-            blended[test_fold] = g.blend(ranking, emd, st.queries)
-        sel = fold[:, None]
-        merged_idx = np.where(sel, blended[True].indices, blended[False].indices)
-        merged = type(ranking)(merged_idx, np.where(sel, blended[True].scores,
-                                                    blended[False].scores))
-        m_gate = _retrieval(merged, st.query_labels, st.gallery_labels, r)
-        used = np.where(fold, gates[True].use_stage2(feats), gates[False].use_stage2(feats))
+        m_plain = _retrieval(plain.blend(p.ranking, p.emd), *labels)
+        m_gate = _retrieval(cross_fitted(p, gates, args), *labels)
+        used = np.where(p.fold, gates[True].use_stage2(p.feats), gates[False].use_stage2(p.feats))
         name = f"{args.grid} {args.weighting} α={args.alpha:g}"
         rows += [(protocol, "Stage 1 (cosine)", m1), (protocol, f"Stage 2 {name}", m_plain),
                  (protocol, f"Stage 2 {name}, gated", m_gate)]
         out["results"].append({"protocol": protocol, "stage1": m1, "stage2": m_plain,
                                "stage2_gated": m_gate, "gate_used_fraction": float(used.mean()),
-                               "emd_seconds": seconds, "n_queries": len(st.query_index)})
+                               "emd_seconds": p.seconds, "n_queries": len(p.st.query_index)})
         console.print(f"{protocol}: gate sent {100 * used.mean():.1f} % of queries to Stage 2")
     # Harder check: the gate never sees the occlusion it is tested on (nor those identities).
     loo_rows = []
-    for held_out in [p for p in prepared if p != "lfw-1680"]:
-        train = [p for p in prepared if p != held_out]
+    for held_out in [n for n in prepared if n != "lfw-1680"]:
+        train = [n for n in prepared if n != held_out]
+        loo_gates = {f: fit_gate(prepared, train, f, args.clean_budget) for f in (False, True)}
         for protocol in ("lfw-1680", held_out):
-            st, ranking, r, emd, fold, feats, _ = prepared[protocol]
-            merged_idx = ranking.indices.copy()
-            merged_scores = ranking.scores.copy()
-            for test_fold in (False, True):
-                x = np.concatenate([prepared[t][5][prepared[t][4] != test_fold] for t in train])
-                y = np.concatenate([np.full((prepared[t][4] != test_fold).sum(),
-                                            t != "lfw-1680") for t in train])
-                gate = QualityGate.fit(x, y, clean_budget=args.clean_budget)
-                g = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha,
-                              k=args.k, gate=gate).blend(ranking, emd, st.queries)
-                sel = fold == test_fold
-                merged_idx[sel], merged_scores[sel] = g.indices[sel], g.scores[sel]
-            m = _retrieval(type(ranking)(merged_idx, merged_scores), st.query_labels,
-                           st.gallery_labels, r)
+            p = prepared[protocol]
+            m = _retrieval(cross_fitted(p, loo_gates, args), p.st.query_labels,
+                           p.st.gallery_labels, p.r)
             loo_rows.append((protocol, f"gate trained without {held_out}", m))
             out["results"].append({"protocol": protocol, "gate_without": held_out,
                                    "stage2_gated": m})
@@ -171,9 +189,7 @@ def gated(args: argparse.Namespace) -> None:
     console.print(identification_table(loo_rows))
     console.print(f"wrote {path}")
     if args.save_gate:
-        x = np.concatenate([p[5] for p in prepared.values()])
-        y = np.concatenate([np.full(len(p[5]), n != "lfw-1680") for n, p in prepared.items()])
-        gate = QualityGate.fit(x, y, clean_budget=args.clean_budget, meta={
+        gate = fit_gate(prepared, everything, None, args.clean_budget, meta={
             "trained_on": "all LFW identification queries: lfw-1680 (easy) vs lfw-crop, "
                           "lfw-mask, lfw-sunglasses (hard), seed 0",
             "backbone": data.extractor.model_id, "grid": args.grid,

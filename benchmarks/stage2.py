@@ -36,7 +36,7 @@ from facerank.eval.protocols import (
 from facerank.eval.report import identification_table
 from facerank.paths import cache_root
 from facerank.rerank.emd_reranker import Stage2EMD
-from facerank.rerank.gate import BUNDLED, QualityGate
+from facerank.rerank.gate import QualityGate, bundled_gate_path
 from facerank.rerank.weights import WEIGHTINGS
 from facerank.search import Ranking, cosine_topk
 
@@ -194,7 +194,7 @@ def gated(args: argparse.Namespace) -> None:
                           "lfw-mask, lfw-sunglasses (hard), seed 0",
             "backbone": data.extractor.model_id, "grid": args.grid,
             "weighting": args.weighting, "k": args.k})
-        saved = gate.save(BUNDLED / f"dlib_resnet_v1-{args.grid}-{args.weighting}.json")
+        saved = gate.save(bundled_gate_path(args.grid, args.weighting))
         console.print(f"wrote {saved}")
 
 

@@ -71,9 +71,14 @@ def gate_features(cos: np.ndarray, emd: np.ndarray, query: np.ndarray) -> np.nda
     ], axis=1)
 
 
+def bundled_gate_path(grid: str, weighting: str) -> Path:
+    """Where the gate for the dlib backbone with this grid and weighting ships."""
+    return BUNDLED / f"dlib_resnet_v1-{grid}-{weighting}.json"
+
+
 def bundled_gate(grid: str, weighting: str) -> Path | None:
     """The gate shipped for the dlib backbone with this grid and weighting, if there is one."""
-    path = BUNDLED / f"dlib_resnet_v1-{grid}-{weighting}.json"
+    path = bundled_gate_path(grid, weighting)
     return path if path.is_file() else None
 
 
@@ -144,7 +149,7 @@ class QualityGate:
     @classmethod
     def load(cls, path: str | Path) -> QualityGate:
         """Read a gate JSON; "default" means the bundled l2/APC gate of the dlib backbone."""
-        path = BUNDLED / "dlib_resnet_v1-l2-apc.json" if str(path) == "default" else Path(path)
+        path = bundled_gate_path("l2", "apc") if str(path) == "default" else Path(path)
         try:
             raw = json.loads(Path(path).read_text())
             gate = cls(**raw)

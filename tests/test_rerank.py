@@ -64,8 +64,12 @@ def test_emd_scores_follow_the_candidate_order(gallery: FeatureSet, weighting: s
     queries = _features(n_queries, 7)
     cand = np.array([[17, 3, 29, 0, 11, 38], [5, 5, 22, 9, 1, 30], [39, 12, 2, 26, 14, 8]])
     cand = cand[:n_queries]
-    rr = Stage2EMD(weighting=weighting, fc_weight=_fc())
+    rr = Stage2EMD(weighting=weighting, alpha=1.0, fc_weight=_fc())
     got = rr.emd_scores(queries, gallery, cand)  # (Q, k)
+    # the pairs path (untransposed, weights from the patches) gives the same numbers
+    pairs = rr.score_pairs(queries.take(np.repeat(np.arange(n_queries), cand.shape[1])),
+                           gallery.take(cand.reshape(-1)))
+    np.testing.assert_allclose(got.reshape(-1), pairs, atol=1e-5, rtol=0)
     for qi in range(n_queries):
         for j, ci in enumerate(cand[qi]):
             one = rr.emd_scores(queries.take([qi]), gallery.take([int(ci)]), np.zeros((1, 1), int))

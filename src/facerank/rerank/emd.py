@@ -5,22 +5,28 @@ candidate patches is C_ij = 1 - cos(q_i, c_j); the marginals are the patch weigh
 normalised to sum 1; the plan T minimises <T, C> - eps * H(T) under those marginals; and the
 EMD similarity is sum(T * (1 - C)) = sum(T * cos).
 
-How it is fast (DESIGN.md §5 "speed facts"; ~10-30x POT's `ot.solve_batch` on 8x8 grids):
-- pairs are solved chunk by chunk (by default 2 MiB of kernels: 128 pairs of 8x8 grids), each
+How it is fast (DESIGN.md §5 "speed facts"; benchmarks/rerank.py measures it):
+- pairs are solved chunk by chunk (by default 4 MiB of kernels: 256 pairs of 8x8 grids), each
   chunk from start to finish while its kernels sit in cache, instead of streaming every
-  kernel from RAM on every iteration;
+  kernel from RAM on every iteration; on the CPU torch.get_num_threads() workers take chunks
+  as they come free and run each from its cosines to its scores (numpy and torch release
+  the GIL), so nobody waits for a slow chunk;
 - iterations run in the exp domain on row-shifted kernels K_ij = exp((g_ij - max_j g_ij) / eps)
   (g = -cost): the very iterates of log-domain Sinkhorn (rows may be rescaled freely) with no
-  exp / log per iteration; each half-step is one batched row-vector x matrix product;
-- on the CPU that loop runs numpy's matmul / divide on the tensors' memory (one BLAS gemv per
-  pair, about half torch's per-call overhead, no OpenMP barriers to stall on a busy machine),
-  and torch.get_num_threads() chunks iterate at once in a thread pool (numpy frees the GIL);
+  exp / log per iteration; each half-step is one batched row-vector x matrix product, run by
+  numpy's matmul on the tensors' memory on the CPU (one BLAS gemv per pair, about half
+  torch's per-call overhead);
+- the steps are over-relaxed (omega = 1.5; Thibault et al., "Overrelaxed Sinkhorn-Knopp"):
+  the same fixed point in about a third of the iterations on face grids; a pair whose error
+  grows falls back to plain steps;
 - the marginal error is looked at only every `check_every` iterations (one host sync), from
-  the product the next step needs anyway; converged pairs then leave the chunk;
-- for EMD the cosines are the gain (no cost tensor), patches are normalised after the product,
-  and the plan is written over the kernel in place.
+  the products the next step needs anyway; converged pairs then leave the chunk;
+- for EMD the cosines are the gain (no cost tensor); re-ranking solves each pair transposed
+  (candidate patches as rows) so the cosines come from one product per chunk on the grids'
+  own (C, H*W) layout, with patches normalised after the product; the plan is written over
+  the kernel in place.
 When eps is too small for float32 exp (a row's cost spread / eps > 50, e.g. eps = 1e-3) a
-chunk runs in the log domain instead (slower, but it never overflows).
+chunk runs in the log domain instead (plain steps; slower, but it never overflows).
 """
 
 from __future__ import annotations
@@ -36,10 +42,14 @@ import torch
 import torch.nn.functional as F
 
 from facerank.errors import InputError
+from facerank.rerank.weights import apc_from_cosine, sc
 
-CHUNK_BYTES = 2 << 20  # default chunk: 2 MiB of kernels (128 pairs of 64 x 64 float32)
+OMEGA = 1.5  # default over-relaxation of the Sinkhorn steps (1 = plain; see _iterate_xp)
+CHUNK_BYTES = 4 << 20  # default chunk: 4 MiB of kernels (256 pairs of 64 x 64 float32)
 _EXP_RANGE = 50.0  # largest (row cost spread) / eps solved in the exp domain (e^-50 ~ 2e-22)
 _WORKERS: int | None = None  # chunks iterated at once on the CPU (None: torch.get_num_threads())
+_SAFEGUARD_SPAN = 10  # iterations over which an over-relaxed pair's error must shrink
+_TINY = 1e-30  # floor of over-relaxed ratios (far below any weight, above float32's minimum)
 _COMPACT_AT = 0.1  # drop converged pairs once at least this share of the chunk has converged
 
 
@@ -145,13 +155,27 @@ def _marginal(w: torch.Tensor | None, b: int, n: int, like: torch.Tensor,
     return w / total
 
 
-def _check_solver_args(eps: float, max_iter: int, check_every: int,
-                       chunk_size: int | None) -> None:
+class _Solver(NamedTuple):
+    """Sinkhorn settings of one call, shared by all its chunks."""
+
+    eps: float  # entropic regularisation
+    max_iter: int
+    tol: float  # L1 error of both marginals at which a pair stops
+    check_every: int  # iterations between two looks at the error
+    omega: float  # over-relaxation in [1, 2); 1 = plain Sinkhorn
+
+
+def _solver(eps: float, max_iter: int, tol: float, check_every: int, omega: float,
+            chunk_size: int | None) -> _Solver:
+    """Checked settings (chunk_size is checked here too, it travels separately)."""
     if not eps > 0:
         raise InputError(f"Sinkhorn eps must be > 0, got {eps}")
     if max_iter < 1 or check_every < 1 or (chunk_size is not None and chunk_size < 1):
         raise InputError(f"max_iter, check_every and chunk_size must be >= 1, got "
                          f"{max_iter}, {check_every}, {chunk_size}")
+    if not 1.0 <= omega < 2.0:
+        raise InputError(f"over-relaxation omega must be in [1, 2), got {omega}")
+    return _Solver(float(eps), int(max_iter), float(tol), int(check_every), float(omega))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +196,7 @@ def _kernel(gain: torch.Tensor, eps: float, spread: float | None) -> torch.Tenso
 
 
 def _iterate(kern: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None,
-             max_iter: int, tol: float, check_every: int) -> int:
+             opt: _Solver) -> int:
     """Exp-domain Sinkhorn on kern (n, N, M), marginals a (n, N), b (n, M) -> plan in out.
 
     out None: the plan overwrites kern. Returns the iterations run, or -1 if float range was
@@ -182,36 +206,57 @@ def _iterate(kern: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Te
     """
     if kern.device.type == "cpu":
         return _iterate_xp(np, kern.numpy(), a.numpy(), b.numpy(),
-                           None if out is None else out.numpy(), max_iter, tol, check_every)
-    return _iterate_xp(torch, kern, a, b, out, max_iter, tol, check_every)
+                           None if out is None else out.numpy(), opt)
+    return _iterate_xp(torch, kern, a, b, out, opt)
 
 
 def _iterate_xp(xp: ModuleType, kern: Array, a: Array, b: Array, out: Array | None,
-                max_iter: int, tol: float, check_every: int) -> int:
-    """The loop of `_iterate` for xp = numpy (ndarrays) or torch (tensors)."""
+                opt: _Solver) -> int:
+    """The loop of `_iterate` for xp = numpy (ndarrays) or torch (tensors).
+
+    omega > 1 over-relaxes every step after the first (Thibault et al. 2021, "Overrelaxed
+    Sinkhorn-Knopp"): u <- u * (a / (u * Kv))^omega, likewise v. Same fixed point, about a
+    third of the iterations on face grids (benchmarks/rerank.py). A pair whose error grows
+    over _SAFEGUARD_SPAN iterations falls back to plain steps (omega 1), which always
+    converge.
+    """
+    max_iter, tol, check_every, omega = opt.max_iter, opt.tol, opt.check_every, opt.omega
     n, n_rows, n_cols = kern.shape
     dest = kern if out is None else out  # where plans go (kern's rows are free once solved)
     arow, brow = a.reshape(n, 1, n_rows), b.reshape(n, 1, n_cols)
     vrow = xp.ones_like(brow)  # (n, 1, M) column scaling
-    urow = xp.empty_like(arow)  # (n, 1, N) row scaling
+    urow = xp.ones_like(arow)  # (n, 1, N) row scaling
     kv = xp.matmul(vrow, kern.swapaxes(1, 2))  # (n, 1, N) = (K v)^T
     ktu = xp.empty_like(brow)  # (n, 1, M) = (K^T u)^T
+    rtmp, ctmp = xp.empty_like(arow), xp.empty_like(brow)
+    om = None  # (n, 1, 1) relaxation of each pair; None: plain steps (always the first)
+    # relaxed steps divide by u * Kv: a zero weight would give 0 / 0, a tiny floor gives 1
+    arow_t, brow_t = arow + _TINY, brow + _TINY
+    last_err, last_it = None, 0  # (n,) marginal error at least _SAFEGUARD_SPAN iterations ago
     pos = None  # rows of `dest` of the pairs still running (None: all, in order)
     it = 0
     while True:
-        xp.divide(arow, kv, out=urow)
+        _relaxed_scale(xp, urow, kv, arow if om is None else arow_t, om, rtmp)
         xp.matmul(urow, kern, out=ktu)
-        xp.divide(brow, ktu, out=vrow)
+        _relaxed_scale(xp, vrow, ktu, brow if om is None else brow_t, om, ctmp)
         xp.matmul(vrow, kern.swapaxes(1, 2), out=kv)  # also the next row update's product
         it += 1
+        if it == 1 and omega != 1.0:
+            om = xp.full_like(arow[:, :, :1], omega)
         if it % check_every and it < max_iter:
             continue
-        err = xp.abs(urow * kv - arow).sum(axis=(1, 2))  # (n,) L1 row error of diag(u) K diag(v)
+        # (n,) L1 error of both marginals of diag(u) K diag(v): rows u * Kv, columns v * K^T u
+        err = xp.abs(urow * kv - arow).sum(axis=(1, 2)) + xp.abs(vrow * ktu - brow).sum(
+            axis=(1, 2))
         if not bool(xp.isfinite(err).all()):  # host sync, once per check
             return -1
         if it >= max_iter:
             _write_plan(dest, pos, urow, kern, vrow)
             return it
+        if om is not None and it - last_it >= _SAFEGUARD_SPAN:  # relaxed errors oscillate:
+            if last_err is not None:  # judge them over a span, not step by step
+                om[err > last_err] = 1.0  # over-relaxation overshoots here: plain steps
+            last_err, last_it = err, it
         done = err <= tol
         n_done = int(done.sum())
         if n_done == len(done):
@@ -222,9 +267,28 @@ def _iterate_xp(xp: ModuleType, kern: Array, a: Array, b: Array, out: Array | No
                 pos = np.arange(n) if xp is np else torch.arange(n, device=kern.device)
             _write_plan(dest, pos[done], urow[done], kern[done], vrow[done])
             keep = ~done
-            pos, kern, arow, brow, urow, vrow, kv = (
-                t[keep] for t in (pos, kern, arow, brow, urow, vrow, kv))
-            ktu = xp.empty_like(brow)
+            pos, kern, arow, brow, arow_t, brow_t, urow, vrow, kv = (
+                t[keep] for t in (pos, kern, arow, brow, arow_t, brow_t, urow, vrow, kv))
+            om = None if om is None else om[keep]
+            last_err = None if last_err is None else last_err[keep]
+            ktu, rtmp, ctmp = xp.empty_like(brow), xp.empty_like(arow), xp.empty_like(brow)
+
+
+def _relaxed_scale(xp: ModuleType, scale: Array, prod: Array, target: Array,
+                   om: Array | None, tmp: Array) -> None:
+    """scale <- scale * (target / (scale * prod))^om in place (om None: target / prod).
+
+    With om, target is the weights plus _TINY and so is scale * prod here, so a
+    patch of weight 0 (scale 0) keeps scale 0.
+    """
+    if om is None:
+        xp.divide(target, prod, out=scale)
+        return
+    xp.multiply(scale, prod, out=tmp)
+    tmp += _TINY
+    xp.divide(target, tmp, out=tmp)
+    xp.pow(tmp, om, out=tmp)
+    scale *= tmp
 
 
 def _write_plan(dest: Array, pos: Array | None, urow: Array, kern: Array, vrow: Array) -> None:
@@ -240,8 +304,9 @@ def _write_plan(dest: Array, pos: Array | None, urow: Array, kern: Array, vrow: 
 
 
 def _solve_log(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor,
-               eps: float, max_iter: int, tol: float, check_every: int) -> int:
-    """Log-domain Sinkhorn (as POT's `sinkhorn_log`): robust for any eps, slower."""
+               opt: _Solver) -> int:
+    """Log-domain Sinkhorn (as POT's `sinkhorn_log`, plain steps): robust for any eps, slower."""
+    eps, max_iter, tol, check_every = opt.eps, opt.max_iter, opt.tol, opt.check_every
     logk = cost * (-1.0 / eps)  # (n, N, M)
     loga, logb = a.log(), b.log()  # -inf for zero weights: those rows / columns carry nothing
     g = torch.zeros_like(b)  # (n, M)
@@ -261,46 +326,39 @@ def _solve_log(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.
 def _solve_chunks(n_pairs: int, chunk_size: int | None, gain_of: Callable[[int, int], torch.Tensor],
                   a: torch.Tensor, b: torch.Tensor,
                   out_of: Callable[[int, int], torch.Tensor | None],
-                  done: Callable[[int, int, torch.Tensor, torch.Tensor], None], eps: float,
-                  max_iter: int, tol: float, check_every: int, spread: float | None) -> int:
+                  done: Callable[[int, int, torch.Tensor, torch.Tensor], None], opt: _Solver,
+                  spread: float | None) -> int:
     """Solve pairs [0, n_pairs) in chunks; returns the most iterations any chunk ran.
 
     gain_of(s, e) -> (n, N, M) gain = -cost up to a per-row constant (row spread <= spread);
-    out_of(s, e) -> where the plan goes (None: anywhere); done(s, e, gain, plan) consumes
-    it. On the CPU up to torch.get_num_threads() chunks iterate at once in threads (numpy
-    releases the GIL); the torch steps around them use torch's own threads.
+    it may also fill the chunk's marginals a[s:e], b[s:e] (read after it). out_of(s, e) ->
+    where the plan goes (None: anywhere); done(s, e, gain, plan) consumes it. On the CPU
+    torch.get_num_threads() workers take chunks as they come free, each running its chunk
+    from the gain to `done` (numpy and torch release the GIL), so no worker waits for
+    another's slow chunk.
     """
-    _check_solver_args(eps, max_iter, check_every, chunk_size)
     workers = min(_WORKERS or torch.get_num_threads(), 16) if a.device.type == "cpu" else 1
     if chunk_size is None:  # CHUNK_BYTES of kernels, but at least one chunk per worker
         pair_bytes = a.shape[1] * b.shape[1] * a.element_size()
         chunk_size = max(8, min(4096, CHUNK_BYTES // max(pair_bytes, 1),
                                 -(-n_pairs // workers)))
     ranges = [(s, min(s + chunk_size, n_pairs)) for s in range(0, n_pairs, chunk_size)]
-    n_iter = 0
-    for g in range(0, len(ranges), workers):
-        group = ranges[g:g + workers]
-        gains = [gain_of(s, e) for s, e in group]
-        kerns = [_kernel(x, eps, spread) for x in gains]
-        outs = [out_of(s, e) for s, e in group]
 
-        jobs = [(k, a[s:e], b[s:e], o) for k, (s, e), o in zip(kerns, group, outs, strict=True)]
-        run = functools.partial(_iterate_job, max_iter=max_iter, tol=tol, check_every=check_every)
-        iters = list(_pool(workers).map(run, jobs)) if len(jobs) > 1 else [run(jobs[0])]
-        for (s, e), gain, kern, out, it in zip(group, gains, kerns, outs, iters, strict=True):
-            plan = kern if out is None else out
-            if it < 0:  # eps too small for the exp domain (or it overflowed): log domain
-                plan = torch.empty_like(gain) if plan is None else plan
-                it = _solve_log(-gain, a[s:e], b[s:e], plan, eps, max_iter, tol, check_every)
-            done(s, e, gain, plan)
-            n_iter = max(n_iter, it)
-    return n_iter
+    def solve(s: int, e: int) -> int:
+        gain = gain_of(s, e)  # (n, N, M)
+        kern = _kernel(gain, opt.eps, spread)
+        plan = out_of(s, e)
+        it = -1 if kern is None else _iterate(kern, a[s:e], b[s:e], plan, opt)
+        plan = kern if plan is None else plan
+        if it < 0:  # eps too small for the exp domain (or it overflowed): log domain
+            plan = torch.empty_like(gain) if plan is None else plan
+            it = _solve_log(-gain, a[s:e], b[s:e], plan, opt)
+        done(s, e, gain, plan)
+        return it
 
-
-def _iterate_job(job: tuple, max_iter: int, tol: float, check_every: int) -> int:
-    """_iterate on (kern or None, a, b, out); -1 without a kernel."""
-    kern, a, b, out = job
-    return -1 if kern is None else _iterate(kern, a, b, out, max_iter, tol, check_every)
+    if workers == 1 or len(ranges) <= 1:
+        return max((solve(s, e) for s, e in ranges), default=0)
+    return max(_pool(workers).map(lambda r: solve(*r), ranges))
 
 
 @functools.cache
@@ -328,25 +386,26 @@ def _checked_problem(cost: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor
 @torch.no_grad()
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None,
              eps: float = 0.05, max_iter: int = 100, tol: float = 1e-6, check_every: int = 10,
-             chunk_size: int | None = None) -> SinkhornResult:
+             chunk_size: int | None = None, *, omega: float = OMEGA) -> SinkhornResult:
     """Entropic OT plans of B problems: cost (B, N, M), weights a (B, N), b (B, M).
 
-    Weights are normalised here (None: uniform). A pair stops once the L1 error of its row
-    marginals is <= tol (looked at every `check_every` iterations) or after max_iter.
-    chunk_size: pairs solved together (None: CHUNK_BYTES of kernels).
+    Weights are normalised here (None: uniform). A pair stops once the L1 errors of its two
+    marginals sum to <= tol (looked at every `check_every` iterations) or after max_iter.
+    chunk_size: pairs solved together (None: CHUNK_BYTES of kernels). omega: over-relaxation
+    of the steps (1 = plain Sinkhorn, POT's iterates; the default needs ~3x fewer).
     """
+    opt = _solver(eps, max_iter, tol, check_every, omega, chunk_size)
     cost, a, b = _checked_problem(cost, a, b, "source (a)", "target (b)")
     n_pairs = cost.shape[0]
     out = torch.empty_like(cost)  # (B, N, M)
     n_iter = _solve_chunks(n_pairs, chunk_size, lambda s, e: torch.neg(cost[s:e]), a, b,
-                           lambda s, e: out[s:e], lambda *_: None, eps, max_iter, tol,
-                           check_every, None)
+                           lambda s, e: out[s:e], lambda *_: None, opt, None)
     return SinkhornResult(out, n_iter)
 
 
 def _emd_chunked(cosine: Callable[[int, int], torch.Tensor], n_pairs: int, a: torch.Tensor,
-                 b: torch.Tensor, eps: float, max_iter: int, tol: float, check_every: int,
-                 chunk_size: int | None, flow: torch.Tensor | None,
+                 b: torch.Tensor, opt: _Solver, chunk_size: int | None,
+                 flow: torch.Tensor | None,
                  spread: float | None = 2.0) -> torch.Tensor:
     """EMD similarity of B pairs whose (n, N, M) cosines `cosine(s, e)` gives chunk-wise."""
     sims = torch.empty(n_pairs, dtype=a.dtype, device=a.device)  # (B,)
@@ -356,8 +415,7 @@ def _emd_chunked(cosine: Callable[[int, int], torch.Tensor], n_pairs: int, a: to
 
     # gain = cos (the cost 1 - cos up to a constant), row spread <= 2 for true cosines
     _solve_chunks(n_pairs, chunk_size, cosine, a, b,
-                  lambda s, e: None if flow is None else flow[s:e], done, eps, max_iter, tol,
-                  check_every, spread)
+                  lambda s, e: None if flow is None else flow[s:e], done, opt, spread)
     return sims
 
 
@@ -366,14 +424,14 @@ def emd_similarity_from_cost(cost: torch.Tensor, a: torch.Tensor | None = None,
                              b: torch.Tensor | None = None, eps: float = 0.05,
                              max_iter: int = 100, return_flow: bool = False, *,
                              tol: float = 1e-6, check_every: int = 10,
-                             chunk_size: int | None = None,
+                             chunk_size: int | None = None, omega: float = OMEGA,
                              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """sum(T * (1 - cost)) of B pairs from a ready cost (B, N, M), e.g. `cost_matrix`'s.
 
     Same as `sinkhorn` then the sum, without materialising the plans unless return_flow.
     """
-    return _emd_of_ready(cost, lambda x: 1.0 - x, a, b, eps, max_iter, return_flow, tol,
-                         check_every, chunk_size)
+    opt = _solver(eps, max_iter, tol, check_every, omega, chunk_size)
+    return _emd_of_ready(cost, lambda x: 1.0 - x, a, b, opt, return_flow, chunk_size)
 
 
 @torch.no_grad()
@@ -381,25 +439,25 @@ def emd_similarity_from_cosine(cos: torch.Tensor, a: torch.Tensor | None = None,
                                b: torch.Tensor | None = None, eps: float = 0.05,
                                max_iter: int = 100, return_flow: bool = False, *,
                                tol: float = 1e-6, check_every: int = 10,
-                               chunk_size: int | None = None,
+                               chunk_size: int | None = None, omega: float = OMEGA,
                                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """sum(T * cos) of B pairs from ready patch cosines (B, N, M), e.g. from patch grids.
 
     The same as `emd_similarity_from_cost(1 - cos)`, without building the cost.
     """
-    return _emd_of_ready(cos, lambda x: x, a, b, eps, max_iter, return_flow, tol, check_every,
-                         chunk_size)
+    opt = _solver(eps, max_iter, tol, check_every, omega, chunk_size)
+    return _emd_of_ready(cos, lambda x: x, a, b, opt, return_flow, chunk_size)
 
 
 def _emd_of_ready(x: torch.Tensor, gain: Callable[[torch.Tensor], torch.Tensor],
-                  a: torch.Tensor | None, b: torch.Tensor | None, eps: float, max_iter: int,
-                  return_flow: bool, tol: float, check_every: int, chunk_size: int | None,
+                  a: torch.Tensor | None, b: torch.Tensor | None, opt: _Solver,
+                  return_flow: bool, chunk_size: int | None,
                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """EMD of B pairs from a ready (B, N, M) cost or cosine x; gain(x chunk) = the cosines."""
     x, a, b = _checked_problem(x, a, b, "query (a)", "candidate (b)")
     flow = torch.empty_like(x) if return_flow else None
-    sims = _emd_chunked(lambda s, e: gain(x[s:e]), x.shape[0], a, b, eps, max_iter, tol,
-                        check_every, chunk_size, flow, spread=None)
+    sims = _emd_chunked(lambda s, e: gain(x[s:e]), x.shape[0], a, b, opt, chunk_size, flow,
+                        spread=None)
     return (sims, flow) if flow is not None else sims
 
 
@@ -408,12 +466,14 @@ def emd_similarity(q_patches: torch.Tensor, c_patches: torch.Tensor,
                    a: torch.Tensor | None = None, b: torch.Tensor | None = None,
                    eps: float = 0.05, max_iter: int = 100, return_flow: bool = False, *,
                    tol: float = 1e-6, check_every: int = 10, chunk_size: int | None = None,
+                   omega: float = OMEGA,
                    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """EMD similarity sum(T * cos) of B pairs: q (B, N, C), c (B, M, C) -> (B,).
 
     a (B, N), b (B, M): patch weights (None = uniform). With return_flow also the plans
     (B, N, M).
     """
+    opt = _solver(eps, max_iter, tol, check_every, omega, chunk_size)
     _check_patches(q_patches, c_patches)
     n_pairs, n, m = q_patches.shape[0], q_patches.shape[1], c_patches.shape[1]
     q, c = q_patches.detach(), c_patches.detach()  # converted chunk-wise (float16 stays small)
@@ -425,8 +485,7 @@ def emd_similarity(q_patches: torch.Tensor, c_patches: torch.Tensor,
     def cosine(s: int, e: int) -> torch.Tensor:
         return patch_cosine(q[s:e].to(dtype), c[s:e].to(dtype))
 
-    sims = _emd_chunked(cosine, n_pairs, a, b, eps, max_iter, tol, check_every, chunk_size,
-                        flow)
+    sims = _emd_chunked(cosine, n_pairs, a, b, opt, chunk_size, flow)
     return (sims, flow) if flow is not None else sims
 
 
@@ -464,61 +523,73 @@ def emd_rerank_scores(query_grids: torch.Tensor, cand_grids: torch.Tensor,
                       query_w: torch.Tensor | None = None, cand_w: torch.Tensor | None = None,
                       eps: float = 0.05, max_iter: int = 100, *, tol: float = 1e-6,
                       check_every: int = 10, chunk_size: int | None = None,
-                      cand_index: torch.Tensor | None = None) -> torch.Tensor:
+                      omega: float = OMEGA, cand_index: torch.Tensor | None = None,
+                      weighting: str | None = None) -> torch.Tensor:
     """EMD similarity of Q queries x K candidates each -> (Q, K).
 
     query_grids (Q, C, H, W); cand_grids (Q, K, C, H', W'), or with cand_index (Q, K) the
     gallery grids (G, C, H', W') that it indexes (gathered chunk-wise, never all at once);
     query_w (Q, K, H*W) and cand_w (Q, K, H'*W') are per-pair patch weights (they may depend
     on both faces) or None for uniform. Grids may be float16; the maths runs in float32.
+    weighting "apc" or "sc" (instead of query_w / cand_w): those weights, computed chunk by
+    chunk from the pairs' patch cosines (`weights.apc_from_cosine`, `weights.sc`).
+
+    Each pair is solved transposed (candidate patches as rows): its cosines then come
+    straight from the grid layout, (M, C) x (C, N), and the EMD is the same number.
     """
+    opt = _solver(eps, max_iter, tol, check_every, omega, chunk_size)
     if cand_index is not None:
         if cand_index.dim() != 2 or cand_grids.dim() != 4:
             raise InputError(f"with cand_index (Q, K) the candidate grids are the gallery "
                              f"(G, C, H, W); got shapes {tuple(cand_index.shape)} and "
                              f"{tuple(cand_grids.shape)}")
         n_q, n_k = cand_index.shape
-        flat_index = cand_index.reshape(-1).to(device=cand_grids.device, dtype=torch.long)
-        gallery = grid_to_patches(cand_grids.detach())  # (G, M, C)
-        if len(flat_index) and not 0 <= int(flat_index.min()) <= int(flat_index.max()) \
-                < len(gallery):
+        rows = cand_index.reshape(-1).to(device=cand_grids.device, dtype=torch.long)
+        gallery = cand_grids.detach().flatten(2)  # (G, C, M)
+        if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < len(gallery):
             raise InputError(f"cand_index holds ids outside the {len(gallery)} gallery grids")
-
-        def cand(s: int, e: int) -> torch.Tensor:
-            return gallery[flat_index[s:e]]
     else:
         if cand_grids.dim() != 5:
             raise InputError(f"candidate grids must be (Q, K, C, H, W), got shape "
                              f"{tuple(cand_grids.shape)}")
         n_q, n_k = cand_grids.shape[:2]
-        gallery = grid_to_patches(cand_grids.detach().flatten(0, 1))  # (Q*K, M, C)
-
-        def cand(s: int, e: int) -> torch.Tensor:
-            return gallery[s:e]
+        rows = None
+        gallery = cand_grids.detach().flatten(0, 1).flatten(2)  # (Q*K, C, M)
     if query_grids.dim() != 4 or query_grids.shape[0] != n_q:
         raise InputError(f"query grids must be ({n_q}, C, H, W) for candidates of {n_q} "
                          f"queries, got shape {tuple(query_grids.shape)}")
-    if query_grids.shape[1] != gallery.shape[2]:
+    if query_grids.shape[1] != gallery.shape[1]:
         raise InputError(f"query grids have {query_grids.shape[1]} channels but candidate "
-                         f"grids have {gallery.shape[2]}; both must come from the same layer")
+                         f"grids have {gallery.shape[1]}; both must come from the same layer")
+    if weighting not in (None, "apc", "sc") or (weighting and (query_w, cand_w) != (None, None)):
+        raise InputError(f"weighting must be 'apc', 'sc' or None (then query_w / cand_w or "
+                         f"uniform), not both; got {weighting!r}")
     dtype = _work_dtype(query_grids, cand_grids)
-    qn = _unit(grid_to_patches(query_grids.detach()).to(dtype))  # (Q, N, C) unit patches
-    n_pairs, n, m = n_q * n_k, qn.shape[1], gallery.shape[1]
+    q_patches = grid_to_patches(query_grids.detach()).to(dtype)  # (Q, N, C)
+    q_norm = torch.linalg.vector_norm(q_patches, dim=2)  # (Q, N)
+    q_cols = (q_patches / q_norm.clamp_min(1e-12).unsqueeze(2)).transpose(1, 2).contiguous()
+    # q_cols (Q, C, N): unit query patches as columns
+    n_pairs, n, m = n_q * n_k, q_cols.shape[2], gallery.shape[2]
     for w, name, size in ((query_w, "query", n), (cand_w, "candidate", m)):
         if w is not None and tuple(w.shape) != (n_q, n_k, size):
             raise InputError(f"{name} weights have shape {tuple(w.shape)}, expected "
                              f"({n_q}, {n_k}, {size}): one weight per patch of each pair")
-    a = _marginal(None if query_w is None else query_w.reshape(n_pairs, n), n_pairs, n, qn,
-                  "query")  # (B, N)
-    b = _marginal(None if cand_w is None else cand_w.reshape(n_pairs, m), n_pairs, m, qn,
+    a = _marginal(None if query_w is None else query_w.reshape(n_pairs, n), n_pairs, n, q_cols,
+                  "query")  # (B, N); with `weighting`, overwritten chunk by chunk
+    b = _marginal(None if cand_w is None else cand_w.reshape(n_pairs, m), n_pairs, m, q_cols,
                   "candidate")  # (B, M)
 
-    def cosine(s: int, e: int) -> torch.Tensor:
-        qi = torch.arange(s, e, device=qn.device) // n_k  # query of each pair
-        cp = cand(s, e).to(dtype)  # (n, M, C)
-        cos = torch.bmm(qn[qi], cp.transpose(1, 2))  # (n, N, M)
-        return cos.mul_(_inv_norm(cp).unsqueeze(1))
+    def cosine(s: int, e: int) -> torch.Tensor:  # (n, M, N): candidate patches as rows
+        cp = (gallery[s:e] if rows is None else gallery[rows[s:e]]).to(dtype)  # (n, C, M)
+        qi = torch.arange(s, e, device=cp.device) // n_k  # query of each pair
+        cos = torch.bmm(cp.transpose(1, 2), q_cols[qi])
+        c_norm = cp.square().sum(dim=1).sqrt_()  # (n, M)
+        cos.mul_(c_norm.clamp_min(1e-12).reciprocal_().unsqueeze(2))
+        if weighting == "apc":  # the problem is transposed: (candidate, query) weights
+            b[s:e], a[s:e] = apc_from_cosine(cos, c_norm, q_norm[qi])
+        elif weighting == "sc":
+            b[s:e], a[s:e] = sc(cos)
+        return cos
 
-    sims = _emd_chunked(cosine, n_pairs, a, b, eps, max_iter, tol, check_every, chunk_size,
-                        None)
+    sims = _emd_chunked(cosine, n_pairs, b, a, opt, chunk_size, None)  # transposed: b rows
     return sims.reshape(n_q, n_k)

@@ -4,7 +4,7 @@
 
 EMD-similarity = sum_ij T_ij * cos(q_i, g_j) with T the entropic transport plan between the two
 faces' patch weightings (see `weights.py`). All (query, candidate) pairs of a chunk of queries
-go through one batched Sinkhorn call.
+go through one `emd_rerank_scores` call (each distinct candidate grid gathered once).
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from facerank.features import FeatureSet
 from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
-from facerank.rerank.emd import emd_similarity_from_cosine, patch_cosine, pool_grid
+from facerank.rerank.emd import (
+    emd_rerank_scores,
+    emd_similarity_from_cosine,
+    grid_to_patches,
+    patch_cosine,
+    pool_grid,
+)
 from facerank.rerank.gate import QualityGate, bundled_gate, gate_features, query_features
 from facerank.search import Ranking
 
@@ -97,9 +103,7 @@ class Stage2EMD:
 
         Each distinct row is gathered, converted and measured once (a query repeats k times).
         """
-        if self.grid_name not in fs.grids:
-            raise InputError(f"features have no grid {self.grid_name!r} (have "
-                             f"{', '.join(fs.grids) or 'none'}); extract with grids including it")
+        self._check_grid(fs)
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         uniq, inverse = np.unique(index, return_inverse=True)  # uniq is sorted
         g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][uniq])).float()
@@ -112,6 +116,18 @@ class Stage2EMD:
             g, inv_norm = g.index_select(0, rows), inv_norm.index_select(0, rows)
         return g.transpose(1, 2), inv_norm
 
+    def _check_grid(self, fs: FeatureSet) -> None:
+        if self.grid_name not in fs.grids:
+            raise InputError(f"features have no grid {self.grid_name!r} (have "
+                             f"{', '.join(fs.grids) or 'none'}); extract with grids including it")
+
+    def _grids(self, fs: FeatureSet, index: np.ndarray) -> torch.Tensor:
+        """(U, C, H, W) grids of rows `index` as stored (float16: the solver converts them
+        chunk by chunk), or float32 pooled if the grid name asks."""
+        self._check_grid(fs)
+        g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][index]))
+        return pool_grid(g.float(), self.pool) if self.pool else g
+
     def grid_hw(self, fs: FeatureSet) -> tuple[int, int]:
         h, w = fs.grids[self.grid_name].shape[-2:]
         return (self.pool, self.pool) if self.pool else (int(h), int(w))
@@ -123,33 +139,31 @@ class Stage2EMD:
         """EMD similarity of pairs (qf[qi[b]], cf[ci[b]]) -> (B,) [+ flow, weights]."""
         q, q_inv = self._patches(qf, qi)  # (B, N, C), (B, N)
         c, c_inv = self._patches(cf, ci)  # (B, M, C), (B, M)
-        if q.shape[2] != c.shape[2] or q.shape[1:] != c.shape[1:]:
-            raise InputError(f"query grid {tuple(q.shape[1:])} and gallery grid "
-                             f"{tuple(c.shape[1:])} differ; both must come from the same model")
+        _check_same_grid(q.shape[1:], c.shape[1:])
         cos = patch_cosine(q, c, q_inv, c_inv)  # (B, N, M)
-        wq, wc = self._weights(q, c, cos, qf, qi, cf, ci)
+        wq, wc = self._weights(q, c, qf, qi, cf, ci)
         if with_flow:
             emd, plan = emd_similarity_from_cosine(cos, wq, wc, self.eps, self.max_iter,
                                                    return_flow=True)
             return emd, plan, wq, wc
         return (emd_similarity_from_cosine(cos, wq, wc, self.eps, self.max_iter),)
 
-    def _weights(self, q: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, qf: FeatureSet,
-                 qi: np.ndarray, cf: FeatureSet, ci: np.ndarray) -> tuple[torch.Tensor, ...]:
+    def _weights(self, q: torch.Tensor, c: torch.Tensor, qf: FeatureSet, qi: np.ndarray,
+                 cf: FeatureSet, ci: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Patch weights (B, N), (B, M) of pairs with patches q (B, N, C), c (B, M, C)."""
         if self.weighting == "uniform":
             return W.uniform(q, c)
         if self.weighting == "apc":
             return W.apc(q, c)
         if self.weighting == "sc":
-            return W.sc(cos)
+            return W.sc_from_patches(q, c)
         if self.weighting == "cc":
             qd = torch.from_numpy(qf.descriptors[qi]).float()
             cd = torch.from_numpy(cf.descriptors[ci]).float()
             return W.cc(q, c, qd, cd, self.fc_weight)
         hw = self.grid_hw(qf)
-        ql = torch.from_numpy(qf.chip_landmarks68[qi]).float()
-        cl = torch.from_numpy(cf.chip_landmarks68[ci]).float()
-        return W.landmark_density(ql, hw), W.landmark_density(cl, hw)
+        return (W.landmark_density(_landmarks(qf, qi), hw),
+                W.landmark_density(_landmarks(cf, ci), hw))
 
     def score_pairs(self, a: FeatureSet, b: FeatureSet) -> np.ndarray:
         """Blended score alpha * EMD + (1 - alpha) * cosine of pairs (a[i], b[i]) -> (P,).
@@ -186,11 +200,34 @@ class Stage2EMD:
         with progress_bar(progress, f"Stage 2 {self.grid}/{self.weighting}", n_q) as advance:
             for s in range(0, n_q, per_chunk):
                 rows = np.arange(s, min(n_q, s + per_chunk))
-                qi = np.repeat(rows, k)
-                ci = cand[rows].reshape(-1)
-                emd[rows] = self._pairs(queries, qi, gallery, ci)[0].numpy().reshape(-1, k)
+                emd[rows] = self._rerank_chunk(queries, rows, gallery, cand[rows])
                 advance(len(rows))
         return emd
+
+    def _rerank_chunk(self, qf: FeatureSet, rows: np.ndarray, gf: FeatureSet,
+                      cand: np.ndarray) -> np.ndarray:
+        """EMD of queries qf[rows] with their candidates gf[cand] (Q, k) -> (Q, k)."""
+        n_q, k = cand.shape
+        uniq, inverse = np.unique(cand, return_inverse=True)  # each candidate gathered once
+        inverse = inverse.reshape(n_q, k)
+        qg, cg = self._grids(qf, rows), self._grids(gf, uniq)  # (Q, C, H, W), (U, C, H, W)
+        _check_same_grid(qg.shape[1:], cg.shape[1:])
+        qw = cw = None  # uniform, or APC / SC computed in the solver's chunks from the cosines
+        inv = torch.from_numpy(inverse)  # (Q, k) candidate of each pair among the U
+        if self.weighting == "lmk":  # one weighting per face, shared by its pairs
+            qw = W.landmark_density(_landmarks(qf, rows), self.grid_hw(qf))  # (Q, N)
+            cw = W.landmark_density(_landmarks(gf, uniq), self.grid_hw(gf))  # (U, M)
+            qw, cw = qw.unsqueeze(1).expand(n_q, k, -1), cw[inv]
+        elif self.weighting == "cc":  # each face projected once, then correlated per pair
+            qp = W.fc_project(grid_to_patches(qg.float()), self.fc_weight)  # (Q, N, D)
+            cp = W.fc_project(grid_to_patches(cg.float()), self.fc_weight)  # (U, M, D)
+            qd = torch.from_numpy(qf.descriptors[rows]).float()  # (Q, D)
+            cd = torch.from_numpy(gf.descriptors[uniq]).float()  # (U, D)
+            qw, cw = W.cc_from_projected(qp.unsqueeze(1), cp[inv], qd.unsqueeze(1), cd[inv])
+        in_chunks = self.weighting if self.weighting in ("apc", "sc") else None
+        return emd_rerank_scores(qg, cg, qw, cw, self.eps, self.max_iter,
+                                 cand_index=torch.from_numpy(inverse),
+                                 weighting=in_chunks).numpy()
 
     def gate_features(self, queries: FeatureSet, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
         """(Q, F) gate inputs: Stage-1 cos (Q, k) and emd (Q, k) of the same candidates."""
@@ -234,6 +271,17 @@ class Stage2EMD:
             return ranking
         emd = self.emd_scores(queries, gallery, ranking.indices[:, :k], progress)
         return self.blend(ranking, emd, queries)
+
+
+def _landmarks(fs: FeatureSet, index: np.ndarray) -> torch.Tensor:
+    """(B, 68, 2) chip-coordinate landmarks of rows `index`."""
+    return torch.from_numpy(fs.chip_landmarks68[index]).float()
+
+
+def _check_same_grid(q_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> None:
+    if tuple(q_shape) != tuple(c_shape):
+        raise InputError(f"query grid {tuple(q_shape)} and gallery grid {tuple(c_shape)} "
+                         "differ; both must come from the same model")
 
 
 @register_stage2("emd")

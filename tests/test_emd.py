@@ -233,9 +233,8 @@ def test_rerank_scores_equal_pairwise_similarity() -> None:
     torch.testing.assert_close(scores.flatten(), pairs, atol=1e-6, rtol=0)
     uniform = emd_rerank_scores(qg, cg)
     torch.testing.assert_close(uniform.flatten(), emd_similarity(q, c), atol=1e-6, rtol=0)
-    # APC and SC computed inside the chunks from the cosines = from the patches, pair by pair
-    for name, weigh in (("apc", W.apc), ("sc", W.sc_from_patches)):
-        wq, wc = weigh(q, c)
+    # APC and SC computed inside the chunks = the same weightings computed pair by pair
+    for name, (wq, wc) in (("apc", W.apc(q, c)), ("sc", W.sc(patch_cosine(q, c)))):
         in_chunks = emd_rerank_scores(qg, cg, weighting=name, chunk_size=4)
         torch.testing.assert_close(in_chunks.flatten(), emd_similarity(q, c, wq, wc),
                                    atol=1e-6, rtol=0)

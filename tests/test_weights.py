@@ -33,8 +33,6 @@ def test_non_negative_and_normalised(name: str, patches: tuple[torch.Tensor, tor
         qn = torch.nn.functional.normalize(q, dim=2)
         cn = torch.nn.functional.normalize(c, dim=2)
         wq, wc = W.sc(qn @ cn.transpose(1, 2))
-        for got, want in zip(W.sc_from_patches(q, c), (wq, wc), strict=True):
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     elif name == "cc":
         fc = torch.randn(256, 128)
         wq, wc = W.cc(q, c, torch.randn(6, 128), torch.randn(6, 128), fc)

@@ -141,22 +141,23 @@ class Stage2EMD:
         c, c_inv = self._patches(cf, ci)  # (B, M, C), (B, M)
         _check_same_grid(q.shape[1:], c.shape[1:])
         cos = patch_cosine(q, c, q_inv, c_inv)  # (B, N, M)
-        wq, wc = self._weights(q, c, qf, qi, cf, ci)
+        wq, wc = self._weights(q, c, cos, qf, qi, cf, ci)
         if with_flow:
             emd, plan = emd_similarity_from_cosine(cos, wq, wc, self.eps, self.max_iter,
                                                    return_flow=True)
             return emd, plan, wq, wc
         return (emd_similarity_from_cosine(cos, wq, wc, self.eps, self.max_iter),)
 
-    def _weights(self, q: torch.Tensor, c: torch.Tensor, qf: FeatureSet, qi: np.ndarray,
-                 cf: FeatureSet, ci: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """Patch weights (B, N), (B, M) of pairs with patches q (B, N, C), c (B, M, C)."""
+    def _weights(self, q: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, qf: FeatureSet,
+                 qi: np.ndarray, cf: FeatureSet, ci: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Patch weights (B, N), (B, M) of pairs with patches q (B, N, C), c (B, M, C) and
+        cosines cos (B, N, M)."""
         if self.weighting == "uniform":
             return W.uniform(q, c)
         if self.weighting == "apc":
             return W.apc(q, c)
         if self.weighting == "sc":
-            return W.sc_from_patches(q, c)
+            return W.sc(cos)
         if self.weighting == "cc":
             qd = torch.from_numpy(qf.descriptors[qi]).float()
             cd = torch.from_numpy(cf.descriptors[ci]).float()
@@ -209,11 +210,10 @@ class Stage2EMD:
         """EMD of queries qf[rows] with their candidates gf[cand] (Q, k) -> (Q, k)."""
         n_q, k = cand.shape
         uniq, inverse = np.unique(cand, return_inverse=True)  # each candidate gathered once
-        inverse = inverse.reshape(n_q, k)
         qg, cg = self._grids(qf, rows), self._grids(gf, uniq)  # (Q, C, H, W), (U, C, H, W)
         _check_same_grid(qg.shape[1:], cg.shape[1:])
         qw = cw = None  # uniform, or APC / SC computed in the solver's chunks from the cosines
-        inv = torch.from_numpy(inverse)  # (Q, k) candidate of each pair among the U
+        inv = torch.from_numpy(inverse.reshape(n_q, k))  # (Q, k) each pair's candidate of U
         if self.weighting == "lmk":  # one weighting per face, shared by its pairs
             qw = W.landmark_density(_landmarks(qf, rows), self.grid_hw(qf))  # (Q, N)
             cw = W.landmark_density(_landmarks(gf, uniq), self.grid_hw(gf))  # (U, M)
@@ -226,7 +226,7 @@ class Stage2EMD:
             qw, cw = W.cc_from_projected(qp.unsqueeze(1), cp[inv], qd.unsqueeze(1), cd[inv])
         in_chunks = self.weighting if self.weighting in ("apc", "sc") else None
         return emd_rerank_scores(qg, cg, qw, cw, self.eps, self.max_iter,
-                                 cand_index=torch.from_numpy(inverse),
+                                 cand_index=inv,
                                  weighting=in_chunks).numpy()
 
     def gate_features(self, queries: FeatureSet, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:

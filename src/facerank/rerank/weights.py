@@ -8,8 +8,7 @@ that sum to 1 per face: (B, N) for the query's N patches and (B, M) for the cand
            patches (`apc`) or from their cosines and norms (`apc_from_cosine`)
 - cc:      like APC, but each patch goes through the network's last linear layer and is
            correlated with the other face's descriptor (DIML's cross-correlation)
-- sc:      ReLU(sum_j cos(q_i, g_j)) and ReLU(sum_i cos(q_i, g_j))     (Eq. 3.8); from the
-           cosine matrix (`sc`) or straight from the patches (`sc_from_patches`)
+- sc:      ReLU(sum_j cos(q_i, g_j)) and ReLU(sum_i cos(q_i, g_j))     (Eq. 3.8)
 - lmk:     density of the 68 dlib landmarks in each grid cell
 """
 
@@ -92,17 +91,6 @@ def apc_from_cosine(similarity: torch.Tensor, q_norm: torch.Tensor,
     """
     wq = torch.bmm(similarity, c_norm.unsqueeze(2)).squeeze(2) * q_norm  # (B, N)
     wc = torch.bmm(q_norm.unsqueeze(1), similarity).squeeze(1) * c_norm  # (B, M)
-    return normalize_weights(wq), normalize_weights(wc)
-
-
-def sc_from_patches(q: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sc` from the patches q (B, N, C), c (B, M, C) without the (B, N, M) cosine matrix.
-
-    sum_j cos(q_i, g_j) = <q_i / |q_i|, sum_j g_j / |g_j|>, and likewise for the columns.
-    """
-    qn, cn = F.normalize(q, dim=-1), F.normalize(c, dim=-1)
-    wq = torch.einsum("bnc,bc->bn", qn, cn.sum(dim=1))
-    wc = torch.einsum("bmc,bc->bm", cn, qn.sum(dim=1))
     return normalize_weights(wq), normalize_weights(wc)
 
 

@@ -39,6 +39,7 @@ from facerank.rerank.emd_reranker import Stage2EMD
 from facerank.rerank.gate import QualityGate, bundled_gate_path
 from facerank.rerank.weights import WEIGHTINGS
 from facerank.search import Ranking, cosine_topk
+from facerank.train.split import identity_fold
 
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0)
 console = Console()
@@ -140,8 +141,7 @@ def cross_fitted(p: Prepared, gates: dict[bool, QualityGate], args: argparse.Nam
 def gated(args: argparse.Namespace) -> None:
     data = EvalData.load()
     fc = data.extractor.backbone.fc_weight.detach()
-    people = np.unique(data.lfw.labels)
-    half = set(np.random.default_rng(args.seed).permutation(people)[: len(people) // 2].tolist())
+    first_half = identity_fold(data.lfw.labels, args.seed)  # (N,) the people's split
     prepared: dict[str, Prepared] = {}
     for protocol in IDENTIFICATION:
         st, ranking, r = prepare(data, protocol, args.limit, args.seed, args.k)
@@ -149,7 +149,7 @@ def gated(args: argparse.Namespace) -> None:
         rr = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
                        fc_weight=fc)
         emd, seconds = emd_cached(rr, st, ranking, tag)
-        fold = np.array([lab in half for lab in st.query_labels])
+        fold = first_half[st.query_index]
         cos = ranking.stage_scores["stage1"][:, : args.k]  # the columns the gate sees in use
         prepared[protocol] = Prepared(st, ranking, r, emd, fold,
                                       rr.gate_features(st.queries, cos, emd), seconds)

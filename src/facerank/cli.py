@@ -117,7 +117,7 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module in ("facerank.eval.cli", "facerank.explain.cli", "facerank.gallery_cli",
-                   "facerank.web.cli"):
+                   "facerank.web.cli", "facerank.train.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -26,10 +26,25 @@ class Detection:
     landmarks5: np.ndarray  # (5, 2)
     landmarks68: np.ndarray | None  # (68, 2)
     source: str  # "hog" | "hog-up1" | "mmod" | "fallback-whole" | "fallback-center"
+    # (5, 2) eye centres, nose tip, mouth corners, left to right in the image: the points the
+    # ArcFace 112 template is defined on (from a detector that finds them, else from the 68)
+    points5: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.points5 is None and self.landmarks68 is not None:
+            self.points5 = points5_from_68(self.landmarks68)
 
     @property
     def area(self) -> float:
         return float((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
+
+
+def points5_from_68(landmarks68: np.ndarray) -> np.ndarray:
+    """iBUG 68 points (68, 2) -> (5, 2): the two eye centres (mean of each eye's six points),
+    the nose tip (30) and the mouth corners (48, 54), in image left-to-right order."""
+    l68 = np.asarray(landmarks68, dtype=np.float64)
+    return np.stack([l68[36:42].mean(axis=0), l68[42:48].mean(axis=0), l68[30], l68[48],
+                     l68[54]])
 
 
 def _shape_to_array(shape) -> np.ndarray:  # noqa: ANN001 - dlib type

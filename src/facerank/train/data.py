@@ -1,0 +1,60 @@
+"""Cached features every head trains on: all LFW images clean, plus seeded variants.
+
+Variants are made exactly as the evaluator makes its occluded queries
+(`facerank.eval.protocols.occluded_queries`: the dlib chip of the clean detection, edited by
+`facerank.eval.occlusion.occlude`, embedded again), but for all 13,233 images, so the
+one-image people of the training half are there too, and with a training seed (1) that differs
+from the evaluation seed (0): a head never sees the exact occluders it is tested on. Each
+variant set is cached under `<cache>/protocols/` like the evaluator's, so ViT, URL and IDA-L
+extract once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from facerank.eval.protocols import EvalData, occluded_queries
+from facerank.features import FeatureExtractor, FeatureSet
+from facerank.train.split import identity_fold
+
+VARIANTS = ("crop", "mask", "sunglasses")
+TRAIN_VARIANT_SEED = 1  # the evaluator's occluded queries use seed 0
+
+
+@dataclass
+class TrainingData:
+    """Row i of `clean` and of every `variants[kind]` is LFW image i."""
+
+    data: EvalData
+    variants: dict[str, FeatureSet]
+    labels: np.ndarray  # (N,) identity of each image
+    fold: np.ndarray  # (N,) bool, `identity_fold(labels, split_seed)`
+    split_seed: int
+    variant_seed: int
+
+    @property
+    def clean(self) -> FeatureSet:
+        return self.data.features
+
+    def rows(self, train_fold: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(train_rows, test_rows): images of the training identities, and of the others."""
+        return np.flatnonzero(self.fold == train_fold), np.flatnonzero(self.fold != train_fold)
+
+    def describe(self) -> dict:
+        return {"variants": sorted(self.variants), "variant_seed": self.variant_seed,
+                "split_seed": self.split_seed, "backbone": self.data.extractor.model_id}
+
+
+def load_training_data(extractor: FeatureExtractor | None = None,
+                       kinds: tuple[str, ...] = VARIANTS, split_seed: int = 0,
+                       variant_seed: int = TRAIN_VARIANT_SEED, progress: bool = True,
+                       data: EvalData | None = None) -> TrainingData:
+    """Clean features of all LFW images and the `kinds` variants of each (cached)."""
+    data = data or EvalData.load(extractor, progress=progress)
+    every = np.arange(len(data.lfw), dtype=np.int64)
+    variants = {k: occluded_queries(data, k, every, variant_seed, progress) for k in kinds}
+    labels = data.lfw.labels
+    return TrainingData(data, variants, labels, identity_fold(labels, split_seed), split_seed,
+                        variant_seed)

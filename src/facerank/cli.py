@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Detector, Faces, Model, NoFace
+from facerank.cli_options import Calibrate, CalibrateWith, Detector, Faces, Model, NoFace
 from facerank.errors import FacerankError, InputError
 
 app = typer.Typer(
@@ -86,11 +86,17 @@ def compare(
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
+    calibrate: Calibrate = "none",
+    calibrate_with: CalibrateWith = None,
 ) -> None:
-    """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule."""
+    """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule
+    (with --calibrate: the calibrated score and its verdict at LFW's FAR 1e-3 threshold)."""
     import numpy as np
 
     fx = make_extractor(detector, faces, no_face, model)
+    from facerank.calibrate import cli as calibration
+
+    cal = calibration.build(calibrate, calibrate_with, fx.model_id)
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     cosine = float(fa.embedding @ fb.embedding)
     dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
@@ -98,7 +104,14 @@ def compare(
     for col in ("image A", "image B", "cosine", "dlib distance", "verdict (< 0.6)"):
         table.add_column(col)
     verdict = "same person" if dist < DLIB_THRESHOLD else "different people"
-    table.add_row(str(a), str(b), f"{cosine:.4f}", f"{dist:.4f}", verdict)
+    row = [str(a), str(b), f"{cosine:.4f}", f"{dist:.4f}", verdict]
+    if cal is not None:
+        score = float(cal.score_pairs(fa.embedding[None], fb.embedding[None])[0])
+        said, thr = calibration.verdict(calibrate, score, calibrate_with is not None)
+        table.add_column(f"{calibrate} score")
+        table.add_column("verdict" + (f" (>= {thr:.4f}, FAR 1e-3)" if thr is not None else ""))
+        row += [f"{score:.4f}", said]
+    table.add_row(*row)
     out.print(table)
 
 

@@ -17,3 +17,9 @@ Model = Annotated[Path | None, typer.Option(
 Gate = Annotated[str, typer.Option(
     "--gate", help="Stage-2 quality gate: auto (the bundled gate for this grid and weighting, "
     "if one ships), none (re-rank every query), or a gate JSON file.")]
+Calibrate = Annotated[str, typer.Option(
+    "--calibrate", help="Score calibration: none (cosine), asnorm, ida-r (IDA with the bundled "
+    "LFW anchors) or ida-l (IDA's learned regressor, no anchors); see facerank.calibrate.")]
+CalibrateWith = Annotated[Path | None, typer.Option(
+    "--calibrate-with", help="Anchors .npz (asnorm, ida-r) or IDA-L checkpoint .pt to use "
+    "instead of the bundled one.")]

@@ -44,7 +44,10 @@ from facerank.progress import progress_bar
 from facerank.search import Ranking
 
 if TYPE_CHECKING:
+    from facerank.calibrate.base import Calibrator
     from facerank.rerank.base import Reranker
+
+CANDIDATES = 100  # Stage-1 candidates a calibrated search re-scores (facerank.calibrate)
 
 FORMAT_VERSION = 1
 DB_NAME = "gallery.db"
@@ -216,6 +219,8 @@ class Gallery:
         self.batch_size = batch_size or batch_size_from_env()
         self._loaded: _Loaded | None = None
         self._index: tuple[str, Any] | None = None
+        self._calib_terms: dict[str, Any] = {}  # calibrated search: the gallery's terms
+        self._calib_memo: dict[str, Any] = {}
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -709,6 +714,10 @@ class Gallery:
             self._check = True
             self._loaded = None
             self._index = None
+            for p in self.folder.glob("calib-*.npy"):  # calibration terms of the old features
+                p.unlink(missing_ok=True)
+            self._calib_terms.clear()
+            self._calib_memo.clear()
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -906,6 +915,20 @@ class Gallery:
         except (OSError, RuntimeError):
             tmp.unlink(missing_ok=True)  # the index is only a cache
 
+    def _calibrate(self, loaded: _Loaded, probes: FeatureSet, ranking: Ranking,
+                   cal: Calibrator) -> Ranking:
+        """Calibrated scores of the Stage-1 candidates; enrolled faces' terms stored once."""
+        from facerank.calibrate.gallery_terms import calibrate_ranking, gallery_terms
+
+        with self._lock:
+            if self._calib_memo.get("key") != (id(cal), loaded.stamp):
+                cal.check_model(self.meta().get("model_id", ""))
+                self._calib_memo.update(key=(id(cal), loaded.stamp),
+                                        emb=loaded.features.embeddings)
+            emb = self._calib_memo["emb"]
+            terms = gallery_terms(self.folder, loaded.stamp, cal, emb, self._calib_terms)
+        return calibrate_ranking(cal, probes.embeddings, emb, terms, ranking)
+
     def stage1(self, probes: FeatureSet, k: int) -> Ranking:
         """Top-k gallery rows by cosine for each probe (faiss); k is clipped to the gallery."""
         return self._stage1(self._load(None), probes, k)
@@ -936,15 +959,16 @@ class Gallery:
         scores = scores.astype(np.float32)
         return Ranking(indices.astype(np.int64), scores, {"stage1": scores.copy()})
 
-    def search(self, probe: FeatureSet, k: int = 10,
-               stage2: Reranker | None = None) -> list[SearchResult]:
-        """Best k gallery matches of one probe face: Stage 1 (faiss) then optional Stage 2."""
+    def search(self, probe: FeatureSet, k: int = 10, stage2: Reranker | None = None,
+               calibrate: Calibrator | None = None) -> list[SearchResult]:
+        """Best k gallery matches of one probe face: Stage 1 (faiss), optionally calibrated
+        (`facerank.calibrate`), then optional Stage 2."""
         if len(probe) != 1:
             raise InputError(f"search takes one probe face, got {len(probe)}; use search_many")
-        return self.search_many(probe, k, stage2)[0]
+        return self.search_many(probe, k, stage2, calibrate)[0]
 
-    def search_many(self, probes: FeatureSet, k: int = 10,
-                    stage2: Reranker | None = None) -> list[list[SearchResult]]:
+    def search_many(self, probes: FeatureSet, k: int = 10, stage2: Reranker | None = None,
+                    calibrate: Calibrator | None = None) -> list[list[SearchResult]]:
         """`search` for each probe row."""
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
@@ -952,7 +976,11 @@ class Gallery:
             self.extractor  # noqa: B018 - builds the stored extractor and checks the model
         loaded = self._load(True if stage2 is not None else None)
         depth = max(k, int(stage2.k)) if stage2 is not None else k
+        if calibrate is not None:  # calibrated Stage 1: re-score the top candidates
+            depth = max(depth, CANDIDATES)
         ranking = self._stage1(loaded, probes, depth)
+        if calibrate is not None:
+            ranking = self._calibrate(loaded, probes, ranking, calibrate)
         if stage2 is not None:
             ranking = stage2.rerank(probes, loaded.features, ranking)
         k = min(k, ranking.k)

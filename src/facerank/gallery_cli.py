@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Detector, Faces, Gate, Model, NoFace
+from facerank.cli_options import Calibrate, CalibrateWith, Detector, Faces, Gate, Model, NoFace
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
@@ -201,8 +201,11 @@ def search_command(
     explain: Annotated[Path | None, typer.Option(
         "--explain", help="Write a PNG explaining the top match.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+    calibrate: Calibrate = "none",
+    calibrate_with: CalibrateWith = None,
 ) -> None:
-    """Search a gallery for a probe face: Stage-1 cosine, then Stage-2 re-ranking."""
+    """Search a gallery for a probe face: Stage-1 cosine (optionally calibrated), then
+    Stage-2 re-ranking."""
     from facerank.features import FeatureSet
     from facerank.rerank.base import make_stage2
 
@@ -220,8 +223,11 @@ def search_command(
         det = FaceDetector(method=d.method, policy=faces,  # type: ignore[arg-type]
                            fallback=d.fallback, upsample=d.upsample)
         fx = FeatureExtractor(backbone=fx.backbone, grids=fx.grid_names, detector=det)
+    from facerank.calibrate.cli import build as build_calibrator
+
+    cal = build_calibrator(calibrate, calibrate_with, fx.model_id)
     probe_fs = FeatureSet.stack([fx.extract_file(probe)])
-    results = g.search(probe_fs, k=top, stage2=reranker)
+    results = g.search(probe_fs, k=top, stage2=reranker, calibrate=cal)
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
@@ -231,6 +237,7 @@ def search_command(
         sys.stdout.write(json.dumps({
             "probe": str(probe), "gallery": str(gallery),
             "stage2": reranker.describe() if reranker is not None else "none",
+            "calibrate": cal.describe() if cal is not None else "none",
             "explanation": str(explained) if explained else None,
             "results": [r.to_dict() for r in results]}, indent=2) + "\n")
         return

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from facerank.cli_options import Gate
+from facerank.cli_options import Calibrate, Gate
 from facerank.errors import InputError
 
 
@@ -35,6 +35,7 @@ def eval_command(
         help="Occluded protocols: keep the query's own original in the gallery (papers' code).")]
     = False,
     limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N queries.")] = None,
+    calibrate: Calibrate = "none",
 ) -> None:
     """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
     from rich.console import Console
@@ -70,6 +71,16 @@ def eval_command(
         console.print(f"note: {gate_note}", markup=False, highlight=False)
     for n in names:
         t0 = time.perf_counter()
+        if calibrate != "none":  # identity-disjoint anchors: facerank.calibrate.evaluate
+            from facerank.calibrate.evaluate import eval_protocol
+
+            payload, md = eval_protocol(data, n, calibrate, seed)
+            payload.update(command=command, seconds_total=time.perf_counter() - t0)
+            paths = write_report(out_dir, f"{n}_calibrate-{calibrate}", payload,
+                                 f"{md}\n\n`{command}`")
+            console.print(md)
+            console.print(f"wrote {paths[0]} and {paths[1]}")
+            continue
         if n in P.IDENTIFICATION:
             res = P.run_identification(data, n, reranker, seed, keep_original, limit)
             rows = [(n, "Stage 1 (cosine)", res.stage1)]

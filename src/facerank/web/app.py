@@ -192,11 +192,15 @@ def _points(a: np.ndarray) -> list[list[float] | None]:
 class SearchService:
     """The gallery, the probe extractor and Stage 2, shared by all requests (one at a time)."""
 
-    def __init__(self, gallery_dir: Path, stage2: str, extractor: FeatureExtractor | None) -> None:
+    def __init__(self, gallery_dir: Path, stage2: str, extractor: FeatureExtractor | None,
+                 calibrate: str = "none") -> None:
         self.gallery_dir = Path(gallery_dir)
         self.gallery = Gallery.open(self.gallery_dir, extractor=extractor)
         self.extractor = self.gallery.extractor  # the gallery's own model and detector settings
         self.reranker, self.stage2_note = self._stage2(stage2)
+        from facerank.calibrate.cli import build as build_calibrator
+
+        self.calibrator = build_calibrator(calibrate, None, self.extractor.model_id)
         self.lock = threading.Lock()  # dlib, torch and matplotlib state: one request at a time
         self._ids: tuple[str, dict[int, str]] = ("", {})
         self._thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
@@ -226,6 +230,7 @@ class SearchService:
             "identities": len(self.gallery.identities()), "model": meta.get("model_id"),
             "stage2": self.reranker.describe() if self.reranker is not None else "none",
             "stage2_note": self.stage2_note, "default_k": DEFAULT_K, "max_k": MAX_K,
+            "calibrate": self.calibrator.describe() if self.calibrator is not None else "none",
         }
 
     # ---- gallery images ------------------------------------------------------------------
@@ -285,7 +290,8 @@ class SearchService:
                                   "one face you want to search for") from None
             probe = FeatureSet.stack([face])
             t2 = time.perf_counter()
-            results = self.gallery.search(probe, k=k, stage2=self.reranker)
+            results = self.gallery.search(probe, k=k, stage2=self.reranker,
+                                          calibrate=self.calibrator)
             t3 = time.perf_counter()
             explanation, explain_note = None, None
             if explain and results:
@@ -360,7 +366,7 @@ def _trim_white(png: bytes, pad: int = 8) -> bytes:
 
 
 def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-               extractor: FeatureExtractor | None = None) -> FastAPI:
+               extractor: FeatureExtractor | None = None, calibrate: str = "none") -> FastAPI:
     """The web app for the gallery in `gallery_dir`.
 
     stage2: a registered Stage-2 method or "none" ("emd" falls back to none if unavailable).
@@ -373,7 +379,7 @@ def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = D
     if not Path(gallery_dir).is_dir():
         raise GalleryError(f"{gallery_dir}: no such gallery folder; create one with "
                            f"`facerank gallery create {gallery_dir}`")
-    service = SearchService(Path(gallery_dir), stage2, extractor)
+    service = SearchService(Path(gallery_dir), stage2, extractor, calibrate)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from facerank.cli_options import Calibrate
 from facerank.errors import InputError
 
 err = Console(stderr=True, soft_wrap=True)
@@ -38,6 +39,7 @@ def serve_command(
         help="Stage-2 re-ranker: emd or none (emd falls back to none if unavailable).")] = "emd",
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", help="Largest probe photo accepted, in MiB.")] = 8.0,
+    calibrate: Calibrate = "none",
 ) -> None:
     """Serve a web page to search the gallery with an uploaded photo."""
     import uvicorn
@@ -48,7 +50,8 @@ def serve_command(
         raise InputError(f"--port {port}: must be between 1 and 65535")
     if max_upload_mb <= 0:
         raise InputError(f"--max-upload-mb {max_upload_mb}: must be positive")
-    app = create_app(gallery, stage2=stage2, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    app = create_app(gallery, stage2=stage2, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                     calibrate=calibrate)
     if not _is_loopback(host):
         err.print(f"warning: binding {host} makes the page reachable from other machines; "
                   "it has no login", markup=False, highlight=False)

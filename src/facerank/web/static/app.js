@@ -178,6 +178,9 @@ function renderCard(r, stage2Name) {
   const dl = el("dl", "scores");
   dl.appendChild(scoreRow("final", "final score", r.score));
   dl.appendChild(scoreRow("stage1", "Stage 1 cosine", r.stage1));
+  if (r.stage_scores && r.stage_scores.calibrated !== undefined) {
+    dl.appendChild(scoreRow("calibrated", "calibrated", r.stage_scores.calibrated));
+  }
   if (stage2Name) {
     const alpha = r.stage_scores ? r.stage_scores.alpha : undefined;
     const note = r.stage2 === null ? "not re-ranked"

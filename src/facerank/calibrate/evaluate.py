@@ -1,0 +1,165 @@
+"""LFW protocols with a calibrator, identity-disjoint (used by `facerank eval --calibrate`
+and `benchmarks/calibrate.py`).
+
+Pairs: per fold, anchors (and IDA-L's training faces) from the people absent from the fold.
+Identification / open set: anchors from one identity half, queries and gallery restricted to
+the other half's people; both directions are run and reported (and their mean).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from facerank.calibrate.asnorm import DEFAULT_TOP_N, ASNorm
+from facerank.calibrate.base import Calibrator
+from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU, IDAR
+from facerank.calibrate.lfw import (
+    Factory,
+    anchors_from_rows,
+    calibrated_topk,
+    check_disjoint,
+    openset,
+    pair_scores,
+    pick_per_identity,
+    retrieval,
+    verification,
+)
+from facerank.errors import InputError
+from facerank.eval.lfw import load_pairs
+from facerank.eval.protocols import IDENTIFICATION, EvalData, setup_identification
+from facerank.train.split import identity_fold
+
+PAIR_VARIANT_SEED = 1  # the training harness's cached variants of all LFW images
+
+
+def lfw_factory(data: EvalData, name: str, k: int = DEFAULT_K, tau: float = DEFAULT_TAU,
+                top_n: int = DEFAULT_TOP_N, per_identity: int | None = 1, seed: int = 0,
+                epochs: int = 300, max_anchors: int | None = None) -> Factory:
+    """rows (LFW images allowed as anchors) -> a calibrator built from them.
+
+    IDA-R / AS-norm: anchors = `per_identity` seeded image(s) per person (at most
+    `max_anchors`, seeded). IDA-L: the same anchors, the regressor trained on all `rows`.
+    """
+    if name not in ("none", "asnorm", "ida-r", "ida-l"):
+        raise InputError(f"unknown calibration {name!r}; choose none, asnorm, ida-r or ida-l")
+    labels = data.lfw.labels
+    names = np.asarray(data.lfw.names)
+
+    def make(rows: np.ndarray) -> Calibrator | None:
+        if name == "none":
+            return None
+        a_rows = pick_per_identity(rows, labels, per_identity, seed)
+        if max_anchors is not None and len(a_rows) > max_anchors:
+            a_rows = np.sort(np.random.default_rng(seed).choice(a_rows, max_anchors, False))
+        anchors = anchors_from_rows(data, a_rows)
+        if name == "ida-r":
+            return IDAR(anchors, k=k, tau=tau)
+        if name == "asnorm":
+            return ASNorm(anchors, top_n=top_n)
+        from facerank.calibrate.train import fit_idal
+
+        emb = data.features.embeddings
+        return fit_idal(anchors, emb[rows], names[labels[rows]], k, tau, epochs=epochs,
+                        seed=seed)[0]
+
+    return make
+
+
+def pairs_variant_embeddings(data: EvalData, kind: str) -> np.ndarray:
+    """(P, D) embeddings of each pair's second image with a `kind` occlusion (seed 1)."""
+    from facerank.eval.protocols import occluded_queries
+
+    pairs = load_pairs(data.lfw)
+    every = np.arange(len(data.lfw), dtype=np.int64)
+    return occluded_queries(data, kind, every, PAIR_VARIANT_SEED, progress=False
+                            ).embeddings[pairs.b]
+
+
+def run_pairs(data: EvalData, factory: Factory, b_emb: np.ndarray | None = None) -> dict:
+    pairs = load_pairs(data.lfw)
+    return verification(pair_scores(data, pairs, factory, b_emb), pairs)
+
+
+def _restrict(st, people: np.ndarray):  # noqa: ANN001, ANN202
+    """(q_rows, g_rows, exclude) of an identification setup restricted to `people`."""
+    q_rows = np.flatnonzero(np.isin(st.query_labels, people))
+    g_mask = np.isin(st.gallery_labels, people)
+    g_rows = np.flatnonzero(g_mask)
+    pos = np.cumsum(g_mask) - 1
+    ex = st.exclude[q_rows]
+    ok = (ex >= 0) & g_mask[np.where(ex >= 0, ex, 0)]
+    return q_rows, g_rows, np.where(ok, pos[np.where(ex >= 0, ex, 0)], -1)
+
+
+def halves(data: EvalData, split_seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """[(name, anchor rows, test people)] for both directions of the identity split."""
+    labels = data.lfw.labels
+    fold = identity_fold(labels, split_seed)
+    out = []
+    for anchor_fold in (True, False):
+        rows = np.flatnonzero(fold == anchor_fold)
+        test_people = np.unique(labels[fold != anchor_fold])
+        check_disjoint(labels[rows], test_people)
+        out.append((f"anchors half {'A' if anchor_fold else 'B'}", rows, test_people))
+    return out
+
+
+def run_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator | None],
+                       test_people: np.ndarray, seed: int = 0) -> dict[str, dict]:
+    """{method: P@1, MAP@R, ...} on `protocol` restricted to `test_people` (calibrated
+    Stage 1: the whole restricted gallery re-scored)."""
+    if protocol not in IDENTIFICATION:
+        raise InputError(f"unknown identification protocol {protocol!r}")
+    st = setup_identification(data, protocol, seed, progress=False)
+    q_rows, g_rows, exclude = _restrict(st, test_people)
+    q = st.queries.embeddings[q_rows]
+    g = st.gallery.embeddings[g_rows]
+    ql, gl = st.query_labels[q_rows], st.gallery_labels[g_rows]
+    r = (gl[None, :] == ql[:, None]).sum(axis=1).max()
+    out = {}
+    for name, cal in cals.items():
+        ranking = calibrated_topk(cal, q, g, int(r), exclude)
+        m = retrieval(ranking, ql, gl, exclude)
+        out[name] = {k: m[k] for k in ("p_at_1", "map_at_r") if k in m} | {
+            "n_queries": len(q_rows), "n_gallery": len(g_rows)}
+    return out
+
+
+def run_openset(data: EvalData, cals: dict[str, Calibrator | None], test_people: np.ndarray,
+                seed: int = 0) -> dict[str, dict]:
+    return {name: openset(data, cal, test_people, seed) for name, cal in cals.items()}
+
+
+def eval_protocol(data: EvalData, protocol: str, name: str, seed: int = 0) -> tuple[dict, str]:
+    """`facerank eval PROTOCOL --calibrate NAME`: cosine and calibrated, identity-disjoint
+    (pairs: anchors per fold; identification / open set: both identity halves)."""
+    methods = {"cosine": lfw_factory(data, "none"), name: lfw_factory(data, name, seed=seed)}
+    payload: dict = {"protocol": protocol, "calibrate": name,
+                     "anchors": "pairs: per fold, LFW people absent from the fold; otherwise "
+                                "one identity half, the other half evaluated (both shown)"}
+    lines = []
+    if protocol == "lfw-pairs":
+        for m, f in methods.items():
+            payload[m] = v = run_pairs(data, f)
+            lines.append(f"| {m} | {100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f} | "
+                         f"{100 * v['tar_at_far_1e-3']:.2f} | {100 * v['tar_at_far_1e-2']:.2f} "
+                         f"| {v['auc']:.4f} |")
+        head = "| method | accuracy % | TAR@FAR=1e-3 | TAR@FAR=1e-2 | AUC |\n|---|---|---|---|---|"
+        return payload, head + "\n" + "\n".join(lines)
+    for half, rows, people in halves(data):
+        cals = {m: f(rows) for m, f in methods.items()}
+        if protocol == "lfw-openset":
+            res = run_openset(data, cals, people, seed)
+            for m, v in res.items():
+                lines.append(f"| {half} | {m} | {100 * v['tpir_at_fpir_1e-2']:.2f} | "
+                             f"{100 * v['tpir_at_fpir_1e-1']:.2f} |")
+        else:
+            res = run_identification(data, protocol, cals, people, seed)
+            for m, v in res.items():
+                lines.append(f"| {half} | {m} | {100 * v['p_at_1']:.2f} | "
+                             f"{100 * v['map_at_r']:.2f} |")
+        payload[half] = res
+    head = ("| half | method | TPIR@FPIR=1% | TPIR@FPIR=10% |\n|---|---|---|---|"
+            if protocol == "lfw-openset" else
+            "| half | method | P@1 % | MAP@R % |\n|---|---|---|---|")
+    return payload, head + "\n" + "\n".join(lines)

@@ -229,3 +229,41 @@ def test_gallery_terms_are_stored_once_and_follow_the_row_set(tmp_path) -> None:
     np.testing.assert_allclose(ranking.stage_scores["calibrated"], full, rtol=1e-5)
     np.testing.assert_allclose(ranking.stage_scores["stage1"],
                                np.einsum("qd,qkd->qk", q, g[ranking.indices]), atol=1e-5)
+
+
+def test_calibrated_gallery_search(lfw_root, extractor, tmp_path) -> None:
+    import shutil
+
+    from facerank.gallery import Gallery
+
+    people = ["Ariel_Sharon", "Colin_Powell", "Tony_Blair"]
+    held_out = []
+    for name in people:
+        files = sorted((lfw_root / "images" / name).glob("*.jpg"))
+        (tmp_path / "in" / name).mkdir(parents=True)
+        for f in files[:2]:
+            shutil.copy(f, tmp_path / "in" / name / f.name)
+        held_out.append(files[5])
+    g = Gallery.create(tmp_path / "g", extractor, load_grids=False)
+    g.add_folder(tmp_path / "in", progress=False)
+    probes = extractor.extract_paths(held_out, progress=False)
+    anchors, _ = clustered(300, d=probes.embeddings.shape[1], seed=7)
+    cal = IDAR(AnchorSet(anchors, extractor.model_id), k=5, tau=30.0)
+    fs = g.features(grids=False)
+    for i, name in enumerate(people):
+        res = g.search(probes.take([i]), k=6, calibrate=cal)
+        assert res[0].identity == name
+        assert np.all(np.diff([r.score for r in res]) <= 1e-6)
+        expected = cal.score_pairs(np.repeat(probes.embeddings[i:i + 1], 6, 0),
+                                   fs.embeddings[[r.row for r in res]])
+        np.testing.assert_allclose([r.stage_scores["calibrated"] for r in res], expected,
+                                   rtol=1e-5)
+        np.testing.assert_allclose([r.score for r in res], expected, rtol=1e-5)
+    assert len(list((tmp_path / "g").glob("calib-*.npy"))) == 1  # enrolled terms stored once
+    g.reextract(progress=False)
+    assert not list((tmp_path / "g").glob("calib-*.npy"))
+    assert g.search(probes.take([0]), k=2, calibrate=cal)[0].identity == people[0]
+    other = IDAR(AnchorSet(anchors, "another-model"), k=5)
+    with pytest.raises(InputError, match="model"):
+        g.search(probes.take([0]), k=2, calibrate=other)
+    g.close()

@@ -21,7 +21,7 @@ from facerank.calibrate.base import check_embeddings
 from facerank.errors import InputError, ModelFileError
 
 HNSW_ABOVE = 100_000
-DEFAULT_ANCHORS = "lfw-half0-anchors.npz"
+DEFAULT_ANCHORS = "lfw-halfA-anchors.npz"
 
 
 @dataclass
@@ -81,7 +81,7 @@ class AnchorSet:
 
     @classmethod
     def default(cls) -> AnchorSet:
-        """The bundled anchors: one dlib embedding per person of LFW identity half 0."""
+        """The bundled anchors: one dlib embedding per person of LFW identity half A (identity_fold True)."""
         with resources.as_file(resources.files("facerank.calibrate") / "defaults"
                                / DEFAULT_ANCHORS) as p:
             return cls.load(p)

@@ -105,12 +105,29 @@ def halves(data: EvalData, split_seed: int = 0) -> list[tuple[str, np.ndarray, n
 
 
 def run_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator | None],
-                       test_people: np.ndarray, seed: int = 0) -> dict[str, dict]:
+                       test_people: np.ndarray, seed: int = 0,
+                       variant_seed: int | None = None) -> dict[str, dict]:
     """{method: P@1, MAP@R, ...} on `protocol` restricted to `test_people` (calibrated
-    Stage 1: the whole restricted gallery re-scored)."""
+    Stage 1: the whole restricted gallery re-scored).
+
+    variant_seed: occluded protocols take their queries from the cached all-image variants
+    of that seed (`facerank.train.data`) instead of building the protocol's own set.
+    """
     if protocol not in IDENTIFICATION:
         raise InputError(f"unknown identification protocol {protocol!r}")
-    st = setup_identification(data, protocol, seed, progress=False)
+    if variant_seed is not None and protocol != "lfw-1680":
+        from dataclasses import replace
+
+        from facerank.eval.protocols import OCCLUSION_OF, occluded_queries
+
+        st = setup_identification(data, "lfw-1680", seed, progress=False)
+        every = np.arange(len(data.lfw), dtype=np.int64)
+        occ = occluded_queries(data, OCCLUSION_OF[protocol], every, variant_seed, False)
+        st = replace(st, protocol=protocol, queries=occ.take(st.query_index),
+                     gallery=data.features, gallery_labels=data.lfw.labels,
+                     exclude=st.query_index.copy())
+    else:
+        st = setup_identification(data, protocol, seed, progress=False)
     q_rows, g_rows, exclude = _restrict(st, test_people)
     q = st.queries.embeddings[q_rows]
     g = st.gallery.embeddings[g_rows]

@@ -21,7 +21,7 @@ from facerank.errors import ModelFileError
 from facerank.train.checkpoint import load_checkpoint, load_into, read_config
 
 KIND = "ida-l"
-DEFAULT_CHECKPOINT = "ida-l-dlib-half0"
+DEFAULT_CHECKPOINT = "ida-l-dlib-halfA"
 
 
 class SSR(torch.nn.Module):
@@ -47,7 +47,7 @@ class SSR(torch.nn.Module):
 
 
 def default_checkpoint() -> Path:
-    """The bundled checkpoint (trained on LFW identity half 0, dlib features)."""
+    """The bundled checkpoint (trained on LFW identity half A = identity_fold True, dlib features)."""
     with resources.as_file(resources.files("facerank.calibrate") / "defaults"
                            / f"{DEFAULT_CHECKPOINT}.pt") as p:
         return Path(p)

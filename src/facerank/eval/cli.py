@@ -55,6 +55,8 @@ def eval_command(
         if n not in P.PROTOCOLS:
             raise InputError(f"unknown protocol {n!r}; choose from {', '.join(P.PROTOCOLS)} "
                              "or all")
+    if calibrate != "none" and stage2 != "none":
+        raise InputError("--calibrate evaluates calibrated Stage 1 only; pass --stage2 none")
     options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
     reranker = make_stage2(stage2, **options) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,262 @@
+"""Score calibration on LFW: cosine vs AS-norm vs IDA-R vs IDA-L, identity-disjoint.
+
+    python -m benchmarks.calibrate accuracy     # clean pairs, open set, lfw-1680 P@1, MAP@R
+    python -m benchmarks.calibrate occluded     # pairs with a cropped / masked second image,
+                                                # lfw-crop P@1, MAP@R
+    python -m benchmarks.calibrate ablation     # k, anchor-set size, tau on LFW pairs
+    python -m benchmarks.calibrate speed        # per-pair cost; calibrated gallery search
+    python -m benchmarks.calibrate thresholds   # the FAR 1e-3 thresholds `compare` ships
+
+Anchors never share a person with the faces they calibrate: pairs use, per fold, the LFW
+people absent from that fold; identification and open set use one identity half as anchors
+and evaluate the other (both directions). IDA's tau / k and AS-norm's cohort size are chosen
+on the anchor-side people only (`facerank.calibrate.select`), IDA-L is trained on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from rich.console import Console
+
+from benchmarks.common import write_result
+from facerank.calibrate.evaluate import (
+    halves,
+    lfw_factory,
+    pairs_variant_embeddings,
+    run_identification,
+    run_openset,
+)
+from facerank.calibrate.lfw import check_disjoint, pairs_fold_anchor_rows, verification
+from facerank.calibrate.select import choose
+from facerank.eval.lfw import load_pairs
+from facerank.eval.protocols import EvalData
+
+METHODS = ("cosine", "asnorm", "ida-r", "ida-l")
+console = Console()
+
+
+def _factories(data: EvalData, params: dict, epochs: int) -> dict:
+    k, tau, top_n = params["k"], params["tau"], params["top_n"]
+    return {"cosine": lfw_factory(data, "none"),
+            "asnorm": lfw_factory(data, "asnorm", top_n=top_n),
+            "ida-r": lfw_factory(data, "ida-r", k=k, tau=tau),
+            "ida-l": lfw_factory(data, "ida-l", k=k, tau=tau, epochs=epochs)}
+
+
+def pairs_accuracy(data: EvalData, epochs: int, kinds: tuple[str, ...]) -> dict:
+    """Per fold: choose params on the fold's anchor people, build the four calibrators."""
+    pairs = load_pairs(data.lfw)
+    emb = data.features.embeddings
+    labels = data.lfw.labels
+    variants = {"clean": emb[pairs.b]} if "clean" in kinds else {}
+    for kind in kinds:
+        if kind != "clean":
+            variants[kind] = pairs_variant_embeddings(data, kind)
+    scores = {v: {m: np.empty(len(pairs.a)) for m in METHODS} for v in variants}
+    chosen = {}
+    for f in np.unique(pairs.fold):
+        t0 = time.perf_counter()
+        m = pairs.fold == f
+        rows = pairs_fold_anchor_rows(data, pairs, int(f), per_identity=None)
+        check_disjoint(labels[rows], np.union1d(labels[pairs.a[m]], labels[pairs.b[m]]))
+        params = choose(data, rows)
+        chosen[int(f)] = {k: params[k] for k in ("k", "tau", "top_n")}
+        for name, make in _factories(data, params, epochs).items():
+            cal = make(rows)
+            for v, b in variants.items():
+                a_, b_ = emb[pairs.a[m]], b[m]
+                scores[v][name][m] = (np.einsum("pd,pd->p", a_, b_) if cal is None
+                                      else cal.score_pairs(a_, b_))
+        console.print(f"fold {f}: {chosen[int(f)]} ({time.perf_counter() - t0:.0f} s)")
+    out = {v: {n: verification(s, pairs) for n, s in by.items()} for v, by in scores.items()}
+    return {"results": out, "chosen_per_fold": chosen,
+            "second_image_variants": "crop / mask: facerank.eval.occlusion via occluded_queries, "
+                                     "seed 1 (the training harness's cached variants)"}
+
+
+def halves_accuracy(data: EvalData, epochs: int, protocols: tuple[str, ...]) -> dict:
+    out = {}
+    for half, rows, people in halves(data):
+        t0 = time.perf_counter()
+        params = choose(data, rows)
+        cals = {n: make(rows) for n, make in _factories(data, params, epochs).items()}
+        res = {"chosen": {k: params[k] for k in ("k", "tau", "top_n")}}
+        for protocol in protocols:
+            if protocol == "lfw-openset":
+                res[protocol] = run_openset(data, cals, people)
+            else:
+                res[protocol] = run_identification(data, protocol, cals, people)
+        out[half] = res
+        console.print(f"{half}: {res['chosen']} ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    data = EvalData.load()
+    occluded = args.what == "occluded"
+    kinds = ("crop", "mask") if occluded else ("clean",)
+    protocols = ("lfw-crop",) if occluded else ("lfw-openset", "lfw-1680")
+    payload = {"command": f"python -m benchmarks.calibrate {args.what}",
+               "pairs": pairs_accuracy(data, args.epochs, kinds),
+               "halves": halves_accuracy(data, args.epochs, protocols)}
+    path = write_result(f"calibrate_{args.what}", payload)
+    for v, by in payload["pairs"]["results"].items():
+        for n, r in by.items():
+            console.print(f"pairs {v:5s} {n:7s} acc {100 * r['accuracy']:.2f} ± "
+                          f"{100 * r['accuracy_std']:.2f}  TAR@1e-3 "
+                          f"{100 * r['tar_at_far_1e-3']:.2f}  TAR@1e-2 "
+                          f"{100 * r['tar_at_far_1e-2']:.2f}  AUC {r['auc']:.4f}")
+    for half, res in payload["halves"].items():
+        for n in METHODS:
+            line = f"{half} {n:7s}"
+            for p in protocols:
+                o = res[p][n]
+                line += (f"  TPIR@1% {100 * o['tpir_at_fpir_1e-2']:.2f} TPIR@10% "
+                         f"{100 * o['tpir_at_fpir_1e-1']:.2f}" if p == "lfw-openset" else
+                         f"  {p} P@1 {100 * o['p_at_1']:.2f} MAP@R {100 * o['map_at_r']:.2f}")
+            console.print(line)
+    console.print(f"wrote {path}")
+
+
+def ablation(args: argparse.Namespace) -> None:
+    """IDA-R on LFW pairs (per-fold anchors) sweeping one of k, anchor-set size, tau; the
+    others at the bundled defaults (k=10, tau=30: chosen on identity half A by
+    `facerank.calibrate.select`, the same values most pairs folds choose)."""
+    from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU
+    from facerank.calibrate.lfw import pair_scores
+
+    data = EvalData.load()
+    pairs = load_pairs(data.lfw)
+    k0, tau0 = DEFAULT_K, DEFAULT_TAU
+    out: dict = {"command": "python -m benchmarks.calibrate ablation", "k0": k0, "tau0": tau0,
+                 "cosine": verification(pair_scores(data, pairs, lfw_factory(data, "none")),
+                                        pairs)}
+
+    def run(**kw: object) -> dict:
+        opts = {"k": k0, "tau": tau0, **kw}
+        r = verification(pair_scores(data, pairs, lfw_factory(data, "ida-r", **opts)), pairs)
+        console.print(f"{kw}: acc {100 * r['accuracy']:.2f} TAR@1e-3 "
+                      f"{100 * r['tar_at_far_1e-3']:.2f} TAR@1e-2 {100 * r['tar_at_far_1e-2']:.2f}")
+        return r
+
+    out["k"] = {k: run(k=k) for k in (1, 5, 10, 20, 50)}
+    out["tau"] = {t: run(tau=t) for t in (1, 3, 10, 20, 30, 50, 100, 200, 500, 1000)}
+    out["anchors"] = {f"one per person, at most {n}": run(max_anchors=n)
+                      for n in (100, 300, 1000, 3000)}
+    out["anchors"]["one per person (all, ~5k)"] = run()
+    out["anchors"]["every image (~11k)"] = run(per_identity=None)
+    console.print(f"wrote {write_result('calibrate_ablation', out)}")
+
+
+def thresholds(args: argparse.Namespace) -> None:
+    """Thresholds at FAR 1e-3 for the bundled calibrators, on identity half B (never seen by
+    the bundled anchors / IDA-L): every image pair of 4,000 seeded half-B faces."""
+    import json
+    from pathlib import Path
+
+    from facerank.calibrate.base import make_calibrator
+    from facerank.calibrate.lfw import calibrated_matrix
+    from facerank.calibrate.select import _tar_at_far
+    from facerank.train.split import identity_fold
+
+    data = EvalData.load()
+    fold = identity_fold(data.lfw.labels, 0)
+    rows = np.flatnonzero(~fold)
+    rows = np.sort(np.random.default_rng(0).choice(rows, min(4000, len(rows)), replace=False))
+    x, y = data.features.embeddings[rows], data.lfw.labels[rows]
+    iu = np.triu_indices(len(x), 1)
+    same = (y[:, None] == y[None, :])[iu]
+    out = {}
+    for name in METHODS:
+        cal = make_calibrator("none" if name == "cosine" else name)
+        s = calibrated_matrix(cal, x, x)[iu]
+        neg = np.sort(s[~same])[::-1]
+        thr = float(neg[int(1e-3 * len(neg)) - 1])
+        out[name] = {"threshold": thr, "far": 1e-3, "tar": _tar_at_far(s, same),
+                     "describe": cal.describe() if cal else "cosine",
+                     "measured_on": f"all {len(neg)} impostor / {int(same.sum())} genuine pairs "
+                                    f"of {len(x)} seeded images of LFW identity half B",
+                     "command": "python -m benchmarks.calibrate thresholds"}
+        console.print(f"{name}: threshold {thr:.4f}, TAR {100 * out[name]['tar']:.2f} %")
+    dest = Path(__file__).resolve().parents[1] / "src/facerank/calibrate/defaults/thresholds.json"
+    dest.write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {dest} and {write_result('calibrate_thresholds', out)}")
+
+
+def speed(args: argparse.Namespace) -> None:
+    """Per-pair cost of the four scores (bundled anchors / checkpoint), interleaved repeats,
+    and Gallery.search p50 on an LFW gallery with and without calibration."""
+    from pathlib import Path
+
+    from facerank.calibrate.base import make_calibrator
+    from facerank.eval.protocols import lfw_extractor
+    from facerank.gallery import Gallery
+
+    data = EvalData.load()
+    pairs = load_pairs(data.lfw)
+    emb = data.features.embeddings
+    a, b = emb[pairs.a], emb[pairs.b]
+    cals = {n: make_calibrator("none" if n == "cosine" else n) for n in METHODS}
+    times: dict[str, list[float]] = {n: [] for n in METHODS}
+    for _ in range(args.repeats):
+        for n, cal in cals.items():
+            t0 = time.perf_counter()
+            _ = np.einsum("pd,pd->p", a, b) if cal is None else cal.score_pairs(a, b)
+            times[n].append(time.perf_counter() - t0)
+    per_pair = {n: 1e6 * min(t) / len(a) for n, t in times.items()}
+    out: dict = {"command": f"python -m benchmarks.calibrate speed --repeats {args.repeats}",
+                 "pairs": len(a), "per_pair_us_fastest": per_pair,
+                 "per_pair_us_all_runs": {n: [1e6 * x / len(a) for x in t]
+                                          for n, t in times.items()},
+                 "calibrators": {n: c.describe() if c else "cosine" for n, c in cals.items()}}
+    for n, us in per_pair.items():
+        console.print(f"{n:7s} {us:8.3f} us/pair ({us / per_pair['cosine']:.0f}x cosine)")
+    folder = Path(args.gallery)
+    if not folder.exists():
+        console.print(f"building the LFW gallery in {folder} (cached features)")
+        g = Gallery.create(folder, extractor=lfw_extractor(), load_grids=False)
+        g.add_folder(data.lfw.root / "images")
+    g = Gallery.open(folder, extractor=lfw_extractor(), load_grids=False)
+    feats = g.features(grids=False)
+    rows = np.random.default_rng(0).choice(len(feats), args.probes, replace=False)
+    probes = [feats.take([int(r)]) for r in rows]
+    variants = {"uncalibrated": None, **{n: c for n, c in cals.items() if c is not None}}
+    for c in variants.values():  # index, gallery terms (stored once), warm-up
+        g.search(probes[0], k=10, calibrate=c)
+    ms: dict[str, list[float]] = {n: [] for n in variants}
+    for p in probes:  # interleaved: every probe through every variant
+        for n, c in variants.items():
+            t0 = time.perf_counter()
+            g.search(p, k=10, calibrate=c)
+            ms[n].append(1e3 * (time.perf_counter() - t0))
+    out["gallery"] = {"images": len(feats), "probes": args.probes, "k": 10,
+                      "p50_ms": {n: float(np.median(v)) for n, v in ms.items()},
+                      "p95_ms": {n: float(np.percentile(v, 95)) for n, v in ms.items()}}
+    for n in variants:
+        console.print(f"search {n:12s} p50 {out['gallery']['p50_ms'][n]:.3f} ms  p95 "
+                      f"{out['gallery']['p95_ms'][n]:.3f} ms")
+    console.print(f"wrote {write_result('calibrate_speed', out)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("accuracy", "occluded", "ablation", "speed", "thresholds"))
+    ap.add_argument("--epochs", type=int, default=60,
+                    help="IDA-L training epochs (per fold / half; the bundled one: 300)")
+    ap.add_argument("--repeats", type=int, default=7, help="speed: interleaved repeats")
+    ap.add_argument("--probes", type=int, default=200, help="speed: gallery search probes")
+    ap.add_argument("--gallery", default="/tmp/facerank-lfw-gallery",
+                    help="speed: LFW gallery folder (built from cached features if missing)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # small MLPs: threads only contend on a shared 2-core machine
+    {"accuracy": accuracy, "occluded": accuracy, "ablation": ablation, "thresholds": thresholds,
+     "speed": speed}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -81,7 +81,8 @@ class AnchorSet:
 
     @classmethod
     def default(cls) -> AnchorSet:
-        """The bundled anchors: one dlib embedding per person of LFW identity half A (identity_fold True)."""
+        """The bundled anchors: one dlib embedding per person of LFW identity half A
+        (`identity_fold` True)."""
         with resources.as_file(resources.files("facerank.calibrate") / "defaults"
                                / DEFAULT_ANCHORS) as p:
             return cls.load(p)

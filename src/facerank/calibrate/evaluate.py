@@ -27,6 +27,7 @@ from facerank.calibrate.lfw import (
 from facerank.errors import InputError
 from facerank.eval.lfw import load_pairs
 from facerank.eval.protocols import IDENTIFICATION, EvalData, setup_identification
+from facerank.features import FeatureSet
 from facerank.train.split import identity_fold
 
 PAIR_VARIANT_SEED = 1  # the training harness's cached variants of all LFW images
@@ -65,14 +66,42 @@ def lfw_factory(data: EvalData, name: str, k: int = DEFAULT_K, tau: float = DEFA
     return make
 
 
-def pairs_variant_embeddings(data: EvalData, kind: str) -> np.ndarray:
-    """(P, D) embeddings of each pair's second image with a `kind` occlusion (seed 1)."""
+def cached_occlusion(data: EvalData, kind: str, index: np.ndarray, seed: int
+                     ) -> FeatureSet | None:
+    """The evaluator's occluded features of `index` if already cached, else None (building
+    them costs minutes of extraction)."""
+    import hashlib
+
+    from facerank.eval.occlusion import VERSION
     from facerank.eval.protocols import occluded_queries
 
+    fx = data.extractor
+    if fx.cache_dir is None:
+        return None
+    digest = hashlib.sha1(index.astype(np.int64).tobytes()).hexdigest()[:12]
+    path = fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
+        f"{kind}-v{VERSION}-seed{seed}-n{len(index)}-{digest}.npz")
+    return occluded_queries(data, kind, index, seed, False) if path.is_file() else None
+
+
+def pairs_variant_embeddings(data: EvalData, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """((P, D) embeddings of each pair's second image with a `kind` occlusion, (P,) bool:
+    which pairs have one), from the cached all-image variants (seed 1) or else the lfw-crop /
+    lfw-mask query set (seed 0, people with >= 2 images); None if neither is cached."""
     pairs = load_pairs(data.lfw)
     every = np.arange(len(data.lfw), dtype=np.int64)
-    return occluded_queries(data, kind, every, PAIR_VARIANT_SEED, progress=False
-                            ).embeddings[pairs.b]
+    occ = cached_occlusion(data, kind, every, PAIR_VARIANT_SEED)
+    if occ is not None:
+        return occ.embeddings[pairs.b], np.ones(len(pairs.b), dtype=bool)
+    multi = data.lfw.people_with_at_least(2)
+    occ = cached_occlusion(data, kind, multi, 0)
+    if occ is None:
+        return None
+    emb = np.zeros((len(pairs.b), occ.embeddings.shape[1]), dtype=np.float32)
+    pos = np.searchsorted(multi, pairs.b)
+    has = (pos < len(multi)) & (multi[np.minimum(pos, len(multi) - 1)] == pairs.b)
+    emb[has] = occ.embeddings[pos[has]]
+    return emb, has
 
 
 def run_pairs(data: EvalData, factory: Factory, b_emb: np.ndarray | None = None) -> dict:

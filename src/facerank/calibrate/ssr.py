@@ -47,7 +47,8 @@ class SSR(torch.nn.Module):
 
 
 def default_checkpoint() -> Path:
-    """The bundled checkpoint (trained on LFW identity half A = identity_fold True, dlib features)."""
+    """The bundled checkpoint (dlib features, trained on LFW identity half A =
+    `identity_fold` True)."""
     with resources.as_file(resources.files("facerank.calibrate") / "defaults"
                            / f"{DEFAULT_CHECKPOINT}.pt") as p:
         return Path(p)

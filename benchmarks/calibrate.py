@@ -251,9 +251,45 @@ def speed(args: argparse.Namespace) -> None:
     console.print(f"wrote {write_result('calibrate_speed', out)}")
 
 
+def report(args: argparse.Namespace) -> None:
+    """Markdown tables of the result files (what docs/results.md quotes)."""
+    import json
+
+    from benchmarks.common import RESULTS
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.2f}"
+
+    acc = json.loads((RESULTS / "calibrate_accuracy.json").read_text())
+    print("| second image | method | pairs | accuracy % | TAR@FAR=1e-3 | TAR@FAR=1e-2 | AUC |")
+    print("|---|---|---|---|---|---|---|")
+    for v, by in acc["pairs"]["results"].items():
+        for n, r in by.items():
+            print(f"| {v} | {n} | {r['n_pairs']} | {pct(r['accuracy'])} ± "
+                  f"{pct(r['accuracy_std'])} | {pct(r['tar_at_far_1e-3'])} | "
+                  f"{pct(r['tar_at_far_1e-2'])} | {r['auc']:.4f} |")
+    print("\nchosen per fold:", acc["pairs"]["chosen_per_fold"], "\n")
+    print("| evaluated half | method | open set TPIR@FPIR=1% | TPIR@FPIR=10% | lfw-1680 P@1 | "
+          "MAP@R | lfw-crop P@1 | MAP@R |")
+    print("|---|---|---|---|---|---|---|---|")
+    mean: dict = {}
+    for half, res in acc["halves"].items():
+        evaluated = "B" if half.endswith("A") else "A"
+        for n in METHODS:
+            vals = [res["lfw-openset"][n]["tpir_at_fpir_1e-2"],
+                    res["lfw-openset"][n]["tpir_at_fpir_1e-1"],
+                    res["lfw-1680"][n]["p_at_1"], res["lfw-1680"][n]["map_at_r"],
+                    res["lfw-crop"][n]["p_at_1"], res["lfw-crop"][n]["map_at_r"]]
+            mean.setdefault(n, []).append(vals)
+            print(f"| {evaluated} ({half}, {res['chosen']}) | {n} | "
+                  + " | ".join(pct(x) for x in vals) + " |")
+    for n, v in mean.items():
+        print(f"| mean of both | {n} | " + " | ".join(pct(x) for x in np.mean(v, axis=0)) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("accuracy", "ablation", "speed", "thresholds"))
+    ap.add_argument("what", choices=("accuracy", "ablation", "speed", "thresholds", "report"))
     ap.add_argument("--epochs", type=int, default=60,
                     help="IDA-L training epochs (per fold / half; the bundled one: 300)")
     ap.add_argument("--repeats", type=int, default=7, help="speed: interleaved repeats")
@@ -264,7 +300,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # small MLPs: threads only contend on a shared 2-core machine
-    {"accuracy": accuracy, "ablation": ablation, "thresholds": thresholds,
+    {"accuracy": accuracy, "ablation": ablation, "thresholds": thresholds, "report": report,
      "speed": speed}[args.what](args)
 
 

@@ -58,9 +58,9 @@ def test_dao_is_symmetric_and_survives_large_tau() -> None:
         np.testing.assert_allclose(ab, ba, rtol=0, atol=1e-12)
     # the (Q, K) path agrees with the pair path
     m = cal.score_matrix(a[:5], b, np.tile(np.arange(7), (5, 1)))
-    np.testing.assert_allclose(m[2], cal.score_pairs(np.repeat(a[2:3], 7, 0), b[:7]))
+    np.testing.assert_allclose(m[2], cal.score_pairs(np.repeat(a[2:3], 7, 0), b[:7]), rtol=1e-5)
     m3 = cal.score_matrix(a[:5], np.repeat(b[None, :7], 5, 0))
-    np.testing.assert_allclose(m, m3)
+    np.testing.assert_allclose(m, m3, rtol=1e-5)  # float32 matmul vs faiss scan
 
 
 def test_calibration_changes_the_order_in_the_direction_of_density() -> None:

@@ -921,11 +921,14 @@ class Gallery:
         from facerank.calibrate.gallery_terms import calibrate_ranking, gallery_terms
 
         with self._lock:
-            if self._calib_memo.get("key") != (id(cal), loaded.stamp):
+            memo = self._calib_memo
+            if memo.get("stamp") != loaded.stamp:
+                memo.clear()
+                memo.update(stamp=loaded.stamp, emb=loaded.features.embeddings, checked=[])
+            if not any(c is cal for c in memo["checked"]):
                 cal.check_model(self.meta().get("model_id", ""))
-                self._calib_memo.update(key=(id(cal), loaded.stamp),
-                                        emb=loaded.features.embeddings)
-            emb = self._calib_memo["emb"]
+                memo["checked"].append(cal)
+            emb = memo["emb"]
             terms = gallery_terms(self.folder, loaded.stamp, cal, emb, self._calib_terms)
         return calibrate_ranking(cal, probes.embeddings, emb, terms, ranking)
 

@@ -36,6 +36,7 @@ class ASNorm(Calibrator):
         self.model_id = self.anchors.model_id
         kw = {} if hnsw_above is None else {"hnsw_above": hnsw_above}
         self.index = SupportIndex(self.anchors, **kw)
+        self._digest = f"asnorm-{self.anchors.digest()}-n{self.top_n}"
 
     def face_terms(self, x: np.ndarray) -> np.ndarray:
         sims = self.index.search(x, self.top_n)[0]
@@ -46,7 +47,7 @@ class ASNorm(Calibrator):
         return 0.5 * ((cos - ta[..., 0]) / ta[..., 1] + (cos - tb[..., 0]) / tb[..., 1])
 
     def digest(self) -> str:
-        return f"asnorm-{self.anchors.digest()}-n{self.top_n}"
+        return self._digest
 
     def describe(self) -> str:
         return f"AS-norm (top {self.top_n} of {len(self.anchors)} anchors)"

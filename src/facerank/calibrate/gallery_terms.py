@@ -53,7 +53,8 @@ def gallery_terms(folder: Path, stamp: str, cal: Calibrator, embeddings: np.ndar
                     p.unlink(missing_ok=True)
         except OSError:
             tmp.unlink(missing_ok=True)  # the terms are only a cache
-    memo.clear()  # one calibrator/row set at a time is what a server uses
+    for old in [k for k in memo if not k.endswith(f"-{stamp}")]:
+        del memo[old]  # terms of a previous row set
     memo[key] = terms
     return terms
 

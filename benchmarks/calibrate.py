@@ -109,9 +109,21 @@ def accuracy(args: argparse.Namespace) -> None:
     data = EvalData.load()
     kinds = ("crop", "mask")
     protocols = ("lfw-openset", "lfw-1680", "lfw-crop")
+    if args.pairs_only:  # keep the identity-halves results of the previous run
+        import json
+
+        from benchmarks.common import RESULTS
+
+        halves_res = json.loads((RESULTS / "calibrate_accuracy.json").read_text())["halves"]
     payload = {"command": f"python -m benchmarks.calibrate accuracy --epochs {args.epochs}",
                "pairs": pairs_accuracy(data, args.epochs, kinds),
-               "halves": halves_accuracy(data, args.epochs, protocols)}
+               "halves": halves_res if args.pairs_only else
+               halves_accuracy(data, args.epochs, protocols)}
+    if args.pairs_only:
+        payload["command"] += " --pairs-only"
+        payload["halves_note"] = ("halves kept from the previous full run (the IDA score's "
+                                  "constant log(k/2)/tau shift, added after it, changes no "
+                                  "ranking or within-half threshold)")
     path = write_result("calibrate_accuracy", payload)
     for v, by in payload["pairs"]["results"].items():
         for n, r in by.items():
@@ -292,6 +304,8 @@ def main() -> None:
     ap.add_argument("what", choices=("accuracy", "ablation", "speed", "thresholds", "report"))
     ap.add_argument("--epochs", type=int, default=60,
                     help="IDA-L training epochs (per fold / half; the bundled one: 300)")
+    ap.add_argument("--pairs-only", action="store_true",
+                    help="accuracy: re-run pairs only, keep the halves of the last result")
     ap.add_argument("--repeats", type=int, default=7, help="speed: interleaved repeats")
     ap.add_argument("--probes", type=int, default=200, help="speed: gallery search probes")
     ap.add_argument("--gallery", default="/tmp/facerank-lfw-gallery",

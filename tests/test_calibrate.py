@@ -45,6 +45,10 @@ def test_dao_hand_made_example() -> None:
     score = cal.score_pairs(f1[None], f2[None])[0]
     assert score == pytest.approx(np.log(expected) / tau)
     assert cal.describe().startswith("IDA-R (k=2")
+    # the score does not depend on k's and tau's scale: all support cosines s -> cos - s
+    c4 = IDAR(AnchorSet(np.vstack([s1, s2]), "toy"), k=4, tau=7.0)
+    u = log_density(np.full((1, 4), 0.3), 7.0)[:, None]
+    assert c4.combine(np.array([0.8]), u, u)[0] == pytest.approx(0.5)
 
 
 def test_dao_is_symmetric_and_survives_large_tau() -> None:

@@ -40,10 +40,16 @@ class SSR(torch.nn.Module):
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """x (N, D) float32 -> (N,) float64 v in cosine units."""
-        self.eval()
-        z = self.forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return (z * self.std + self.mean).double().numpy()
+        """x (N, D) float32 -> (N,) float64 v in cosine units.
+
+        Two numpy matmuls, not a torch call: in a gallery search torch's thread pool woke up
+        behind faiss's and one probe took 9 ms instead of 0.15 (benchmarks.calibrate speed).
+        """
+        l1, l2 = self.net[0], self.net[2]
+        h = np.ascontiguousarray(x, dtype=np.float32) @ l1.weight.detach().numpy().T
+        h = np.maximum(h + l1.bias.detach().numpy(), 0.0)
+        z = (h @ l2.weight.detach().numpy().T)[:, 0] + float(l2.bias)
+        return z.astype(np.float64) * float(self.std) + float(self.mean)
 
 
 def default_checkpoint() -> Path:

@@ -271,3 +271,28 @@ def test_calibrated_gallery_search(lfw_root, extractor, tmp_path) -> None:
     with pytest.raises(InputError, match="model"):
         g.search(probes.take([0]), k=2, calibrate=other)
     g.close()
+
+    # the web page shows the calibrated score beside the cosine (bundled IDA-L, no anchors)
+    from fastapi.testclient import TestClient
+
+    from facerank.web.app import create_app
+
+    client = TestClient(create_app(tmp_path / "g", stage2="none", extractor=extractor,
+                                   calibrate="ida-l"))
+    resp = client.post("/api/search?k=3", files={"file": ("p.jpg", held_out[1].read_bytes(),
+                                                          "image/jpeg")})
+    assert resp.status_code == 200, resp.text
+    top = resp.json()["results"][0]
+    assert top["identity"] == people[1]
+    assert top["stage_scores"]["calibrated"] is not None and top["stage1"] is not None
+    assert client.get("/api/info").json()["calibrate"].startswith("IDA-L")
+
+
+def test_cli_calibrate_options_fail_in_one_line(lfw_root, capsys) -> None:
+    from facerank.cli import main
+
+    img = str(next((lfw_root / "images" / "Tony_Blair").glob("*.jpg")))
+    assert main(["compare", img, img, "--calibrate", "bogus"]) == 2
+    assert "unknown calibration 'bogus'" in capsys.readouterr().err
+    assert main(["compare", img, img, "--calibrate-with", img]) == 2
+    assert "--calibrate-with needs" in capsys.readouterr().err

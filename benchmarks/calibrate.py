@@ -145,8 +145,8 @@ def accuracy(args: argparse.Namespace) -> None:
 
 def ablation(args: argparse.Namespace) -> None:
     """IDA-R on LFW pairs (per-fold anchors) sweeping one of k, anchor-set size, tau; the
-    others at the bundled defaults (k=10, tau=30: chosen on identity half A by
-    `facerank.calibrate.select`, the same values most pairs folds choose)."""
+    others at the bundled defaults k=10, tau=30 (inside the plateau the per-fold choices of
+    `accuracy` fall in)."""
     from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU
     from facerank.calibrate.lfw import pair_scores
 

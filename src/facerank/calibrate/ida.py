@@ -22,7 +22,7 @@ from facerank.calibrate.anchors import AnchorSet, SupportIndex
 from facerank.calibrate.base import Calibrator, check_embeddings, register_calibrator
 from facerank.errors import InputError
 
-DEFAULT_TAU = 30.0
+DEFAULT_TAU = 30.0  # with k=10: in the plateau of the LFW tau sweep (docs/results.md)
 DEFAULT_K = 10
 
 

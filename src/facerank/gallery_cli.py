@@ -257,7 +257,7 @@ def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker 
     table.add_column("final score", justify="right")
     table.add_column("Stage-1 cosine", justify="right")
     for n in names:
-        table.add_column(f"Stage-2 {n}", justify="right")
+        table.add_column(n if n == "calibrated" else f"Stage-2 {n}", justify="right")
 
     def fmt(x: float) -> str:
         return "-" if x != x else f"{x:.4f}"  # NaN: not re-ranked

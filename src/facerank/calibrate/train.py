@@ -70,7 +70,6 @@ def train_command(
     from rich.console import Console
 
     from facerank.calibrate.lfw import anchors_from_rows, half_anchor_rows
-    from facerank.calibrate.ssr import default_checkpoint  # noqa: F401 - import check
     from facerank.eval.protocols import EvalData
     from facerank.train.checkpoint import save_checkpoint
     from facerank.train.split import describe_split, identity_fold

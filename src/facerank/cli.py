@@ -41,7 +41,7 @@ def expand_images(paths: list[Path]) -> list[Path]:
     return files
 
 
-def make_extractor(detector: str = "hog", faces: str = "largest", no_face: str = "none",
+def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str = "none",
                    model: Path | None = None, cache: bool = True):  # noqa: ANN201
     """A FeatureExtractor from CLI options (imports torch lazily, so --help stays fast)."""
     from facerank.detect import FaceDetector
@@ -56,7 +56,7 @@ def make_extractor(detector: str = "hog", faces: str = "largest", no_face: str =
 def extract(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output .npz file.")] = Path("feats.npz"),
-    detector: Detector = "hog",
+    detector: Detector = "yunet",
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
@@ -82,7 +82,7 @@ def extract(
 def compare(
     a: Annotated[Path, typer.Argument(help="First image.")],
     b: Annotated[Path, typer.Argument(help="Second image.")],
-    detector: Detector = "hog",
+    detector: Detector = "yunet",
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-Detector = Annotated[str, typer.Option("--detector", help="hog (fast) or mmod (CNN).")]
+Detector = Annotated[str, typer.Option(
+    "--detector", help="yunet (default: fast, finds masked faces), hog (dlib, frontal) or mmod "
+    "(dlib CNN, slow).")]
 Faces = Annotated[str, typer.Option("--faces", help="Several faces: largest, center or strict.")]
 NoFace = Annotated[str, typer.Option(
     "--no-face", help="No face found: none (error / skip the file), whole (the image is a face "

@@ -60,7 +60,7 @@ def _print_report(report: AddReport, verb: str) -> None:
 @gallery_app.command("create")
 def create_command(
     folder: GalleryDir,
-    detector: Detector = "hog",
+    detector: Detector = "yunet",
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
@@ -218,7 +218,7 @@ def search_command(
 
         d = fx.detector
         det = FaceDetector(method=d.method, policy=faces,  # type: ignore[arg-type]
-                           fallback=d.fallback, upsample=d.upsample)
+                           fallback=d.fallback, upsample=d.upsample, align5=d.align5)
         fx = FeatureExtractor(backbone=fx.backbone, grids=fx.grid_names, detector=det)
     probe_fs = FeatureSet.stack([fx.extract_file(probe)])
     results = g.search(probe_fs, k=top, stage2=reranker)

@@ -19,3 +19,15 @@ Model = Annotated[Path | None, typer.Option(
 Gate = Annotated[str, typer.Option(
     "--gate", help="Stage-2 quality gate: auto (the bundled gate for this grid and weighting, "
     "if one ships), none (re-rank every query), or a gate JSON file.")]
+Aligned = Annotated[str, typer.Option(
+    "--aligned", help="Input already a face crop: dlib150 (a dlib chip), arcface112 (an "
+    "insightface ArcFace crop), auto (150x150 / 112x112 taken as those), none (detect).")]
+
+
+def describe_detection(source: str, score: float) -> str:
+    """How the face was found, for CLI output: detector, or the fallback named as such."""
+    if source.startswith("fallback-"):
+        return f"no face detected: {source[9:]} box used (fallback)"
+    if source.startswith("aligned-"):
+        return f"pre-aligned crop ({source[8:]})"
+    return f"{source} (score {score:.2f})"

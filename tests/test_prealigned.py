@@ -107,3 +107,35 @@ def test_cli_names_alignment_and_fallback(tmp_path: Path, lfw_images: list[Path]
     assert main(["compare", str(wide), str(crop), "--aligned", "arcface112"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "square" in err and "wide.png" in err
+
+
+def test_web_upload_aligned_crop(extractors, lfw_images: list[Path], lfw_root: Path,
+                                 tmp_path: Path) -> None:
+    """The page's `aligned` choice reaches the extractor; the probe says how it was found."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from facerank.gallery import Gallery
+    from facerank.imageio import load_image
+    from facerank.web.app import create_app
+
+    people = ("Colin_Powell", "Tony_Blair")
+    files = [f for n in people for f in sorted((lfw_root / "images" / n).glob("*.jpg"))[1:3]]
+    fx = extractors["none"]
+    with Gallery.create(tmp_path / "g", fx) as g:
+        g.add_files(files, [f.parent.name for f in files], progress=False)
+    probe = lfw_root / "images" / people[0] / f"{people[0]}_0001.jpg"
+    img = load_image(probe)
+    buf = io.BytesIO()
+    Image.fromarray(_arcface_crop(img, fx.align(img).detection.points5)).save(buf, "PNG")
+    client = TestClient(create_app(tmp_path / "g", stage2="none", extractor=fx))
+    resp = client.post("/api/search?k=2&aligned=auto&explain=false",
+                       files={"file": ("crop.png", buf.getvalue(), "image/png")})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["probe"]["det_source"] == "aligned-arcface112"
+    assert data["results"][0]["identity"] == people[0]
+    bad = client.post("/api/search?aligned=chip",
+                      files={"file": ("crop.png", buf.getvalue(), "image/png")})
+    assert bad.status_code >= 400 and "--aligned 'chip'" in bad.json()["error"]

@@ -31,3 +31,12 @@ def describe_detection(source: str, score: float) -> str:
     if source.startswith("aligned-"):
         return f"pre-aligned crop ({source[8:]})"
     return f"{source} (score {score:.2f})"
+
+
+def probe_label(name: str, source: str, score: float) -> str:
+    """A picture title naming how the face was found (explanation PNGs, web page)."""
+    if source.startswith("fallback-"):
+        return f"{name} (no face detected: {source[9:]} box)"
+    if source.startswith("aligned-"):
+        return f"{name} (aligned {source[8:]})"
+    return f"{name} ({source} {score:.2f})" if source else name

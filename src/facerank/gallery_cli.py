@@ -11,7 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Aligned, Detector, Faces, Gate, Model, NoFace, describe_detection
+from facerank.cli_options import (
+    Aligned,
+    Detector,
+    Faces,
+    Gate,
+    Model,
+    NoFace,
+    describe_detection,
+    probe_label,
+)
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
@@ -236,7 +245,9 @@ def search_command(
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
         explained = _explain(probe_fs, cand, explain, reranker,
-                             (probe.name, f"{results[0].identity}: {Path(results[0].path).name}"))
+                             (probe_label(probe.name, probe_fs.det_sources[0],
+                                          probe_fs.det_scores[0]),
+                              f"{results[0].identity}: {Path(results[0].path).name}"))
     if as_json:
         sys.stdout.write(json.dumps({
             "probe": str(probe), "gallery": str(gallery),

@@ -105,3 +105,21 @@ def test_tight_crop_uses_the_padded_retry(yunet, lfw_images: list[Path]) -> None
     got = yunet.detect(tight)
     assert got.source in ("yunet", "yunet-pad")
     assert (got.box[2] - got.box[0]) > 0.5 * tight.shape[1]
+
+
+def test_detection_stats_counts_fallbacks_and_wrong_faces() -> None:
+    from facerank.eval.photo import detection_stats
+    from facerank.features import FaceFeatures, FeatureSet
+
+    def face(box: list[float], source: str) -> FaceFeatures:
+        nan = np.full((68, 2), np.nan)
+        return FaceFeatures(np.zeros(128, np.float32), np.zeros(128, np.float32), {},
+                            np.zeros((5, 2)), nan, nan, np.array(box, float), 0.9, source)
+
+    q = FeatureSet.stack([face([80, 80, 180, 180], "yunet"), face([0, 0, 40, 40], "yunet"),
+                          face([80, 80, 180, 180], "fallback-center"),
+                          face([80, 80, 180, 180], "hog-up1")])
+    clean = np.tile([70.0, 70.0, 190.0, 190.0], (4, 1))
+    s = detection_stats(q, clean)
+    assert s["detected"] == 0.75 and s["found"] == 0.5
+    assert s["sources"] == {"yunet": 2, "fallback-center": 1, "hog-up1": 1}

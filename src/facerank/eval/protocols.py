@@ -264,6 +264,8 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
         if query_extractor is None:
             queries = feats.take(query_index)
         else:
+            from facerank.eval.photo import detection_stats
+
             queries = query_extractor.extract_paths([lfw.paths[i] for i in query_index],
                                                     progress=progress, raise_errors=True)
             extra = {"detector": qx.detector.config_id,

@@ -105,6 +105,13 @@ def test_tight_crop_uses_the_padded_retry(yunet, lfw_images: list[Path]) -> None
     got = yunet.detect(tight)
     assert got.source in ("yunet", "yunet-pad")
     assert (got.box[2] - got.box[0]) > 0.5 * tight.shape[1]
+    # the padded retry reports boxes and points in the crop's own pixels
+    padded = yunet._yunet_raw(tight, 0.25)
+    plain = yunet._yunet_raw(np.ascontiguousarray(np.pad(tight, ((40, 40), (40, 40), (0, 0)))),
+                             0.0)
+    if len(padded) and len(plain):
+        np.testing.assert_allclose(padded[0, 2:4], plain[0, 2:4], rtol=0.15)
+        np.testing.assert_allclose(padded[0, :2], plain[0, :2] - 40, atol=0.15 * padded[0, 2])
 
 
 def test_detection_stats_counts_fallbacks_and_wrong_faces() -> None:

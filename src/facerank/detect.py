@@ -169,7 +169,8 @@ class FaceDetector:
         if faces is None:
             return np.zeros((0, 15))
         out = faces.astype(np.float64)
-        out[:, :14] = out[:, :14] / s - border
+        out[:, :14] /= s
+        out[:, [0, 1, *range(4, 14)]] -= border  # x, y and the points; not w, h
         return out
 
     def _detect_yunet(self, image: np.ndarray) -> list[Detection]:

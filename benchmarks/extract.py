@@ -8,6 +8,8 @@ run as face_recognition runs it (one upsampling pass); facerank is timed twice: 
 setting, and with its default (no upsampling, one retry at 1x when no face is found). facerank
 also runs the 68-point predictor (it needs the landmarks for occlusion and LMK weighting).
 Alignment and network are timed on identical inputs; both models warm up on one batch first.
+The user-photo chain (YuNet box + dlib's 5/68-point predictors, `FaceDetector("yunet")`) is
+timed on the same images in the same run: "before" is facerank's HOG default, "after" YuNet.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def main() -> None:
         dets = [same.detect(img) for img in images]
     with Timer() as t_det_d:
         [default.detect(img) for img in images]
+    yunet = FaceDetector("yunet", policy="center", fallback="center")
+    yunet.detect(images[0])  # warm-up (OpenCV builds the network on first use)
+    with Timer() as t_det_y:
+        [yunet.detect(img) for img in images]
     landmarks = [np.array([(p.x, p.y) for p in s.parts()], dtype=np.float64) for s in shapes]
     with Timer() as t_align_b:
         chips_b = np.stack([extract_chip(img, lm) for img, lm in
@@ -74,11 +80,13 @@ def main() -> None:
     rows = {}
     for stage, ta, tb in (("detection+landmarks (same setting)", t_det_a, t_det_b),
                           ("detection+landmarks (facerank default)", t_det_a, t_det_d),
+                          ("detection+landmarks (facerank yunet)", t_det_a, t_det_y),
                           ("alignment", t_align_a, t_align_b), ("network", t_net_a, t_net_b)):
         rows[stage] = {"dlib_chips_per_s": n / ta.seconds, "facerank_chips_per_s": n / tb.seconds,
                        "speedup": ta.seconds / tb.seconds}
     total_a = t_det_a.seconds + t_align_a.seconds + t_net_a.seconds
-    for name, t_det in (("same setting", t_det_b), ("facerank default", t_det_d)):
+    for name, t_det in (("same setting", t_det_b), ("facerank default", t_det_d),
+                        ("facerank yunet", t_det_y)):
         total_b = t_det.seconds + t_align_b.seconds + t_net_b.seconds
         rows[f"end to end ({name})"] = {"dlib_chips_per_s": n / total_a,
                                         "facerank_chips_per_s": n / total_b,
@@ -97,7 +105,13 @@ def main() -> None:
           f"{np.abs(desc_a - desc_b).max():.2e}; facerank picked the same face in "
           f"{100 * same_box:.1f} % of images")
     max_diff = float(np.abs(desc_a - desc_b).max())
-    path = write_result("extract", {"n_images": n, "stages": rows, "same_face": same_box,
+    before, after = (t_det_d.seconds + t_align_b.seconds + t_net_b.seconds,
+                     t_det_y.seconds + t_align_b.seconds + t_net_b.seconds)
+    rows["yunet vs hog default"] = {"before_images_per_s": n / before,
+                                    "after_images_per_s": n / after, "ratio": before / after}
+    print(f"end to end, HOG default {n / before:.1f} images/s -> YuNet {n / after:.1f} images/s "
+          f"(x{before / after:.2f})")
+    path = write_result("extract_yunet", {"n_images": n, "stages": rows, "same_face": same_box,
                                     "identical_chip_pixels": same_chip,
                                     "max_descriptor_difference": max_diff})
     print(f"wrote {path}")

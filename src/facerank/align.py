@@ -296,3 +296,35 @@ def extract_chip(image: np.ndarray, landmarks: np.ndarray, size: int = 150,
     for _ in range(level + 1):
         src = pyramid_down2(src)
     return _bilinear(src, _corner_affine(rect, d.angle, rows, cols), rows, cols)
+
+
+# ---- chips from five "ArcFace" points (eye centres, nose tip, mouth corners) -----------------
+
+# insightface's ArcFace 112x112 template (`arcface_dst`), image left to right: the points a
+# 112x112 ArcFace-aligned crop puts the eye centres, nose tip and mouth corners on.
+ARCFACE112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                       [41.5493, 92.3655], [70.7299, 92.2041]])  # (5, 2)
+
+
+def mean_face_points5() -> np.ndarray:
+    """The same five points on dlib's mean face (units of the unpadded face box): eye centres
+    (mean of iBUG 36..41 and 42..47), nose tip (30), mouth corners (48, 54) -> (5, 2)."""
+    m = _MEAN_FACE68  # row i is iBUG point i + 17
+    return np.stack([m[36 - 17:42 - 17].mean(axis=0), m[42 - 17:48 - 17].mean(axis=0),
+                     m[30 - 17], m[48 - 17], m[54 - 17]])
+
+
+def dlib5_from_points5(points5: np.ndarray) -> np.ndarray:
+    """dlib 5-point landmarks (5, 2) whose dlib chip is the similarity that puts `points5`
+    (eye centres, nose tip, mouth corners, image left to right) on dlib's mean face.
+
+    The least-squares similarity mean_face_points5 -> points5 maps dlib's own 5-point template
+    into the image; `extract_chip` on the result fits that template exactly, so the chip has the
+    geometry of dlib's chips without running dlib's predictor (used for YuNet's points and for
+    pre-aligned crops whose template points are known).
+    """
+    pts = np.asarray(points5, dtype=np.float64)
+    if pts.shape != (5, 2) or not np.isfinite(pts).all():
+        raise InputError(f"points5 must be five finite (x, y) points, got shape {pts.shape}")
+    m, b = _similarity(mean_face_points5(), pts)  # template units -> image
+    return _MEAN_FACE5 @ m.T + b

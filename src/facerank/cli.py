@@ -10,7 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Calibrate, CalibrateWith, Detector, Faces, Model, NoFace
+from facerank.cli_options import (
+    Aligned,
+    Calibrate,
+    CalibrateWith,
+    Detector,
+    Faces,
+    Model,
+    NoFace,
+    describe_detection,
+)
 from facerank.errors import FacerankError, InputError
 
 app = typer.Typer(
@@ -41,32 +50,35 @@ def expand_images(paths: list[Path]) -> list[Path]:
     return files
 
 
-def make_extractor(detector: str = "hog", faces: str = "largest", no_face: str = "none",
-                   model: Path | None = None, cache: bool = True):  # noqa: ANN201
+def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str = "none",
+                   model: Path | None = None, cache: bool = True,
+                   aligned: str = "none"):  # noqa: ANN201
     """A FeatureExtractor from CLI options (imports torch lazily, so --help stays fast)."""
     from facerank.detect import FaceDetector
     from facerank.features import FeatureExtractor
     from facerank.models.dlib_resnet import DlibResNet
 
     det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
-    return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache)
+    return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache,
+                            aligned=aligned)
 
 
 @app.command()
 def extract(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output .npz file.")] = Path("feats.npz"),
-    detector: Detector = "hog",
+    detector: Detector = "yunet",
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
     strict: Annotated[bool, typer.Option(help="Exit 2 if any file fails.")] = False,
+    aligned: Aligned = "none",
 ) -> None:
     """Extract face features (embedding, patch grids, landmarks) into one .npz file."""
     files = expand_images(paths)
     if not files:
         raise InputError(f"no image files found in {', '.join(map(str, paths))}")
-    fx = make_extractor(detector, faces, no_face, model)
+    fx = make_extractor(detector, faces, no_face, model, aligned=aligned)
     fs = fx.extract_paths(files, progress=True)
     for _path, msg in fs.failures:
         err.print(f"skipped: {msg}", markup=False, highlight=False)
@@ -76,26 +88,30 @@ def extract(
         raise FacerankError(f"{len(fs.failures)} of {len(files)} file(s) failed (--strict)")
     fs.save(out_path)
     out.print(f"wrote {len(fs)} face(s) to {out_path} ({len(fs.failures)} skipped)")
+    found = {s: fs.det_sources.count(s) for s in sorted(set(fs.det_sources))}
+    out.print("faces found by: " + ", ".join(f"{s} {n}" for s, n in found.items()),
+              markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def compare(
     a: Annotated[Path, typer.Argument(help="First image.")],
     b: Annotated[Path, typer.Argument(help="Second image.")],
-    detector: Detector = "hog",
+    detector: Detector = "yunet",
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
     calibrate: Calibrate = "none",
     calibrate_with: CalibrateWith = None,
+    aligned: Aligned = "none",
 ) -> None:
     """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule
     (with --calibrate: the calibrated score and its verdict at LFW's FAR 1e-3 threshold)."""
     import numpy as np
 
-    fx = make_extractor(detector, faces, no_face, model)
     from facerank.calibrate import cli as calibration
 
+    fx = make_extractor(detector, faces, no_face, model, aligned=aligned)
     cal = calibration.build(calibrate, calibrate_with, fx.model_id)
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     cosine = float(fa.embedding @ fb.embedding)
@@ -113,6 +129,9 @@ def compare(
         row += [f"{score:.4f}", said]
     table.add_row(*row)
     out.print(table)
+    for name, f in ((a, fa), (b, fb)):
+        out.print(f"{name}: {describe_detection(f.det_source, f.det_score)}", markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

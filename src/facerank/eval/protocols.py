@@ -34,6 +34,8 @@ from facerank.search import Ranking, cosine_topk
 IDENTIFICATION = ("lfw-1680", "lfw-crop", "lfw-mask", "lfw-sunglasses")
 PROTOCOLS = (*IDENTIFICATION, "lfw-pairs", "lfw-openset")
 OCCLUSION_OF = {"lfw-crop": "crop", "lfw-mask": "mask", "lfw-sunglasses": "sunglasses"}
+# occluders drawn on the photo, then detect + align + embed (facerank.eval.photo); not in `all`
+PHOTO = ("lfw-mask-photo", "lfw-sunglasses-photo")
 
 
 def lfw_extractor(cache: bool | Path = True) -> FeatureExtractor:
@@ -42,6 +44,25 @@ def lfw_extractor(cache: bool | Path = True) -> FeatureExtractor:
 
     return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center"),
                             cache=cache)
+
+
+def chain_extractor(detector: str = "lfw", align5: str = "dlib",
+                    cache: bool | Path = True) -> FeatureExtractor:
+    """`lfw_extractor()` for "lfw"; else that set-up (centre face, central box) with another
+    detector ("yunet", "hog", "mmod"), to see how a detector chain changes the LFW numbers."""
+    from facerank.detect import FaceDetector
+
+    if detector == "lfw":
+        return lfw_extractor(cache)
+    return FeatureExtractor(detector=FaceDetector(detector, policy="center",  # type: ignore[arg-type]
+                                                  fallback="center", align5=align5),  # type: ignore[arg-type]
+                            cache=cache)
+
+
+def _is_lfw_setup(fx: FeatureExtractor) -> bool:
+    d = fx.detector
+    return (d.method, d.policy, d.fallback, d.upsample, d.retry_upsample) == (
+        "hog", "center", "center", 0, True)
 
 
 @dataclass
@@ -198,11 +219,18 @@ class IdentificationSetup:
 
 def setup_identification(data: EvalData, protocol: str, seed: int = 0,
                          keep_original: bool = False, limit: int | None = None,
-                         progress: bool = True) -> IdentificationSetup:
-    """Build the queries/gallery of lfw-1680 / lfw-crop / lfw-mask / lfw-sunglasses."""
-    if protocol not in IDENTIFICATION:
+                         progress: bool = True,
+                         query_extractor: FeatureExtractor | None = None) -> IdentificationSetup:
+    """Build the queries/gallery of lfw-1680 / lfw-crop / lfw-mask / lfw-sunglasses (and the
+    photo-level lfw-mask-photo / lfw-sunglasses-photo).
+
+    query_extractor: lfw-1680 and the photo protocols only — the queries go through this chain
+    (another detector) while the gallery keeps `data`'s features (the fixed set-up), so one
+    detector's effect is measured against the same enrolled features.
+    """
+    if protocol not in IDENTIFICATION + PHOTO:
         raise InputError(f"unknown identification protocol {protocol!r}; choose from "
-                         f"{', '.join(IDENTIFICATION)}")
+                         f"{', '.join(IDENTIFICATION + PHOTO)}")
     lfw, feats = data.lfw, data.features
     all_queries = lfw.people_with_at_least(2)
     pick = np.arange(len(all_queries))
@@ -211,9 +239,37 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
         pick = np.sort(rng.choice(pick, min(limit, len(pick)), replace=False))
     query_index = all_queries[pick]
     t0 = time.perf_counter()
-    if protocol == "lfw-1680":
+    extra: dict = {}
+    qx = query_extractor or data.extractor
+    if query_extractor is not None and protocol not in ("lfw-1680", *PHOTO):
+        raise InputError(f"{protocol} occludes chips after the fixed set-up's detection; another "
+                         "query detector applies to lfw-1680 and the photo protocols only")
+    if protocol in PHOTO:
+        from facerank.eval.photo import PHOTO_PROTOCOLS, detection_stats, photo_queries
+
+        # occluders are placed by the fixed set-up's clean landmarks, whatever the detector
+        clean = data if _is_lfw_setup(data.extractor) else EvalData.load(
+            lfw_extractor(data.extractor.cache_dir is not None), progress=progress)
+        # only the queries asked for: a --limit subsample makes slow detectors (MMOD) affordable
+        queries = photo_queries(data, PHOTO_PROTOCOLS[protocol], query_index, seed,
+                                clean.features.landmarks68, clean.features.boxes, qx,
+                                progress=progress)
+        gallery_index = np.arange(len(lfw))
+        gallery = feats
+        exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()
+        extra = {"detector": qx.detector.config_id,
+                 **detection_stats(queries, clean.features.boxes[query_index])}
+    elif protocol == "lfw-1680":
         gallery_index = all_queries
-        queries = feats.take(query_index)
+        if query_extractor is None:
+            queries = feats.take(query_index)
+        else:
+            from facerank.eval.photo import detection_stats
+
+            queries = query_extractor.extract_paths([lfw.paths[i] for i in query_index],
+                                                    progress=progress, raise_errors=True)
+            extra = {"detector": qx.detector.config_id,
+                     **detection_stats(queries, feats.boxes[query_index])}
         gallery = feats.take(gallery_index)
         exclude = np.searchsorted(gallery_index, query_index)  # leave-one-out
     else:
@@ -224,7 +280,7 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
         gallery = feats
         exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()
     settings = {"protocol": protocol, "seed": seed, "keep_original": keep_original,
-                "n_queries": len(query_index), "n_gallery": len(gallery_index)}
+                "n_queries": len(query_index), "n_gallery": len(gallery_index), **extra}
     return IdentificationSetup(protocol, queries, lfw.labels[query_index], gallery,
                                lfw.labels[gallery_index], exclude, query_index, settings,
                                time.perf_counter() - t0)
@@ -232,9 +288,11 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
 
 def run_identification(data: EvalData, protocol: str, stage2: Reranker | None = None,
                        seed: int = 0, keep_original: bool = False, limit: int | None = None,
-                       progress: bool = True) -> IdentificationResult:
-    """One of lfw-1680 / lfw-crop / lfw-mask / lfw-sunglasses, Stage 1 and optional Stage 2."""
-    st = setup_identification(data, protocol, seed, keep_original, limit, progress)
+                       progress: bool = True,
+                       query_extractor: FeatureExtractor | None = None) -> IdentificationResult:
+    """One identification protocol, Stage 1 and optional Stage 2 (`setup_identification`)."""
+    st = setup_identification(data, protocol, seed, keep_original, limit, progress,
+                              query_extractor)
     t1 = time.perf_counter()
     m1, m2, ranking = identification(st.queries, st.query_labels, st.gallery,
                                      st.gallery_labels, st.exclude, stage2, progress)

@@ -26,6 +26,7 @@ def explain_command(
     from rich.console import Console
 
     from facerank.cli import make_extractor
+    from facerank.cli_options import probe_label
     from facerank.explain.flow import render_pair
     from facerank.features import FeatureSet
     from facerank.rerank.emd_reranker import Stage2EMD
@@ -36,6 +37,7 @@ def explain_command(
     reranker = Stage2EMD(grid=grid, weighting=weighting, alpha=alpha,
                          fc_weight=fx.backbone.fc_weight.detach())
     path, flows = render_pair(FeatureSet.stack([fa]), FeatureSet.stack([fb]), out_path, reranker,
-                              labels=(a.name, b.name))
+                              labels=(probe_label(a.name, fa.det_source, fa.det_score),
+                                      probe_label(b.name, fb.det_source, fb.det_score)))
     Console().print(f"cosine {flows.cosine[0]:.4f}  EMD {flows.emd[0]:.4f}  final "
                     f"{flows.final[0]:.4f}  ->  wrote {path}")

@@ -37,6 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from facerank.cli_options import probe_label
 from facerank.errors import (
     FacerankError,
     GalleryError,
@@ -271,8 +272,10 @@ class SearchService:
 
     # ---- search --------------------------------------------------------------------------
 
-    def search(self, data: bytes, name: str, k: int, explain: bool) -> dict[str, Any]:
-        """Decode, detect, extract, search and explain one probe photo (in memory)."""
+    def search(self, data: bytes, name: str, k: int, explain: bool,
+               aligned: str = "none") -> dict[str, Any]:
+        """Decode, detect, extract, search and explain one probe photo (in memory); `aligned`
+        other than "none" takes a face crop as is (`facerank.prealigned`)."""
         t0 = time.perf_counter()
         try:
             image = load_image(data, name=name)
@@ -281,7 +284,14 @@ class SearchService:
         with self.lock:
             t1 = time.perf_counter()
             try:
-                face = self.extractor.extract(image, name)
+                fx = self.extractor
+                if aligned != "none":
+                    from facerank.prealigned import check_aligned
+
+                    fx = FeatureExtractor(backbone=fx.backbone, detector=fx.detector,
+                                          grids=fx.grid_names, cache=False,
+                                          aligned=check_aligned(aligned))
+                face = fx.extract(image, name)
             except NoFaceError:
                 raise HTTPProblem(422, f"no face found in {name}; upload a photo where one face "
                                   "is clearly visible, frontal and not too small") from None
@@ -296,7 +306,8 @@ class SearchService:
             explanation, explain_note = None, None
             if explain and results:
                 explanation, explain_note = self._explain(probe, image, face.landmarks5,
-                                                          results[0], name)
+                                                          results[0], name, face.det_source,
+                                                          face.det_score)
             t4 = time.perf_counter()
         stage2_name = getattr(self.reranker, "name", None)
         image_url, _ = _jpeg_data_url(image, PROBE_SIDE)
@@ -327,7 +338,8 @@ class SearchService:
         }
 
     def _explain(self, probe: FeatureSet, image: np.ndarray, landmarks5: np.ndarray,
-                 top: Any, name: str) -> tuple[str | None, str | None]:
+                 top: Any, name: str, det_source: str = "",
+                 det_score: float = 0.0) -> tuple[str | None, str | None]:
         """Flow explanation PNG of the top-1 match as a data URL, or (None, why not)."""
         try:
             from facerank.align import extract_chip
@@ -344,7 +356,8 @@ class SearchService:
             with tempfile.TemporaryDirectory(prefix="facerank-explain-") as tmp:
                 path, _ = render_pair(probe, cand, Path(tmp) / "flow.png", reranker,
                                       query_chip=extract_chip(image, landmarks5),
-                                      labels=("probe", f"#1 {top.identity}"))
+                                      labels=(probe_label("probe", det_source, det_score),
+                                              f"#1 {top.identity}"))
                 png = _trim_white(Path(path).read_bytes())
         except (FacerankError, OSError, ValueError) as e:
             return None, f"could not render the explanation ({e})"
@@ -432,9 +445,9 @@ def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = D
 
     @app.post("/api/search")
     async def search(request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
-                     explain: bool = True) -> JSONResponse:
+                     explain: bool = True, aligned: str = "none") -> JSONResponse:
         data, name = await read_upload(request, max_upload_bytes)
-        result = await run_in_threadpool(service.search, data, name, k, explain)
+        result = await run_in_threadpool(service.search, data, name, k, explain, aligned)
         return JSONResponse(result)
 
     @app.get("/api/image/{image_id}")

@@ -93,7 +93,8 @@ async function search(file) {
   const k = Number($("k").value) || 5;
   let resp, data;
   try {
-    resp = await fetch(`/api/search?k=${k}`, { method: "POST", body: form });
+    const aligned = encodeURIComponent($("aligned").value || "none");
+    resp = await fetch(`/api/search?k=${k}&aligned=${aligned}`, { method: "POST", body: form });
   } catch (err) {
     state.busy = false;
     showError(`Could not reach the server (${err.message}). Is \`facerank serve\` running?`);
@@ -141,7 +142,9 @@ function drawProbe(probe) {
   const score = typeof probe.det_score === "number" ? probe.det_score.toFixed(2) : "—";
   $("probe-caption").textContent =
     `${probe.name} · ${probe.width}×${probe.height} · detector score ${score}` +
-    ` (${probe.det_source}) · ${shown} landmarks`;
+    ` (${probe.det_source}) · ${shown} landmarks` +
+    (probe.det_source.startsWith("fallback")
+      ? " · no face detected: the fallback box was used" : "");
   $("probe").hidden = false;
 }
 

@@ -1,0 +1,140 @@
+"""One-line Python API, in the spirit of `face_recognition`.
+
+    import facerank
+    v = facerank.embed("photo.jpg")                 # (128,) unit-length embedding
+    r = facerank.compare("a.jpg", "b.jpg")          # r.same, r.distance, r.cosine
+    hits = facerank.Gallery.open("my-gallery").search("probe.jpg", k=5)
+
+Every function takes a path (str or Path), the file's bytes, a PIL image or a uint8 numpy array
+(H, W, 3) RGB or (H, W) grey. The default chain is the CLI's: YuNet detection, the largest face,
+no fallback (a photo without a face is a `NoFaceError`), dlib-exact alignment, the dlib ResNet.
+Paths go through the same on-disk feature cache as the CLI, so both return the same numbers.
+Models load once per process and detector setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from facerank.errors import InputError
+
+if TYPE_CHECKING:
+    from facerank.features import FaceFeatures, FeatureExtractor
+    from facerank.gallery import Gallery as _StoredGallery
+    from facerank.gallery import SearchResult
+
+DLIB_THRESHOLD = 0.6  # dlib's same-person rule on the descriptor distance (as `facerank compare`)
+
+
+@lru_cache(maxsize=8)
+def _extractor(detector: str, faces: str, no_face: str, aligned: str) -> FeatureExtractor:
+    from facerank.cli import make_extractor
+
+    return make_extractor(detector, faces, no_face, aligned=aligned)
+
+
+def _image_array(x: Any, name: str) -> np.ndarray:  # noqa: ANN401 - any image-like input
+    """bytes, PIL image or numpy array -> uint8 RGB (H, W, 3)."""
+    from PIL import Image
+
+    from facerank.imageio import _to_rgb, load_image
+
+    if isinstance(x, bytes | bytearray):
+        return load_image(bytes(x), name=name)
+    if isinstance(x, Image.Image):
+        return _to_rgb(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8:
+            raise InputError(f"{name}: image arrays must be uint8, got {x.dtype}; scale to "
+                             "0..255 and use .astype(np.uint8)")
+        if x.ndim == 2:
+            x = np.repeat(x[..., None], 3, axis=2)
+        if x.ndim != 3 or x.shape[2] not in (3, 4):
+            raise InputError(f"{name}: image arrays must be (H, W, 3) RGB or (H, W) grey, got "
+                             f"shape {x.shape}")
+        return np.ascontiguousarray(x[..., :3])
+    raise InputError(f"{name}: expected a path, bytes, a PIL image or a numpy array, got "
+                     f"{type(x).__name__}")
+
+
+def _features(fx: FeatureExtractor, x: Any, name: str = "<image>") -> FaceFeatures:  # noqa: ANN401
+    if isinstance(x, str | Path):
+        return fx.extract_file(x)
+    return fx.extract(_image_array(x, name), name)
+
+
+def features(x: Any, detector: str = "yunet", faces: str = "largest",  # noqa: ANN401
+             no_face: str = "none", aligned: str = "none") -> FaceFeatures:
+    """Everything facerank keeps about the one face in `x` (embedding, grids, landmarks, how the
+    face was found: `det_source`, e.g. "yunet", "fallback-center", "aligned-arcface112")."""
+    return _features(_extractor(detector, faces, no_face, aligned), x)
+
+
+def embed(x: Any, detector: str = "yunet", faces: str = "largest",  # noqa: ANN401
+          no_face: str = "none", aligned: str = "none") -> np.ndarray:
+    """The (128,) L2-normalised embedding of the one face in `x`."""
+    return features(x, detector, faces, no_face, aligned).embedding
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`compare`'s answer: the numbers `facerank compare` prints."""
+
+    cosine: float
+    distance: float  # Euclidean distance of dlib descriptors
+    same: bool  # distance < threshold (dlib's rule)
+    threshold: float
+    sources: tuple[str, str]  # how each face was found
+
+    @property
+    def decision(self) -> str:
+        return "same person" if self.same else "different people"
+
+
+def compare(a: Any, b: Any, detector: str = "yunet", faces: str = "largest",  # noqa: ANN401
+            no_face: str = "none", aligned: str = "none") -> Comparison:
+    """Cosine, dlib distance and same/different (distance < 0.6) of the faces in `a` and `b`."""
+    fx = _extractor(detector, faces, no_face, aligned)
+    fa, fb = _features(fx, a, "<image a>"), _features(fx, b, "<image b>")
+    dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
+    return Comparison(float(fa.embedding @ fb.embedding), dist, dist < DLIB_THRESHOLD,
+                      DLIB_THRESHOLD, (fa.det_source, fb.det_source))
+
+
+class Gallery:
+    """A persistent gallery folder (made with `facerank gallery create/add`), for searching."""
+
+    def __init__(self, stored: _StoredGallery) -> None:
+        self.stored = stored
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Gallery:
+        from facerank.gallery import Gallery as Stored
+
+        return cls(Stored.open(folder))
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def search(self, x: Any, k: int = 10, stage2: str = "emd",  # noqa: ANN401
+               gate: str = "auto", aligned: str = "none") -> list[SearchResult]:
+        """The best k matches of the face in `x`, as `facerank search` ranks them (the gallery's
+        own detector settings; Stage 2 "emd" behind the bundled quality gate, or "none")."""
+        from facerank.features import FeatureExtractor, FeatureSet
+        from facerank.prealigned import check_aligned
+        from facerank.rerank.base import make_stage2
+
+        fx = self.stored.extractor
+        if aligned != "none":
+            fx = FeatureExtractor(backbone=fx.backbone, detector=fx.detector,
+                                  grids=fx.grid_names, aligned=check_aligned(aligned))
+        probe = FeatureSet.stack([_features(fx, x, "<probe>")])
+        return self.stored.search(probe, k=k, stage2=make_stage2(stage2, gate=gate))
+
+    def close(self) -> None:
+        self.stored.close()

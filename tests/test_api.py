@@ -1,0 +1,100 @@
+"""The one-line API returns what the CLI prints, for every kind of input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PEOPLE = ("Ariel_Sharon", "Colin_Powell", "Jean_Chretien")
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facerank import api
+
+    monkeypatch.setenv("FACERANK_CACHE", str(tmp_path / "cache"))
+    api._extractor.cache_clear()  # extractors fix their cache folder when built
+    yield
+    api._extractor.cache_clear()
+
+
+def test_import_stays_light() -> None:
+    code = ("import sys, facerank; print(int(any(m in sys.modules for m in "
+            "('torch', 'cv2', 'dlib', 'facerank.api'))), callable(facerank.embed))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["0", "True"]
+
+
+def test_embed_any_input_matches_cli_extract(env: None, lfw_root: Path, tmp_path: Path) -> None:
+    import facerank
+    from facerank.cli import main
+    from facerank.features import FeatureSet
+
+    path = lfw_root / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    assert main(["extract", str(path), "--out", str(tmp_path / "f.npz")]) == 0
+    cli = FeatureSet.load(tmp_path / "f.npz").embeddings[0]
+    v = facerank.embed(path)
+    assert v.shape == (128,) and np.allclose(v, cli, atol=1e-6)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    for x in (str(path), path.read_bytes(), Image.open(path), pixels):
+        assert np.allclose(facerank.embed(x), cli, atol=1e-5), type(x)
+    with pytest.raises(facerank.api.InputError, match="uint8"):
+        facerank.embed(pixels.astype(np.float32))
+    with pytest.raises(facerank.api.InputError, match="expected a path"):
+        facerank.embed(42)
+
+
+def test_compare_matches_cli(env: None, lfw_root: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    import facerank
+    from facerank.cli import main
+
+    a = lfw_root / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    b = lfw_root / "images" / "Colin_Powell" / "Colin_Powell_0002.jpg"
+    c = lfw_root / "images" / "Ariel_Sharon" / "Ariel_Sharon_0001.jpg"
+    for x, y in ((a, b), (a, c)):
+        assert main(["compare", str(x), str(y)]) == 0
+        printed = capsys.readouterr().out
+        cos, dist = (float(v) for v in re.findall(r"│ (-?\d\.\d{4}) ", printed)[:2])
+        r = facerank.compare(x, y)
+        assert round(r.cosine, 4) == cos and round(r.distance, 4) == dist
+        assert r.decision.split()[0] in printed and r.sources == ("yunet", "yunet")
+    assert facerank.compare(a, b).same and not facerank.compare(a, c).same
+
+
+def test_gallery_search_matches_cli(env: None, lfw_root: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import facerank
+    from facerank.cli import main
+
+    folder = tmp_path / "people"
+    for name in PEOPLE:
+        (folder / name).mkdir(parents=True)
+        for f in sorted((lfw_root / "images" / name).glob("*.jpg"))[1:4]:
+            shutil.copy(f, folder / name / f.name)
+    g = tmp_path / "g"
+    assert main(["gallery", "create", str(g)]) == 0
+    assert main(["gallery", "add", str(g), str(folder)]) == 0
+    probe = lfw_root / "images" / PEOPLE[1] / f"{PEOPLE[1]}_0001.jpg"
+    capsys.readouterr()
+    assert main(["search", str(probe), "--gallery", str(g), "--top", "4", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["probe_detection"]["source"] == "yunet"
+    gal = facerank.Gallery.open(g)
+    try:
+        hits = gal.search(probe, k=4)
+        assert [h.to_dict() for h in hits] == cli["results"]
+        assert hits[0].identity == PEOPLE[1]
+        by_array = gal.search(np.asarray(Image.open(probe).convert("RGB")), k=4, stage2="none")
+        assert [h.identity for h in by_array] == [r["identity"] for r in cli["results"]]
+    finally:
+        gal.close()

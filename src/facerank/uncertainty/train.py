@@ -1,0 +1,202 @@
+"""`facerank train url`: the URL head on LFW's identity-disjoint training half.
+
+Samples are the training identities' images, clean and edited (crop, mask, sunglasses from the
+shared harness; lowres, blur, jpeg added by URL), all as cached backbone features
+(`facerank.train.data.load_training_data`).  Every edited copy keeps its identity, so the
+one-image people of LFW become classes with several samples.  The backbone stays frozen; the
+head, the class prototypes and the variation classifiers train with Adam, seeded.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import typer
+from torch import nn
+
+from facerank.errors import InputError
+from facerank.progress import progress_bar
+from facerank.train.checkpoint import save_checkpoint
+from facerank.train.split import describe_split
+from facerank.uncertainty.url import (
+    KIND,
+    URLConfig,
+    URLHead,
+    decorrelation_loss,
+    identification_loss,
+    run_head,
+    variation_classifiers,
+)
+from facerank.uncertainty.variations import labels_for, pose_bins
+
+EDITS = ("crop", "mask", "sunglasses", "lowres", "blur", "jpeg")
+MARGIN = 5.0  # additive logit margin of Eq. 8 (confidences start at 16: ~0.3 in cosine units)
+
+
+@dataclass
+class Samples:
+    """M training samples: features, class index and variation labels."""
+
+    desc: np.ndarray  # (M, D) float32
+    grid: np.ndarray | None  # (M, C, H, W) float16
+    y: np.ndarray  # (M,) int64 class index 0..C-1
+    variations: dict[str, np.ndarray]  # name -> (M,) int64, -1 unknown
+    kinds: np.ndarray  # (M,) str, "clean" or the edit
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def build_samples(td: Any, rows: np.ndarray, edits: tuple[str, ...], grid: str | None
+                  ) -> Samples:
+    """Clean + every edit of LFW images `rows` from a `TrainingData` (labels remapped to 0..C-1)."""
+    _, y = np.unique(td.labels[rows], return_inverse=True)
+    pose = pose_bins(td.clean.chip_landmarks68[rows])
+    sets = [("clean", td.clean)] + [(k, td.variants[k]) for k in edits]
+    desc, grids, ys, kinds = [], [], [], []
+    var: dict[str, list[np.ndarray]] = {}
+    for kind, fs in sets:
+        desc.append(fs.descriptors[rows].astype(np.float32))
+        if grid is not None:
+            grids.append(fs.grids[grid][rows])
+        ys.append(y)
+        kinds.append(np.full(len(rows), kind))
+        for name, lab in labels_for(kind, pose).items():
+            var.setdefault(name, []).append(lab)
+    return Samples(np.concatenate(desc), np.concatenate(grids) if grid is not None else None,
+                   np.concatenate(ys).astype(np.int64), {k: np.concatenate(v)
+                                                         for k, v in var.items()},
+                   np.concatenate(kinds))
+
+
+class URLTrainer(nn.Module):
+    """The head plus what only training needs: prototypes (C, K, d) and variation classifiers."""
+
+    def __init__(self, config: URLConfig, classes: int, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.head = URLHead(config)
+        self.prototypes = nn.Parameter(torch.randn(classes, config.k, config.sub_dim))
+        self.classifiers = variation_classifiers(config)
+
+    def losses(self, desc: torch.Tensor, grid: torch.Tensor | None, y: torch.Tensor,
+               var: dict[str, torch.Tensor], margin: float, adv_weight: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f, s = self.head(desc, grid)
+        w = F.normalize(self.prototypes, dim=2)
+        idt = identification_loss(f, s, w, y, margin)
+        cls, adv = decorrelation_loss(f, var, self.classifiers, adv_weight)
+        return idt, cls, adv
+
+
+def train_url(samples: Samples, config: URLConfig, epochs: int = 6, batch: int = 256,
+              lr: float = 2e-3, margin: float = MARGIN, var_weight: float = 0.1,
+              adv_weight: float = 0.1, seed: int = 0, progress: bool = True
+              ) -> tuple[URLHead, dict[str, Any]]:
+    """Train on `samples`; returns the head and the per-epoch mean losses."""
+    if len(samples) == 0:
+        raise InputError("URL training needs at least one sample")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    classes = int(samples.y.max()) + 1
+    model = URLTrainer(config, classes, seed)
+    opt = torch.optim.Adam([{"params": model.head.parameters(), "weight_decay": 1e-5},
+                            {"params": [model.prototypes], "lr": lr * 5},
+                            {"params": model.classifiers.parameters()}], lr=lr)
+    rng = np.random.default_rng(seed)
+    steps = epochs * int(np.ceil(len(samples) / batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 5, lr], total_steps=steps,
+                                                pct_start=0.1)
+    history: dict[str, list[float]] = {"identification": [], "variation": [], "adversarial": []}
+    t0 = time.perf_counter()
+    model.train()
+    with progress_bar(progress, "URL training", steps) as advance:
+        for _ in range(epochs):
+            order = rng.permutation(len(samples))
+            sums = np.zeros(3)
+            for start in range(0, len(order), batch):
+                i = np.sort(order[start : start + batch])
+                d = torch.from_numpy(samples.desc[i])
+                g = None if samples.grid is None else torch.from_numpy(
+                    samples.grid[i].astype(np.float32))
+                var = {k: torch.from_numpy(v[i]) for k, v in samples.variations.items()}
+                idt, cls, adv = model.losses(d, g, torch.from_numpy(samples.y[i]), var, margin,
+                                             adv_weight)
+                loss = idt + var_weight * (cls + adv)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                sums += [idt.item() * len(i), cls.item() * len(i), adv.item() * len(i)]
+                advance()
+            for name, v in zip(history, sums / len(samples), strict=True):
+                history[name].append(float(v))
+    model.eval()
+    return model.head, {"history": history, "seconds": time.perf_counter() - t0,
+                        "classes": classes, "samples": len(samples), "epochs": epochs,
+                        "batch": batch, "lr": lr, "margin": margin, "var_weight": var_weight,
+                        "adv_weight": adv_weight}
+
+
+def default_config(td: Any, grid: str | None, k: int, width: int) -> URLConfig:
+    """A config whose input shapes come from the features (any backbone)."""
+    fs = td.clean
+    if grid is not None and grid not in fs.grids:
+        raise InputError(f"the features have no {grid!r} grid; choose from {sorted(fs.grids)}")
+    shape = tuple(int(v) for v in fs.grids[grid].shape[1:]) if grid is not None else None
+    return URLConfig(desc_dim=int(fs.descriptors.shape[1]), grid=grid, grid_shape=shape, k=k,
+                     width=width)
+
+
+def register(train_app: typer.Typer) -> None:
+    @train_app.command("url")
+    def url_command(
+        out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + NAME.json).")
+                       ] = Path("url-fold-true.pt"),
+        fold: Annotated[bool, typer.Option("--fold/--other-fold",
+                                           help="Train on identity fold True (default) or False."
+                                           )] = True,
+        epochs: Annotated[int, typer.Option(help="Passes over the samples.")] = 6,
+        k: Annotated[int, typer.Option("--k", help="Number of sub-embeddings.")] = 16,
+        width: Annotated[int, typer.Option(help="Total embedding width (multiple of K).")] = 512,
+        grid: Annotated[str, typer.Option(help="Grid the head reads besides the descriptor "
+                                                "('none': descriptor only).")] = "l1",
+        edits: Annotated[str, typer.Option(help="Comma-separated edited copies to train on.")
+                         ] = ",".join(EDITS),
+        seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+        split_seed: Annotated[int, typer.Option(help="Seed of the identity split.")] = 0,
+        progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ) -> None:
+        """Train URL confidence-aware sub-embeddings (backbone frozen)."""
+        from facerank.train.data import load_training_data
+
+        kinds = tuple(e for e in edits.split(",") if e)
+        unknown = sorted(set(kinds) - set(EDITS))
+        if unknown:
+            raise InputError(f"unknown edit(s) {unknown}; choose from {', '.join(EDITS)}")
+        g = None if grid == "none" else grid
+        td = load_training_data(kinds=kinds, split_seed=split_seed, progress=progress)
+        rows, _ = td.rows(fold)
+        samples = build_samples(td, rows, kinds, g)
+        config = default_config(td, g, k, width)
+        head, stats = train_url(samples, config, epochs=epochs, seed=seed, progress=progress)
+        ref = run_head(head, samples.desc[samples.kinds == "clean"],
+                       None if g is None else samples.grid[samples.kinds == "clean"])
+        meta = {"kind": KIND, "backbone": td.data.extractor.model_id,
+                "config": config.to_dict(),
+                "command": " ".join(["facerank", *sys.argv[1:]]), "seed": seed,
+                "split": describe_split(fold, split_seed), "data": td.describe(),
+                "edits": list(kinds),
+                # 1.0 on the confidence bar = the median clean training face
+                "reference_confidence": float(np.median(ref.face)), "training": stats}
+        path = save_checkpoint(out, head, meta)
+        typer.echo(f"wrote {path} ({stats['samples']} samples, {stats['classes']} identities, "
+                   f"{stats['seconds']:.0f} s; identification loss "
+                   f"{stats['history']['identification'][0]:.3f} -> "
+                   f"{stats['history']['identification'][-1]:.3f})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -175,3 +176,48 @@ def test_save_load_identical_and_refusals(tmp_path) -> None:
     path.write_bytes(b"\x00garbage")
     with pytest.raises(ModelFileError, match="readable"):
         load_url_head(path)
+
+
+def test_training_lowers_the_loss_on_real_lfw(lfw_root, extractor) -> None:
+    """6 people x 3 images, clean + cropped + down-scaled chips: 6 short epochs (seconds)."""
+    from facerank.align import extract_chip
+    from facerank.eval.occlusion import occlude
+    from facerank.imageio import load_image
+    from facerank.uncertainty.train import Samples, train_url
+    from facerank.uncertainty.variations import labels_for, pose_bins
+
+    people = ["Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "George_W_Bush",
+              "Gerhard_Schroeder", "Tony_Blair"]
+    paths = [p for name in people
+             for p in sorted((lfw_root / "images" / name).glob("*.jpg"))[:3]]
+    fs = extractor.extract_paths(paths, progress=False)
+    assert len(fs) == len(paths)
+    y = np.repeat(np.arange(len(people)), 3)
+    chips = np.stack([extract_chip(load_image(p), fs.landmarks5[i])
+                      for i, p in enumerate(paths)])
+    pose = pose_bins(fs.chip_landmarks68)
+    desc, grids, kinds = [fs.descriptors], [fs.grids["l1"]], ["clean"] * len(y)
+    for kind in ("crop", "lowres"):
+        d, g = extractor.embed_chips(occlude(kind, chips, None, seed=1))
+        desc.append(d)
+        grids.append(g["l1"].astype(np.float16))
+        kinds += [kind] * len(y)
+    var = {}
+    for kind in ("clean", "crop", "lowres"):
+        for name, lab in labels_for(kind, pose).items():
+            var.setdefault(name, []).append(lab)
+    samples = Samples(np.concatenate(desc).astype(np.float32), np.concatenate(grids),
+                      np.tile(y, 3), {k: np.concatenate(v) for k, v in var.items()},
+                      np.array(kinds))
+    cfg = URLConfig(desc_dim=128, grid="l1", grid_shape=(256, 4, 4), k=16, width=128,
+                    hidden=64)
+    t0 = time.perf_counter()
+    head, stats = train_url(samples, cfg, epochs=6, batch=16, seed=0, progress=False)
+    assert time.perf_counter() - t0 < 20
+    loss = stats["history"]["identification"]
+    assert loss[-1] < 0.7 * loss[0], loss
+    out = run_head(head, samples.desc, samples.grid)
+    assert (out.conf > 0).all()
+    # the same seed gives the same head
+    head2, _ = train_url(samples, cfg, epochs=6, batch=16, seed=0, progress=False)
+    assert np.array_equal(run_head(head2, samples.desc, samples.grid).conf, out.conf)

@@ -106,3 +106,40 @@ def set_on(face: FaceFeatures, info: dict[str, Any] | None) -> FaceFeatures:
         face.confidence = info["confidence"]
         face.confidences = np.asarray(info["confidences"], np.float32)
     return face
+
+
+def refuse_below(floor: float, backbone: str):  # noqa: ANN201 - a Gallery.add_files hook
+    """`Gallery.add_files(refuse=...)` hook: a reason for each face whose relative URL
+    confidence is below `floor` (InputError when this backbone has no URL head)."""
+    from facerank.features import FeatureSet
+
+    if not np.isfinite(floor) or floor < 0:
+        raise InputError(f"--min-confidence must be a number >= 0, got {floor}")
+    if default_head(backbone) is None:
+        raise InputError(f"--min-confidence: no URL head for backbone {backbone!r}; train one "
+                         "with `facerank train url` or drop the option")
+
+    def reasons(faces: list[FaceFeatures]) -> list[str | None]:
+        info = attach(FeatureSet.stack(faces), backbone)
+        return [None if i is not None and i["confidence"] >= floor else
+                f"URL confidence {i['confidence']:.2f} below --min-confidence {floor:g}; "
+                "not enrolled (use a sharper, larger, unoccluded photo)" if i is not None else
+                "URL confidence unavailable for this face; not enrolled" for i in info]
+    return reasons
+
+
+def attach_results(gallery: Any, probe: FeatureSet, results: list[Any]
+                   ) -> tuple[dict[str, Any] | None, list[Any]]:
+    """(probe's confidence info, results with `confidence`/`confidences` set) for a search."""
+    from dataclasses import replace
+
+    backbone = gallery.extractor.model_id
+    found = default_head(backbone)
+    if found is None:
+        return None, results
+    needs_grid = found[0].config.grid is not None
+    rows = [r.row for r in results]
+    infos = attach(gallery.features(grids=needs_grid).take(rows), backbone) if rows else []
+    probe_info = attach(probe, backbone)[0]
+    return probe_info, [replace(r, confidence=i["confidence"], confidences=i["confidences"])
+                        if i is not None else r for r, i in zip(results, infos, strict=True)]

@@ -9,6 +9,7 @@ trained for them (`facerank train url`), and callers show "-" instead.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,10 @@ def _bundled(backbone: str) -> tuple[URLHead, dict[str, Any]] | None:
 
 
 def default_head(backbone: str) -> tuple[URLHead, dict[str, Any]] | None:
-    """The bundled head for this backbone, or None when there is none."""
+    """The bundled head for this backbone, or None when there is none or the environment
+    sets FACERANK_URL=off (the patent note in the README says why one might)."""
+    if os.environ.get("FACERANK_URL", "").lower() in ("off", "0", "no", "false"):
+        return None
     return _bundled(backbone)
 
 

@@ -10,9 +10,11 @@ Every number is on the identities a head did not train on: the head trained on f
 on the queries *and* gallery images of the people of fold (not f) only (the protocol's gallery
 restricted to those people), and the two folds' queries are pooled.  A curve point "drop x %"
 is the Stage-1 cosine P@1 of the queries left after removing the x % with the lowest score of a
-quality measure: URL face confidence, the HOG detector score of the query chip, or the raw
-descriptor norm.  Rank-1 and open-set TPIR@FPIR compare the confidence-weighted URL score with
-the cosine on the same faces.
+quality measure: URL face confidence, the HOG detector score of the query (the LFW photo's
+detection for lfw-1680; HOG run on the edited chip otherwise), or the raw descriptor norm.
+The edited protocols use a seeded subset of `--limit` queries (the queries and edited chips
+`setup_identification(limit=...)` would use); lfw-1680 uses all 9,164.  Rank-1 and open-set
+TPIR@FPIR compare the confidence-weighted URL score with the cosine on the same faces.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from rich.console import Console
 from benchmarks.common import RESULTS, Timer, write_result
 from facerank.align import extract_chip
 from facerank.eval import metrics
-from facerank.eval.protocols import EvalData, setup_identification
+from facerank.eval.protocols import OCCLUSION_OF, EvalData, occluded_queries
+from facerank.features import FeatureSet
 from facerank.imageio import load_image
 from facerank.train.split import identity_fold
 from facerank.uncertainty.confidence import bundled_path, load_url_head
@@ -45,7 +48,6 @@ def chip_det_scores(data: EvalData, protocol: str, query_index: np.ndarray, seed
     """HOG score of each query chip as the evaluator builds it (max over detections at
     threshold -2, upsample 0; -2 when none): the detector's own idea of face quality."""
     from facerank.eval.occlusion import occlude
-    from facerank.eval.protocols import OCCLUSION_OF
 
     feats, lfw = data.features, data.lfw
     hog = data.extractor.detector._hog  # noqa: SLF001 - the raw dlib detector, for its scores
@@ -65,6 +67,8 @@ def chip_det_scores(data: EvalData, protocol: str, query_index: np.ndarray, seed
 
 
 def _cache_det(data: EvalData, protocol: str, query_index: np.ndarray) -> np.ndarray:
+    if protocol == "lfw-1680":  # the query is the LFW photo itself: its detection's score
+        return data.features.det_scores[query_index]
     path = RESULTS / "url" / f"detscore-{protocol}-n{len(query_index)}.npy"
     if path.is_file():
         return np.load(path)
@@ -94,28 +98,43 @@ def _heads() -> dict[bool, tuple]:
             False: load_url_head(FOLD_FALSE)}
 
 
-def evaluate(data: EvalData, heads: dict[bool, tuple]) -> dict:
+def setup(data: EvalData, protocol: str, limit: int | None, seed: int = 0
+          ) -> tuple[FeatureSet, np.ndarray, np.ndarray, np.ndarray]:
+    """(queries, query_index, gallery_index, exclude) of a protocol, as `setup_identification`
+    builds them (strict gallery, seeded edits), for its seeded `limit` subset of queries only
+    (the same subset and the same edited chips as `setup_identification(limit=...)`)."""
+    all_q = data.lfw.people_with_at_least(2)
+    pick = np.arange(len(all_q))
+    if limit is not None:
+        pick = np.sort(np.random.default_rng(seed).choice(pick, min(limit, len(pick)),
+                                                          replace=False))
+    qi = all_q[pick]
+    if protocol == "lfw-1680":
+        return data.features.take(qi), qi, all_q, np.searchsorted(all_q, qi)
+    queries = occluded_queries(data, OCCLUSION_OF[protocol], qi, seed, progress=True)
+    return queries, qi, np.arange(len(data.lfw)), qi.copy()
+
+
+def evaluate(data: EvalData, heads: dict[bool, tuple], limit: int | None) -> dict:
     labels = data.lfw.labels
     fold = identity_fold(labels, 0)
-    out: dict = {"protocols": {}}
+    out: dict = {"protocols": {}, "limit": limit}
     for protocol in PROTOCOLS:
-        st = setup_identification(data, protocol, progress=True)
-        det = _cache_det(data, protocol, st.query_index)
-        rec = {"cos": [], "url": [], "conf": [], "det": [], "norm": [], "n": 0}
+        lim = None if protocol == "lfw-1680" else limit  # clean queries cost nothing
+        queries, qi, gallery_index, exclude = setup(data, protocol, lim)
+        det = _cache_det(data, protocol, qi)
+        rec: dict[str, list[np.ndarray]] = {k: [] for k in ("cos", "url", "conf", "det", "norm")}
         for train_fold, (head, _meta) in heads.items():
-            qm = fold[st.query_index] != train_fold  # held-out queries
-            gallery_index = (np.arange(len(labels)) if protocol != "lfw-1680"
-                             else data.lfw.people_with_at_least(2))
-            gm = fold[gallery_index] != train_fold
-            gsel = np.flatnonzero(gm)
-            g = st.gallery.take(gsel)
-            q = st.queries.take(np.flatnonzero(qm))
+            qm = fold[qi] != train_fold  # held-out queries
+            gsel = np.flatnonzero(fold[gallery_index] != train_fold)  # held-out gallery
+            g = data.features.take(gallery_index[gsel])
+            q = queries.take(np.flatnonzero(qm))
             # the protocol's excluded gallery image, re-indexed into the restricted gallery
             pos = np.full(len(gallery_index), -1)
             pos[gsel] = np.arange(len(gsel))
-            ex = st.exclude[qm]
+            ex = exclude[qm]
             ex = np.where(ex >= 0, pos[np.maximum(ex, 0)], -1)
-            ql, gl = st.query_labels[qm], st.gallery_labels[gsel]
+            ql, gl = labels[qi[qm]], labels[gallery_index[gsel]]
             cos = q.embeddings @ g.embeddings.T
             uq = run_head(head, q.descriptors, _grid(head, q))
             ug = run_head(head, g.descriptors, _grid(head, g))
@@ -125,7 +144,7 @@ def evaluate(data: EvalData, heads: dict[bool, tuple]) -> dict:
             rec["conf"].append(uq.face)
             rec["det"].append(det[qm])
             rec["norm"].append(np.linalg.norm(q.descriptors, axis=1))
-        cat = {k: np.concatenate(v) for k, v in rec.items() if k != "n"}
+        cat = {k: np.concatenate(v) for k, v in rec.items()}
         res = {"n_queries": int(len(cat["cos"])),
                "p1_cosine": float(100 * cat["cos"].mean()),
                "p1_url_score": float(100 * cat["url"].mean()),
@@ -247,12 +266,15 @@ def speed(data: EvalData, n: int = 2000, repeats: int = 5) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("eval", "speed", "figure"))
+    ap.add_argument("--limit", type=int, default=1200,
+                    help="Seeded subset of the 9,164 queries for the edited protocols "
+                         "(lfw-1680 always uses all); 0 = all.")
     args = ap.parse_args()
     t0 = time.perf_counter()
     data = EvalData.load(progress=True)
     if args.what == "eval":
         heads = _heads()
-        result = evaluate(data, heads)
+        result = evaluate(data, heads, args.limit or None)
         result["checkpoints"] = {str(f): m.get("command") for f, (_, m) in heads.items()}
         result["seconds"] = time.perf_counter() - t0
         path = write_result("url", result)

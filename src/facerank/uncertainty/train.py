@@ -54,21 +54,81 @@ class Samples:
         return len(self.y)
 
 
-def build_samples(td: Any, rows: np.ndarray, edits: tuple[str, ...], grid: str | None
-                  ) -> Samples:
-    """Clean + every edit of LFW images `rows` from a `TrainingData` (labels remapped to 0..C-1)."""
-    _, y = np.unique(td.labels[rows], return_inverse=True)
-    pose = pose_bins(td.clean.chip_landmarks68[rows])
-    sets = [("clean", td.clean)] + [(k, td.variants[k]) for k in edits]
+@dataclass
+class URLData:
+    """Clean features of all LFW images and edited copies of some (`rows[kind]`: LFW image
+    index of each row of `variants[kind]`)."""
+
+    data: Any  # facerank.eval.protocols.EvalData
+    variants: dict[str, Any]  # kind -> FeatureSet
+    rows: dict[str, np.ndarray]  # kind -> (M_kind,) LFW image indices
+    labels: np.ndarray  # (N,) identity of each LFW image
+    fold: np.ndarray  # (N,) bool identity fold
+    describe: dict[str, Any]
+
+
+def edit_subsets(n_images: int, kinds: tuple[str, ...], per_edit: int | None, seed: int = 1
+                 ) -> dict[str, np.ndarray]:
+    """LFW image indices edited per kind: all images (per_edit None) or disjoint seeded
+    subsets of per_edit images each, so the edits together cover more people.  A kind's
+    subset depends on its place in EDITS only, not on which other kinds are asked for, so
+    cached edits are shared between runs with different `--edits`."""
+    if per_edit is None:
+        return {k: np.arange(n_images, dtype=np.int64) for k in kinds}
+    if per_edit < 1 or per_edit * len(EDITS) > n_images:
+        raise InputError(f"--per-edit {per_edit}: need 1 <= per-edit <= {n_images // len(EDITS)}")
+    perm = np.random.default_rng(seed).permutation(n_images)
+    slot = {k: i for i, k in enumerate(EDITS)}
+    return {k: np.sort(perm[slot[k] * per_edit : (slot[k] + 1) * per_edit]) for k in kinds}
+
+
+def load_url_data(kinds: tuple[str, ...], per_edit: int | None = None, split_seed: int = 0,
+                  variant_seed: int = 1, progress: bool = True) -> URLData:
+    """Cached features for URL training.  per_edit None: the shared harness's full variant
+    sets (`load_training_data`); otherwise `edit_subsets` through the same cached builder
+    (`occluded_queries`, training seed 1), which is what a shared 2-core machine affords."""
+    from facerank.eval.protocols import EvalData, occluded_queries
+    from facerank.train.data import load_training_data
+    from facerank.train.split import identity_fold
+
+    if per_edit is None:
+        td = load_training_data(kinds=kinds, split_seed=split_seed, variant_seed=variant_seed,
+                                progress=progress)
+        n = len(td.labels)
+        return URLData(td.data, td.variants, edit_subsets(n, kinds, None), td.labels, td.fold,
+                       {**td.describe(), "per_edit": None})
+    data = EvalData.load(progress=progress)
+    rows = edit_subsets(len(data.lfw), kinds, per_edit, variant_seed)
+    variants = {k: occluded_queries(data, k, rows[k], variant_seed, progress) for k in kinds}
+    labels = data.lfw.labels
+    return URLData(data, variants, rows, labels, identity_fold(labels, split_seed),
+                   {"variants": sorted(kinds), "variant_seed": variant_seed,
+                    "split_seed": split_seed, "backbone": data.extractor.model_id,
+                    "per_edit": per_edit,
+                    "subsets": "facerank.uncertainty.train.edit_subsets(13233, kinds, per_edit, "
+                               "variant_seed)"})
+
+
+def build_samples(ud: URLData, train_fold: bool, grid: str | None) -> Samples:
+    """Clean + edited samples of the `train_fold` identities (labels remapped to 0..C-1)."""
+    train = np.flatnonzero(ud.fold == train_fold)
+    people, y_all = np.unique(ud.labels[train], return_inverse=True)
+    y_of = np.full(len(ud.labels), -1, np.int64)
+    y_of[train] = y_all
+    clean = ud.data.features
+    pose_all = pose_bins(clean.chip_landmarks68)  # (N,) pose of each clean LFW image
+    sets = [("clean", clean, np.arange(len(ud.labels)))]
+    sets += [(k, ud.variants[k], ud.rows[k]) for k in ud.variants]
     desc, grids, ys, kinds = [], [], [], []
     var: dict[str, list[np.ndarray]] = {}
-    for kind, fs in sets:
-        desc.append(fs.descriptors[rows].astype(np.float32))
+    for kind, fs, img in sets:
+        keep = np.flatnonzero(ud.fold[img] == train_fold)  # rows of this set to train on
+        desc.append(fs.descriptors[keep].astype(np.float32))
         if grid is not None:
-            grids.append(fs.grids[grid][rows])
-        ys.append(y)
-        kinds.append(np.full(len(rows), kind))
-        for name, lab in labels_for(kind, pose).items():
+            grids.append(fs.grids[grid][keep])
+        ys.append(y_of[img[keep]])
+        kinds.append(np.full(len(keep), kind))
+        for name, lab in labels_for(kind, pose_all[img[keep]]).items():
             var.setdefault(name, []).append(lab)
     return Samples(np.concatenate(desc), np.concatenate(grids) if grid is not None else None,
                    np.concatenate(ys).astype(np.int64), {k: np.concatenate(v)
@@ -144,9 +204,9 @@ def train_url(samples: Samples, config: URLConfig, epochs: int = 6, batch: int =
                         "adv_weight": adv_weight}
 
 
-def default_config(td: Any, grid: str | None, k: int, width: int) -> URLConfig:
+def default_config(ud: URLData, grid: str | None, k: int, width: int) -> URLConfig:
     """A config whose input shapes come from the features (any backbone)."""
-    fs = td.clean
+    fs = ud.data.features
     if grid is not None and grid not in fs.grids:
         raise InputError(f"the features have no {grid!r} grid; choose from {sorted(fs.grids)}")
     shape = tuple(int(v) for v in fs.grids[grid].shape[1:]) if grid is not None else None
@@ -171,27 +231,27 @@ def register(train_app: typer.Typer) -> None:
                          ] = ",".join(EDITS),
         seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
         split_seed: Annotated[int, typer.Option(help="Seed of the identity split.")] = 0,
+        per_edit: Annotated[int | None, typer.Option(
+            help="Edit only this many LFW images per edit kind (disjoint seeded subsets); "
+            "default: every image, as the shared harness caches them.")] = None,
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     ) -> None:
         """Train URL confidence-aware sub-embeddings (backbone frozen)."""
-        from facerank.train.data import load_training_data
-
         kinds = tuple(e for e in edits.split(",") if e)
         unknown = sorted(set(kinds) - set(EDITS))
         if unknown:
             raise InputError(f"unknown edit(s) {unknown}; choose from {', '.join(EDITS)}")
         g = None if grid == "none" else grid
-        td = load_training_data(kinds=kinds, split_seed=split_seed, progress=progress)
-        rows, _ = td.rows(fold)
-        samples = build_samples(td, rows, kinds, g)
-        config = default_config(td, g, k, width)
+        ud = load_url_data(kinds, per_edit, split_seed, progress=progress)
+        samples = build_samples(ud, fold, g)
+        config = default_config(ud, g, k, width)
         head, stats = train_url(samples, config, epochs=epochs, seed=seed, progress=progress)
         ref = run_head(head, samples.desc[samples.kinds == "clean"],
                        None if g is None else samples.grid[samples.kinds == "clean"])
-        meta = {"kind": KIND, "backbone": td.data.extractor.model_id,
+        meta = {"kind": KIND, "backbone": ud.data.extractor.model_id,
                 "config": config.to_dict(),
                 "command": " ".join(["facerank", *sys.argv[1:]]), "seed": seed,
-                "split": describe_split(fold, split_seed), "data": td.describe(),
+                "split": describe_split(fold, split_seed), "data": ud.describe,
                 "edits": list(kinds),
                 # 1.0 on the confidence bar = the median clean training face
                 "reference_confidence": float(np.median(ref.face)), "training": stats}

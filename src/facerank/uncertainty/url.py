@@ -1,9 +1,11 @@
 """URL (Shi et al., "Towards Universal Representation Learning for Deep Face Recognition"):
 confidence-aware sub-embeddings as a head on the frozen backbone.
 
-The head maps a face's backbone features -- the (D,) descriptor and, when the checkpoint uses
-them, the `l1` grid (C, H, W) -- to K unit sub-embeddings f^(k) (K x width/K) and K positive
-confidences s^(k) = exp(.) (supplement B: one FC branch each, `exp` keeps s > 0).
+The head maps a face's backbone features -- the (D,) descriptor (its direction and the log of
+its length) and, when the checkpoint uses it, the `l1` grid (C, H, W) through a 1x1 conv -- via
+a 2-layer MLP to K unit sub-embeddings f^(k) (K x width/K) and K positive confidences
+s^(k) = exp(.) (supplement B: one FC branch each, `exp` keeps s > 0).  Every input size is read
+from the features and stored in the checkpoint, so any backbone can have its own head.
 
 Training (supplement A):
     a_ij   = (1/K) sum_k s_i^(k) w_j^(k)T f_i^(k)                       (Eq. 24, averaged: Eq. 8)
@@ -86,7 +88,7 @@ class URLHead(nn.Module):
             gc, gh, gw = c.grid_shape  # type: ignore[misc]
             self.reduce = nn.Conv2d(gc, c.grid_channels, 1)
             grid_feats = c.grid_channels * gh * gw
-        self.trunk = nn.Sequential(nn.Linear(c.desc_dim + grid_feats, c.hidden), nn.ReLU(),
+        self.trunk = nn.Sequential(nn.Linear(c.desc_dim + 1 + grid_feats, c.hidden), nn.ReLU(),
                                    nn.Linear(c.hidden, c.hidden), nn.ReLU())
         self.embed = nn.Linear(c.hidden + c.desc_dim, c.width)
         self.conf = nn.Linear(c.hidden, c.k)
@@ -99,7 +101,8 @@ class URLHead(nn.Module):
         """desc (N, D) raw descriptors, grid (N, C, H, W) -> f (N, K, d) unit, s (N, K) > 0."""
         c = self.config
         x = F.normalize(desc, dim=1) * np.sqrt(c.desc_dim)  # unit-variance-ish per coordinate
-        parts = [x]
+        # the descriptor's length is a quality cue of its own (a baseline in benchmarks.url)
+        parts = [x, torch.log(desc.norm(dim=1, keepdim=True).clamp_min(1e-6))]
         if c.grid is not None:
             parts.append(F.relu(self.reduce(grid)).flatten(1))
         h = self.trunk(torch.cat(parts, 1))

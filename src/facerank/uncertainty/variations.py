@@ -21,8 +21,8 @@ from facerank.uncertainty.url import DEFAULT_VARIATIONS
 UNKNOWN = -1
 OCCLUSION_CLASS = {"crop": 1, "mask": 2, "sunglasses": 3}
 #: yaw = (nose tip x - eye-corner midpoint x) / outer eye-corner distance, in chip pixels;
-#: |yaw| <= YAW_FRONTAL is frontal.  On the 13,233 clean LFW chips, 0.06 puts roughly a
-#: quarter of the faces in each side bin (see `pose_bins`' test).
+#: |yaw| <= YAW_FRONTAL is frontal.  On the 13,233 clean LFW chips (HOG, centre face) 0.06
+#: gives 3,794 left / 5,793 frontal / 3,646 right (yaw percentiles 25/75: -0.073 / +0.068).
 YAW_FRONTAL = 0.06
 
 

@@ -93,9 +93,10 @@ def reject_curve(correct: np.ndarray, quality: np.ndarray) -> list[float]:
     return [float(100 * correct[order[int(round(d * n)):]].mean()) for d in DROPS]
 
 
-def _heads() -> dict[bool, tuple]:
-    return {True: load_url_head(bundled_path("dlib_resnet_v1")),
-            False: load_url_head(FOLD_FALSE)}
+def _heads(true: Path | None = None, false: Path | None = None) -> dict[bool, tuple]:
+    """The fold-True head (default: the bundled one) and the fold-False head."""
+    return {True: load_url_head(true or bundled_path("dlib_resnet_v1")),
+            False: load_url_head(false or FOLD_FALSE)}
 
 
 def setup(data: EvalData, protocol: str, limit: int | None, seed: int = 0
@@ -269,16 +270,20 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=1200,
                     help="Seeded subset of the 9,164 queries for the edited protocols "
                          "(lfw-1680 always uses all); 0 = all.")
+    ap.add_argument("--heads", nargs=2, type=Path, default=(None, None),
+                    metavar=("FOLD_TRUE", "FOLD_FALSE"), help="Checkpoints to evaluate.")
+    ap.add_argument("--name", default="url", help="Result file name (benchmarks/results/).")
     args = ap.parse_args()
     t0 = time.perf_counter()
     data = EvalData.load(progress=True)
     if args.what == "eval":
-        heads = _heads()
+        heads = _heads(*args.heads)
         result = evaluate(data, heads, args.limit or None)
         result["checkpoints"] = {str(f): m.get("command") for f, (_, m) in heads.items()}
         result["seconds"] = time.perf_counter() - t0
-        path = write_result("url", result)
-        plot(result, IMG / "url_reject.png")
+        path = write_result(args.name, result)
+        if args.name == "url":
+            plot(result, IMG / "url_reject.png")
         console.print(f"wrote {path} and {IMG / 'url_reject.png'}")
     elif args.what == "speed":
         path = write_result("url_speed", speed(data))

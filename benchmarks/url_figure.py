@@ -2,7 +2,7 @@
 
 Top: the most and least confident clean faces of the people the fold-True head never saw.
 Bottom: a few of those faces clean and edited (crop, mask, 24 px, blur, JPEG), each with its
-K sub-embedding uncertainties 1/s^(k) as a 4 x 4 heatmap (dark = confident).
+K sub-embedding uncertainties 1/s^(k) as a 4 x 4 heatmap (dark = uncertain).
 """
 
 from __future__ import annotations

@@ -282,9 +282,10 @@ def main() -> None:
         result["checkpoints"] = {str(f): m.get("command") for f, (_, m) in heads.items()}
         result["seconds"] = time.perf_counter() - t0
         path = write_result(args.name, result)
+        console.print(f"wrote {path}")
         if args.name == "url":
             plot(result, IMG / "url_reject.png")
-        console.print(f"wrote {path} and {IMG / 'url_reject.png'}")
+            console.print(f"wrote {IMG / 'url_reject.png'}")
     elif args.what == "speed":
         path = write_result("url_speed", speed(data))
         console.print(path.read_text())

@@ -221,3 +221,25 @@ def test_training_lowers_the_loss_on_real_lfw(lfw_root, extractor) -> None:
     # the same seed gives the same head
     head2, _ = train_url(samples, cfg, epochs=6, batch=16, seed=0, progress=False)
     assert np.array_equal(run_head(head2, samples.desc, samples.grid).conf, out.conf)
+
+
+def test_quality_edits_are_seeded_and_degrade() -> None:
+    from facerank.eval.occlusion import occlude
+
+    rng = np.random.default_rng(0)
+    base = cv2_smooth(rng.integers(0, 255, (3, 150, 150, 3), dtype=np.uint8))
+    for kind in ("lowres", "lowres24", "blur", "jpeg"):
+        a = occlude(kind, base, None, seed=0, ids=["a", "b", "c"])
+        assert a.shape == base.shape and a.dtype == np.uint8
+        assert np.array_equal(a, occlude(kind, base, None, seed=0, ids=["a", "b", "c"]))
+        assert not np.array_equal(a, base)
+        # fine detail is lost: less high-frequency energy than the original
+        assert np.abs(np.diff(a.astype(float), axis=2)).mean() < \
+            np.abs(np.diff(base.astype(float), axis=2)).mean()
+
+
+def cv2_smooth(x: np.ndarray) -> np.ndarray:
+    """Mildly smoothed noise: an image with detail at every scale (uint8, same shape)."""
+    import cv2
+
+    return np.stack([cv2.GaussianBlur(c, (0, 0), 0.7) for c in x])

@@ -1,7 +1,9 @@
 """URL confidence on held-out identities: error-versus-reject curves, URL score vs cosine, speed.
 
-    facerank train url --out src/facerank/uncertainty/models/url-dlib_resnet_v1.pt  # fold True
-    facerank train url --other-fold --out benchmarks/results/url/url-fold-false.pt
+    facerank train url --fold --per-edit 1200 --edits crop,lowres,mask,blur --epochs 12 \
+        --out src/facerank/uncertainty/models/url-dlib_resnet_v1.pt        # bundled, fold True
+    facerank train url --other-fold --per-edit 1200 --edits crop,lowres,mask,blur --epochs 12 \
+        --out benchmarks/results/url/url-fold-false.pt
     python -m benchmarks.url eval    # both folds: results/url.json, docs/img/url_reject.png
     python -m benchmarks.url speed      # -> benchmarks/results/url_speed.json
     python -m benchmarks.url figure     # -> docs/img/url_faces.png

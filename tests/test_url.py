@@ -243,3 +243,10 @@ def cv2_smooth(x: np.ndarray) -> np.ndarray:
     import cv2
 
     return np.stack([cv2.GaussianBlur(c, (0, 0), 0.7) for c in x])
+
+
+def test_train_cli_refuses_bad_options_before_loading_data(capsys) -> None:
+    from facerank.cli import main
+
+    assert main(["train", "url", "--edits", "crop,bogus"]) == 2
+    assert "unknown edit(s) ['bogus']" in capsys.readouterr().err

@@ -222,7 +222,7 @@ def register(train_app: typer.Typer) -> None:
         fold: Annotated[bool, typer.Option("--fold/--other-fold",
                                            help="Train on identity fold True (default) or False."
                                            )] = True,
-        epochs: Annotated[int, typer.Option(help="Passes over the samples.")] = 6,
+        epochs: Annotated[int, typer.Option(help="Passes over the samples.")] = 12,
         k: Annotated[int, typer.Option("--k", help="Number of sub-embeddings.")] = 16,
         width: Annotated[int, typer.Option(help="Total embedding width (multiple of K).")] = 512,
         grid: Annotated[str, typer.Option(help="Grid the head reads besides the descriptor "

@@ -143,8 +143,8 @@ def test_variety() -> None:
 
 def test_bad_input() -> None:
     chips, lm = _faces(2)
-    with pytest.raises(InputError, match="unknown occlusion 'blur'.*crop, mask, sunglasses"):
-        occlude("blur", chips, lm, 0)
+    with pytest.raises(InputError, match="unknown occlusion 'smudge'.*crop, mask, sunglasses"):
+        occlude("smudge", chips, lm, 0)
     bad = lm.copy()
     bad[1, 5] = np.nan
     for kind in ("mask", "sunglasses"):

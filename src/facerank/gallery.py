@@ -29,7 +29,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +133,7 @@ class AddReport:
     batches: int = 0
     identities: set[str] = field(default_factory=set)
     seconds: float = 0.0
+    refused: int = 0  # faces left out by `add_files(refuse=...)` (also listed in failures)
 
     @property
     def skipped(self) -> int:
@@ -150,6 +151,8 @@ class SearchResult:
     row: int  # row of `Gallery.features()`
     score: float  # the final score that orders the results
     stage_scores: dict[str, float]  # "stage1" (cosine) and each Stage-2 score by name
+    confidence: float | None = None  # URL confidence of the gallery face (None: no URL head)
+    confidences: list[float] | None = None  # its (K,) sub-embedding confidences
 
     @property
     def stage1(self) -> float:
@@ -162,7 +165,8 @@ class SearchResult:
 
         return {"rank": self.rank, "identity": self.identity, "path": self.path,
                 "image_id": self.image_id, "score": clean(self.score),
-                "stage_scores": {k: clean(v) for k, v in self.stage_scores.items()}}
+                "stage_scores": {k: clean(v) for k, v in self.stage_scores.items()},
+                "confidence": self.confidence, "confidences": self.confidences}
 
 
 @dataclass
@@ -195,6 +199,21 @@ def _real(x: float) -> float | None:
     """A float for SQLite (which stores NaN as NULL anyway)."""
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+def _refuse(refuse: Callable[[list[FaceFeatures]], list[str | None]],
+            batch: Sequence[tuple[str, str, str]], feats: list[FaceFeatures | None],
+            report: AddReport) -> list[FaceFeatures | None]:
+    """feats with the faces `refuse` gives a reason for replaced by None (and reported)."""
+    live = [i for i, f in enumerate(feats) if f is not None]
+    reasons = refuse([feats[i] for i in live]) if live else []  # type: ignore[misc]
+    out = list(feats)
+    for i, why in zip(live, reasons, strict=True):
+        if why is not None:
+            out[i] = None
+            report.refused += 1
+            report.failures.append((batch[i][0], f"{batch[i][0]}: {why}"))
+    return out
 
 
 def _detector_config(fx: FeatureExtractor) -> dict[str, Any]:
@@ -479,8 +498,13 @@ class Gallery:
         return [None if p in failed else fs[next(it)] for p in paths], list(fs.failures)
 
     def add_files(self, paths: Sequence[str | Path], identities: Sequence[str],
-                  progress: bool = True) -> AddReport:
+                  progress: bool = True,
+                  refuse: Callable[[list[FaceFeatures]], list[str | None]] | None = None
+                  ) -> AddReport:
         """Enrol images under identity names; files already present (same bytes) are skipped.
+
+        refuse: given a batch's faces, a reason per face to leave it out (None: keep it), e.g.
+        a URL confidence floor; refused faces are reported as failures and not enrolled.
 
         Bad files are skipped and listed in the report. Each batch of `batch_size` images is
         committed on its own, so an interrupted run keeps its batches and a re-run resumes.
@@ -516,6 +540,8 @@ class Gallery:
                 batch = todo[s : s + self.batch_size]
                 feats, failures = self._extract([p for p, _, _ in batch])
                 report.failures.extend(failures)
+                if refuse is not None:
+                    feats = _refuse(refuse, batch, feats, report)
                 ok = [(t, f) for t, f in zip(batch, feats, strict=True) if f is not None]
                 if ok:
                     added = self._commit_batch([t for t, _ in ok], [f for _, f in ok])

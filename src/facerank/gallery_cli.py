@@ -94,6 +94,9 @@ def add_command(
     identity: Annotated[str | None, typer.Option(
         "--identity", help="Enrol every image under this one name instead.")] = None,
     aligned: Aligned = "none",
+    min_confidence: Annotated[float | None, typer.Option(
+        "--min-confidence", help="Refuse faces whose URL confidence is below this (1.0 = a "
+        "typical clean LFW face).")] = None,
 ) -> None:
     """Enrol images (resumable: files already in the gallery are skipped)."""
     from facerank.gallery import identity_of, list_images
@@ -116,13 +119,21 @@ def add_command(
         from facerank.prealigned import check_aligned
 
         g.extractor.aligned = check_aligned(aligned)
+    refuse = None
+    if min_confidence is not None:
+        from facerank.uncertainty.confidence import refuse_below
+
+        refuse = refuse_below(min_confidence, g.extractor.model_id)
     try:
-        report = g.add_files(files, names, progress=True)
+        report = g.add_files(files, names, progress=True, refuse=refuse)
     except KeyboardInterrupt:
         err.print(f"interrupted; the gallery keeps {len(g)} image(s) committed so far. Run the "
                   "same command again to resume.", markup=False, highlight=False)
         raise
     _print_report(report, "added")
+    if min_confidence is not None:
+        out.print(f"{report.refused} face(s) refused below --min-confidence {min_confidence:g}",
+                  markup=False, highlight=False)
     out.print(f"gallery {folder}: {len(g)} image(s), {len(g.identities())} identities",
               markup=False, highlight=False)
 
@@ -249,6 +260,9 @@ def search_command(
         fx.aligned = check_aligned(aligned)
     probe_fs = FeatureSet.stack([fx.extract_file(probe)])
     results = g.search(probe_fs, k=top, stage2=reranker, calibrate=cal)
+    from facerank.uncertainty.confidence import attach_results
+
+    probe_conf, results = attach_results(g, probe_fs, results)
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
@@ -265,11 +279,15 @@ def search_command(
             "stage2": reranker.describe() if reranker is not None else "none",
             "calibrate": cal.describe() if cal is not None else "none",
             "explanation": str(explained) if explained else None,
+            "probe_confidence": probe_conf,
             "results": [r.to_dict() for r in results]}, indent=2) + "\n")
         return
     _print_results(probe, results, reranker)
     out.print(f"probe face: {describe_detection(probe_fs.det_sources[0], probe_fs.det_scores[0])}",
               markup=False, highlight=False)
+    if probe_conf is not None:
+        out.print(f"probe URL confidence {probe_conf['confidence']:.2f} (1.0 = a typical clean "
+                  "LFW face)", markup=False, highlight=False)
     if explained is not None:
         out.print(f"wrote explanation of the top match to {explained}", markup=False,
                   highlight=False)
@@ -286,13 +304,15 @@ def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker 
     table.add_column("Stage-1 cosine", justify="right")
     for n in names:
         table.add_column(n if n == "calibrated" else f"Stage-2 {n}", justify="right")
+    table.add_column("URL conf.", justify="right")
 
     def fmt(x: float) -> str:
         return "-" if x != x else f"{x:.4f}"  # NaN: not re-ranked
 
     for r in results:
         table.add_row(str(r.rank), r.identity, Path(r.path).name, fmt(r.score), fmt(r.stage1),
-                      *(fmt(r.stage_scores[n]) for n in names))
+                      *(fmt(r.stage_scores[n]) for n in names),
+                      "-" if r.confidence is None else f"{r.confidence:.2f}")
     out.print(table)
 
 

@@ -10,6 +10,8 @@ randomised `hash()`.
                 dotted), top edge (rounded or pointed over the nose), pleats and ear straps
     sunglasses  two dark lenses sized from each eye's landmarks (ellipse, rounded rectangle or
                 aviator), a bridge, temple arms, an optional rim; seeded tint and frame colour
+    lowres      down-scaled to a random 16-40 px and back (lowres24: exactly 24 px, lfw-lowres)
+    blur        Gaussian blur, sigma 1-4 px;  jpeg  JPEG round trip at quality 5-30
 
 Landmarks are dlib's 68 points (iBUG-300W order) in chip (x, y) pixels. Drawing is anti-aliased:
 each shape is rasterised with `cv2.LINE_AA` at 1/16 pixel into a coverage map and composited;
@@ -322,6 +324,53 @@ def draw_sunglasses(chip: np.ndarray, landmarks68: np.ndarray,
     return _to_uint8(out)
 
 
+# ---- image-quality degradations (URL's augmentable variations) ----------------------------
+
+LOWRES_SIDES = (16, 40)  # training: a random side in [16, 40] px (TinyFace-like faces)
+LOWRES_EVAL_SIDE = 24  # lfw-lowres: every query chip at 24 px
+BLUR_SIGMA = (1.0, 4.0)  # Gaussian sigma in chip pixels (150 px chip)
+JPEG_QUALITY = (5, 30)  # libjpeg quality; 5 is blocky, 30 mildly artefacted
+_DOWN = (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)
+
+
+def downscale(chip: np.ndarray, side: int, down: int = cv2.INTER_AREA) -> np.ndarray:
+    """The chip down-scaled to side x side px with filter `down`, back up with INTER_LINEAR."""
+    h, w = chip.shape[:2]
+    small = cv2.resize(chip, (int(side), int(side)), interpolation=down)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _lowres(chip: np.ndarray, landmarks68: np.ndarray | None,
+            rng: np.random.Generator) -> np.ndarray:
+    """A random side in LOWRES_SIDES and a random down-scaling filter."""
+    side = int(rng.integers(LOWRES_SIDES[0], LOWRES_SIDES[1] + 1))
+    return downscale(chip, side, _DOWN[int(rng.integers(len(_DOWN)))])
+
+
+def _lowres24(chip: np.ndarray, landmarks68: np.ndarray | None,
+              rng: np.random.Generator) -> np.ndarray:
+    """lfw-lowres: 24 px with a seeded down-scaling filter (area, linear or cubic)."""
+    return downscale(chip, LOWRES_EVAL_SIDE, _DOWN[int(rng.integers(len(_DOWN)))])
+
+
+def _blur(chip: np.ndarray, landmarks68: np.ndarray | None,
+          rng: np.random.Generator) -> np.ndarray:
+    """Gaussian blur with a random sigma in BLUR_SIGMA."""
+    sigma = float(rng.uniform(*BLUR_SIGMA))
+    return cv2.GaussianBlur(chip, (0, 0), sigmaX=sigma, sigmaY=sigma)
+
+
+def _jpeg(chip: np.ndarray, landmarks68: np.ndarray | None,
+          rng: np.random.Generator) -> np.ndarray:
+    """JPEG round trip at a random quality in JPEG_QUALITY (chips are RGB; cv2 codes BGR)."""
+    q = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(chip[..., ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, q])
+    if not ok:
+        raise InputError(f"jpeg: could not encode a chip of shape {chip.shape}")
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+
+
 # ---- batch API -----------------------------------------------------------------------------
 
 OCCLUSIONS: dict[str, Callable[[np.ndarray, np.ndarray | None, np.random.Generator],
@@ -329,6 +378,10 @@ OCCLUSIONS: dict[str, Callable[[np.ndarray, np.ndarray | None, np.random.Generat
     "crop": _crop,
     "mask": draw_mask,
     "sunglasses": draw_sunglasses,
+    "lowres": _lowres,
+    "lowres24": _lowres24,
+    "blur": _blur,
+    "jpeg": _jpeg,
 }
 NEEDS_LANDMARKS = frozenset({"mask", "sunglasses"})
 

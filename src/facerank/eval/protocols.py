@@ -4,6 +4,7 @@
     lfw-crop        those 9,164 as 70 % random crops resized back; gallery = 13,233 clean images
     lfw-mask        ... with a synthetic face mask        (gallery minus the query's own original;
     lfw-sunglasses  ... with synthetic sunglasses          `keep_original=True`: papers' variant)
+    lfw-lowres      ... down-scaled to 24 px and back (seeded filter; URL, issue 13)
     lfw-pairs       pairs.txt verification, 10 folds
     lfw-openset     one image per person for a seeded half of the 1,680 enrolled; mated probes =
                     their other images, non-mated = the other half's images
@@ -31,9 +32,10 @@ from facerank.progress import progress_bar
 from facerank.rerank.base import Reranker
 from facerank.search import Ranking, cosine_topk
 
-IDENTIFICATION = ("lfw-1680", "lfw-crop", "lfw-mask", "lfw-sunglasses")
+IDENTIFICATION = ("lfw-1680", "lfw-crop", "lfw-mask", "lfw-sunglasses", "lfw-lowres")
 PROTOCOLS = (*IDENTIFICATION, "lfw-pairs", "lfw-openset")
-OCCLUSION_OF = {"lfw-crop": "crop", "lfw-mask": "mask", "lfw-sunglasses": "sunglasses"}
+OCCLUSION_OF = {"lfw-crop": "crop", "lfw-mask": "mask", "lfw-sunglasses": "sunglasses",
+                "lfw-lowres": "lowres24"}
 # occluders drawn on the photo, then detect + align + embed (facerank.eval.photo); not in `all`
 PHOTO = ("lfw-mask-photo", "lfw-sunglasses-photo")
 

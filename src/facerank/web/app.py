@@ -302,6 +302,9 @@ class SearchService:
             t2 = time.perf_counter()
             results = self.gallery.search(probe, k=k, stage2=self.reranker,
                                           calibrate=self.calibrator)
+            from facerank.uncertainty.confidence import attach_results  # URL confidence
+
+            probe_conf, results = attach_results(self.gallery, probe, results)
             t3 = time.perf_counter()
             explanation, explain_note = None, None
             if explain and results:
@@ -318,6 +321,7 @@ class SearchService:
                 "box": [round(float(v), 2) for v in face.box],
                 "landmarks68": _points(face.landmarks68), "landmarks5": _points(face.landmarks5),
                 "det_score": _clean(face.det_score), "det_source": face.det_source,
+                "confidence": probe_conf,
             },
             "stage2": self.reranker.describe() if self.reranker is not None else "none",
             "stage2_name": stage2_name, "stage2_note": self.stage2_note,
@@ -329,6 +333,7 @@ class SearchService:
                 if stage2_name in r.stage_scores else None,
                 "stage_scores": {n: _clean(v) for n, v in r.stage_scores.items()},
                 "thumbnail": f"/api/image/{r.image_id}",
+                "confidence": r.confidence, "confidences": r.confidences,
             } for r in results],
             "explanation": explanation, "explanation_note": explain_note,
             "timings_ms": {"decode": round(1e3 * (t1 - t0), 1),

@@ -144,7 +144,8 @@ function drawProbe(probe) {
     `${probe.name} · ${probe.width}×${probe.height} · detector score ${score}` +
     ` (${probe.det_source}) · ${shown} landmarks` +
     (probe.det_source.startsWith("fallback")
-      ? " · no face detected: the fallback box was used" : "");
+      ? " · no face detected: the fallback box was used" : "") +
+    (probe.confidence ? ` · URL confidence ${probe.confidence.confidence.toFixed(2)}` : "");
   $("probe").hidden = false;
 }
 
@@ -189,6 +190,10 @@ function renderCard(r, stage2Name) {
     const note = r.stage2 === null ? "not re-ranked"
       : alpha === 0 ? "not blended: the gate kept the Stage-1 order" : "";
     dl.appendChild(scoreRow("stage2", `Stage 2 ${stage2Name.toUpperCase()}`, r.stage2, note));
+  }
+  if (typeof r.confidence === "number") {  // URL face confidence: bar full at 1.0 (typical)
+    dl.appendChild(scoreRow("confidence", "URL confidence", r.confidence,
+      "how trustworthy this gallery face is (1.0 = a typical clean LFW face)"));
   }
   body.appendChild(dl);
   li.appendChild(body);

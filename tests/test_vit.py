@@ -190,3 +190,23 @@ def test_pair_drawing_and_hard_negatives() -> None:
         self_pairs = pb.row_a == pb.row_b
         assert np.all(labels[pb.row_a[self_pairs]] == 2)  # only the one-image person
         assert np.all(pb.kind_a[self_pairs] > 0)  # ... and then face a is a variant
+
+
+@pytest.mark.parametrize("variant", ["h2l", "h2", "h1"])
+@pytest.mark.parametrize("method", ["chefer", "rollout"])
+def test_heatmaps(variant: str, method: str, tmp_path) -> None:
+    from facerank.explain.vit_heatmap import render_heatmaps
+    from facerank.rerank.vit_reranker import explain_pairs
+
+    a, b = _features(3, 5), _features(3, 6)
+    rr = Stage2ViT(_model(variant, depth=2), grid="l1", alpha=0.5)
+    heat = explain_pairs(rr, a, b, method)
+    assert heat.heat_a.shape == (3, 4, 4) and heat.heat_b.shape == (3, 4, 4)
+    assert np.allclose(heat.heat_a.max(axis=(1, 2)), 1.0)
+    assert np.all(heat.heat_a >= 0)
+    assert np.allclose(heat.score, rr.vit_pair_scores(a, b, symmetric=False), atol=1e-5)
+    chip = np.zeros((150, 150, 3), np.uint8)
+    path = render_heatmaps(chip, chip, heat, 0, tmp_path / "h.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(InputError, match="method"):
+        explain_pairs(rr, a, b, "gradcam")

@@ -217,9 +217,13 @@ class Stage2ViT:
 @register_stage2("vit")
 def _make(checkpoint: str | None = None, k: int = 100, alpha: float | None = None,
           gate: str | None = "auto", device: str = "cpu", backbone: str | None = None,
+          grid: str | None = None, weighting: str | None = None,
           **kw: object) -> Stage2ViT:
     """The product's Face-ViT re-ranker: the bundled H2L checkpoint unless one is given.
-    gate: "auto" = the gate stored in the checkpoint (if any), "none", or a gate JSON file."""
+    gate: "auto" = the gate stored in the checkpoint (if any), "none", or a gate JSON file.
+    grid and weighting are EMD options that the CLI passes to every method: a Face-ViT's grid
+    is the one it was trained on (its checkpoint's) and it has no patch weighting."""
+    del grid, weighting
     path = checkpoint or DEFAULT_CHECKPOINT
     if gate == "none":
         gate = None
@@ -231,3 +235,89 @@ def _make(checkpoint: str | None = None, k: int = 100, alpha: float | None = Non
 def checkpoint_info(path: str | Path = DEFAULT_CHECKPOINT) -> dict:
     """The JSON config of a Face-ViT checkpoint (for reports)."""
     return read_config(path)
+
+
+# ---- explanations -----------------------------------------------------------------------------
+
+EXPLAIN_METHODS = ("chefer", "rollout")
+
+
+def explain_pairs(scorer: Stage2ViT, a: FeatureSet, b: FeatureSet,
+                  method: str = "chefer") -> PairHeatmaps:
+    """Patch relevance of pairs (a[i], b[i]) for the ViT score (face a first; small batches).
+
+    chefer (Chefer et al. 2021, as the Face-ViT paper visualises): R = I, then per block
+    R += mean_heads(relu(dscore/dA * A)) R, with A that block's attention. rollout (Abnar &
+    Zuidema): R = prod_blocks (0.5 A_mean + 0.5 I), rows renormalised; no gradients. A face's
+    heatmap is the relevance its patch tokens receive from the tokens the score is read from
+    (H2L: all patch outputs, minus the identity; H2 and H1: the [CLS] output).
+    """
+    if method not in EXPLAIN_METHODS:
+        raise InputError(f"unknown explanation method {method!r}; choose from "
+                         f"{', '.join(EXPLAIN_METHODS)}")
+    if len(a) != len(b) or len(a) == 0:
+        raise InputError(f"explain needs pairs of equal, non-zero length, got {len(a)}, "
+                         f"{len(b)}")
+    m = scorer.model
+    cfg = m.cfg
+    idx = np.arange(len(a))
+    ga, gb = scorer.grids(a, idx), scorer.grids(b, idx)
+    heats = []
+    with torch.enable_grad():
+        if cfg.two_image:
+            runs = [(ga, gb)]
+        else:
+            runs = [(ga, None), (gb, None)]
+        for g1, g2 in runs:
+            t1 = m.tokens(g1)
+            if g2 is None:  # H1: one face at a time, relevance of its [CLS] output
+                score = m.embed_one(t1, keep_attn=True).sum()
+            else:
+                out = m.pair_outputs(t1, m.tokens(g2), keep_attn=True)
+                score = (torch.tanh(out[0] / 2) if cfg.variant == "h2"
+                         else (out[0] * out[1]).sum(dim=1))
+            if method == "chefer":
+                m.zero_grad(set_to_none=True)
+                score.sum().backward()
+            heats.append(_relevance(m, method, len(idx), g2 is None))
+    with torch.no_grad():
+        vit = torch.from_numpy(scorer.vit_pair_scores(a, b, symmetric=False))
+    n = cfg.n_patches
+    if cfg.two_image:
+        rel = heats[0]  # (B, T)
+        ha, hb = rel[:, 1 : n + 1], rel[:, n + 2 :]
+    else:
+        ha, hb = heats[0][:, 1:], heats[1][:, 1:]
+    shape = (len(idx), cfg.grid_h, cfg.grid_w)
+    ha = _unit_max(ha).reshape(shape)
+    hb = _unit_max(hb).reshape(shape)
+    cos = np.einsum("pd,pd->p", a.embeddings, b.embeddings)
+    v = vit.numpy()
+    for blk in m.blocks:
+        blk.attn = None
+    return PairHeatmaps(v, cos, scorer.alpha * v + (1 - scorer.alpha) * cos, ha, hb, method)
+
+
+def _relevance(m: FaceViT, method: str, batch: int, one_image: bool) -> np.ndarray:
+    """(B, T) relevance of each input token (see `explain_pairs`)."""
+    t = m.cfg.n_tokens
+    eye = torch.eye(t).expand(batch, t, t)
+    r = eye.clone()
+    for blk in m.blocks:
+        att = blk.attn.detach()  # (B, heads, T, T)
+        if method == "chefer":
+            cam = (blk.attn.grad * att).clamp_min(0).mean(dim=1)  # (B, T, T)
+            r = r + cam @ r
+        else:
+            hat = 0.5 * att.mean(dim=1) + 0.5 * eye
+            r = (hat / hat.sum(dim=-1, keepdim=True)) @ r
+    n = m.cfg.n_patches
+    if one_image or m.cfg.variant == "h2":
+        return r[:, 0].numpy()  # the [CLS] row
+    rows = torch.cat([torch.arange(1, n + 1), torch.arange(n + 2, 2 * n + 2)])
+    return (r - eye)[:, rows].sum(dim=1).clamp_min(0).numpy()
+
+
+def _unit_max(x: np.ndarray) -> np.ndarray:
+    x = x - x.min(axis=1, keepdims=True)
+    return x / np.maximum(x.max(axis=1, keepdims=True), 1e-12)

@@ -19,6 +19,16 @@ from facerank.train.checkpoint import save_checkpoint
 GRID = (32, 4, 4)  # small l1-like grids keep the tests fast
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on a busy 2-core machine: one intra-op thread is 40x faster per step
+    (measured 31 ms vs 1.3 s per training step of the overfit test under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _features(n: int, seed: int, grid: tuple[int, int, int] = GRID, name: str = "l1",
               protos: np.ndarray | None = None, labels: np.ndarray | None = None) -> FeatureSet:
     rng = np.random.default_rng(seed)
@@ -96,7 +106,7 @@ def test_tiny_model_overfits_64_pairs(variant: str) -> None:
     m.eval()
     with torch.no_grad():
         s = m.pair_score(m.tokens(grids[a].float()), m.tokens(grids[b].float())).numpy()
-    assert float(loss) < 0.2 * first
+    assert float(loss.detach()) < 0.2 * first
     assert s[same].min() > s[~same].max()  # every training pair separated
 
 

@@ -1,0 +1,338 @@
+"""Face-ViT Stage 2 (H2L, H2, H1) vs Stage 1 and DeepFace-EMD, identity-disjoint, both folds.
+
+    python -m benchmarks.vit train                 # H2L, H2, H1 on each identity half
+    python -m benchmarks.vit train --bundle        # ... and ship fold-1 H2L as the default
+    python -m benchmarks.vit eval                  # 4 identification protocols + pairs
+    python -m benchmarks.vit speed                 # ViT vs EMD, 1,000 queries x top-100
+    python -m benchmarks.vit ablation              # depth x heads, trained on fold 1
+
+Every model trained on identity half f (`facerank.train.split.identity_fold`, seed 0) scores
+only the queries (and pairs) of people in the other half, so each query is scored by exactly
+one model that never saw its identity; the report gives both halves and their union. EMD
+rows use the same queries and Stage-1 rankings (l2, APC, alpha 0.7); its gate is
+cross-fitted on the other half's queries as in `benchmarks.stage2 gated`. ViT and EMD scores
+are cached under `<cache>/stage2/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from benchmarks.common import write_result
+from benchmarks.stage2 import Prepared, cross_fitted, emd_cached, fit_gate, prepare
+from facerank.eval import metrics
+from facerank.eval.lfw import load_pairs
+from facerank.eval.protocols import IDENTIFICATION, EvalData, _retrieval
+from facerank.eval.report import identification_table, verification_table
+from facerank.paths import cache_root
+from facerank.rerank.emd_reranker import Stage2EMD
+from facerank.rerank.gate import QualityGate
+from facerank.rerank.vit_reranker import DEFAULT_CHECKPOINT, Stage2ViT
+from facerank.search import Ranking
+from facerank.train.checkpoint import read_config
+from facerank.train.split import identity_fold
+
+console = Console()
+MODELS = {  # name -> (variant, depth, heads)
+    "h2l": ("h2l", 1, 4), "h2": ("h2", 1, 4), "h1": ("h1", 1, 4)}
+FOLDS = (True, False)  # train fold of each model
+
+
+def ckpt_path(name: str, train_fold: bool, tag: str = "") -> Path:
+    return cache_root() / "vit" / f"{name}{tag}-fold{int(train_fold)}.pt"
+
+
+def train(args: argparse.Namespace) -> None:
+    from facerank.rerank.vit_train import train_vit
+    from facerank.train.data import load_training_data
+
+    td = load_training_data(progress=True)
+    out = {"settings": vars(args), "models": {}}
+    for name in args.models:
+        variant, depth, heads = MODELS[name]
+        for fold in FOLDS:
+            path = ckpt_path(name, fold)
+            if path.is_file() and not args.force:
+                console.print(f"{path} exists (use --force to retrain)")
+                cfg = read_config(path)
+            else:
+                console.print(f"training {name} on fold {int(fold)}")
+                cmd = (f"facerank train vit --variant {variant} --grid {args.grid} --width "
+                       f"{args.width} --depth {depth} --heads {heads} --epochs {args.epochs} "
+                       f"--train-fold {int(fold)} --seed {args.seed} --out {path}")
+                res = train_vit({"variant": variant, "width": args.width, "depth": depth,
+                                 "heads": heads}, args.grid, fold, args.epochs, args.batch,
+                                args.lr, args.seed, path, cmd, True, td)
+                cfg = res["config"]
+            out["models"][f"{name}-fold{int(fold)}"] = {
+                "alpha": cfg["alpha"], "measured": cfg["measured"], "command": cfg["command"]}
+    if args.bundle:
+        src = ckpt_path("h2l", True)
+        DEFAULT_CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, DEFAULT_CHECKPOINT)
+        shutil.copy(src.with_suffix(".json"), DEFAULT_CHECKPOINT.with_suffix(".json"))
+        console.print(f"bundled {src} as {DEFAULT_CHECKPOINT}")
+    path = write_result("vit_train", out)
+    console.print(f"wrote {path}")
+
+
+def vit_cached(name: str, st, ranking: Ranking, fold: np.ndarray, tag: str, k: int,  # noqa: ANN001
+               ckpt_tag: str = "") -> tuple[np.ndarray, float, dict]:
+    """(Q, k) ViT scores, each query scored by the model not trained on its identity."""
+    path = cache_root() / "stage2" / f"{tag}-vit-{name}{ckpt_tag}.npz"
+    scorers = {f: Stage2ViT.load(ckpt_path(name, f, ckpt_tag), k=k) for f in FOLDS}
+    if path.is_file():
+        z = np.load(path)
+        return z["vit"], float(z["seconds"]), scorers
+    vit = np.zeros((len(fold), k), dtype=np.float32)
+    t0 = time.perf_counter()
+    for f, sc in scorers.items():
+        sel = np.flatnonzero(fold != f)  # the model of fold f scores the other half
+        vit[sel] = sc.vit_scores(st.queries.take(sel), st.gallery, ranking.indices[sel, :k],
+                                 progress=True)
+    seconds = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, vit=vit, seconds=seconds)
+    return vit, seconds, scorers
+
+
+def blend(ranking: Ranking, score: np.ndarray, alpha: np.ndarray, name: str) -> Ranking:
+    """Re-order the first k columns by alpha (Q, 1) * score + (1 - alpha) * cosine."""
+    k = score.shape[1]
+    cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
+    final = alpha * score + (1 - alpha) * cos
+    order = np.argsort(-final, axis=1, kind="stable")
+    rows = np.arange(ranking.num_queries)[:, None]
+    return ranking.reorder(order, final[rows, order], name, score)
+
+
+def vit_alpha(scorers: dict, fold: np.ndarray, gated: bool, queries, cos: np.ndarray,  # noqa: ANN001
+              vit: np.ndarray) -> np.ndarray:
+    """(Q, 1) each query's alpha: its model's fitted alpha, 0 where its model's gate says
+    Stage 1 (gated)."""
+    alpha = np.zeros((len(fold), 1), dtype=np.float32)
+    for f, sc in scorers.items():
+        sel = fold != f
+        alpha[sel] = sc.alpha
+        if gated:
+            gate = QualityGate(**sc.meta["gate"])
+            feats = sc.gate_features(queries.take(np.flatnonzero(sel)), cos[sel], vit[sel])
+            alpha[np.flatnonzero(sel)[~gate.use_stage2(feats)]] = 0.0
+    return alpha
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    data = EvalData.load()
+    first_half = identity_fold(data.lfw.labels, 0)
+    k = args.k
+    prepared: dict[str, Prepared] = {}
+    vits: dict[str, dict] = {}
+    for protocol in IDENTIFICATION:
+        st, ranking, r = prepare(data, protocol, None, 0, k)
+        tag = f"{protocol}-s0-n{len(st.query_index)}-k{k}"
+        emd_rr = Stage2EMD(grid="l2", weighting="apc", alpha=0.7, k=k)
+        emd, seconds = emd_cached(emd_rr, st, ranking, tag)
+        fold = first_half[st.query_index]
+        cos = ranking.stage_scores["stage1"][:, :k]
+        prepared[protocol] = Prepared(st, ranking, r, emd, fold,
+                                      emd_rr.gate_features(st.queries, cos, emd), seconds)
+        vits[protocol] = {n: vit_cached(n, st, ranking, fold, tag, k) for n in args.models}
+    emd_gates = {f: fit_gate(prepared, list(prepared), f, 0.01) for f in (False, True)}
+    gate_args = argparse.Namespace(grid="l2", weighting="apc", alpha=0.7, k=k)
+    rows, out = [], {"settings": vars(args), "results": []}
+    for protocol, p in prepared.items():
+        labels = (p.st.query_labels, p.st.gallery_labels, p.r)
+        cos = p.ranking.stage_scores["stage1"][:, :k]
+        methods: dict[str, Ranking] = {"Stage 1 (cosine)": p.ranking}
+        methods["EMD l2 APC α=0.7"] = blend(p.ranking, p.emd, np.full((len(p.fold), 1), 0.7),
+                                            "emd")
+        methods["EMD l2 APC α=0.7, gated"] = cross_fitted(p, emd_gates, gate_args)
+        for name in args.models:
+            vit, seconds, scorers = vits[protocol][name]
+            a = vit_alpha(scorers, p.fold, False, p.st.queries, cos, vit)
+            methods[f"{name.upper()} α={_alphas(scorers)}"] = blend(p.ranking, vit, a, "vit")
+            if name == "h2l":
+                ag = vit_alpha(scorers, p.fold, True, p.st.queries, cos, vit)
+                methods[f"H2L α={_alphas(scorers)}, gated"] = blend(p.ranking, vit, ag, "vit")
+                # EMD + ViT: the mean of the two Stage-2 blends (no new weight fitted)
+                both = 0.5 * (a * vit + (1 - a) * cos) + 0.5 * (0.7 * p.emd + 0.3 * cos)
+                methods["EMD + H2L (mean of blends)"] = blend(p.ranking, both,
+                                                              np.ones_like(a), "both")
+                bg = 0.5 * (ag * vit + (1 - ag) * cos) + 0.5 * (
+                    (ag > 0) * (0.7 * p.emd) + (1 - 0.7 * (ag > 0)) * cos)
+                methods["EMD + H2L, H2L's gate"] = blend(p.ranking, bg, np.ones_like(a), "both")
+                out.setdefault("vit_seconds", {})[protocol] = seconds
+                out.setdefault("gate_used", {})[protocol] = float((ag > 0).mean())
+        for method, ranking in methods.items():
+            m_all = _retrieval(ranking, *labels)
+            per_fold = {}
+            for f in (True, False):  # test people of the model trained on the other half
+                sel = p.fold == f
+                rk = Ranking(ranking.indices[sel], ranking.scores[sel])
+                per_fold[f"test_fold{int(f)}"] = _retrieval(
+                    rk, p.st.query_labels[sel], p.st.gallery_labels, p.r[sel])
+            rows.append((protocol, method, m_all))
+            out["results"].append({"protocol": protocol, "method": method, "all": m_all,
+                                   **per_fold})
+        console.print(identification_table([x for x in rows if x[0] == protocol]))
+    out["pairs"] = pairs_eval(data, first_half, args.models)
+    path = write_result("vit_eval", out)
+    console.print(identification_table(rows))
+    console.print(f"wrote {path}")
+
+
+def _alphas(scorers: dict) -> str:
+    return "/".join(f"{scorers[f].alpha:g}" for f in FOLDS)
+
+
+def pairs_eval(data: EvalData, first_half: np.ndarray, models: list[str]) -> dict:
+    """pairs.txt verification on the pairs whose people are all of one test half."""
+    pairs = load_pairs(data.lfw)
+    fa, fb = first_half[pairs.a], first_half[pairs.b]
+    keep = fa == fb
+    a, b, same, folds = pairs.a[keep], pairs.b[keep], pairs.same[keep], pairs.fold[keep]
+    test_half = fa[keep]  # the model trained on the other half scores them
+    A, B = data.features.take(a), data.features.take(b)
+    scores = {"Stage 1 (cosine)": np.einsum("pd,pd->p", A.embeddings, B.embeddings)}
+    scores["EMD l2 APC α=0.7"] = Stage2EMD(grid="l2", weighting="apc", alpha=0.7,
+                                           gate=None).score_pairs(A, B)
+    for name in models:
+        s = np.zeros(len(a), dtype=np.float32)
+        raw = np.zeros(len(a), dtype=np.float32)
+        for f in FOLDS:
+            sc = Stage2ViT.load(ckpt_path(name, f))
+            sel = np.flatnonzero(test_half != f)
+            s[sel] = sc.score_pairs(A.take(sel), B.take(sel))
+            raw[sel] = sc.vit_pair_scores(A.take(sel), B.take(sel))
+        scores[f"{name.upper()} blend"] = s
+        scores[f"{name.upper()} alone"] = raw
+    res, table = {}, []
+    for method, sc in scores.items():
+        acc = metrics.verification_accuracy_10fold(sc, same, folds)
+        tar = metrics.tar_at_far(sc, same, [1e-3, 1e-2])
+        m = {"accuracy": float(acc["mean"]), "accuracy_std": float(acc["std"]),
+             "tar_at_far_1e-3": float(tar["tar"][0]), "tar_at_far_1e-2": float(tar["tar"][1]),
+             "auc": float(metrics.roc_auc(sc, same))}
+        res[method] = m
+        table.append((method, m))
+    console.print(f"pairs.txt, test identities only: {len(a)} of {len(pairs.a)} pairs "
+                  f"({int(same.sum())} same)")
+    console.print(verification_table(table))
+    return {"n_pairs": int(len(a)), "n_same": int(same.sum()), "metrics": res}
+
+
+def speed(args: argparse.Namespace) -> None:
+    """EMD (l2 APC, product default) vs bundled H2L on the same queries x top-k, interleaved."""
+    data = EvalData.load()
+    st, ranking, _ = prepare(data, "lfw-1680", args.n, 0, args.k)
+    cand = ranking.indices[:, : args.k]
+    emd_rr = Stage2EMD(grid="l2", weighting="apc", alpha=0.7, k=args.k)
+    vit_rr = Stage2ViT.load(args.checkpoint or DEFAULT_CHECKPOINT, k=args.k)
+    times: dict[str, list[float]] = {"emd": [], "vit": []}
+    for _ in range(args.repeats):
+        for name, fn in (("emd", lambda: emd_rr.emd_scores(st.queries, st.gallery, cand)),
+                         ("vit", lambda: vit_rr.vit_scores(st.queries, st.gallery, cand))):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    pairs = cand.size
+    best = {n: min(v) for n, v in times.items()}
+    cfg = read_config(args.checkpoint or DEFAULT_CHECKPOINT)
+    out = {"settings": vars(args), "n_pairs": int(pairs), "seconds": times,
+           "us_per_pair_best": {n: 1e6 * s / pairs for n, s in best.items()},
+           "vit_over_emd_time": best["vit"] / best["emd"],
+           "vit": vit_rr.describe(), "emd": emd_rr.describe(),
+           "train_seconds_per_epoch": cfg["measured"]["seconds_per_epoch"]}
+    console.print(out)
+    console.print(f"wrote {write_result('vit_speed', out)}")
+
+
+def ablation(args: argparse.Namespace) -> None:
+    """depth x heads of H2L, trained on fold 1 (fewer epochs), tested on fold-0 queries."""
+    from facerank.rerank.vit_train import train_vit
+    from facerank.train.data import load_training_data
+
+    td = load_training_data(progress=True)
+    data = td.data
+    first_half = identity_fold(data.lfw.labels, 0)
+    setups = {}
+    for protocol in args.protocols:
+        st, ranking, r = prepare(data, protocol, None, 0, args.k)
+        sel = np.flatnonzero(~first_half[st.query_index])  # test people of a fold-1 model
+        if args.limit:
+            sel = np.sort(np.random.default_rng(0).choice(sel, args.limit, replace=False))
+        setups[protocol] = (st, ranking, r, sel)
+    out, rows = {"settings": vars(args), "results": []}, []
+    for depth in args.depths:
+        for heads in args.heads:
+            tag = f"-abl-d{depth}h{heads}-e{args.epochs}"
+            path = ckpt_path("h2l", True, tag)
+            if not path.is_file():
+                train_vit({"variant": "h2l", "width": args.width, "depth": depth,
+                           "heads": heads}, args.grid, True, args.epochs, 256, 1e-3, 0, path,
+                          f"benchmarks.vit ablation depth {depth} heads {heads}", True, td)
+            sc = Stage2ViT.load(path, k=args.k)
+            cfg = read_config(path)
+            row = {"depth": depth, "heads": heads, "alpha": sc.alpha,
+                   "val_auc": cfg["measured"]["history"][-1]["val_auc"],
+                   "seconds_per_epoch": cfg["measured"]["seconds_per_epoch"]}
+            for protocol, (st, ranking, r, sel) in setups.items():
+                q = st.queries.take(sel)
+                rk = Ranking(ranking.indices[sel], ranking.scores[sel],
+                             {"stage1": ranking.stage_scores["stage1"][sel]})
+                t0 = time.perf_counter()
+                vit = sc.vit_scores(q, st.gallery, rk.indices[:, : args.k])
+                row[f"{protocol}_seconds"] = time.perf_counter() - t0
+                m = _retrieval(blend(rk, vit, np.full((len(sel), 1), sc.alpha), "vit"),
+                               st.query_labels[sel], st.gallery_labels, r[sel])
+                row[protocol] = m
+                rows.append((protocol, f"H2L depth {depth}, {heads} heads", m))
+            out["results"].append(row)
+            console.print(row)
+    path = write_result("vit_ablation", out)
+    console.print(identification_table(sorted(rows, key=lambda x: x[0])))
+    console.print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--models", nargs="+", default=list(MODELS))
+    t.add_argument("--grid", default="l1")
+    t.add_argument("--width", type=int, default=64)
+    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--batch", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true")
+    t.add_argument("--bundle", action="store_true")
+    e = sub.add_parser("eval")
+    e.add_argument("--models", nargs="+", default=list(MODELS))
+    e.add_argument("--k", type=int, default=100)
+    s = sub.add_parser("speed")
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--k", type=int, default=100)
+    s.add_argument("--repeats", type=int, default=2)
+    s.add_argument("--checkpoint", default=None)
+    a = sub.add_parser("ablation")
+    a.add_argument("--depths", type=int, nargs="+", default=[1, 2])
+    a.add_argument("--heads", type=int, nargs="+", default=[1, 4])
+    a.add_argument("--epochs", type=int, default=6)
+    a.add_argument("--width", type=int, default=64)
+    a.add_argument("--grid", default="l1")
+    a.add_argument("--protocols", nargs="+", default=["lfw-1680", "lfw-crop", "lfw-mask"])
+    a.add_argument("--limit", type=int, default=1000)
+    a.add_argument("--k", type=int, default=100)
+    args = ap.parse_args()
+    {"train": train, "eval": evaluate, "speed": speed, "ablation": ablation}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

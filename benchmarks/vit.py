@@ -119,7 +119,7 @@ def vit_alpha(scorers: dict, fold: np.ndarray, gated: bool, queries, cos: np.nda
     alpha = np.zeros((len(fold), 1), dtype=np.float32)
     for f, sc in scorers.items():
         sel = fold != f
-        alpha[sel] = sc.alpha
+        alpha[sel] = sc.meta.get("alpha_gated", sc.alpha) if gated else sc.alpha
         if gated:
             gate = QualityGate(**sc.meta["gate"])
             feats = sc.gate_features(queries.take(np.flatnonzero(sel)), cos[sel], vit[sel])
@@ -159,7 +159,8 @@ def evaluate(args: argparse.Namespace) -> None:
             methods[f"{name.upper()} α={_alphas(scorers)}"] = blend(p.ranking, vit, a, "vit")
             if name == "h2l":
                 ag = vit_alpha(scorers, p.fold, True, p.st.queries, cos, vit)
-                methods[f"H2L α={_alphas(scorers)}, gated"] = blend(p.ranking, vit, ag, "vit")
+                ga = "/".join(f"{scorers[f].meta.get('alpha_gated', 0):g}" for f in FOLDS)
+                methods[f"H2L α={ga}, gated"] = blend(p.ranking, vit, ag, "vit")
                 # EMD + ViT: the mean of the two Stage-2 blends (no new weight fitted)
                 both = 0.5 * (a * vit + (1 - a) * cos) + 0.5 * (0.7 * p.emd + 0.3 * cos)
                 methods["EMD + H2L (mean of blends)"] = blend(p.ranking, both,

@@ -220,3 +220,33 @@ def test_heatmaps(variant: str, method: str, tmp_path) -> None:
     assert path.stat().st_size > 1000
     with pytest.raises(InputError, match="method"):
         explain_pairs(rr, a, b, "gradcam")
+
+
+def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from facerank.rerank.vit_train import train_vit
+    from facerank.train.data import TrainingData
+    from facerank.train.split import identity_fold
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(60), 3)
+    labels = np.concatenate([labels, np.arange(60, 80)])  # 20 one-image people
+    protos = np.abs(rng.normal(size=(80, *GRID))).astype(np.float32)
+    clean = _features(len(labels), 1, protos=protos, labels=labels)
+    crop = _features(len(labels), 2, protos=protos, labels=labels)
+    data = SimpleNamespace(features=clean, extractor=SimpleNamespace(model_id="fake-backbone"))
+    td = TrainingData(data, {"crop": crop}, labels, identity_fold(labels, 0), 0, 1)
+    res = train_vit({"variant": "h2l", "width": 16, "depth": 1, "heads": 2, "embed_dim": 8},
+                    "l1", True, 2, 32, 1e-3, 0, tmp_path / "t.pt", "test", False, td,
+                    variants=("crop",))
+    cfg = res["config"]
+    assert cfg["kind"] == "vit" and cfg["backbone"] == "fake-backbone"
+    assert cfg["split"]["train_fold"] is True and cfg["variants_trained"] == ["crop"]
+    assert 0.0 <= cfg["alpha"] <= 1.0 and len(cfg["measured"]["history"]) == 2
+    train_rows = set(np.flatnonzero(td.fold))
+    assert cfg["n_train_images"] + cfg["n_val_images"] == len(train_rows)
+    rr = Stage2ViT.load(tmp_path / "t.pt", backbone="fake-backbone", gate="auto")
+    assert rr.gate is not None and rr.alpha == cfg["alpha_gated"]
+    with pytest.raises(InputError, match="unknown variants"):
+        train_vit({}, "l1", True, 1, 32, 1e-3, 0, None, "", False, td, variants=("hat",))

@@ -83,12 +83,14 @@ class Stage2ViT:
                              "retrain it with `facerank train vit`") from None
         model = FaceViT(cfg)
         load_into(model, state, path)
-        kw.setdefault("alpha", float(config.get("alpha", 0.5)))
         kw.setdefault("grid", str(config.get("grid", "l2")))
         gate = kw.pop("gate", None)
         if gate == "auto":
             gate = config.get("gate")
             gate = QualityGate(**gate) if isinstance(gate, dict) else None
+        # gated, Stage 2 sees (nearly) only occluded queries: the alpha fitted on those
+        fitted = config.get("alpha_gated") if gate is not None else None
+        kw.setdefault("alpha", float(fitted if fitted is not None else config.get("alpha", 0.5)))
         return cls(model, gate=gate, meta=config, **kw)  # type: ignore[arg-type]
 
     def describe(self) -> str:

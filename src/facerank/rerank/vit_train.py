@@ -41,7 +41,8 @@ from facerank.rerank.gate import QualityGate
 from facerank.rerank.vit import FaceViT, ViTConfig, arcface_logits
 from facerank.search import cosine_topk
 
-KINDS = ("clean", "crop", "mask", "sunglasses")
+VARIANT_ORDER = ("crop", "mask", "sunglasses")
+KINDS = ("clean", *VARIANT_ORDER)
 CLEAN_SHARE = 0.4  # share of clean faces a in training pairs
 VAL_SHARE = 0.15  # training-half people (>= 2 images) held out for alpha / gate / progress
 ALPHAS = tuple(np.round(np.arange(0.0, 1.0001, 0.1), 2))
@@ -76,8 +77,8 @@ def hard_negatives(emb: np.ndarray, labels: np.ndarray, n: int = 10) -> np.ndarr
     return out
 
 
-def draw_pairs(labels: np.ndarray, neighbours: np.ndarray, rng: np.random.Generator
-               ) -> PairBatch:
+def draw_pairs(labels: np.ndarray, neighbours: np.ndarray, rng: np.random.Generator,
+               n_kinds: int = len(KINDS)) -> PairBatch:
     """One positive and one negative pair per row, shuffled (see the module docstring)."""
     r = len(labels)
     order = np.argsort(labels, kind="stable")
@@ -92,14 +93,14 @@ def draw_pairs(labels: np.ndarray, neighbours: np.ndarray, rng: np.random.Genera
     off = rng.integers(0, np.maximum(count - 1, 1))
     off = np.where((count > 1) & (off >= pos_in_group), off + 1, off)
     partner = np.where(count > 1, order[start + off], rows)
-    kind_pos = np.where(rng.random(r) < CLEAN_SHARE, 0, rng.integers(1, len(KINDS), r))
-    kind_pos = np.where(partner == rows, rng.integers(1, len(KINDS), r), kind_pos)
+    kind_pos = np.where(rng.random(r) < CLEAN_SHARE, 0, rng.integers(1, n_kinds, r))
+    kind_pos = np.where(partner == rows, rng.integers(1, n_kinds, r), kind_pos)
     # negatives: a hard neighbour or a random other person
     hard = neighbours[rows, rng.integers(0, neighbours.shape[1], r)]
     rand = rng.integers(0, r, r)
     rand = np.where(labels[rand] == labels, neighbours[rows, 0], rand)
     neg = np.where(rng.random(r) < 0.5, hard, rand)
-    kind_neg = np.where(rng.random(r) < CLEAN_SHARE, 0, rng.integers(1, len(KINDS), r))
+    kind_neg = np.where(rng.random(r) < CLEAN_SHARE, 0, rng.integers(1, n_kinds, r))
     batch = PairBatch(np.concatenate([rows, rows]), np.concatenate([kind_pos, kind_neg]),
                       np.concatenate([partner, neg]),
                       np.concatenate([np.ones(r, bool), np.zeros(r, bool)]))
@@ -122,7 +123,7 @@ def pair_loss(model: FaceViT, arc_weight: torch.Tensor | None, ga: torch.Tensor,
 
 
 class GridTable:
-    """Grids of R images x len(KINDS) kinds, float16 (R, kinds, C, H, W), pooled if asked."""
+    """Grids of R images x kinds (clean first), float16 (R, kinds, C, H, W), pooled if asked."""
 
     def __init__(self, grids: list[np.ndarray], pool: int | None) -> None:
         stacked = np.stack(grids, axis=1)  # (R, K, C, H, W)
@@ -132,6 +133,10 @@ class GridTable:
             t = pool_grid(t.flatten(0, 1).float(), pool).half()
             t = t.view(r, k, *t.shape[1:])
         self.t = t
+
+    @property
+    def n_kinds(self) -> int:
+        return int(self.t.shape[1])
 
     def get(self, rows: np.ndarray, kinds: np.ndarray) -> torch.Tensor:
         return self.t[torch.from_numpy(rows), torch.from_numpy(kinds)].float()
@@ -165,7 +170,7 @@ def fit_epochs(model: FaceViT, table: GridTable, classes: np.ndarray, n_classes:
     for epoch in range(epochs):
         model.train()
         t0 = time.perf_counter()
-        pb = draw_pairs(classes, neighbours, rng)
+        pb = draw_pairs(classes, neighbours, rng, table.n_kinds)
         losses = []
         with progress_bar(progress, f"epoch {epoch + 1}/{epochs}", steps_per_epoch) as advance:
             for s in range(0, len(pb.same), batch):
@@ -209,15 +214,16 @@ def score_table_pairs(model: FaceViT, table: GridTable, ra: np.ndarray, ka: np.n
     return out
 
 
-def val_pairs(labels: np.ndarray, neighbours: np.ndarray, seed: int) -> PairBatch:
+def val_pairs(labels: np.ndarray, neighbours: np.ndarray, seed: int, n_kinds: int
+              ) -> PairBatch:
     """A fixed set of held-out pairs (one positive, one negative per image, seeded)."""
-    return draw_pairs(labels, neighbours, np.random.default_rng(seed + 2000))
+    return draw_pairs(labels, neighbours, np.random.default_rng(seed + 2000), n_kinds)
 
 
 def fit_alpha_gate(model: FaceViT, table: GridTable, rows_val: np.ndarray, labels: np.ndarray,
                    emb: dict[int, np.ndarray], descriptors: dict[int, np.ndarray],
-                   query_grids: dict[int, np.ndarray], k: int = 100,
-                   clean_budget: float = 0.01) -> dict:
+                   query_grids: dict[int, np.ndarray], kinds: tuple[str, ...] = KINDS,
+                   k: int = 100, clean_budget: float = 0.01) -> dict:
     """Blend alpha and quality gate fitted on the held-out people's queries.
 
     Queries: each held-out image clean and as its three variants; gallery: all clean images
@@ -227,15 +233,16 @@ def fit_alpha_gate(model: FaceViT, table: GridTable, rows_val: np.ndarray, label
     """
     labels_all = labels
     per_kind, feats = {}, []
-    for kind in range(len(KINDS)):
+    for kind in range(table.n_kinds):
         q_emb = emb[kind][rows_val]
         rank = cosine_topk(q_emb, emb[0], k, rows_val)  # never the query's own original
-        cand = rank.indices  # (Q, k)
-        vit = score_table_pairs(model, table, np.repeat(rows_val, k),
-                                np.full(len(rows_val) * k, kind), cand.reshape(-1)
-                                ).reshape(len(rows_val), k)
+        cand = rank.indices  # (Q, k'), k' = min(k, gallery size - 1)
+        kk = cand.shape[1]
+        vit = score_table_pairs(model, table, np.repeat(rows_val, kk),
+                                np.full(len(rows_val) * kk, kind), cand.reshape(-1)
+                                ).reshape(len(rows_val), kk)
         match = labels_all[cand] == labels_all[rows_val][:, None]
-        per_kind[KINDS[kind]] = (rank.scores, vit, match)
+        per_kind[kinds[kind]] = (rank.scores, vit, match)
         from facerank.rerank.gate import gate_features, query_features
 
         feats.append(gate_features(rank.scores, vit,
@@ -249,28 +256,40 @@ def fit_alpha_gate(model: FaceViT, table: GridTable, rows_val: np.ndarray, label
             p1[name] = float(match[np.arange(len(top)), top].mean())
         sweep[f"{a:.1f}"] = p1
     best = max(sweep, key=lambda a: np.mean(list(sweep[a].values())))
+    # with the gate, Stage 2 sees (nearly) only occluded queries: alpha for those alone
+    best_gated = max(sweep, key=lambda a: np.mean([v for n, v in sweep[a].items()
+                                                   if n != "clean"]))
     hard = np.concatenate([np.full(len(f), i > 0) for i, f in enumerate(feats)])
     gate = QualityGate.fit(np.concatenate(feats), hard, clean_budget=clean_budget,
                            meta={"trained_on": "held-out people of the ViT's training half: "
                                  "clean queries (easy) vs crop/mask/sunglasses (hard)",
                                  "scores": "vit"})
-    return {"alpha": float(best), "alpha_sweep_p1": sweep, "gate": gate}
+    return {"alpha": float(best), "alpha_gated": float(best_gated), "alpha_sweep_p1": sweep,
+            "gate": gate}
 
 
 def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: int = 12,
               batch: int = 256, lr: float = 1e-3, seed: int = 0, out: Path | None = None,
-              command: str = "", progress: bool = True, data=None) -> dict:  # noqa: ANN001
+              command: str = "", progress: bool = True, data=None,  # noqa: ANN001
+              variants: tuple[str, ...] = VARIANT_ORDER) -> dict:
     """Train one Face-ViT on identity half `train_fold`; writes the checkpoint if `out`."""
     from facerank.train.checkpoint import save_checkpoint
     from facerank.train.data import load_training_data
     from facerank.train.split import describe_split
 
+    unknown = sorted(set(variants) - set(VARIANT_ORDER))
+    if unknown:
+        raise InputError(f"unknown variants {unknown}; choose from {', '.join(VARIANT_ORDER)}")
     torch.manual_seed(seed)
-    td = data if data is not None else load_training_data(progress=progress)
+    td = data if data is not None else load_training_data(kinds=variants, progress=progress)
     grid_name, pool = parse_grid(grid)
     rows, _ = td.rows(train_fold)  # the other half is never read below
     labels = td.labels[rows]
-    sets = [td.clean] + [td.variants[k] for k in KINDS[1:]]
+    variants = tuple(k for k in VARIANT_ORDER if k in td.variants and k in variants)
+    sets = [td.clean] + [td.variants[k] for k in variants]
+    if not variants:
+        raise InputError("Face-ViT training needs at least one occluded variant (crop, mask or "
+                         "sunglasses) for its pairs and its gate")
     if grid_name not in td.clean.grids:
         raise InputError(f"training features have no grid {grid_name!r}")
     table = GridTable([fs.grids[grid_name][rows] for fs in sets], pool)
@@ -287,7 +306,7 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     n_classes = int(classes.max()) + 1
     neighbours = hard_negatives(emb[0][tr], labels[tr])
     va_nb = hard_negatives(emb[0][va], labels[va])
-    vp = val_pairs(labels[va], va_nb, seed)
+    vp = val_pairs(labels[va], va_nb, seed, len(sets))
     va_table = GridTable([fs.grids[grid_name][rows[va]] for fs in sets], pool)
 
     def on_epoch(m: FaceViT) -> dict:
@@ -303,15 +322,17 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     model.eval()
     fitted = fit_alpha_gate(model, table, va, labels, emb,
                             {i: fs.descriptors[rows] for i, fs in enumerate(sets)},
-                            {i: fs.grids[grid_name][rows] for i, fs in enumerate(sets)})
-    q_emb = np.stack([emb[k][va] for k in range(len(KINDS))])  # (kinds, V, D)
+                            {i: fs.grids[grid_name][rows] for i, fs in enumerate(sets)},
+                            ("clean", *variants))
+    q_emb = np.stack([emb[k][va] for k in range(len(sets))])  # (kinds, V, D)
     cos_val = np.einsum("pd,pd->p", q_emb[vp.kind_a, vp.row_a], emb[0][va][vp.row_b])
     config = {
         "kind": "vit", "backbone": td.data.extractor.model_id, "model": cfg.to_dict(),
-        "grid": grid, "alpha": fitted["alpha"],
+        "grid": grid, "alpha": fitted["alpha"], "alpha_gated": fitted["alpha_gated"],
         "gate": fitted["gate"].__dict__ if fitted["gate"] is not None else None,
         "command": command, "seed": seed, "split": describe_split(train_fold, td.split_seed),
-        "data": td.describe(), "n_classes": n_classes, "n_train_images": int(len(tr)),
+        "data": td.describe(), "variants_trained": list(variants), "n_classes": n_classes,
+        "n_train_images": int(len(tr)),
         "n_val_images": int(len(va)), "epochs": epochs, "batch": batch, "lr": lr,
         "loss": "arcface s=30 m=0.5" if cfg.variant != "h2" else "bce on [CLS]",
         "measured": {"history": history, "train_seconds": train_seconds,
@@ -345,6 +366,8 @@ def register(train_app: typer.Typer) -> None:
                                                 "True of facerank.train.split).")] = 1,
         seed: Annotated[int, typer.Option(help="Seed of model, pairs and held-out people.")
                         ] = 0,
+        variants: Annotated[str, typer.Option(help="Occluded variants to train on, comma-"
+                                              "separated.")] = "crop,mask,sunglasses",
     ) -> None:
         """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
         from rich.console import Console
@@ -356,7 +379,8 @@ def register(train_app: typer.Typer) -> None:
         command = "facerank train vit " + " ".join(shlex.quote(a) for a in sys.argv[3:])
         res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
                          "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
-                        seed, out, command)
+                        seed, out, command,
+                        variants=tuple(v.strip() for v in variants.split(",") if v.strip()))
         m = res["config"]["measured"]
         Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
                         f"{m['history'][-1]['val_auc']:.4f} (cosine "

@@ -28,13 +28,20 @@ from benchmarks.common import write_result
 from benchmarks.stage2 import Prepared, cross_fitted, emd_cached, fit_gate, prepare
 from facerank.eval import metrics
 from facerank.eval.lfw import load_pairs
-from facerank.eval.protocols import IDENTIFICATION, EvalData, _retrieval
+from facerank.eval.protocols import (
+    IDENTIFICATION,
+    OCCLUSION_OF,
+    EvalData,
+    IdentificationSetup,
+    _retrieval,
+    occluded_queries,
+)
 from facerank.eval.report import identification_table, verification_table
 from facerank.paths import cache_root
 from facerank.rerank.emd_reranker import Stage2EMD
 from facerank.rerank.gate import QualityGate
 from facerank.rerank.vit_reranker import DEFAULT_CHECKPOINT, Stage2ViT
-from facerank.search import Ranking
+from facerank.search import Ranking, cosine_topk
 from facerank.train.checkpoint import read_config
 from facerank.train.split import identity_fold
 
@@ -102,6 +109,35 @@ def vit_cached(name: str, st, ranking: Ranking, fold: np.ndarray, tag: str, k: i
     return vit, seconds, scorers
 
 
+def prepare_subset(data: EvalData, protocol: str, limit: int | None, seed: int, k: int):  # noqa: ANN201
+    """`benchmarks.stage2.prepare` on a seeded subset of the 9,164 queries (the subset
+    `setup_identification(limit=...)` takes), building occluded features for that subset only
+    (each image's occlusion is seeded by its own id, so they equal the full set's rows)."""
+    if limit is None or protocol == "lfw-1680" or _full_set_cached(data, protocol, seed):
+        return prepare(data, protocol, limit, seed, k)
+    lfw = data.lfw
+    all_queries = lfw.people_with_at_least(2)
+    pick = np.sort(np.random.default_rng(seed).choice(len(all_queries), limit, replace=False))
+    query_index = all_queries[pick]
+    queries = occluded_queries(data, OCCLUSION_OF[protocol], query_index, seed, True)
+    st = IdentificationSetup(protocol, queries, lfw.labels[query_index], data.features,
+                             lfw.labels, query_index.copy(), query_index, {"limit": limit}, 0.0)
+    rel = st.gallery_labels[None, :] == st.query_labels[:, None]
+    r = rel.sum(axis=1) - (st.gallery_labels[st.exclude] == st.query_labels)
+    ranking = cosine_topk(st.queries.embeddings, st.gallery.embeddings, int(max(r.max(), k)),
+                          st.exclude)
+    return st, ranking, r
+
+
+def _full_set_cached(data: EvalData, protocol: str, seed: int) -> bool:
+    fx = data.extractor
+    if fx.cache_dir is None:
+        return False
+    folder = fx.cache_dir.parent.parent / "protocols" / fx.config_digest
+    n = len(data.lfw.people_with_at_least(2))
+    return any(folder.glob(f"{OCCLUSION_OF[protocol]}-v*-seed{seed}-n{n}-*.npz"))
+
+
 def blend(ranking: Ranking, score: np.ndarray, alpha: np.ndarray, name: str) -> Ranking:
     """Re-order the first k columns by alpha (Q, 1) * score + (1 - alpha) * cosine."""
     k = score.shape[1]
@@ -134,7 +170,7 @@ def evaluate(args: argparse.Namespace) -> None:
     prepared: dict[str, Prepared] = {}
     vits: dict[str, dict] = {}
     for protocol in IDENTIFICATION:
-        st, ranking, r = prepare(data, protocol, None, 0, k)
+        st, ranking, r = prepare_subset(data, protocol, args.limit, 0, k)
         tag = f"{protocol}-s0-n{len(st.query_index)}-k{k}"
         emd_rr = Stage2EMD(grid="l2", weighting="apc", alpha=0.7, k=k)
         emd, seconds = emd_cached(emd_rr, st, ranking, tag)
@@ -264,10 +300,8 @@ def ablation(args: argparse.Namespace) -> None:
     first_half = identity_fold(data.lfw.labels, 0)
     setups = {}
     for protocol in args.protocols:
-        st, ranking, r = prepare(data, protocol, None, 0, args.k)
+        st, ranking, r = prepare_subset(data, protocol, args.limit, 0, args.k)
         sel = np.flatnonzero(~first_half[st.query_index])  # test people of a fold-1 model
-        if args.limit:
-            sel = np.sort(np.random.default_rng(0).choice(sel, args.limit, replace=False))
         setups[protocol] = (st, ranking, r, sel)
     out, rows = {"settings": vars(args), "results": []}, []
     for depth in args.depths:
@@ -301,6 +335,49 @@ def ablation(args: argparse.Namespace) -> None:
     console.print(f"wrote {path}")
 
 
+def heatmaps(args: argparse.Namespace) -> None:
+    """docs/img/vit-heatmap-{correct,wrong}.png: the bundled H2L's relevance heatmaps for its
+    top-1 on masked queries of people it never saw (fold-0 people; it trained on fold 1)."""
+    from facerank.align import extract_chip
+    from facerank.eval.occlusion import occlude
+    from facerank.explain.vit_heatmap import render_vit_pair
+    from facerank.imageio import load_image
+
+    data = EvalData.load()
+    scorer = Stage2ViT.load(DEFAULT_CHECKPOINT, k=args.k)
+    st, ranking, _ = prepare_subset(data, args.protocol, args.limit, 0, args.k)
+    test = ~identity_fold(data.lfw.labels, 0)[st.query_index]  # people the model never saw
+    sel = np.flatnonzero(test)[: args.n]
+    q = st.queries.take(sel)
+    rk = Ranking(ranking.indices[sel], ranking.scores[sel],
+                 {"stage1": ranking.stage_scores["stage1"][sel]})
+    out = scorer.rerank(q, st.gallery, rk)
+    top = out.indices[:, 0]
+    ok = st.gallery_labels[top] == st.query_labels[sel]
+    s1_ok = st.gallery_labels[rk.indices[:, 0]] == st.query_labels[sel]
+    picks = {"correct": np.flatnonzero(ok & ~s1_ok), "wrong": np.flatnonzero(~ok)}
+    picks["correct"] = picks["correct"] if len(picks["correct"]) else np.flatnonzero(ok)
+    kind = OCCLUSION_OF.get(args.protocol)
+    rel = [str(p.relative_to(data.lfw.root)) for p in data.lfw.paths]
+    for name, rows in picks.items():
+        if not len(rows):
+            console.print(f"no {name} match among {len(sel)} queries")
+            continue
+        i = int(rows[0])
+        li = int(st.query_index[sel[i]])
+        chip = extract_chip(load_image(data.lfw.paths[li]), data.features.landmarks5[li])
+        if kind:
+            chip = occlude(kind, chip[None], data.features.chip_landmarks68[[li]], 0,
+                           ids=[rel[li]])[0]
+        g = int(top[i])
+        path = Path("docs/img") / f"vit-heatmap-{name}.png"
+        who = (data.lfw.names[st.query_labels[sel[i]]], data.lfw.names[st.gallery_labels[g]])
+        render_vit_pair(q.take([i]), st.gallery.take([g]), path, scorer, chip_a=chip,
+                        labels=(f"query ({args.protocol}): {who[0]}", f"H2L top-1: {who[1]}"),
+                        title=f"{name} match   ")
+        console.print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -317,6 +394,8 @@ def main() -> None:
     e = sub.add_parser("eval")
     e.add_argument("--models", nargs="+", default=list(MODELS))
     e.add_argument("--k", type=int, default=100)
+    e.add_argument("--limit", type=int, default=1000,
+                   help="seeded queries per protocol (the 2-core machine's budget)")
     s = sub.add_parser("speed")
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--k", type=int, default=100)
@@ -331,8 +410,14 @@ def main() -> None:
     a.add_argument("--protocols", nargs="+", default=["lfw-1680", "lfw-crop", "lfw-mask"])
     a.add_argument("--limit", type=int, default=1000)
     a.add_argument("--k", type=int, default=100)
+    h = sub.add_parser("heatmaps")
+    h.add_argument("--protocol", default="lfw-mask")
+    h.add_argument("--limit", type=int, default=1000)
+    h.add_argument("--n", type=int, default=200, help="test-identity queries searched")
+    h.add_argument("--k", type=int, default=100)
     args = ap.parse_args()
-    {"train": train, "eval": evaluate, "speed": speed, "ablation": ablation}[args.cmd](args)
+    {"train": train, "eval": evaluate, "speed": speed, "ablation": ablation,
+     "heatmaps": heatmaps}[args.cmd](args)
 
 
 if __name__ == "__main__":

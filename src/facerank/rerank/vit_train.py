@@ -223,7 +223,7 @@ def val_pairs(labels: np.ndarray, neighbours: np.ndarray, seed: int, n_kinds: in
 def fit_alpha_gate(model: FaceViT, table: GridTable, rows_val: np.ndarray, labels: np.ndarray,
                    emb: dict[int, np.ndarray], descriptors: dict[int, np.ndarray],
                    query_grids: dict[int, np.ndarray], kinds: tuple[str, ...] = KINDS,
-                   k: int = 100, clean_budget: float = 0.01) -> dict:
+                   k: int = 50, clean_budget: float = 0.01) -> dict:
     """Blend alpha and quality gate fitted on the held-out people's queries.
 
     Queries: each held-out image clean and as its three variants; gallery: all clean images

@@ -170,7 +170,7 @@ def evaluate(args: argparse.Namespace) -> None:
     k = args.k
     prepared: dict[str, Prepared] = {}
     vits: dict[str, dict] = {}
-    for protocol in IDENTIFICATION:
+    for protocol in args.protocols:
         st, ranking, r = prepare_subset(data, protocol, args.limit, 0, k)
         tag = f"{protocol}-s0-n{len(st.query_index)}-k{k}"
         emd_rr = Stage2EMD(grid="l2", weighting="apc", alpha=0.7, k=k)
@@ -228,8 +228,10 @@ def evaluate(args: argparse.Namespace) -> None:
             out["results"].append({"protocol": protocol, "method": method, "all": m_all,
                                    **per_fold})
         console.print(identification_table([x for x in rows if x[0] == protocol]))
-    out["pairs"] = pairs_eval(data, first_half, args.models)
-    path = write_result("vit_eval", out)
+    if args.pairs:
+        out["pairs"] = pairs_eval(data, first_half, args.models)
+    name = "vit_eval" + ("" if args.models == ["h2l"] else "_" + "_".join(args.models))
+    path = write_result(name, out)
     console.print(identification_table(rows))
     console.print(f"wrote {path}")
 
@@ -413,6 +415,8 @@ def main() -> None:
     e = sub.add_parser("eval")
     e.add_argument("--models", nargs="+", default=["h2l"])
     e.add_argument("--k", type=int, default=100)
+    e.add_argument("--protocols", nargs="+", default=list(IDENTIFICATION))
+    e.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True)
     e.add_argument("--limit", type=int, default=1000,
                    help="seeded queries per protocol (the 2-core machine's budget)")
     s = sub.add_parser("speed")

@@ -231,6 +231,8 @@ def evaluate(args: argparse.Namespace) -> None:
     if args.pairs:
         out["pairs"] = pairs_eval(data, first_half, args.models)
     name = "vit_eval" + ("" if args.models == ["h2l"] else "_" + "_".join(args.models))
+    if list(args.protocols) != list(IDENTIFICATION):
+        name += "_" + "_".join(p.removeprefix("lfw-") for p in args.protocols)
     path = write_result(name, out)
     console.print(identification_table(rows))
     console.print(f"wrote {path}")

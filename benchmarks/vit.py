@@ -1,10 +1,22 @@
 """Face-ViT Stage 2 (H2L, H2, H1) vs Stage 1 and DeepFace-EMD, identity-disjoint, both folds.
 
-    python -m benchmarks.vit train                 # H2L, H2, H1 on each identity half
-    python -m benchmarks.vit train --bundle        # ... and ship fold-1 H2L as the default
-    python -m benchmarks.vit eval                  # 4 identification protocols + pairs
-    python -m benchmarks.vit speed                 # ViT vs EMD, 1,000 queries x top-100
-    python -m benchmarks.vit ablation              # depth x heads, trained on fold 1
+Checkpoints live under `<cache>/vit/NAME-fold{0,1}.pt`; they were made with (one torch thread,
+OMP_NUM_THREADS=1, as on the busy 2-core machine):
+
+    facerank train vit --variants crop --train-fold {1,0} --epochs 5 \
+        --out <cache>/vit/h2l-fold{1,0}.pt
+    facerank train vit --variants crop,mask --train-fold {1,0} --epochs 5 \
+        --out <cache>/vit/h2lcm-fold{1,0}.pt
+    facerank train vit --variant {h2,h1} --variants crop --train-fold 1 --epochs 5 \
+        --out <cache>/vit/{h2,h1}-fold1.pt
+    facerank train vit --variants crop --train-fold 1 --epochs 3 --depth D --heads H \
+        --out <cache>/vit/h2l-abl-dDhH-e3-fold1.pt
+    (or `python -m benchmarks.vit train`, which runs the first kind for both folds)
+
+    python -m benchmarks.vit eval [--models h2l h2lcm]  # 4 protocols + pairs, 1,000 queries each
+    python -m benchmarks.vit ablation                   # H2L/H2/H1, depth x heads (fold-1 models)
+    python -m benchmarks.vit speed                      # ViT vs EMD, 1,000 queries x top-100
+    python -m benchmarks.vit heatmaps                   # docs/img/vit-heatmap-*.png
 
 Every model trained on identity half f (`facerank.train.split.identity_fold`, seed 0) scores
 only the queries (and pairs) of people in the other half, so each query is scored by exactly

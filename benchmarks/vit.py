@@ -177,6 +177,9 @@ def vit_alpha(scorers: dict, fold: np.ndarray, gated: bool, queries, cos: np.nda
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    if "lfw-1680" not in args.protocols or len(args.protocols) < 2:
+        raise SystemExit("eval needs lfw-1680 and an occluded protocol: the gates are fitted "
+                         "on clean (easy) vs occluded (hard) queries of the other half")
     data = EvalData.load()
     first_half = identity_fold(data.lfw.labels, 0)
     k = args.k

@@ -250,3 +250,28 @@ def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
     assert rr.gate is not None and rr.alpha == cfg["alpha_gated"]
     with pytest.raises(InputError, match="unknown variants"):
         train_vit({}, "l1", True, 1, 32, 1e-3, 0, None, "", False, td, variants=("hat",))
+
+
+def test_vit_plus_emd_is_the_mean_of_both_blends(tmp_path) -> None:
+    from facerank.rerank.emd_reranker import Stage2EMD
+
+    def both_grids(n: int, seed: int) -> FeatureSet:
+        fs = _features(n, seed)
+        fs.grids["l2"] = _features(n, seed + 100, (16, 8, 8)).grids["l1"]
+        return fs
+
+    gallery, queries = both_grids(20, 1), both_grids(4, 2)
+    m = _model()
+    save_checkpoint(tmp_path / "v.pt", m, {"kind": "vit", "backbone": "x",
+                                           "model": m.cfg.to_dict(), "grid": "l1",
+                                           "alpha": 0.3})
+    rr = make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), k=8)
+    ranking = cosine_topk(queries.embeddings, gallery.embeddings, 10)
+    out = rr.rerank(queries, gallery, ranking)
+    cand = ranking.indices[:, :8]
+    vit = Stage2ViT.load(tmp_path / "v.pt").vit_scores(queries, gallery, cand)
+    emd = Stage2EMD(alpha=0.7, k=8).emd_scores(queries, gallery, cand)
+    cos = ranking.scores[:, :8]
+    want = 0.5 * (0.3 * vit + 0.7 * cos) + 0.5 * (0.7 * emd + 0.3 * cos)
+    assert np.allclose(np.sort(out.scores[:, :8], axis=1), np.sort(want, axis=1), atol=1e-5)
+    assert np.all(np.diff(out.scores[:, :8], axis=1) <= 1e-6)

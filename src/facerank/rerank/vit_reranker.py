@@ -323,3 +323,66 @@ def _relevance(m: FaceViT, method: str, batch: int, one_image: bool) -> np.ndarr
 def _unit_max(x: np.ndarray) -> np.ndarray:
     x = x - x.min(axis=1, keepdims=True)
     return x / np.maximum(x.max(axis=1, keepdims=True), 1e-12)
+
+
+class Stage2ViTEMD:
+    """EMD and Face-ViT together: the mean of the two Stage-2 blends, for the queries the
+    ViT's gate sends to Stage 2 (the others keep their Stage-1 order).
+
+        final = 0.5 * (a_v * vit + (1 - a_v) * cos) + 0.5 * (a_e * emd + (1 - a_e) * cos)
+
+    Measured on test identities (docs/results.md, Face-ViT section) it beat both the gated
+    EMD and the gated ViT on clean, crop and mask queries; no weight here is fitted on them.
+    """
+
+    name = "vit+emd"
+
+    def __init__(self, vit: Stage2ViT, emd: object) -> None:
+        self.vit, self.emd = vit, emd
+        self.k = min(vit.k, emd.k)  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        return f"mean of [{self.vit.describe()}] and [{self.emd.describe()}]"  # type: ignore[attr-defined]
+
+    def score_pairs(self, a: FeatureSet, b: FeatureSet) -> np.ndarray:
+        return 0.5 * (self.vit.score_pairs(a, b) + self.emd.score_pairs(a, b))  # type: ignore[attr-defined]
+
+    def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
+               progress: bool = False) -> Ranking:
+        n_q = ranking.num_queries
+        if n_q != len(queries):
+            raise InputError(f"ranking has {n_q} rows but {len(queries)} queries were given")
+        k = min(self.k, ranking.k)
+        if k == 0 or n_q == 0:
+            return ranking
+        cand = ranking.indices[:, :k]
+        vit = self.vit.vit_scores(queries, gallery, cand, progress)
+        emd = self.emd.emd_scores(queries, gallery, cand, progress)  # type: ignore[attr-defined]
+        cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
+        use = np.ones((n_q, 1), dtype=bool)
+        if self.vit.gate is not None and k >= 2:
+            use[:, 0] = self.vit.gate.use_stage2(self.vit.gate_features(queries, cos, vit))
+        av, ae = self.vit.alpha, self.emd.alpha  # type: ignore[attr-defined]
+        both = 0.5 * (av * vit + (1 - av) * cos) + 0.5 * (ae * emd + (1 - ae) * cos)
+        final = np.where(use, both, cos)
+        order = np.argsort(-final, axis=1, kind="stable")
+        rows = np.arange(n_q)[:, None]
+        out = ranking.reorder(order, final[rows, order], "vit", vit)
+        emd_full = np.full(ranking.indices.shape, np.nan, dtype=np.float32)
+        emd_full[:, :k] = emd[rows, order]
+        out.stage_scores["emd"] = emd_full
+        return out
+
+
+@register_stage2("vit+emd")
+def _make_both(checkpoint: str | None = None, k: int = 100, gate: str | None = "auto",
+               device: str = "cpu", backbone: str | None = None, alpha: float | None = None,
+               grid: str | None = None, weighting: str | None = None) -> Stage2ViTEMD:
+    """EMD (l2, APC, alpha 0.7 unless given) and the bundled Face-ViT, gated by the ViT's
+    gate ("none": every query)."""
+    from facerank.rerank.emd_reranker import Stage2EMD
+
+    vit = _make(checkpoint=checkpoint, k=k, gate=gate, device=device, backbone=backbone)
+    emd = Stage2EMD(grid=grid or "l2", weighting=weighting or "apc",
+                    alpha=0.7 if alpha is None else alpha, k=k, device=device)
+    return Stage2ViTEMD(vit, emd)

@@ -117,7 +117,7 @@ def test_bad_options() -> None:
     with pytest.raises(InputError, match="unknown grid"):
         Stage2EMD(grid="conv5")
     with pytest.raises(InputError, match="unknown Stage-2 method"):
-        make_stage2("vit")
+        make_stage2("no-such-method")
     assert "emd" in stage2_names() and "none" in stage2_names()
     assert make_stage2("none") is None
 

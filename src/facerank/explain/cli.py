@@ -21,8 +21,19 @@ def explain_command(
     weighting: Annotated[str, typer.Option(help="uniform, apc, cc, sc or lmk.")] = "apc",
     alpha: Annotated[float, typer.Option(help="Final = alpha*EMD + (1-alpha)*cosine.")] = 0.7,
     faces: Annotated[str, typer.Option("--faces", help="largest, center or strict.")] = "largest",
+    method: Annotated[str, typer.Option(help="emd (flows) or vit (Face-ViT relevance "
+                                        "heatmaps).")] = "emd",
+    checkpoint: Annotated[Path | None, typer.Option(help="Face-ViT checkpoint (--method vit; "
+                                                    "default: the bundled one).")] = None,
 ) -> None:
-    """Explain why two faces match: chips, patch weights and the strongest EMD flows."""
+    """Explain why two faces match: EMD flows and patch weights, or Face-ViT heatmaps."""
+    if method == "vit":
+        _explain_vit(a, b, out_path, faces, checkpoint)
+        return
+    if method != "emd":
+        from facerank.errors import InputError
+
+        raise InputError(f"unknown explanation method {method!r}; choose emd or vit")
     from rich.console import Console
 
     from facerank.cli import make_extractor
@@ -41,3 +52,22 @@ def explain_command(
                                       probe_label(b.name, fb.det_source, fb.det_score)))
     Console().print(f"cosine {flows.cosine[0]:.4f}  EMD {flows.emd[0]:.4f}  final "
                     f"{flows.final[0]:.4f}  ->  wrote {path}")
+
+
+def _explain_vit(a: Path, b: Path, out_path: Path, faces: str, checkpoint: Path | None) -> None:
+    """`--method vit`: Chefer et al. relevance of both faces' patches for the ViT score."""
+    from rich.console import Console
+
+    from facerank.cli import make_extractor
+    from facerank.explain.vit_heatmap import render_vit_pair
+    from facerank.features import FeatureSet
+    from facerank.rerank.vit_reranker import DEFAULT_CHECKPOINT, Stage2ViT
+
+    fx = make_extractor(faces=faces)
+    scorer = Stage2ViT.load(checkpoint or DEFAULT_CHECKPOINT, backbone=fx.model_id)
+    fx.grid_names = tuple(dict.fromkeys((*fx.grid_names, scorer.grid_name)))
+    fa, fb = fx.extract_file(a), fx.extract_file(b)
+    path, heat = render_vit_pair(FeatureSet.stack([fa]), FeatureSet.stack([fb]), out_path,
+                                 scorer, labels=(a.name, b.name))
+    Console().print(f"cosine {heat.cosine[0]:.4f}  ViT {heat.score[0]:.4f}  final "
+                    f"{heat.final[0]:.4f}  ->  wrote {path}")

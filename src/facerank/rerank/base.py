@@ -75,3 +75,4 @@ def make_stage2(name: str, **options: object) -> Reranker | None:
 
 def _load_builtin() -> None:
     import facerank.rerank.emd_reranker  # noqa: F401 - registers "emd"
+    import facerank.rerank.vit_reranker  # noqa: F401 - registers "vit"

@@ -6,7 +6,8 @@ normalised to sum 1; the plan T minimises <T, C> - eps * H(T) under those margin
 EMD similarity is sum(T * (1 - C)) = sum(T * cos).
 
 How it is fast (DESIGN.md §5 "speed facts"; benchmarks/rerank.py measures it):
-- pairs are solved chunk by chunk (by default 4 MiB of kernels: 256 pairs of 8x8 grids), each
+- pairs are solved chunk by chunk (by default 4 MiB of kernels: 256 pairs of 8x8 grids, on
+  an accelerator 32,768 pairs: `facerank.rerank.device`), each
   chunk from start to finish while its kernels sit in cache, instead of streaming every
   kernel from RAM on every iteration; on the CPU torch.get_num_threads() workers take chunks
   as they come free and run each from its cosines to its scores (numpy and torch release
@@ -42,10 +43,12 @@ import torch
 import torch.nn.functional as F
 
 from facerank.errors import InputError
+from facerank.rerank.device import GPU_CHUNK_PAIRS
 from facerank.rerank.weights import apc_from_cosine, sc
 
 OMEGA = 1.5  # default over-relaxation of the Sinkhorn steps (1 = plain; see _iterate_xp)
-CHUNK_BYTES = 4 << 20  # default chunk: 4 MiB of kernels (256 pairs of 64 x 64 float32)
+CHUNK_BYTES = 4 << 20  # default chunk: 4 MiB of kernels (256 pairs of 64 x 64 float32) on the CPU;
+# on an accelerator GPU_CHUNK_PAIRS pairs (facerank.rerank.device)
 _EXP_RANGE = 50.0  # largest (row cost spread) / eps solved in the exp domain (e^-50 ~ 2e-22)
 _WORKERS: int | None = None  # chunks iterated at once on the CPU (None: torch.get_num_threads())
 _SAFEGUARD_SPAN = 10  # iterations over which an over-relaxed pair's error must shrink
@@ -338,6 +341,8 @@ def _solve_chunks(n_pairs: int, chunk_size: int | None, gain_of: Callable[[int, 
     another's slow chunk.
     """
     workers = min(_WORKERS or torch.get_num_threads(), 16) if a.device.type == "cpu" else 1
+    if chunk_size is None and a.device.type != "cpu":  # an accelerator wants many pairs
+        chunk_size = GPU_CHUNK_PAIRS  # H200: 1.3 us/pair vs 38.6 with CHUNK_BYTES chunks
     if chunk_size is None:  # CHUNK_BYTES of kernels, but at least one chunk per worker
         pair_bytes = a.shape[1] * b.shape[1] * a.element_size()
         chunk_size = max(8, min(4096, CHUNK_BYTES // max(pair_bytes, 1),

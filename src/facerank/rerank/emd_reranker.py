@@ -20,6 +20,7 @@ from facerank.features import FeatureSet
 from facerank.progress import progress_bar
 from facerank.rerank import weights as W
 from facerank.rerank.base import register_stage2
+from facerank.rerank.device import CPU_EMD_CALL_PAIRS, default_chunk_pairs, pick_device
 from facerank.rerank.emd import (
     emd_rerank_scores,
     emd_similarity_from_cosine,
@@ -63,8 +64,8 @@ class Stage2EMD:
 
     def __init__(self, grid: str = "l2", weighting: str = "apc", alpha: float = 0.7,
                  k: int = 100, eps: float = 0.05, max_iter: int = 100,
-                 chunk_pairs: int = 4096, fc_weight: torch.Tensor | None = None,
-                 gate: QualityGate | str | None = None) -> None:
+                 chunk_pairs: int | None = None, fc_weight: torch.Tensor | None = None,
+                 gate: QualityGate | str | None = None, device: str = "cpu") -> None:
         if weighting not in W.WEIGHTINGS:
             raise InputError(f"unknown weighting {weighting!r}; choose from "
                              f"{', '.join(W.WEIGHTINGS)}")
@@ -79,7 +80,9 @@ class Stage2EMD:
         self.k = int(k)
         self.eps = eps
         self.max_iter = max_iter
-        self.chunk_pairs = chunk_pairs
+        self.device = pick_device(device)  # re-ranking runs there; chunk size follows it
+        self.chunk_pairs = int(chunk_pairs or default_chunk_pairs(self.device,
+                                                                  CPU_EMD_CALL_PAIRS))
         self._fc_weight = fc_weight
         self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
 
@@ -126,6 +129,7 @@ class Stage2EMD:
         chunk by chunk), or float32 pooled if the grid name asks."""
         self._check_grid(fs)
         g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][index]))
+        g = g.to(self.device)
         return pool_grid(g.float(), self.pool) if self.pool else g
 
     def grid_hw(self, fs: FeatureSet) -> tuple[int, int]:
@@ -219,15 +223,19 @@ class Stage2EMD:
             cw = W.landmark_density(_landmarks(gf, uniq), self.grid_hw(gf))  # (U, M)
             qw, cw = qw.unsqueeze(1).expand(n_q, k, -1), cw[inv]
         elif self.weighting == "cc":  # each face projected once, then correlated per pair
-            qp = W.fc_project(grid_to_patches(qg.float()), self.fc_weight)  # (Q, N, D)
-            cp = W.fc_project(grid_to_patches(cg.float()), self.fc_weight)  # (U, M, D)
-            qd = torch.from_numpy(qf.descriptors[rows]).float()  # (Q, D)
-            cd = torch.from_numpy(gf.descriptors[uniq]).float()  # (U, D)
-            qw, cw = W.cc_from_projected(qp.unsqueeze(1), cp[inv], qd.unsqueeze(1), cd[inv])
+            fc, dev = self.fc_weight.to(self.device), self.device
+            qp = W.fc_project(grid_to_patches(qg.float()), fc)  # (Q, N, D)
+            cp = W.fc_project(grid_to_patches(cg.float()), fc)  # (U, M, D)
+            qd = torch.from_numpy(qf.descriptors[rows]).float().to(dev)  # (Q, D)
+            cd = torch.from_numpy(gf.descriptors[uniq]).float().to(dev)  # (U, D)
+            iv = inv.to(dev)
+            qw, cw = W.cc_from_projected(qp.unsqueeze(1), cp[iv], qd.unsqueeze(1), cd[iv])
         in_chunks = self.weighting if self.weighting in ("apc", "sc") else None
+        if qw is not None:
+            qw, cw = qw.to(self.device), cw.to(self.device)
         return emd_rerank_scores(qg, cg, qw, cw, self.eps, self.max_iter,
-                                 cand_index=inv,
-                                 weighting=in_chunks).numpy()
+                                 cand_index=inv.to(self.device),
+                                 weighting=in_chunks).cpu().numpy()
 
     def gate_features(self, queries: FeatureSet, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
         """(Q, F) gate inputs: Stage-1 cos (Q, k) and emd (Q, k) of the same candidates."""

@@ -202,6 +202,7 @@ class SearchService:
         from facerank.calibrate.cli import build as build_calibrator
 
         self.calibrator = build_calibrator(calibrate, None, self.extractor.model_id)
+        self._vit: Any = None  # Face-ViT scorer for heatmaps, loaded on first use
         self.lock = threading.Lock()  # dlib, torch and matplotlib state: one request at a time
         self._ids: tuple[str, dict[int, str]] = ("", {})
         self._thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
@@ -311,6 +312,8 @@ class SearchService:
                 explanation, explain_note = self._explain(probe, image, face.landmarks5,
                                                           results[0], name, face.det_source,
                                                           face.det_score)
+            explanation_vit = (self._explain_vit(probe, image, face.landmarks5, results[0])
+                               if explain and results else None)
             t4 = time.perf_counter()
         stage2_name = getattr(self.reranker, "name", None)
         image_url, _ = _jpeg_data_url(image, PROBE_SIDE)
@@ -336,6 +339,7 @@ class SearchService:
                 "confidence": r.confidence, "confidences": r.confidences,
             } for r in results],
             "explanation": explanation, "explanation_note": explain_note,
+            "explanation_vit": explanation_vit,
             "timings_ms": {"decode": round(1e3 * (t1 - t0), 1),
                            "extract": round(1e3 * (t2 - t1), 1),
                            "search": round(1e3 * (t3 - t2), 1),
@@ -367,6 +371,29 @@ class SearchService:
         except (FacerankError, OSError, ValueError) as e:
             return None, f"could not render the explanation ({e})"
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii"), note
+
+
+    def _explain_vit(self, probe: FeatureSet, image: np.ndarray, landmarks5: np.ndarray,
+                     top: Any) -> str | None:
+        """Face-ViT relevance heatmaps of the top-1 match as a data URL, beside the flows;
+        None when no checkpoint for this backbone ships (the page then shows the flows only).
+        """
+        try:
+            from facerank.align import extract_chip
+            from facerank.explain.vit_heatmap import render_vit_pair
+            from facerank.rerank.vit_reranker import Stage2ViT
+
+            if self._vit is None:
+                self._vit = Stage2ViT.load(backbone=self.extractor.model_id)
+            cand = self.gallery.features(grids=True).take([top.row])
+            with tempfile.TemporaryDirectory(prefix="facerank-explain-") as tmp:
+                path, _ = render_vit_pair(probe, cand, Path(tmp) / "vit.png", self._vit,
+                                          chip_a=extract_chip(image, landmarks5),
+                                          labels=("probe", f"#1 {top.identity}"))
+                png = _trim_white(Path(path).read_bytes())
+        except (ImportError, FacerankError, OSError, ValueError):
+            return None
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _trim_white(png: bytes, pad: int = 8) -> bytes:

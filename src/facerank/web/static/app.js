@@ -210,6 +210,8 @@ function render(data) {
     $("explain-img").src = data.explanation;
     $("explain-note").textContent = data.explanation_note || "";
     $("explain").hidden = false;
+    $("explain-vit").hidden = !data.explanation_vit;
+    if (data.explanation_vit) $("explain-vit-img").src = data.explanation_vit;
   } else {
     $("explain").hidden = true;
     $("explain-img").removeAttribute("src");

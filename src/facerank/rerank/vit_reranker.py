@@ -1,0 +1,388 @@
+"""Face-ViT Stage 2: re-rank the Stage-1 top-k by a trained two-image transformer (`vit.py`).
+
+    final = alpha * ViT-score + (1 - alpha) * cosine       (as Face-ViT re-uses EMD's blend)
+
+alpha is the one the checkpoint's training fitted on held-out training identities (its JSON
+records it). Each query's and each distinct candidate's patch tokens are projected once per
+chunk; the pairs then run through the transformer `chunk_pairs` at a time (1,024 on the CPU,
+32,768 on an accelerator: `device.default_chunk_pairs`). An optional quality gate (the same
+logistic gate as EMD's, on the ViT's score list instead of EMD's) keeps clean queries in their
+Stage-1 order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facerank.errors import InputError
+from facerank.features import FeatureSet
+from facerank.progress import progress_bar
+from facerank.rerank.base import register_stage2
+from facerank.rerank.device import CPU_VIT_CHUNK_PAIRS, default_chunk_pairs, pick_device
+from facerank.rerank.emd import pool_grid
+from facerank.rerank.emd_reranker import parse_grid
+from facerank.rerank.gate import QualityGate, gate_features, query_features
+from facerank.rerank.vit import FaceViT, ViTConfig
+from facerank.search import Ranking
+from facerank.train.checkpoint import load_checkpoint, load_into, read_config
+
+KIND = "vit"
+BUNDLED = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_CHECKPOINT = BUNDLED / "vit-h2l-dlib.pt"
+
+
+@dataclass
+class PairHeatmaps:
+    """Relevance of each patch of both faces for the score of B pairs (explanations)."""
+
+    score: np.ndarray  # (B,) ViT score (query first)
+    cosine: np.ndarray  # (B,)
+    final: np.ndarray  # (B,)
+    heat_a: np.ndarray  # (B, H, W) relevance of face a's patches, max 1
+    heat_b: np.ndarray  # (B, H, W)
+    method: str
+
+
+class Stage2ViT:
+    """`Stage2ViT(model, grid="l2", alpha=0.5, k=100)`; usually `Stage2ViT.load(path)`."""
+
+    name = "vit"
+
+    def __init__(self, model: FaceViT, grid: str = "l2", alpha: float = 0.5, k: int = 100,
+                 gate: QualityGate | str | None = None, device: str = "cpu",
+                 chunk_pairs: int | None = None, meta: dict | None = None) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise InputError(f"alpha must be in [0, 1], got {alpha}")
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        self.grid = grid
+        self.grid_name, self.pool = parse_grid(grid)
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.alpha = float(alpha)
+        self.k = int(k)
+        self.chunk_pairs = int(chunk_pairs or default_chunk_pairs(self.device,
+                                                                  CPU_VIT_CHUNK_PAIRS))
+        self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
+        self.meta = meta or {}
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_CHECKPOINT, backbone: str | None = None,
+             **kw: object) -> Stage2ViT:
+        """A checkpoint written by `facerank train vit` (refused if made for another backbone
+        or another shape); alpha and grid come from its config unless given."""
+        state, config = load_checkpoint(path, KIND, backbone)
+        try:
+            cfg = ViTConfig.from_dict(config["model"])
+        except (KeyError, TypeError, InputError) as e:
+            raise InputError(f"{path}: checkpoint config has no valid 'model' entry ({e}); "
+                             "retrain it with `facerank train vit`") from None
+        model = FaceViT(cfg)
+        load_into(model, state, path)
+        kw.setdefault("grid", str(config.get("grid", "l2")))
+        gate = kw.pop("gate", None)
+        if gate == "auto":
+            gate = config.get("gate")
+            gate = QualityGate(**gate) if isinstance(gate, dict) else None
+        # gated, Stage 2 sees (nearly) only occluded queries: the alpha fitted on those
+        fitted = config.get("alpha_gated") if gate is not None else None
+        kw.setdefault("alpha", float(fitted if fitted is not None else config.get("alpha", 0.5)))
+        return cls(model, gate=gate, meta=config, **kw)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        c = self.model.cfg
+        gated = ", gated" if self.gate is not None else ""
+        return (f"Stage 2 Face-ViT {c.variant.upper()} ({self.grid}, depth {c.depth}, "
+                f"{c.heads} heads, width {c.width}, alpha={self.alpha:g}, k={self.k}{gated})")
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def grids(self, fs: FeatureSet, index: np.ndarray) -> torch.Tensor:
+        """(B, C, H, W) float32 grids of rows `index` on the scorer's device."""
+        if self.grid_name not in fs.grids:
+            raise InputError(f"features have no grid {self.grid_name!r} (have "
+                             f"{', '.join(fs.grids) or 'none'}); extract with grids including it")
+        g = torch.from_numpy(np.ascontiguousarray(fs.grids[self.grid_name][index]))
+        g = g.to(self.device, torch.float32)
+        g = pool_grid(g, self.pool) if self.pool else g
+        self.model.check_grids(g)
+        return g
+
+    # ---- pair scoring ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _pairs(self, ta: torch.Tensor, tb: torch.Tensor, ia: torch.Tensor,
+               ib: torch.Tensor) -> torch.Tensor:
+        """ViT score of pairs (ta[ia[p]], tb[ib[p]]) -> (P,), chunk_pairs at a time."""
+        out = torch.empty(len(ia), device=self.device)
+        for s in range(0, len(ia), self.chunk_pairs):
+            e = min(s + self.chunk_pairs, len(ia))
+            out[s:e] = self.model.pair_score(ta[ia[s:e]], tb[ib[s:e]])
+        return out
+
+    @torch.no_grad()
+    def vit_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
+                   progress: bool = False) -> np.ndarray:
+        """ViT score of each query with its candidates: cand (Q, k) -> (Q, k)."""
+        n_q, k = cand.shape
+        out = np.zeros((n_q, k), dtype=np.float32)
+        per_chunk = max(1, self.chunk_pairs // max(k, 1))
+        h1 = self.model.cfg.variant == "h1"
+        with progress_bar(progress, f"Stage 2 Face-ViT {self.grid}", n_q) as advance:
+            for s in range(0, n_q, per_chunk):
+                rows = np.arange(s, min(n_q, s + per_chunk))
+                uniq, inverse = np.unique(cand[rows], return_inverse=True)
+                tq = self.model.tokens(self.grids(queries, rows))  # (Qc, N, d)
+                tc = self.model.tokens(self.grids(gallery, uniq))  # (U, N, d)
+                inv = torch.from_numpy(inverse.reshape(len(rows), k)).to(self.device)
+                if h1:  # one embedding per face, then cosines
+                    eq, ec = self.model.embed_one(tq), self.model.embed_one(tc)
+                    sc = torch.einsum("qe,qke->qk", eq, ec[inv])
+                else:
+                    iq = torch.arange(len(rows), device=self.device).repeat_interleave(k)
+                    sc = self._pairs(tq, tc, iq, inv.reshape(-1)).reshape(len(rows), k)
+                out[rows] = sc.float().cpu().numpy()
+                advance(len(rows))
+        return out
+
+    @torch.no_grad()
+    def vit_pair_scores(self, a: FeatureSet, b: FeatureSet, symmetric: bool = True
+                        ) -> np.ndarray:
+        """ViT score of pairs (a[i], b[i]) -> (P,); symmetric: the mean of both orders."""
+        if len(a) != len(b):
+            raise InputError(f"pair lists differ in length: {len(a)} vs {len(b)}")
+        out = np.zeros(len(a), dtype=np.float32)
+        step = max(1, self.chunk_pairs)
+        for s in range(0, len(a), step):
+            idx = np.arange(s, min(len(a), s + step))
+            ta = self.model.tokens(self.grids(a, idx))
+            tb = self.model.tokens(self.grids(b, idx))
+            sc = self.model.pair_score(ta, tb)
+            if symmetric and self.model.cfg.variant != "h1":
+                sc = 0.5 * (sc + self.model.pair_score(tb, ta))
+            out[idx] = sc.float().cpu().numpy()
+        return out
+
+    def score_pairs(self, a: FeatureSet, b: FeatureSet) -> np.ndarray:
+        """alpha * ViT (mean of both orders) + (1 - alpha) * cosine of pairs -> (P,).
+
+        Symmetric in the two faces. The gate is not used (it reads a ranked candidate list).
+        """
+        vit = self.vit_pair_scores(a, b, symmetric=True)
+        cos = np.einsum("pd,pd->p", a.embeddings, b.embeddings)
+        return self.alpha * vit + (1 - self.alpha) * cos
+
+    # ---- re-ranking -----------------------------------------------------------------------
+
+    def gate_features(self, queries: FeatureSet, cos: np.ndarray, vit: np.ndarray
+                      ) -> np.ndarray:
+        """(Q, F) gate inputs: EMD's gate features with the ViT's scores in EMD's place."""
+        return gate_features(cos, vit, query_features(queries.descriptors,
+                                                      queries.grids[self.grid_name]))
+
+    def blend(self, ranking: Ranking, vit: np.ndarray,
+              queries: FeatureSet | None = None) -> Ranking:
+        """Re-order the first k columns by alpha * vit + (1 - alpha) * Stage-1 cosine; with a
+        gate, queries it does not flag keep alpha = 0 (their Stage-1 order)."""
+        k = vit.shape[1]
+        cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
+        alpha = np.full((ranking.num_queries, 1), self.alpha, dtype=np.float32)
+        if self.gate is not None and k >= 2:
+            if queries is None:
+                raise InputError("a gated Stage 2 needs the query features to blend")
+            alpha[~self.gate.use_stage2(self.gate_features(queries, cos, vit))] = 0.0
+        final = alpha * vit + (1 - alpha) * cos
+        order = np.argsort(-final, axis=1, kind="stable")
+        rows = np.arange(ranking.num_queries)[:, None]
+        out = ranking.reorder(order, final[rows, order], "vit", vit)
+        used = np.full(ranking.indices.shape, np.nan, dtype=np.float32)
+        used[:, :k] = alpha
+        out.stage_scores["alpha"] = used
+        return out
+
+    def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
+               progress: bool = False) -> Ranking:
+        n_q = ranking.num_queries
+        if n_q != len(queries):
+            raise InputError(f"ranking has {n_q} rows but {len(queries)} queries were given")
+        k = min(self.k, ranking.k)
+        if k == 0 or n_q == 0:
+            return ranking
+        vit = self.vit_scores(queries, gallery, ranking.indices[:, :k], progress)
+        return self.blend(ranking, vit, queries)
+
+
+@register_stage2("vit")
+def _make(checkpoint: str | None = None, k: int = 100, alpha: float | None = None,
+          gate: str | None = "auto", device: str = "cpu", backbone: str | None = None,
+          grid: str | None = None, weighting: str | None = None,
+          **kw: object) -> Stage2ViT:
+    """The product's Face-ViT re-ranker: the bundled H2L checkpoint unless one is given.
+    gate: "auto" = the gate stored in the checkpoint (if any), "none", or a gate JSON file.
+    grid and weighting are EMD options that the CLI passes to every method: a Face-ViT's grid
+    is the one it was trained on (its checkpoint's) and it has no patch weighting."""
+    del grid, weighting
+    path = checkpoint or DEFAULT_CHECKPOINT
+    if gate == "none":
+        gate = None
+    extra = {} if alpha is None else {"alpha": alpha}
+    return Stage2ViT.load(path, backbone=backbone, k=k, gate=gate, device=device,
+                          **extra, **kw)
+
+
+def checkpoint_info(path: str | Path = DEFAULT_CHECKPOINT) -> dict:
+    """The JSON config of a Face-ViT checkpoint (for reports)."""
+    return read_config(path)
+
+
+# ---- explanations -----------------------------------------------------------------------------
+
+EXPLAIN_METHODS = ("chefer", "rollout")
+
+
+def explain_pairs(scorer: Stage2ViT, a: FeatureSet, b: FeatureSet,
+                  method: str = "chefer") -> PairHeatmaps:
+    """Patch relevance of pairs (a[i], b[i]) for the ViT score (face a first; small batches).
+
+    chefer (Chefer et al. 2021, as the Face-ViT paper visualises): R = I, then per block
+    R += mean_heads(relu(dscore/dA * A)) R, with A that block's attention. rollout (Abnar &
+    Zuidema): R = prod_blocks (0.5 A_mean + 0.5 I), rows renormalised; no gradients. A face's
+    heatmap is the relevance its patch tokens receive from the tokens the score is read from
+    (H2L: all patch outputs, minus the identity; H2 and H1: the [CLS] output).
+    """
+    if method not in EXPLAIN_METHODS:
+        raise InputError(f"unknown explanation method {method!r}; choose from "
+                         f"{', '.join(EXPLAIN_METHODS)}")
+    if len(a) != len(b) or len(a) == 0:
+        raise InputError(f"explain needs pairs of equal, non-zero length, got {len(a)}, "
+                         f"{len(b)}")
+    m = scorer.model
+    cfg = m.cfg
+    idx = np.arange(len(a))
+    ga, gb = scorer.grids(a, idx), scorer.grids(b, idx)
+    heats = []
+    with torch.enable_grad():
+        if cfg.two_image:
+            runs = [(ga, gb)]
+        else:
+            runs = [(ga, None), (gb, None)]
+        for g1, g2 in runs:
+            t1 = m.tokens(g1)
+            if g2 is None:  # H1: one face at a time, relevance of its [CLS] output
+                score = m.embed_one(t1, keep_attn=True).sum()
+            else:
+                out = m.pair_outputs(t1, m.tokens(g2), keep_attn=True)
+                score = (torch.tanh(out[0] / 2) if cfg.variant == "h2"
+                         else (out[0] * out[1]).sum(dim=1))
+            if method == "chefer":
+                m.zero_grad(set_to_none=True)
+                score.sum().backward()
+            heats.append(_relevance(m, method, len(idx), g2 is None))
+    with torch.no_grad():
+        vit = torch.from_numpy(scorer.vit_pair_scores(a, b, symmetric=False))
+    n = cfg.n_patches
+    if cfg.two_image:
+        rel = heats[0]  # (B, T)
+        ha, hb = rel[:, 1 : n + 1], rel[:, n + 2 :]
+    else:
+        ha, hb = heats[0][:, 1:], heats[1][:, 1:]
+    shape = (len(idx), cfg.grid_h, cfg.grid_w)
+    ha = _unit_max(ha).reshape(shape)
+    hb = _unit_max(hb).reshape(shape)
+    cos = np.einsum("pd,pd->p", a.embeddings, b.embeddings)
+    v = vit.numpy()
+    for blk in m.blocks:
+        blk.attn = None
+    return PairHeatmaps(v, cos, scorer.alpha * v + (1 - scorer.alpha) * cos, ha, hb, method)
+
+
+def _relevance(m: FaceViT, method: str, batch: int, one_image: bool) -> np.ndarray:
+    """(B, T) relevance of each input token (see `explain_pairs`)."""
+    t = m.cfg.n_tokens
+    eye = torch.eye(t).expand(batch, t, t)
+    r = eye.clone()
+    for blk in m.blocks:
+        att = blk.attn.detach()  # (B, heads, T, T)
+        if method == "chefer":
+            cam = (blk.attn.grad * att).clamp_min(0).mean(dim=1)  # (B, T, T)
+            r = r + cam @ r
+        else:
+            hat = 0.5 * att.mean(dim=1) + 0.5 * eye
+            r = (hat / hat.sum(dim=-1, keepdim=True)) @ r
+    n = m.cfg.n_patches
+    if one_image or m.cfg.variant == "h2":
+        return r[:, 0].numpy()  # the [CLS] row
+    rows = torch.cat([torch.arange(1, n + 1), torch.arange(n + 2, 2 * n + 2)])
+    return (r - eye)[:, rows].sum(dim=1).clamp_min(0).numpy()
+
+
+def _unit_max(x: np.ndarray) -> np.ndarray:
+    x = x - x.min(axis=1, keepdims=True)
+    return x / np.maximum(x.max(axis=1, keepdims=True), 1e-12)
+
+
+class Stage2ViTEMD:
+    """EMD and Face-ViT together: the mean of the two Stage-2 blends, for the queries the
+    ViT's gate sends to Stage 2 (the others keep their Stage-1 order).
+
+        final = 0.5 * (a_v * vit + (1 - a_v) * cos) + 0.5 * (a_e * emd + (1 - a_e) * cos)
+
+    Measured on test identities (docs/results.md, Face-ViT section) it beat both the gated
+    EMD and the gated ViT on clean, crop and mask queries; no weight here is fitted on them.
+    """
+
+    name = "vit+emd"
+
+    def __init__(self, vit: Stage2ViT, emd: object) -> None:
+        self.vit, self.emd = vit, emd
+        self.k = min(vit.k, emd.k)  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        return f"mean of [{self.vit.describe()}] and [{self.emd.describe()}]"  # type: ignore[attr-defined]
+
+    def score_pairs(self, a: FeatureSet, b: FeatureSet) -> np.ndarray:
+        return 0.5 * (self.vit.score_pairs(a, b) + self.emd.score_pairs(a, b))  # type: ignore[attr-defined]
+
+    def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
+               progress: bool = False) -> Ranking:
+        n_q = ranking.num_queries
+        if n_q != len(queries):
+            raise InputError(f"ranking has {n_q} rows but {len(queries)} queries were given")
+        k = min(self.k, ranking.k)
+        if k == 0 or n_q == 0:
+            return ranking
+        cand = ranking.indices[:, :k]
+        vit = self.vit.vit_scores(queries, gallery, cand, progress)
+        emd = self.emd.emd_scores(queries, gallery, cand, progress)  # type: ignore[attr-defined]
+        cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
+        use = np.ones((n_q, 1), dtype=bool)
+        if self.vit.gate is not None and k >= 2:
+            use[:, 0] = self.vit.gate.use_stage2(self.vit.gate_features(queries, cos, vit))
+        av, ae = self.vit.alpha, self.emd.alpha  # type: ignore[attr-defined]
+        both = 0.5 * (av * vit + (1 - av) * cos) + 0.5 * (ae * emd + (1 - ae) * cos)
+        final = np.where(use, both, cos)
+        order = np.argsort(-final, axis=1, kind="stable")
+        rows = np.arange(n_q)[:, None]
+        out = ranking.reorder(order, final[rows, order], "vit", vit)
+        emd_full = np.full(ranking.indices.shape, np.nan, dtype=np.float32)
+        emd_full[:, :k] = emd[rows, order]
+        out.stage_scores["emd"] = emd_full
+        return out
+
+
+@register_stage2("vit+emd")
+def _make_both(checkpoint: str | None = None, k: int = 100, gate: str | None = "auto",
+               device: str = "cpu", backbone: str | None = None, alpha: float | None = None,
+               grid: str | None = None, weighting: str | None = None) -> Stage2ViTEMD:
+    """EMD (l2, APC, alpha 0.7 unless given) and the bundled Face-ViT, gated by the ViT's
+    gate ("none": every query)."""
+    from facerank.rerank.emd_reranker import Stage2EMD
+
+    vit = _make(checkpoint=checkpoint, k=k, gate=gate, device=device, backbone=backbone)
+    emd = Stage2EMD(grid=grid or "l2", weighting=weighting or "apc",
+                    alpha=0.7 if alpha is None else alpha, k=k, device=device)
+    return Stage2ViTEMD(vit, emd)

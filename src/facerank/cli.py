@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Detector, Faces, Model, NoFace
+from facerank.cli_options import Backbone, Detector, Faces, Model, NoFace
 from facerank.errors import FacerankError, InputError
 
 app = typer.Typer(
@@ -42,14 +42,21 @@ def expand_images(paths: list[Path]) -> list[Path]:
 
 
 def make_extractor(detector: str = "hog", faces: str = "largest", no_face: str = "none",
-                   model: Path | None = None, cache: bool = True):  # noqa: ANN201
+                   model: Path | None = None, cache: bool = True,
+                   backbone: str = "dlib"):  # noqa: ANN201
     """A FeatureExtractor from CLI options (imports torch lazily, so --help stays fast)."""
     from facerank.detect import FaceDetector
     from facerank.features import FeatureExtractor
-    from facerank.models.dlib_resnet import DlibResNet
+    from facerank.models.backbone import make_backbone
 
     det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
-    return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache)
+    if backbone == "dlib":
+        from facerank.models.dlib_resnet import DlibResNet
+
+        return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache)
+    if model is not None:
+        raise InputError(f"--model is a dlib .dat file; it does not apply to --backbone {backbone}")
+    return FeatureExtractor(backbone=make_backbone(backbone), detector=det, cache=cache)
 
 
 @app.command()
@@ -61,12 +68,13 @@ def extract(
     no_face: NoFace = "none",
     model: Model = None,
     strict: Annotated[bool, typer.Option(help="Exit 2 if any file fails.")] = False,
+    backbone: Backbone = "dlib",
 ) -> None:
     """Extract face features (embedding, patch grids, landmarks) into one .npz file."""
     files = expand_images(paths)
     if not files:
         raise InputError(f"no image files found in {', '.join(map(str, paths))}")
-    fx = make_extractor(detector, faces, no_face, model)
+    fx = make_extractor(detector, faces, no_face, model, backbone=backbone)
     fs = fx.extract_paths(files, progress=True)
     for _path, msg in fs.failures:
         err.print(f"skipped: {msg}", markup=False, highlight=False)
@@ -86,11 +94,17 @@ def compare(
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
+    backbone: Backbone = "dlib",
 ) -> None:
     """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule."""
     import numpy as np
 
-    fx = make_extractor(detector, faces, no_face, model)
+    fx = make_extractor(detector, faces, no_face, model, backbone=backbone)
+    if backbone != "dlib":  # dlib's 0.6 distance rule belongs to dlib's descriptor
+        fa, fb = fx.extract_file(a), fx.extract_file(b)
+        out.print(f"{a}  {b}  cosine {float(fa.embedding @ fb.embedding):.4f} ({backbone})",
+                  markup=False, highlight=False)
+        return
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     cosine = float(fa.embedding @ fb.embedding)
     dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))

@@ -17,3 +17,9 @@ Model = Annotated[Path | None, typer.Option(
 Gate = Annotated[str, typer.Option(
     "--gate", help="Stage-2 quality gate: auto (the bundled gate for this grid and weighting, "
     "if one ships), none (re-rank every query), or a gate JSON file.")]
+Backbone = Annotated[str, typer.Option(
+    "--backbone", help="Descriptor network: dlib (ResNet, 150 chip) or sface (SFace ONNX, "
+    "ArcFace 112 crop). Galleries and caches remember theirs.")]
+GalleryBackbone = Annotated[str | None, typer.Option(
+    "--backbone", help="dlib or sface; default: the gallery's own. A gallery built with "
+    "another backbone is refused.")]

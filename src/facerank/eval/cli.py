@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from facerank.cli_options import Gate
+from facerank.cli_options import Backbone, Gate
 from facerank.errors import InputError
 
 
@@ -35,6 +35,7 @@ def eval_command(
         help="Occluded protocols: keep the query's own original in the gallery (papers' code).")]
     = False,
     limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N queries.")] = None,
+    backbone: Backbone = "dlib",
 ) -> None:
     """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
     from rich.console import Console
@@ -55,10 +56,12 @@ def eval_command(
             raise InputError(f"unknown protocol {n!r}; choose from {', '.join(P.PROTOCOLS)} "
                              "or all")
     options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
+    if backbone != "dlib":  # Stage 2 on that backbone's grids, with its own gate
+        options["backbone"] = backbone
     reranker = make_stage2(stage2, **options) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
-    data = P.EvalData.load()
+    data = P.EvalData.load(P.lfw_extractor(backbone=backbone))
     console.print(f"LFW features ready: {len(data.features)} images in {data.seconds:.1f} s")
     method2 = reranker.describe() if reranker else ""
     gate = getattr(reranker, "gate", None)
@@ -98,6 +101,7 @@ def eval_command(
         payload["seconds_total"] = time.perf_counter() - t0
         gated = "-gated" if gate is not None else ""
         tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}{gated}"
+        tag = tag if backbone == "dlib" else f"{backbone}_{tag}"
         json_path, md_path = write_report(out_dir, tag, payload, f"{md}\n\n`{command}`")
         console.print(md)
         console.print(f"wrote {json_path} and {md_path}")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.align import extract_chip
 from facerank.errors import DataError, InputError
 from facerank.eval import metrics
 from facerank.eval.lfw import LFW, load_lfw, load_pairs
@@ -36,12 +35,12 @@ PROTOCOLS = (*IDENTIFICATION, "lfw-pairs", "lfw-openset")
 OCCLUSION_OF = {"lfw-crop": "crop", "lfw-mask": "mask", "lfw-sunglasses": "sunglasses"}
 
 
-def lfw_extractor(cache: bool | Path = True) -> FeatureExtractor:
+def lfw_extractor(cache: bool | Path = True, backbone: str = "dlib") -> FeatureExtractor:
     """The evaluation set-up: HOG, the face nearest the centre, central box if none found."""
     from facerank.detect import FaceDetector
 
     return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center"),
-                            cache=cache)
+                            cache=cache, backbone=backbone)
 
 
 @dataclass
@@ -104,15 +103,16 @@ def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: i
     with progress_bar(progress, f"{kind} queries", len(query_index)) as advance:
         for s in range(0, len(query_index), batch):
             idx = query_index[s : s + batch]
-            chips = np.stack([extract_chip(load_image(data.lfw.paths[i]), feats.landmarks5[i])
-                              for i in idx])
+            chips = np.stack([fx.backbone.align_points(load_image(data.lfw.paths[i]),
+                                                       feats.landmarks5[i]) for i in idx])
             occluded = occlude(kind, chips, feats.chip_landmarks68[idx], seed,
                                ids=[rel[i] for i in idx])
             desc, grids = fx.embed_chips(occluded)
             items_desc.append(desc)
             for g in fx.grid_names:
                 items_grids[g].append(grids[g].astype(np.float16))
-            chip_l68.append(fx.detector.chip_landmarks68(occluded))
+            chip_l68.append(fx.detector.chip_landmarks68(occluded,
+                                                         box=fx.backbone.geometry.face_box))
             advance(len(idx))
     n = len(query_index)
     out = FeatureSet(

@@ -143,8 +143,15 @@ def test_sface_extractor_chip_landmarks_and_occlusion(sface, lfw_images) -> None
     nose_row = int(np.ceil(l68[:, 33, 1].max()))
     # the mask covers the lower face; above the eyes only thin ear straps may pass
     assert changed[:, nose_row:].mean() > 0.3 and changed[:, :eye_row].mean() < 0.02
-    fs = fx.extract_paths(paths[:2], progress=False)
-    assert fs.grids["l2"].shape == (2, 1024, 7, 7) and fs.landmarks5.shape == (2, 5, 2)
+    fs = fx.extract_paths(paths[:3], progress=False)
+    assert fs.grids["l2"].shape == (3, 1024, 7, 7) and fs.landmarks5.shape == (3, 5, 2)
+    from facerank.rerank.emd_reranker import Stage2EMD
+
+    for weighting in ("apc", "lmk"):  # EMD runs on SFace's 7x7 map, landmarks in 112 pixels
+        rr = Stage2EMD(weighting=weighting, backbone="sface")
+        same = rr.score_pairs(fs, fs)
+        other = rr.score_pairs(fs, fs.take([1, 2, 0]))
+        assert np.allclose(same, 1.0, atol=1e-2) and (other < same - 0.2).all()
 
 
 def test_dlib_cache_key_unchanged_and_registry() -> None:

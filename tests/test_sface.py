@@ -103,7 +103,7 @@ def test_descriptors_equal_opencv_feature_and_grid_shapes(sface, opencv_sface,
     ours_n = desc / np.linalg.norm(desc, axis=1, keepdims=True)
     ref_n = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     assert desc.shape == (len(chips), 128)
-    assert np.abs(ours_n - ref_n).max() < 1e-4  # measured 8e-7 .. 1e-5
+    assert np.abs(ours_n - ref_n).max() < 1e-4  # measured 2.5e-7 (34 LFW crops)
     for name, shape in SFACE_GRID_SHAPES.items():
         assert grids[name].shape == (len(chips), *shape)
         assert np.isfinite(grids[name]).all()

@@ -16,7 +16,7 @@ and the chosen maps added as graph outputs (the `onnx` package):
     l2 conv_14_relu (B, 1024, 7, 7)    the last map before the embedding head
     descriptor fc1  (B, 128)
 
-Descriptors equal `cv2.FaceRecognizerSF.feature` on the same crop to < 1e-5 after L2
+Descriptors equal `cv2.FaceRecognizerSF.feature` on the same crop to 2.5e-7 after L2
 normalisation (tests/test_sface.py). Side by side on this machine (busy 2-core box, batch 32,
 one thread, min of 4 runs, 18:08 UTC): onnxruntime on the dequantised graph 64 ms/face, on the
 int8bq graph 74 ms/face, `FaceRecognizerSF.feature` (OpenCV DNN, no grids) 68 ms/face; see

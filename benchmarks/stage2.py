@@ -31,6 +31,7 @@ from facerank.eval.protocols import (
     EvalData,
     IdentificationSetup,
     _retrieval,
+    lfw_extractor,
     setup_identification,
 )
 from facerank.eval.report import identification_table
@@ -59,7 +60,8 @@ def prepare(data: EvalData, protocol: str, limit: int | None, seed: int, k: int,
 
 def emd_cached(reranker: Stage2EMD, st, ranking, tag: str) -> tuple[np.ndarray, float]:  # noqa: ANN001
     """EMD of each query's top k (cached per protocol/grid/weighting/query set)."""
-    path = cache_root() / "stage2" / f"{tag}-{reranker.grid}-{reranker.weighting}.npy"
+    bb = "" if reranker.backbone == "dlib" else f"{reranker.backbone}-"
+    path = cache_root() / "stage2" / f"{bb}{tag}-{reranker.grid}-{reranker.weighting}.npy"
     if path.is_file():
         return np.load(path), float("nan")
     t0 = time.perf_counter()
@@ -71,9 +73,14 @@ def emd_cached(reranker: Stage2EMD, st, ranking, tag: str) -> tuple[np.ndarray, 
     return emd, seconds
 
 
+def _fc(data: EvalData):  # noqa: ANN202 - the last linear layer for CC (dlib only)
+    fc = getattr(data.extractor.backbone, "fc_weight", None)
+    return fc.detach() if fc is not None else None
+
+
 def sweep(args: argparse.Namespace) -> None:
-    data = EvalData.load()
-    fc = data.extractor.backbone.fc_weight.detach()
+    data = EvalData.load(lfw_extractor(backbone=args.backbone))
+    fc = _fc(data)
     rows, out = [], {"settings": vars(args), "results": []}
     for protocol in args.protocols:
         st, ranking, r = prepare(data, protocol, args.limit, args.seed, args.k,
@@ -85,7 +92,10 @@ def sweep(args: argparse.Namespace) -> None:
         out["results"].append({"protocol": protocol, "method": "stage1", **m1})
         for grid in args.grids:
             for weighting in args.weightings:
-                rr = Stage2EMD(grid=grid, weighting=weighting, k=args.k, fc_weight=fc)
+                if weighting == "cc" and fc is None:
+                    continue  # no global-pool + fc head to project patches through
+                rr = Stage2EMD(grid=grid, weighting=weighting, k=args.k, fc_weight=fc,
+                               backbone=args.backbone)
                 emd, seconds = emd_cached(rr, st, ranking, tag)
                 for alpha in ALPHAS:
                     rr.alpha = alpha
@@ -98,7 +108,8 @@ def sweep(args: argparse.Namespace) -> None:
                         rows.append((protocol, f"{grid} {weighting} α={alpha:g}", m))
         console.print(identification_table([row for row in rows if row[0] == protocol]))
     keep = "_keep_original" if args.keep_original else ""
-    path = write_result(f"stage2_sweep{keep}_n{args.limit or 'all'}", out)
+    bb = "" if args.backbone == "dlib" else f"_{args.backbone}"
+    path = write_result(f"stage2_sweep{bb}{keep}_n{args.limit or 'all'}", out)
     console.print(identification_table(rows))
     console.print(f"wrote {path}")
 
@@ -132,22 +143,22 @@ def cross_fitted(p: Prepared, gates: dict[bool, QualityGate], args: argparse.Nam
     merged_idx, merged_scores = p.ranking.indices.copy(), p.ranking.scores.copy()
     for test_fold, gate in gates.items():
         g = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
-                      gate=gate).blend(p.ranking, p.emd, p.st.queries)
+                      gate=gate, backbone=args.backbone).blend(p.ranking, p.emd, p.st.queries)
         sel = p.fold == test_fold
         merged_idx[sel], merged_scores[sel] = g.indices[sel], g.scores[sel]
     return Ranking(merged_idx, merged_scores)
 
 
 def gated(args: argparse.Namespace) -> None:
-    data = EvalData.load()
-    fc = data.extractor.backbone.fc_weight.detach()
+    data = EvalData.load(lfw_extractor(backbone=args.backbone))
+    fc = _fc(data)
     first_half = identity_fold(data.lfw.labels, args.seed)  # (N,) the people's split
     prepared: dict[str, Prepared] = {}
     for protocol in IDENTIFICATION:
         st, ranking, r = prepare(data, protocol, args.limit, args.seed, args.k)
         tag = f"{protocol}-s{args.seed}-n{len(st.query_index)}-k{args.k}"
         rr = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
-                       fc_weight=fc)
+                       fc_weight=fc, backbone=args.backbone)
         emd, seconds = emd_cached(rr, st, ranking, tag)
         fold = first_half[st.query_index]
         cos = ranking.stage_scores["stage1"][:, : args.k]  # the columns the gate sees in use
@@ -161,7 +172,8 @@ def gated(args: argparse.Namespace) -> None:
     for protocol, p in prepared.items():
         labels = (p.st.query_labels, p.st.gallery_labels, p.r)
         m1 = _retrieval(p.ranking, *labels)
-        plain = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k)
+        plain = Stage2EMD(grid=args.grid, weighting=args.weighting, alpha=args.alpha, k=args.k,
+                          backbone=args.backbone)
         m_plain = _retrieval(plain.blend(p.ranking, p.emd), *labels)
         m_gate = _retrieval(cross_fitted(p, gates, args), *labels)
         used = np.where(p.fold, gates[True].use_stage2(p.feats), gates[False].use_stage2(p.feats))
@@ -184,7 +196,8 @@ def gated(args: argparse.Namespace) -> None:
             loo_rows.append((protocol, f"gate trained without {held_out}", m))
             out["results"].append({"protocol": protocol, "gate_without": held_out,
                                    "stage2_gated": m})
-    path = write_result(f"stage2_gated_n{args.limit or 'all'}", out)
+    bb = "" if args.backbone == "dlib" else f"_{args.backbone}"
+    path = write_result(f"stage2_gated{bb}_n{args.limit or 'all'}", out)
     console.print(identification_table(rows))
     console.print(identification_table(loo_rows))
     console.print(f"wrote {path}")
@@ -194,7 +207,7 @@ def gated(args: argparse.Namespace) -> None:
                           "lfw-mask, lfw-sunglasses (hard), seed 0",
             "backbone": data.extractor.model_id, "grid": args.grid,
             "weighting": args.weighting, "k": args.k})
-        saved = gate.save(bundled_gate_path(args.grid, args.weighting))
+        saved = gate.save(bundled_gate_path(args.grid, args.weighting, args.backbone))
         console.print(f"wrote {saved}")
 
 
@@ -219,6 +232,7 @@ def main() -> None:
         p.add_argument("--limit", type=int, default=None)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--k", type=int, default=100)
+        p.add_argument("--backbone", default="dlib", help="dlib or sface")
     args = ap.parse_args()
     {"sweep": sweep, "gated": gated}[args.cmd](args)
 

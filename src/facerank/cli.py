@@ -12,6 +12,7 @@ from rich.table import Table
 
 from facerank.cli_options import (
     Aligned,
+    Backbone,
     Calibrate,
     CalibrateWith,
     Detector,
@@ -51,15 +52,22 @@ def expand_images(paths: list[Path]) -> list[Path]:
 
 
 def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str = "none",
-                   model: Path | None = None, cache: bool = True,
-                   aligned: str = "none"):  # noqa: ANN201
+                   model: Path | None = None, cache: bool = True, aligned: str = "none",
+                   backbone: str = "dlib"):  # noqa: ANN201
     """A FeatureExtractor from CLI options (imports torch lazily, so --help stays fast)."""
     from facerank.detect import FaceDetector
     from facerank.features import FeatureExtractor
-    from facerank.models.dlib_resnet import DlibResNet
+    from facerank.models.backbone import make_backbone
 
     det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
-    return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache,
+    if backbone == "dlib":
+        from facerank.models.dlib_resnet import DlibResNet
+
+        return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache,
+                                aligned=aligned)
+    if model is not None:
+        raise InputError(f"--model is a dlib .dat file; it does not apply to --backbone {backbone}")
+    return FeatureExtractor(backbone=make_backbone(backbone), detector=det, cache=cache,
                             aligned=aligned)
 
 
@@ -73,12 +81,13 @@ def extract(
     model: Model = None,
     strict: Annotated[bool, typer.Option(help="Exit 2 if any file fails.")] = False,
     aligned: Aligned = "none",
+    backbone: Backbone = "dlib",
 ) -> None:
     """Extract face features (embedding, patch grids, landmarks) into one .npz file."""
     files = expand_images(paths)
     if not files:
         raise InputError(f"no image files found in {', '.join(map(str, paths))}")
-    fx = make_extractor(detector, faces, no_face, model, aligned=aligned)
+    fx = make_extractor(detector, faces, no_face, model, aligned=aligned, backbone=backbone)
     fs = fx.extract_paths(files, progress=True)
     for _path, msg in fs.failures:
         err.print(f"skipped: {msg}", markup=False, highlight=False)
@@ -104,6 +113,7 @@ def compare(
     calibrate: Calibrate = "none",
     calibrate_with: CalibrateWith = None,
     aligned: Aligned = "none",
+    backbone: Backbone = "dlib",
 ) -> None:
     """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule
     (with --calibrate: the calibrated score and its verdict at LFW's FAR 1e-3 threshold)."""
@@ -111,8 +121,13 @@ def compare(
 
     from facerank.calibrate import cli as calibration
 
-    fx = make_extractor(detector, faces, no_face, model, aligned=aligned)
+    fx = make_extractor(detector, faces, no_face, model, aligned=aligned, backbone=backbone)
     cal = calibration.build(calibrate, calibrate_with, fx.model_id)
+    if backbone != "dlib":  # dlib's 0.6 distance rule belongs to dlib's descriptor
+        fa, fb = fx.extract_file(a), fx.extract_file(b)
+        out.print(f"{a}  {b}  cosine {float(fa.embedding @ fb.embedding):.4f} ({backbone})",
+                  markup=False, highlight=False)
+        return
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     cosine = float(fa.embedding @ fb.embedding)
     dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))

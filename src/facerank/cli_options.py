@@ -46,3 +46,9 @@ def probe_label(name: str, source: str, score: float) -> str:
     if source.startswith("aligned-"):
         return f"{name} (aligned {source[8:]})"
     return f"{name} ({source} {score:.2f})" if source else name
+Backbone = Annotated[str, typer.Option(
+    "--backbone", help="Descriptor network: dlib (ResNet, 150 chip) or sface (SFace ONNX, "
+    "ArcFace 112 crop). Galleries and caches remember theirs.")]
+GalleryBackbone = Annotated[str | None, typer.Option(
+    "--backbone", help="dlib or sface; default: the gallery's own. A gallery built with "
+    "another backbone is refused.")]

@@ -233,19 +233,24 @@ class FaceDetector:
         return min(faces, key=lambda f: float(np.linalg.norm(
             (f.box[:2] + f.box[2:]) / 2 - centre)))
 
-    def chip_landmarks68(self, chips: np.ndarray, padding: float = 0.25) -> np.ndarray:
+    def chip_landmarks68(self, chips: np.ndarray, padding: float = 0.25,
+                         box: tuple[float, float, float, float] | None = None) -> np.ndarray:
         """68 landmarks predicted on aligned chips (N, S, S, 3) -> (N, 68, 2), chip coordinates.
 
         The face box is the chip's central square: a chip made with `padding` p puts the face
-        span in the middle 1 / (1 + 2p) of its side. Used for queries made by editing a chip
-        (crop, mask, sunglasses), where landmarks must be found again, as a real query's would.
+        span in the middle 1 / (1 + 2p) of its side; `box` (x0, y0, x1, y1) in chip pixels
+        overrides it (the ArcFace chip's `Geometry.face_box`). Used for queries made by editing
+        a chip (crop, mask, sunglasses), where landmarks must be found again, as a real query's
+        would.
         """
         if self._sp68 is None:
             return np.full((len(chips), 68, 2), np.nan)
         size = chips.shape[1]
         margin = size * padding / (1 + 2 * padding)
-        rect = self._rect(int(round(margin)), int(round(margin)),
-                          int(round(size - margin)) - 1, int(round(size - margin)) - 1)
+        x0, y0, x1, y1 = box if box is not None else (margin, margin, size - margin,
+                                                      size - margin)
+        rect = self._rect(int(round(x0)), int(round(y0)), int(round(x1)) - 1,
+                          int(round(y1)) - 1)
         return np.stack([_shape_to_array(self._sp68(np.ascontiguousarray(c), rect))
                          for c in chips]) if len(chips) else np.zeros((0, 68, 2))
 

@@ -17,18 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.align import chip_transform, extract_chip, landmarks_to_chip
+from facerank.align import landmarks_to_chip
 from facerank.detect import Detection, FaceDetector
 from facerank.errors import FacerankError, InputError
 from facerank.imageio import load_image
-from facerank.models.dlib_resnet import DlibResNet
+from facerank.models.backbone import Backbone, make_backbone
 from facerank.paths import cache_root
 from facerank.progress import progress_bar
 
 FEATURES_VERSION = 1  # bump when the extracted features change (not on every release)
-CHIP_SIZE = 150
+CHIP_SIZE = 150  # dlib's chip; each backbone has its own geometry (models/backbone.py)
 CHIP_PADDING = 0.25
-DEFAULT_GRIDS = ("l2", "l1")
+DEFAULT_GRIDS = ("l2", "l1")  # dlib's defaults; FeatureExtractor(grids=None) takes the backbone's
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -44,7 +44,8 @@ class FaceFeatures:
     embedding: np.ndarray  # (D,) L2-normalised
     descriptor: np.ndarray  # (D,) raw backbone output (dlib distance uses this)
     grids: dict[str, np.ndarray]  # name -> (C, H, W)
-    landmarks5: np.ndarray  # (5, 2) image coordinates
+    landmarks5: np.ndarray  # (5, 2) image coordinates of the points the backbone aligned on
+    # (dlib: dlib's 5 landmarks; sface: Detection.points5)
     landmarks68: np.ndarray  # (68, 2) image coordinates (NaN when not computed)
     chip_landmarks68: np.ndarray  # (68, 2) chip coordinates (NaN when not computed)
     box: np.ndarray  # (4,) x0, y0, x1, y1
@@ -185,16 +186,18 @@ def file_digest(data: bytes) -> str:
 class Aligned:
     """A detected and aligned face, before the network."""
 
-    chip: np.ndarray  # (150, 150, 3) uint8
+    chip: np.ndarray  # (S, S, 3) uint8, S = the backbone's chip size (dlib 150, sface 112)
     detection: Detection
-    chip_landmarks68: np.ndarray  # (68, 2)
+    chip_landmarks68: np.ndarray  # (68, 2) in chip pixels
+    points: np.ndarray | None = None  # (5, 2) image points the chip was cut from
 
 
 class FeatureExtractor:
     """Batched image -> FaceFeatures with an on-disk cache.
 
-    backbone: default the dlib ResNet port; detector: default HOG, largest face, no fallback.
-    grids: which intermediate maps to keep (stored as float16).
+    backbone: a `Backbone` or its name ("dlib", default, or "sface"); detector: default HOG,
+        largest face, no fallback.
+    grids: which intermediate maps to keep (stored as float16); None: the backbone's defaults.
     cache: a folder, or None/False to disable (default: `facerank.paths.cache_root()`).
     aligned: "none" (detect), "auto", "dlib150" or "arcface112": face crops made with a known
         template skip detection (`facerank.prealigned`); part of each image's cache key.
@@ -202,9 +205,9 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        backbone: DlibResNet | None = None,
+        backbone: Backbone | str | None = None,
         detector: FaceDetector | None = None,
-        grids: Sequence[str] = DEFAULT_GRIDS,
+        grids: Sequence[str] | None = None,
         cache: str | Path | bool | None = True,
         batch_size: int = 64,
         aligned: str = "none",
@@ -212,9 +215,14 @@ class FeatureExtractor:
         from facerank.prealigned import check_aligned
 
         self.aligned = check_aligned(aligned)
-        self.backbone = backbone or DlibResNet.from_dat()
+        self.backbone: Backbone = (make_backbone(backbone or "dlib")
+                                   if backbone is None or isinstance(backbone, str) else backbone)
         self.detector = detector or FaceDetector()
-        self.grid_names = tuple(grids)
+        self.grid_names = tuple(self.backbone.geometry.default_grids if grids is None else grids)
+        unknown = [g for g in self.grid_names if g not in self.backbone.geometry.grids]
+        if unknown:
+            raise InputError(f"backbone {self.backbone.name} has no grid {unknown[0]!r}; it "
+                             f"offers {', '.join(self.backbone.geometry.grids)}")
         self.batch_size = batch_size
         if cache is True:
             self.cache_dir: Path | None = cache_root() / "features" / self.config_digest
@@ -236,7 +244,8 @@ class FeatureExtractor:
     # ---- single image --------------------------------------------------------------------
 
     def align(self, image: np.ndarray, name: str = "<image>") -> Aligned:
-        """Detect the face (policy of the detector) and cut the dlib chip."""
+        """Detect the face (policy of the detector), or read a pre-aligned crop's template
+        points (`aligned`), and cut the backbone's chip."""
         if self.aligned != "none":
             from facerank.prealigned import aligned_detection, aligned_kind
 
@@ -244,18 +253,23 @@ class FeatureExtractor:
             if kind is not None:
                 det, chip, chip_l68 = aligned_detection(image, kind, self.detector, CHIP_SIZE,
                                                         CHIP_PADDING)
-                return Aligned(chip=chip, detection=det, chip_landmarks68=chip_l68)
-        det = self.detector.detect(image, name)
-        chip = extract_chip(image, det.landmarks5, CHIP_SIZE, CHIP_PADDING)
+                if self.backbone.name == "dlib":  # the dlib chip, cut once from the crop
+                    return Aligned(chip=chip, detection=det, chip_landmarks68=chip_l68)
+                return self.align_detection(image, det)  # other templates from its points5
+        return self.align_detection(image, self.detector.detect(image, name))
+
+    def align_detection(self, image: np.ndarray, det: Detection) -> Aligned:
+        """Cut the backbone's chip of an already detected face."""
+        points = self.backbone.points(det)  # (5, 2) the points this backbone aligns on
+        chip = self.backbone.align_points(image, points)
         if det.landmarks68 is not None:
-            transform = chip_transform(det.landmarks5, CHIP_SIZE, CHIP_PADDING)
-            chip_l68 = landmarks_to_chip(det.landmarks68, transform)
+            chip_l68 = landmarks_to_chip(det.landmarks68, self.backbone.chip_transform(points))
         else:
             chip_l68 = np.full((68, 2), np.nan)
-        return Aligned(chip=chip, detection=det, chip_landmarks68=chip_l68)
+        return Aligned(chip=chip, detection=det, chip_landmarks68=chip_l68, points=points)
 
     def embed_chips(self, chips: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """uint8 chips (N, 150, 150, 3) -> descriptors (N, D), grids {name: (N, C, H, W)}."""
+        """uint8 chips (N, S, S, 3) -> descriptors (N, D), grids {name: (N, C, H, W)}."""
         return self.backbone.embed_chips(chips, self.batch_size, self.grid_names)
 
     def extract(self, image: np.ndarray, name: str = "<image>") -> FaceFeatures:
@@ -276,7 +290,8 @@ class FeatureExtractor:
         l68 = d.landmarks68 if d.landmarks68 is not None else np.full((68, 2), np.nan)
         return FaceFeatures(
             embedding=l2_normalize(desc.astype(np.float32)), descriptor=desc.astype(np.float32),
-            grids=grids, landmarks5=d.landmarks5, landmarks68=l68,
+            grids=grids, landmarks5=d.landmarks5 if a.points is None else a.points,
+            landmarks68=l68,
             chip_landmarks68=a.chip_landmarks68, box=d.box, det_score=d.score,
             det_source=d.source, path=name,
         )

@@ -366,7 +366,11 @@ class Gallery:
 
                 meta = self.meta()
                 det = FaceDetector(**json.loads(meta["detector"]))
-                self._extractor = FeatureExtractor(detector=det, grids=json.loads(meta["grids"]))
+                from facerank.models.backbone import backbone_name
+
+                self._extractor = FeatureExtractor(  # the backbone the gallery was built with
+                    backbone=backbone_name(meta.get("model_id", "")), detector=det,
+                    grids=json.loads(meta["grids"]))
                 if self._check:
                     self._check_model(meta, self._extractor)
             return self._extractor

@@ -13,10 +13,12 @@ from rich.table import Table
 
 from facerank.cli_options import (
     Aligned,
+    Backbone,
     Calibrate,
     CalibrateWith,
     Detector,
     Faces,
+    GalleryBackbone,
     Gate,
     Model,
     NoFace,
@@ -44,19 +46,30 @@ def register(app: typer.Typer) -> None:
     app.command(name="search")(search_command)
 
 
-def _extractor(detector: str, faces: str, no_face: str, model: Path | None) -> FeatureExtractor:
-    from facerank.detect import FaceDetector
-    from facerank.features import FeatureExtractor
-    from facerank.models.dlib_resnet import DlibResNet
+def _extractor(detector: str, faces: str, no_face: str, model: Path | None,
+               backbone: str = "dlib") -> FeatureExtractor:
+    from facerank.cli import make_extractor
 
-    det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
-    return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det)
+    return make_extractor(detector, faces, no_face, model, backbone=backbone)
 
 
-def _open(folder: Path, **kw: Any) -> Gallery:
+def _open(folder: Path, backbone: str | None = None, **kw: Any) -> Gallery:
+    """Open a gallery; with `backbone`, refuse one built with another backbone."""
     from facerank.gallery import Gallery
+    from facerank.models.backbone import backbone_name, geometry
 
-    return Gallery.open(folder, **kw)
+    g = Gallery.open(folder, **kw)
+    if backbone is not None:
+        geometry(backbone)  # validates the name
+        built = backbone_name(g.meta().get("model_id", ""))
+        if built != backbone:
+            g.close()
+            from facerank.errors import GalleryError
+
+            raise GalleryError(f"gallery {folder} was built with the {built} backbone, not "
+                               f"{backbone}; use --backbone {built}, or create a new gallery "
+                               f"with --backbone {backbone}")
+    return g
 
 
 def _print_report(report: AddReport, verb: str) -> None:
@@ -75,11 +88,12 @@ def create_command(
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
+    backbone: Backbone = "dlib",
 ) -> None:
     """Create an empty gallery; the detector settings are stored and reused by `add`."""
     from facerank.gallery import Gallery
 
-    g = Gallery.create(folder, _extractor(detector, faces, no_face, model))
+    g = Gallery.create(folder, _extractor(detector, faces, no_face, model, backbone))
     out.print(f"created gallery {folder} ({g.extractor.model_id}, detector "
               f"{g.extractor.detector.config_id})", markup=False, highlight=False)
 
@@ -97,6 +111,7 @@ def add_command(
     min_confidence: Annotated[float | None, typer.Option(
         "--min-confidence", help="Refuse faces whose URL confidence is below this (1.0 = a "
         "typical clean LFW face).")] = None,
+    backbone: GalleryBackbone = None,
 ) -> None:
     """Enrol images (resumable: files already in the gallery are skipped)."""
     from facerank.gallery import identity_of, list_images
@@ -195,12 +210,16 @@ def reextract_command(
     model: Model = None,
     drop_failed: Annotated[bool, typer.Option(
         help="Remove images that cannot be re-extracted instead of failing.")] = False,
+    backbone: GalleryBackbone = None,
 ) -> None:
     """Recompute all features with the current model (atomic: all or nothing)."""
+    from facerank.models.backbone import backbone_name
+
     with _open(folder, check_model=False) as old:
         det = json.loads(old.meta()["detector"])
+        built = backbone_name(old.meta().get("model_id", ""))
     fx = _extractor(detector or det["method"], faces or det["policy"],
-                    no_face or det["fallback"], model)
+                    no_face or det["fallback"], model, backbone or built)
     report = _open(folder, extractor=fx, check_model=False).reextract(
         progress=True, drop_failed=drop_failed)
     _print_report(report, "re-extracted")
@@ -231,6 +250,7 @@ def search_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
     calibrate: Calibrate = "none",
     calibrate_with: CalibrateWith = None,
+    backbone: GalleryBackbone = None,
 ) -> None:
     """Search a gallery for a probe face: Stage-1 cosine (optionally calibrated), then
     Stage-2 re-ranking."""
@@ -239,9 +259,13 @@ def search_command(
 
     if top < 1:
         raise InputError(f"--top must be >= 1, got {top}")
-    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
+    g = _open(gallery, backbone)
+    from facerank.models.backbone import backbone_name
+
+    built = backbone_name(g.meta().get("model_id", ""))
+    options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate,
+               "backbone": built if built != "dlib" else None}  # Stage 2 on this backbone
     reranker = make_stage2(stage2, **{n: v for n, v in options.items() if v is not None})
-    g = _open(gallery)
     fx = g.extractor
     if faces is not None and faces != fx.detector.policy:
         from facerank.detect import FaceDetector

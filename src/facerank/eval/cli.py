@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from facerank.cli_options import Calibrate, Gate
+from facerank.cli_options import Backbone, Calibrate, Gate
 from facerank.errors import InputError
 
 
@@ -44,6 +44,7 @@ def eval_command(
     align5: Annotated[str, typer.Option(
         help="yunet only: chip from dlib's 5-point predictor (dlib) or YuNet's points "
         "(points).")] = "dlib",
+    backbone: Backbone = "dlib",
 ) -> None:
     """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
     from rich.console import Console
@@ -68,11 +69,13 @@ def eval_command(
     if detector not in ("lfw", "yunet", "hog", "mmod"):
         raise InputError(f"--detector {detector!r}: use lfw, yunet, hog or mmod")
     options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
+    if backbone != "dlib":  # Stage 2 on that backbone's grids, with its own gate
+        options["backbone"] = backbone
     reranker = make_stage2(stage2, **options) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
-    data = P.EvalData.load()
-    qx = P.chain_extractor(detector, align5) if detector != "lfw" else None
+    data = P.EvalData.load(P.lfw_extractor(backbone=backbone))
+    qx = P.chain_extractor(detector, align5, backbone=backbone) if detector != "lfw" else None
     console.print(f"LFW features ready: {len(data.features)} images in {data.seconds:.1f} s")
     method2 = reranker.describe() if reranker else ""
     gate = getattr(reranker, "gate", None)
@@ -127,6 +130,7 @@ def eval_command(
         payload["seconds_total"] = time.perf_counter() - t0
         gated = "-gated" if gate is not None else ""
         tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}{gated}"
+        tag = tag if backbone == "dlib" else f"{backbone}_{tag}"
         if detector != "lfw":
             tag += f"_{qx.detector.config_id}"
         json_path, md_path = write_report(out_dir, tag, payload, f"{md}\n\n`{command}`")

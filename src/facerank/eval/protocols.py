@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.align import extract_chip
 from facerank.errors import DataError, InputError
 from facerank.eval import metrics
 from facerank.eval.lfw import LFW, load_lfw, load_pairs
@@ -40,25 +39,25 @@ OCCLUSION_OF = {"lfw-crop": "crop", "lfw-mask": "mask", "lfw-sunglasses": "sungl
 PHOTO = ("lfw-mask-photo", "lfw-sunglasses-photo")
 
 
-def lfw_extractor(cache: bool | Path = True) -> FeatureExtractor:
+def lfw_extractor(cache: bool | Path = True, backbone: str = "dlib") -> FeatureExtractor:
     """The evaluation set-up: HOG, the face nearest the centre, central box if none found."""
     from facerank.detect import FaceDetector
 
     return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center"),
-                            cache=cache)
+                            cache=cache, backbone=backbone)
 
 
 def chain_extractor(detector: str = "lfw", align5: str = "dlib",
-                    cache: bool | Path = True) -> FeatureExtractor:
+                    cache: bool | Path = True, backbone: str = "dlib") -> FeatureExtractor:
     """`lfw_extractor()` for "lfw"; else that set-up (centre face, central box) with another
     detector ("yunet", "hog", "mmod"), to see how a detector chain changes the LFW numbers."""
     from facerank.detect import FaceDetector
 
     if detector == "lfw":
-        return lfw_extractor(cache)
+        return lfw_extractor(cache, backbone)
     return FeatureExtractor(detector=FaceDetector(detector, policy="center",  # type: ignore[arg-type]
                                                   fallback="center", align5=align5),  # type: ignore[arg-type]
-                            cache=cache)
+                            cache=cache, backbone=backbone)
 
 
 def _is_lfw_setup(fx: FeatureExtractor) -> bool:
@@ -111,13 +110,9 @@ def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: i
     from facerank.eval.occlusion import VERSION, occlude
 
     fx = data.extractor
-    cache = None
-    if fx.cache_dir is not None:
-        digest = hashlib.sha1(query_index.astype(np.int64).tobytes()).hexdigest()[:12]
-        cache = fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
-            f"{kind}-v{VERSION}-seed{seed}-n{len(query_index)}-{digest}.npz")
-        if cache.is_file():
-            return FeatureSet.load(cache)
+    cache = _occluded_cache(fx, kind, query_index, seed, VERSION)
+    if cache is not None and cache.is_file():
+        return FeatureSet.load(cache)
     feats = data.features
     rel = [str(p.relative_to(data.lfw.root)) for p in data.lfw.paths]
     items_desc: list[np.ndarray] = []
@@ -127,15 +122,16 @@ def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: i
     with progress_bar(progress, f"{kind} queries", len(query_index)) as advance:
         for s in range(0, len(query_index), batch):
             idx = query_index[s : s + batch]
-            chips = np.stack([extract_chip(load_image(data.lfw.paths[i]), feats.landmarks5[i])
-                              for i in idx])
+            chips = np.stack([fx.backbone.align_points(load_image(data.lfw.paths[i]),
+                                                       feats.landmarks5[i]) for i in idx])
             occluded = occlude(kind, chips, feats.chip_landmarks68[idx], seed,
                                ids=[rel[i] for i in idx])
             desc, grids = fx.embed_chips(occluded)
             items_desc.append(desc)
             for g in fx.grid_names:
                 items_grids[g].append(grids[g].astype(np.float16))
-            chip_l68.append(fx.detector.chip_landmarks68(occluded))
+            chip_l68.append(fx.detector.chip_landmarks68(occluded,
+                                                         box=fx.backbone.geometry.face_box))
             advance(len(idx))
     n = len(query_index)
     out = FeatureSet(
@@ -149,6 +145,15 @@ def occluded_queries(data: EvalData, kind: str, query_index: np.ndarray, seed: i
     if cache is not None:
         out.save(cache)
     return out
+
+
+def _occluded_cache(fx: FeatureExtractor, kind: str, query_index: np.ndarray, seed: int,
+                    version: int) -> Path | None:
+    if fx.cache_dir is None:
+        return None
+    digest = hashlib.sha1(query_index.astype(np.int64).tobytes()).hexdigest()[:12]
+    return fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
+        f"{kind}-v{version}-seed{seed}-n{len(query_index)}-{digest}.npz")
 
 
 # ---- identification ------------------------------------------------------------------------
@@ -275,9 +280,17 @@ def setup_identification(data: EvalData, protocol: str, seed: int = 0,
         gallery = feats.take(gallery_index)
         exclude = np.searchsorted(gallery_index, query_index)  # leave-one-out
     else:
-        # the full occluded set is built (and cached) once; a limit takes a subset of it
-        full = occluded_queries(data, OCCLUSION_OF[protocol], all_queries, seed, progress)
-        queries = full.take(pick)
+        # the full occluded set is built (and cached) once; a limit takes a subset of it, or,
+        # while the full set is not cached, builds only its own queries (each image's
+        # occlusion is seeded by its id, so both give the same features)
+        from facerank.eval.occlusion import VERSION
+
+        kind = OCCLUSION_OF[protocol]
+        full_cache = _occluded_cache(data.extractor, kind, all_queries, seed, VERSION)
+        if limit is None or (full_cache is not None and full_cache.is_file()):
+            queries = occluded_queries(data, kind, all_queries, seed, progress).take(pick)
+        else:
+            queries = occluded_queries(data, kind, query_index, seed, progress)
         gallery_index = np.arange(len(lfw))
         gallery = feats
         exclude = np.full(len(query_index), -1) if keep_original else query_index.copy()

@@ -81,6 +81,7 @@ class DlibResNet(nn.Module):
     """The dlib ResNet-29 face descriptor network (input: 150x150 RGB chips)."""
 
     model_id = "dlib_resnet_v1"
+    name = "dlib"  # facerank.models.backbone.Backbone
 
     def __init__(self, net: DlibNetwork) -> None:
         super().__init__()
@@ -140,6 +141,29 @@ class DlibResNet(nn.Module):
 
             path = bundled_model(DLIB_RESNET)
         return cls(read_dlib_resnet(path))
+
+    # ---- facerank.models.backbone.Backbone: dlib's 150 chip, padding 0.25, dlib 5 points ----
+
+    @property
+    def geometry(self):  # noqa: ANN201 - Geometry (imported lazily: backbone imports this)
+        from facerank.models.backbone import geometry
+
+        return geometry("dlib")
+
+    def points(self, detection) -> np.ndarray:  # noqa: ANN001 - Detection
+        """dlib's own 5 landmarks (eye corners, nose base)."""
+        return detection.landmarks5
+
+    def align_points(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """`dlib.get_face_chip(image, shape, 150, 0.25)` (numpy port)."""
+        from facerank.align import extract_chip
+
+        return extract_chip(image, points, self.input_size, 0.25)
+
+    def chip_transform(self, points: np.ndarray) -> np.ndarray:
+        from facerank.align import chip_transform
+
+        return chip_transform(points, self.input_size, 0.25)
 
     @property
     def fc_weight(self) -> torch.Tensor:

@@ -31,6 +31,7 @@ from facerank.rerank.emd import (
 from facerank.rerank.gate import QualityGate, bundled_gate, gate_features, query_features
 from facerank.search import Ranking
 
+_MODEL_PREFIX = {"dlib": "dlib_resnet", "sface": "sface"}
 _GRID = re.compile(r"^(l[0-4])(?:p(\d+))?$")
 
 
@@ -65,7 +66,8 @@ class Stage2EMD:
     def __init__(self, grid: str = "l2", weighting: str = "apc", alpha: float = 0.7,
                  k: int = 100, eps: float = 0.05, max_iter: int = 100,
                  chunk_pairs: int | None = None, fc_weight: torch.Tensor | None = None,
-                 gate: QualityGate | str | None = None, device: str = "cpu") -> None:
+                 gate: QualityGate | str | None = None, device: str = "cpu",
+                 backbone: str = "dlib") -> None:
         if weighting not in W.WEIGHTINGS:
             raise InputError(f"unknown weighting {weighting!r}; choose from "
                              f"{', '.join(W.WEIGHTINGS)}")
@@ -85,6 +87,18 @@ class Stage2EMD:
                                                                   CPU_EMD_CALL_PAIRS))
         self._fc_weight = fc_weight
         self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
+        from facerank.models.backbone import geometry
+
+        self.backbone = backbone
+        self.chip_size = geometry(backbone).chip_size  # lmk weighting: chip landmarks -> cells
+        gate_backbone = str((self.gate.meta if self.gate else {}).get("backbone", ""))
+        if gate_backbone and not gate_backbone.startswith(_MODEL_PREFIX[backbone]):
+            raise InputError(f"the Stage-2 gate was fitted on {gate_backbone}, not on the "
+                             f"{backbone} backbone; use its own gate (--gate auto) or --gate none")
+        if weighting == "cc" and backbone != "dlib":
+            raise InputError(f"cc weighting needs a global-pool + fc head (dlib); {backbone}'s "
+                             "embedding maps the whole flattened 7x7 map (position-dependent): "
+                             "use apc, sc, uniform or lmk")
 
     def describe(self) -> str:
         gated = ", gated" if self.gate is not None else ""
@@ -167,8 +181,8 @@ class Stage2EMD:
             cd = torch.from_numpy(cf.descriptors[ci]).float()
             return W.cc(q, c, qd, cd, self.fc_weight)
         hw = self.grid_hw(qf)
-        return (W.landmark_density(_landmarks(qf, qi), hw),
-                W.landmark_density(_landmarks(cf, ci), hw))
+        return (W.landmark_density(_landmarks(qf, qi), hw, self.chip_size),
+                W.landmark_density(_landmarks(cf, ci), hw, self.chip_size))
 
     def score_pairs(self, a: FeatureSet, b: FeatureSet) -> np.ndarray:
         """Blended score alpha * EMD + (1 - alpha) * cosine of pairs (a[i], b[i]) -> (P,).
@@ -219,8 +233,10 @@ class Stage2EMD:
         qw = cw = None  # uniform, or APC / SC computed in the solver's chunks from the cosines
         inv = torch.from_numpy(inverse.reshape(n_q, k))  # (Q, k) each pair's candidate of U
         if self.weighting == "lmk":  # one weighting per face, shared by its pairs
-            qw = W.landmark_density(_landmarks(qf, rows), self.grid_hw(qf))  # (Q, N)
-            cw = W.landmark_density(_landmarks(gf, uniq), self.grid_hw(gf))  # (U, M)
+            qw = W.landmark_density(_landmarks(qf, rows), self.grid_hw(qf),
+                                    self.chip_size)  # (Q, N)
+            cw = W.landmark_density(_landmarks(gf, uniq), self.grid_hw(gf),
+                                    self.chip_size)  # (U, M)
             qw, cw = qw.unsqueeze(1).expand(n_q, k, -1), cw[inv]
         elif self.weighting == "cc":  # each face projected once, then correlated per pair
             fc, dev = self.fc_weight.to(self.device), self.device
@@ -298,7 +314,7 @@ def _make(grid: str = "l2", weighting: str = "apc", alpha: float = 0.7, k: int =
     """The product's EMD re-ranker. gate: "auto" = the bundled gate fitted for this grid and
     weighting when one ships (else none), "none", "default", or a gate JSON file."""
     if gate == "auto":
-        found = bundled_gate(grid, weighting)
+        found = bundled_gate(grid, weighting, str(kw.get("backbone", "dlib")))
         gate = str(found) if found is not None else None
     elif gate == "none":
         gate = None

@@ -71,14 +71,19 @@ def gate_features(cos: np.ndarray, emd: np.ndarray, query: np.ndarray) -> np.nda
     ], axis=1)
 
 
-def bundled_gate_path(grid: str, weighting: str) -> Path:
-    """Where the gate for the dlib backbone with this grid and weighting ships."""
-    return BUNDLED / f"dlib_resnet_v1-{grid}-{weighting}.json"
+BACKBONE_GATE_PREFIX = {"dlib": "dlib_resnet_v1", "sface": "sface_2021dec_int8bq"}
 
 
-def bundled_gate(grid: str, weighting: str) -> Path | None:
-    """The gate shipped for the dlib backbone with this grid and weighting, if there is one."""
-    path = bundled_gate_path(grid, weighting)
+def bundled_gate_path(grid: str, weighting: str, backbone: str = "dlib") -> Path:
+    """Where the gate for `backbone` ("dlib" or "sface") with this grid and weighting ships."""
+    if backbone not in BACKBONE_GATE_PREFIX:
+        raise InputError(f"unknown backbone {backbone!r}; use dlib or sface")
+    return BUNDLED / f"{BACKBONE_GATE_PREFIX[backbone]}-{grid}-{weighting}.json"
+
+
+def bundled_gate(grid: str, weighting: str, backbone: str = "dlib") -> Path | None:
+    """The gate shipped for `backbone` with this grid and weighting, if there is one."""
+    path = bundled_gate_path(grid, weighting, backbone)
     return path if path.is_file() else None
 
 

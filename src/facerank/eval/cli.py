@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from facerank.cli_options import Gate
+from facerank.cli_options import Gate, Ray, RayBatch, RayConcurrency, ray_extractor
 from facerank.errors import InputError
 
 
@@ -35,6 +35,9 @@ def eval_command(
         help="Occluded protocols: keep the query's own original in the gallery (papers' code).")]
     = False,
     limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N queries.")] = None,
+    ray: Ray = None,
+    ray_batch_size: RayBatch = 32,
+    ray_concurrency: RayConcurrency = None,
 ) -> None:
     """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
     from rich.console import Console
@@ -58,7 +61,8 @@ def eval_command(
     reranker = make_stage2(stage2, **options) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
-    data = P.EvalData.load()
+    fx = P.lfw_extractor()
+    data = P.EvalData.load(fx, extract=ray_extractor(ray, fx, ray_batch_size, ray_concurrency))
     console.print(f"LFW features ready: {len(data.features)} images in {data.seconds:.1f} s")
     method2 = reranker.describe() if reranker else ""
     gate = getattr(reranker, "gate", None)

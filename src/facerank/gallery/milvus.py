@@ -17,6 +17,7 @@ the store. Requires the `scale` extra: `pip install 'facerank[scale]'`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +56,43 @@ def normalise_uri(uri: str) -> str:
     return str(path)
 
 
+def _is_lite(uri: str) -> bool:
+    return not uri.startswith(_SERVER_SCHEMES)
+
+
 def connect(uri: str) -> Any:
     """A `pymilvus.MilvusClient`, or one GalleryError line naming the URI."""
     try:
         from pymilvus import MilvusClient
     except ImportError as e:
         raise scale_extra_missing("a Milvus gallery", e) from None
+    # milvus-lite logs a traceback of its own when it cannot open a file; our one line says it
+    logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri=uri, timeout=10)
     except Exception as e:  # noqa: BLE001 - pymilvus raises several types for one failure
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if _is_lite(uri):
+            raise GalleryError(f"cannot open milvus-lite file {uri} ({msg}): it serves one "
+                               "process at a time, so close the other facerank process using "
+                               "this gallery (or use a Milvus server)") from None
         raise GalleryError(f"cannot reach Milvus at {uri} ({msg}); start the server or fix "
                            "--milvus-uri") from None
+
+
+def disconnect(client: Any, uri: str) -> None:
+    """Close the client; for milvus-lite also stop its in-process server, releasing the file
+    lock so another process can open the gallery."""
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - closing a dead connection is not an error
+        pass
+    if _is_lite(uri):
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:
+            return
+        server_manager_instance.release_server(uri)
 
 
 class MilvusIndex:
@@ -79,6 +105,13 @@ class MilvusIndex:
         self.uri = uri
         self.collection = collection
         self._client = connect(uri)
+        try:
+            if self._client.has_collection(collection):
+                self._client.load_collection(collection)  # a reopened collection is released
+        except Exception as e:  # noqa: BLE001
+            self.close()
+            raise GalleryError(f"Milvus at {uri}: cannot load collection {collection!r} "
+                               f"({str(e).splitlines()[0][:200]})") from None
 
     @classmethod
     def from_meta(cls, store: FeatureStore, meta: dict[str, str]) -> MilvusIndex:
@@ -94,7 +127,7 @@ class MilvusIndex:
                 raise GalleryError(f"Milvus at {uri} already has a collection {collection!r}; "
                                    "use another --milvus-collection or drop it")
         finally:
-            client.close()
+            disconnect(client, uri)
         return {"index": "milvus", "milvus_uri": uri, "milvus_collection": collection}
 
     def _ensure_collection(self, dim: int) -> None:
@@ -180,7 +213,4 @@ class MilvusIndex:
         return f"milvus {self.collection} at {self.uri}"
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection is not an error
-            pass
+        disconnect(self._client, self.uri)

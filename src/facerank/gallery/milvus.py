@@ -18,6 +18,7 @@ the store. Requires the `scale` extra: `pip install 'facerank[scale]'`.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ def _is_lite(uri: str) -> bool:
 
 def connect(uri: str) -> Any:
     """A `pymilvus.MilvusClient`, or one GalleryError line naming the URI."""
+    # gRPC's C core prints keep-alive chatter (GOAWAY "too_many_pings" from milvus-lite's
+    # server) to stderr; errors that matter reach us as exceptions, so keep the CLI clean
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         from pymilvus import MilvusClient
     except ImportError as e:
@@ -164,6 +168,10 @@ class MilvusIndex:
                         {"id": int(i), "vector": v} for i, v in zip(ids, emb, strict=True)])
             if dels and self._client.has_collection(self.collection):
                 self._client.delete(self.collection, ids=[int(i) for i in dels])
+            if _is_lite(self.uri) and self._client.has_collection(self.collection):
+                # milvus-lite searches a sealed segment ~25x faster than a growing one
+                # (13k faces: 110 vs 2,900 ms per query, measured); a server seals by itself
+                self._client.flush(self.collection)
         except GalleryError:
             raise
         except Exception as e:  # noqa: BLE001 - network / server errors

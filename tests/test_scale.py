@@ -188,3 +188,24 @@ def test_scale_options_without_the_extra(tmp_path: Path, monkeypatch: pytest.Mon
                        milvus_uri=str(tmp_path / "f.db"))
     with pytest.raises(GalleryError):
         Gallery.open(tmp_path / "missing")
+
+
+def test_web_page_searches_a_milvus_gallery(people: tuple[Path, list[Path]],
+                                            extractor: FeatureExtractor, tmp_path: Path) -> None:
+    """The web service works unchanged on a Milvus-backed gallery (Stage 2 included)."""
+    from fastapi.testclient import TestClient
+
+    from facerank.web.app import create_app
+
+    root, probe_files = people
+    with Gallery.create(tmp_path / "g", extractor, index="milvus",
+                        milvus_uri=str(tmp_path / "faces.db")) as g:
+        g.add_folder(root, progress=False)
+    client = TestClient(create_app(tmp_path / "g", extractor=extractor))
+    resp = client.post("/api/search?k=3",
+                       files={"file": ("p.jpg", probe_files[0].read_bytes(), "image/jpeg")})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert results[0]["identity"] == PEOPLE[0] and len(results) == 3
+    assert "emd" in results[0]["stage_scores"]
+    client.app.state.service.gallery.close()

@@ -52,3 +52,19 @@ Backbone = Annotated[str, typer.Option(
 GalleryBackbone = Annotated[str | None, typer.Option(
     "--backbone", help="dlib or sface; default: the gallery's own. A gallery built with "
     "another backbone is refused.")]
+Ray = Annotated[str | None, typer.Option(
+    "--ray", help="Extract on Ray Data: local (start a Ray on this machine), auto (join the "
+    "running cluster) or ray://host:10001. Needs `pip install 'facerank[scale]'`.")]
+RayBatch = Annotated[int, typer.Option("--ray-batch-size", help="Images per Ray batch.")]
+RayConcurrency = Annotated[int | None, typer.Option(
+    "--ray-concurrency", help="Extractor actors (default: one per CPU of the cluster).")]
+
+
+def ray_extractor(address: str | None, fx, batch_size: int = 32,  # noqa: ANN001
+                  concurrency: int | None = None):  # noqa: ANN201
+    """A `facerank.scale.ray.RayExtract` for `--ray ADDRESS`, or None without the option."""
+    if address is None:
+        return None
+    from facerank.scale.ray import RayExtract
+
+    return RayExtract(fx, None if address == "local" else address, batch_size, concurrency)

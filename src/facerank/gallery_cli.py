@@ -22,8 +22,12 @@ from facerank.cli_options import (
     Gate,
     Model,
     NoFace,
+    Ray,
+    RayBatch,
+    RayConcurrency,
     describe_detection,
     probe_label,
+    ray_extractor,
 )
 from facerank.errors import InputError
 
@@ -89,13 +93,24 @@ def create_command(
     no_face: NoFace = "none",
     model: Model = None,
     backbone: Backbone = "dlib",
+    index: Annotated[str, typer.Option(
+        "--index", help="Stage-1 engine: flat (exact faiss), hnsw (approximate faiss) or milvus "
+        "(embeddings in a Milvus collection; needs --milvus-uri).")] = "flat",
+    milvus_uri: Annotated[str | None, typer.Option(
+        "--milvus-uri", help="A milvus-lite file (faces.db) or a server (http://host:19530).")]
+    = None,
+    milvus_collection: Annotated[str | None, typer.Option(
+        "--milvus-collection", help="Collection name (default facerank_faces).")] = None,
 ) -> None:
     """Create an empty gallery; the detector settings are stored and reused by `add`."""
     from facerank.gallery import Gallery
 
-    g = Gallery.create(folder, _extractor(detector, faces, no_face, model, backbone))
+    g = Gallery.create(folder, _extractor(detector, faces, no_face, model, backbone),
+                       index=index, milvus_uri=milvus_uri,  # type: ignore[arg-type]
+                       milvus_collection=milvus_collection)
     out.print(f"created gallery {folder} ({g.extractor.model_id}, detector "
-              f"{g.extractor.detector.config_id})", markup=False, highlight=False)
+              f"{g.extractor.detector.config_id}, index {g.index.describe()})",
+              markup=False, highlight=False)
 
 
 @gallery_app.command("add")
@@ -112,6 +127,9 @@ def add_command(
         "--min-confidence", help="Refuse faces whose URL confidence is below this (1.0 = a "
         "typical clean LFW face).")] = None,
     backbone: GalleryBackbone = None,
+    ray: Ray = None,
+    ray_batch_size: RayBatch = 32,
+    ray_concurrency: RayConcurrency = None,
 ) -> None:
     """Enrol images (resumable: files already in the gallery are skipped)."""
     from facerank.gallery import identity_of, list_images
@@ -140,7 +158,8 @@ def add_command(
 
         refuse = refuse_below(min_confidence, g.extractor.model_id)
     try:
-        report = g.add_files(files, names, progress=True, refuse=refuse)
+        extract = ray_extractor(ray, g.extractor, ray_batch_size, ray_concurrency)
+        report = g.add_files(files, names, progress=True, extract=extract, refuse=refuse)
     except KeyboardInterrupt:
         err.print(f"interrupted; the gallery keeps {len(g)} image(s) committed so far. Run the "
                   "same command again to resume.", markup=False, highlight=False)

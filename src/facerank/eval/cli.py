@@ -10,7 +10,15 @@ from typing import Annotated
 
 import typer
 
-from facerank.cli_options import Backbone, Calibrate, Gate
+from facerank.cli_options import (
+    Backbone,
+    Calibrate,
+    Gate,
+    Ray,
+    RayBatch,
+    RayConcurrency,
+    ray_extractor,
+)
 from facerank.errors import InputError
 
 
@@ -45,6 +53,9 @@ def eval_command(
         help="yunet only: chip from dlib's 5-point predictor (dlib) or YuNet's points "
         "(points).")] = "dlib",
     backbone: Backbone = "dlib",
+    ray: Ray = None,
+    ray_batch_size: RayBatch = 32,
+    ray_concurrency: RayConcurrency = None,
 ) -> None:
     """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
     from rich.console import Console
@@ -74,7 +85,8 @@ def eval_command(
     reranker = make_stage2(stage2, **options) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
-    data = P.EvalData.load(P.lfw_extractor(backbone=backbone))
+    fx = P.lfw_extractor(backbone=backbone)
+    data = P.EvalData.load(fx, extract=ray_extractor(ray, fx, ray_batch_size, ray_concurrency))
     qx = P.chain_extractor(detector, align5, backbone=backbone) if detector != "lfw" else None
     console.print(f"LFW features ready: {len(data.features)} images in {data.seconds:.1f} s")
     method2 = reranker.describe() if reranker else ""

@@ -19,6 +19,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,14 +78,17 @@ class EvalData:
 
     @classmethod
     def load(cls, extractor: FeatureExtractor | None = None, root: Path | None = None,
-             progress: bool = True) -> EvalData:
+             progress: bool = True, extract: Any = None) -> EvalData:
+        """extract: run the extraction elsewhere (`facerank.scale.ray.RayExtract`), given
+        an extractor with the same settings; the packed cache is shared either way."""
         start = time.perf_counter()
         lfw = load_lfw(root)
         fx = extractor or lfw_extractor()
         packed = _packed_cache(fx, lfw)
         if packed is not None and packed.is_file():
             return cls(lfw, fx, FeatureSet.load(packed), time.perf_counter() - start)
-        feats = fx.extract_paths(lfw.paths, progress=progress, description="LFW features")
+        feats = (extract.extract_paths(lfw.paths) if extract is not None else
+                 fx.extract_paths(lfw.paths, progress=progress, description="LFW features"))
         if feats.failures:
             path, msg = feats.failures[0]
             raise DataError(f"{len(feats.failures)} LFW image(s) could not be read; first: {msg}")

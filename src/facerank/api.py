@@ -124,17 +124,20 @@ class Gallery:
     def search(self, x: Any, k: int = 10, stage2: str = "emd",  # noqa: ANN401
                gate: str = "auto", aligned: str = "none") -> list[SearchResult]:
         """The best k matches of the face in `x`, as `facerank search` ranks them (the gallery's
-        own detector settings; Stage 2 "emd" behind the bundled quality gate, or "none")."""
+        own detector settings; Stage 2 "emd" behind the bundled quality gate, or "none"), each
+        with the gallery face's URL confidence as the CLI shows it."""
         from facerank.features import FeatureExtractor, FeatureSet
         from facerank.prealigned import check_aligned
         from facerank.rerank.base import make_stage2
+        from facerank.uncertainty.confidence import attach_results
 
         fx = self.stored.extractor
         if aligned != "none":
             fx = FeatureExtractor(backbone=fx.backbone, detector=fx.detector,
                                   grids=fx.grid_names, aligned=check_aligned(aligned))
         probe = FeatureSet.stack([_features(fx, x, "<probe>")])
-        return self.stored.search(probe, k=k, stage2=make_stage2(stage2, gate=gate))
+        results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, gate=gate))
+        return attach_results(self.stored, probe, results)[1]
 
     def close(self) -> None:
         self.stored.close()

@@ -147,7 +147,7 @@ def add_command(
     if not files:
         raise InputError(f"no image files found in {', '.join(map(str, images))}")
     names = [identity or identity_of(f, identity_from) for f in files]  # type: ignore[arg-type]
-    g = _open(folder)
+    g = _open(folder, backbone)
     if aligned != "none":
         from facerank.prealigned import check_aligned
 

@@ -15,6 +15,7 @@ gallery, so its crash-safety rules hold unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -41,7 +42,9 @@ def extractor_config(fx: FeatureExtractor) -> dict[str, Any]:
     d = fx.detector
     return {"detector": {"method": d.method, "policy": d.policy, "fallback": d.fallback,
                          "upsample": d.upsample, "retry_upsample": d.retry_upsample},
-            "grids": list(fx.grid_names), "model_id": fx.model_id}
+            "grids": list(fx.grid_names), "model_id": fx.model_id,
+            "backbone": fx.backbone.name, "aligned": fx.aligned,
+            "align5": getattr(d, "align5", None)}
 
 
 def start(address: str | None, num_cpus: int | None = None) -> Any:
@@ -57,6 +60,10 @@ def start(address: str | None, num_cpus: int | None = None) -> Any:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     try:
         ray.init(**kwargs)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # facerank draws its own
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ...
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise InputError(f"cannot start or reach Ray at {address or 'a local Ray'} ({msg}); "
@@ -74,8 +81,12 @@ class _ExtractActor:
         from facerank.detect import FaceDetector
 
         torch.set_num_threads(max(1, threads))
-        self.fx = FeatureExtractor(detector=FaceDetector(**config["detector"]),
-                                   grids=config["grids"], cache=cache)
+        det = dict(config["detector"])
+        if config.get("align5") is not None:
+            det["align5"] = config["align5"]
+        self.fx = FeatureExtractor(backbone=config["backbone"], detector=FaceDetector(**det),
+                                   grids=config["grids"], cache=cache,
+                                   aligned=config["aligned"])
         if self.fx.model_id != config["model_id"]:
             raise FacerankError(f"Ray worker builds model {self.fx.model_id}, the driver "
                                 f"{config['model_id']}: install the same facerank everywhere")
@@ -131,7 +142,8 @@ class RayExtract:
     def _results(self, paths: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
         ds = self.ray.data.from_items([{"i": i, "path": p} for i, p in enumerate(paths)])
         ds = ds.map_batches(_ExtractActor, batch_size=self.batch_size,
-                            concurrency=self.concurrency, batch_format="numpy",
+                            compute=self.ray.data.ActorPoolStrategy(size=self.concurrency),
+                            batch_format="numpy",
                             fn_constructor_kwargs={"config": self.config, "cache": self.cache,
                                                    "threads": self.threads},
                             num_cpus=self.threads)

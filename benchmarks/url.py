@@ -31,7 +31,7 @@ from rich.console import Console
 from benchmarks.common import RESULTS, Timer, write_result
 from facerank.align import extract_chip
 from facerank.eval import metrics
-from facerank.eval.protocols import OCCLUSION_OF, EvalData, occluded_queries
+from facerank.eval.protocols import OCCLUSION_OF, EvalData, occluded_queries, openset_split
 from facerank.features import FeatureSet
 from facerank.imageio import load_image
 from facerank.train.split import identity_fold
@@ -178,13 +178,7 @@ def openset(data: EvalData, heads: dict[bool, tuple], seed: int = 0) -> dict:
     res: dict = {}
     for train_fold, (head, _m) in heads.items():
         held = multi[fold[multi] != train_fold]
-        people = np.unique(lfw.labels[held])
-        rng = np.random.default_rng(seed)
-        enrolled = rng.permutation(people)[: len(people) // 2]
-        is_enrolled = np.isin(lfw.labels[held], enrolled)
-        gallery_index = np.array([rng.choice(held[lfw.labels[held] == p]) for p in enrolled])
-        mated = np.setdiff1d(held[is_enrolled], gallery_index)
-        nonmated = held[~is_enrolled]
+        gallery_index, mated, nonmated = openset_split(lfw.labels, held, seed)
         g = data.features.take(gallery_index)
         ug = run_head(head, g.descriptors, _grid(head, g))
         for name in ("cosine", "url_score"):

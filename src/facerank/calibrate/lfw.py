@@ -20,7 +20,7 @@ from facerank.calibrate.anchors import AnchorSet
 from facerank.calibrate.base import Calibrator
 from facerank.errors import InputError
 from facerank.eval import metrics
-from facerank.eval.protocols import EvalData
+from facerank.eval.protocols import EvalData, openset_split, verification_metrics
 from facerank.search import Ranking
 from facerank.train.split import identity_fold
 
@@ -101,11 +101,7 @@ def pair_scores(data: EvalData, pairs, factory: Factory,  # noqa: ANN001
 
 def verification(scores: np.ndarray, pairs) -> dict:  # noqa: ANN001
     """10-fold accuracy, TAR@FAR 1e-3 / 1e-2 and AUC (the evaluator's metrics)."""
-    acc = metrics.verification_accuracy_10fold(scores, pairs.same, pairs.fold)
-    tar = metrics.tar_at_far(scores, pairs.same, [1e-3, 1e-2])
-    return {"accuracy": float(acc["mean"]), "accuracy_std": float(acc["std"]),
-            "tar_at_far_1e-3": float(tar["tar"][0]), "tar_at_far_1e-2": float(tar["tar"][1]),
-            "auc": float(metrics.roc_auc(scores, pairs.same))}
+    return verification_metrics(scores, pairs)
 
 
 # ---- gallery scoring ------------------------------------------------------------------------
@@ -159,13 +155,7 @@ def openset(data: EvalData, cal: Calibrator | None, people: np.ndarray, seed: in
     lfw = data.lfw
     multi = lfw.people_with_at_least(2)
     multi = multi[np.isin(lfw.labels[multi], people)]
-    ppl = np.unique(lfw.labels[multi])
-    rng = np.random.default_rng(seed)
-    enrolled = rng.permutation(ppl)[: len(ppl) // 2]
-    is_enrolled = np.isin(lfw.labels[multi], enrolled)
-    gallery_index = np.array([rng.choice(multi[lfw.labels[multi] == p]) for p in enrolled])
-    mated = np.setdiff1d(multi[is_enrolled], gallery_index)
-    nonmated = multi[~is_enrolled]
+    gallery_index, mated, nonmated = openset_split(lfw.labels, multi, seed)
     emb = data.features.embeddings
     g = emb[gallery_index]
     tg = cal.face_terms(g) if cal is not None else None

@@ -327,17 +327,18 @@ def run_pairs(data: EvalData, stage2: Reranker | None = None) -> dict:
     """pairs.txt: 10-fold accuracy, TAR@FAR 1e-3 / 1e-2 and ROC AUC for Stage 1 (and 2)."""
     pairs = load_pairs(data.lfw)
     emb = data.features.embeddings
-    out = {"stage1": _verification(np.einsum("pd,pd->p", emb[pairs.a], emb[pairs.b]), pairs)}
+    out = {"stage1": verification_metrics(np.einsum("pd,pd->p", emb[pairs.a], emb[pairs.b]), pairs)}
     if stage2 is not None:
         scores = stage2.score_pairs(data.features.take(pairs.a),
                                     data.features.take(pairs.b))
-        out["stage2"] = _verification(scores, pairs)
+        out["stage2"] = verification_metrics(scores, pairs)
     out["settings"] = {"protocol": "lfw-pairs", "n_pairs": len(pairs.a),
                        "stage2": stage2.describe() if stage2 else "none"}
     return out
 
 
-def _verification(scores: np.ndarray, pairs) -> dict:  # noqa: ANN001
+def verification_metrics(scores: np.ndarray, pairs) -> dict:  # noqa: ANN001
+    """10-fold accuracy (± std), TAR@FAR 1e-3 / 1e-2 and ROC AUC of pair scores."""
     acc = metrics.verification_accuracy_10fold(scores, pairs.same, pairs.fold)
     tar = metrics.tar_at_far(scores, pairs.same, [1e-3, 1e-2])
     return {"accuracy": float(acc["mean"]), "accuracy_std": float(acc["std"]),
@@ -345,18 +346,26 @@ def _verification(scores: np.ndarray, pairs) -> dict:  # noqa: ANN001
             "auc": float(metrics.roc_auc(scores, pairs.same))}
 
 
+def openset_split(labels: np.ndarray, candidates: np.ndarray, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The open-set protocol's images among `candidates` (image indices whose people have
+    >= 2 images): a seeded half of the people is enrolled with one image each.
+    Returns (gallery_index, mated probes, non-mated probes)."""
+    people = np.unique(labels[candidates])
+    rng = np.random.default_rng(seed)
+    enrolled = rng.permutation(people)[: len(people) // 2]
+    is_enrolled = np.isin(labels[candidates], enrolled)
+    gallery_index = np.array([rng.choice(candidates[labels[candidates] == p])
+                              for p in enrolled])
+    mated = np.setdiff1d(candidates[is_enrolled], gallery_index)
+    return gallery_index, mated, candidates[~is_enrolled]
+
+
 def run_openset(data: EvalData, stage2: Reranker | None = None, seed: int = 0,
                 progress: bool = True) -> dict:
     """Open-set identification: TPIR at FPIR 1 % and 10 %, Stage 1 (and Stage 2)."""
     lfw = data.lfw
-    multi = lfw.people_with_at_least(2)
-    people = np.unique(lfw.labels[multi])
-    rng = np.random.default_rng(seed)
-    enrolled = rng.permutation(people)[: len(people) // 2]
-    is_enrolled = np.isin(lfw.labels[multi], enrolled)
-    gallery_index = np.array([rng.choice(multi[lfw.labels[multi] == p]) for p in enrolled])
-    mated = np.setdiff1d(multi[is_enrolled], gallery_index)
-    nonmated = multi[~is_enrolled]
+    gallery_index, mated, nonmated = openset_split(lfw.labels, lfw.people_with_at_least(2), seed)
     gallery = data.features.take(gallery_index)
     g_labels = lfw.labels[gallery_index]
     out: dict = {"settings": {"protocol": "lfw-openset", "seed": seed,

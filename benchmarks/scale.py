@@ -8,8 +8,9 @@ enrol: the same N LFW images (sorted, spread over all of LFW) enrolled into two 
 with the feature cache off, first in-process, then through `RayExtract` on a local Ray; Ray's
 start-up is timed apart from the enrolment. latency: two galleries of the 13,231 LFW images
 `make demo` enrols (features from the cache), one searched by faiss (flat), then one by
-milvus-lite (FLAT, IP), with the same 100 probes; one engine open at a time. milvus1m: the synthetic data of
-`benchmarks.faiss_scale` inserted into milvus-lite; recall@100 against faiss exact search.
+milvus-lite (FLAT, IP), with the same 100 probes; one engine open at a time. milvus1m: the
+synthetic data of `benchmarks.faiss_scale` inserted into milvus-lite; recall@100 against faiss
+exact search.
 """
 
 from __future__ import annotations

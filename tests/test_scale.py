@@ -209,3 +209,19 @@ def test_web_page_searches_a_milvus_gallery(people: tuple[Path, list[Path]],
     assert results[0]["identity"] == PEOPLE[0] and len(results) == 3
     assert "emd" in results[0]["stage_scores"]
     client.app.state.service.gallery.close()
+
+
+def test_ray_unreachable_address_is_one_line(people: tuple[Path, list[Path]],
+                                             extractor: FeatureExtractor, tmp_path: Path) -> None:
+    """`--ray ray://host:port` with nothing listening: one line, exit 2, nothing enrolled."""
+    pytest.importorskip("ray")
+    root, _ = people
+    Gallery.create(tmp_path / "g", extractor).close()
+    env = dict(os.environ, FACERANK_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "facerank.cli", "gallery", "add", str(tmp_path / "g"),
+                        str(root), "--ray", "ray://127.0.0.1:9"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot start or reach Ray at ray://127.0.0.1:9" in lines[0], lines
+    assert not _ids_sqlite(tmp_path / "g")

@@ -49,6 +49,9 @@ def test_checkpoint_round_trip_and_refusals(tmp_path) -> None:
     (tmp_path / "head.json").write_text("{broken")
     with pytest.raises(ModelFileError, match="JSON"):
         load_checkpoint(path, "toy")
+    (tmp_path / "head.json").write_text(json.dumps({"dim": 3}))
+    with pytest.raises(ModelFileError, match="no 'kind'"):
+        load_checkpoint(path, "toy")
     (tmp_path / "head.json").write_text(json.dumps([1]))
     with pytest.raises(ModelFileError, match="object"):
         load_checkpoint(path, "toy")

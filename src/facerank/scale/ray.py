@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -59,7 +60,9 @@ def start(address: str | None, num_cpus: int | None = None) -> Any:
     else:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     try:
-        ray.init(**kwargs)
+        with warnings.catch_warnings():  # our one line below says what its warning says
+            warnings.simplefilter("ignore")
+            ray.init(**kwargs)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # facerank draws its own
         ctx.print_on_execution_start = False

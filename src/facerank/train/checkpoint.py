@@ -59,6 +59,9 @@ def load_checkpoint(path: str | Path, kind: str, backbone: str | None = None
     """(state_dict, config) of a checkpoint of `kind` made for `backbone` (None: any)."""
     pt, js = _paths(path)
     config = read_config(path)
+    if "kind" not in config:
+        raise ModelFileError(f"{js}: not a facerank checkpoint config (no 'kind'); pass a {kind} "
+                             "checkpoint written by `facerank train`")
     if config.get("kind") != kind:
         raise ModelFileError(f"{js}: a {config.get('kind')!r} checkpoint, not {kind!r}; pass a "
                              f"{kind} checkpoint")

@@ -32,7 +32,7 @@ def eval_command(
         help="lfw-1680, lfw-crop, lfw-mask, lfw-sunglasses, lfw-lowres, lfw-pairs, lfw-openset "
         "or all.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval-out"),
-    stage2: Annotated[str, typer.Option(help="Stage-2 method (none, emd).")] = "none",
+    stage2: Annotated[str, typer.Option(help="Stage-2 method (none, emd, vit, vit+emd).")] = "none",
     grid: Annotated[str, typer.Option(help="EMD patch grid: l2, l1, l2p4 (l2 pooled 4x4)...")]
     = "l2",
     weighting: Annotated[str, typer.Option(help="uniform, apc, cc, sc or lmk.")] = "apc",

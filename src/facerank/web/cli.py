@@ -36,7 +36,8 @@ def serve_command(
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     stage2: Annotated[str, typer.Option(
-        help="Stage-2 re-ranker: emd or none (emd falls back to none if unavailable).")] = "emd",
+        help="Stage-2 re-ranker: emd, vit, vit+emd or none (emd falls back to none if "
+        "unavailable).")] = "emd",
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", help="Largest probe photo accepted, in MiB.")] = 8.0,
     calibrate: Calibrate = "none",

@@ -11,13 +11,16 @@ page without touching them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from facerank.errors import InputError
 from facerank.features import FeatureSet
 from facerank.search import Ranking
+
+if TYPE_CHECKING:
+    from facerank.rerank.gate import QualityGate
 
 
 class Reranker(Protocol):
@@ -38,6 +41,43 @@ class Reranker(Protocol):
     def describe(self) -> str:
         """One line naming the method and its settings (for reports and the UI)."""
         ...
+
+
+def rerank_depth(queries: FeatureSet, ranking: Ranking, k: int) -> int:
+    """Columns a Stage 2 re-orders: min(k, ranking.k), 0 when there is nothing to re-order;
+    an InputError when the ranking and the queries disagree."""
+    if ranking.num_queries != len(queries):
+        raise InputError(f"ranking has {ranking.num_queries} rows but {len(queries)} queries "
+                         "were given")
+    return 0 if ranking.num_queries == 0 else min(k, ranking.k)
+
+
+def gated_blend(ranking: Ranking, stage2: np.ndarray, name: str, alpha: float,
+                gate: QualityGate | None,
+                gate_inputs: Callable[[np.ndarray], np.ndarray] | None) -> Ranking:
+    """Re-order the first k columns by alpha * stage2 + (1 - alpha) * Stage-1 cosine.
+
+    stage2 (Q, k): the re-ranker's score of the first k candidates, kept as
+    `stage_scores[name]`. With a gate, queries it does not flag as hard keep alpha = 0 (their
+    Stage-1 order); `gate_inputs(cos (Q, k)) -> (Q, F)` gives its features (None: no query
+    features, which a gated blend cannot do without). The alpha each query was blended with is
+    kept as `stage_scores["alpha"]`.
+    """
+    k = stage2.shape[1]
+    cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
+    used_alpha = np.full((ranking.num_queries, 1), alpha, dtype=np.float32)
+    if gate is not None and k >= 2:
+        if gate_inputs is None:
+            raise InputError("a gated Stage 2 needs the query features to blend")
+        used_alpha[~gate.use_stage2(gate_inputs(cos))] = 0.0
+    final = used_alpha * stage2 + (1 - used_alpha) * cos
+    order = np.argsort(-final, axis=1, kind="stable")
+    rows = np.arange(ranking.num_queries)[:, None]
+    out = ranking.reorder(order, final[rows, order], name, stage2)
+    used = np.full(ranking.indices.shape, np.nan, dtype=np.float32)  # (Q, K)
+    used[:, :k] = used_alpha  # 0: the gate kept Stage 1
+    out.stage_scores["alpha"] = used
+    return out
 
 
 _STAGE2: dict[str, Callable[..., Reranker]] = {}

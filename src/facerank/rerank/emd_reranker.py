@@ -19,7 +19,7 @@ from facerank.errors import InputError
 from facerank.features import FeatureSet
 from facerank.progress import progress_bar
 from facerank.rerank import weights as W
-from facerank.rerank.base import register_stage2
+from facerank.rerank.base import gated_blend, register_stage2, rerank_depth
 from facerank.rerank.device import CPU_EMD_CALL_PAIRS, default_chunk_pairs, pick_device
 from facerank.rerank.emd import (
     emd_rerank_scores,
@@ -267,31 +267,15 @@ class Stage2EMD:
         With a gate (which needs the query features), queries it does not flag as hard keep
         alpha = 0, i.e. their Stage-1 order.
         """
-        k = emd.shape[1]
-        stage1 = ranking.stage_scores.get("stage1", ranking.scores)
-        cos = stage1[:, :k]
-        alpha = np.full((ranking.num_queries, 1), self.alpha, dtype=np.float32)
-        if self.gate is not None and k >= 2:
-            if queries is None:
-                raise InputError("a gated Stage 2 needs the query features to blend")
-            alpha[~self.gate.use_stage2(self.gate_features(queries, cos, emd))] = 0.0
-        final = alpha * emd + (1 - alpha) * cos
-        order = np.argsort(-final, axis=1, kind="stable")
-        rows = np.arange(ranking.num_queries)[:, None]
-        out = ranking.reorder(order, final[rows, order], "emd", emd)
-        used = np.full(ranking.indices.shape, np.nan, dtype=np.float32)  # (Q, K)
-        used[:, :k] = alpha  # the alpha each query was blended with (0: the gate kept Stage 1)
-        out.stage_scores["alpha"] = used
-        return out
+        inputs = None if queries is None else (
+            lambda cos: self.gate_features(queries, cos, emd))
+        return gated_blend(ranking, emd, "emd", self.alpha, self.gate, inputs)
 
     def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
                progress: bool = False) -> Ranking:
         """Re-order the first k columns of `ranking` by the blended score."""
-        n_q = ranking.num_queries
-        if n_q != len(queries):
-            raise InputError(f"ranking has {n_q} rows but {len(queries)} queries were given")
-        k = min(self.k, ranking.k)
-        if k == 0 or n_q == 0:
+        k = rerank_depth(queries, ranking, self.k)
+        if k == 0:
             return ranking
         emd = self.emd_scores(queries, gallery, ranking.indices[:, :k], progress)
         return self.blend(ranking, emd, queries)

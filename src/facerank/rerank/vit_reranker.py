@@ -21,7 +21,7 @@ import torch
 from facerank.errors import InputError
 from facerank.features import FeatureSet
 from facerank.progress import progress_bar
-from facerank.rerank.base import register_stage2
+from facerank.rerank.base import gated_blend, register_stage2, rerank_depth
 from facerank.rerank.device import CPU_VIT_CHUNK_PAIRS, default_chunk_pairs, pick_device
 from facerank.rerank.emd import pool_grid
 from facerank.rerank.emd_reranker import parse_grid
@@ -188,29 +188,14 @@ class Stage2ViT:
               queries: FeatureSet | None = None) -> Ranking:
         """Re-order the first k columns by alpha * vit + (1 - alpha) * Stage-1 cosine; with a
         gate, queries it does not flag keep alpha = 0 (their Stage-1 order)."""
-        k = vit.shape[1]
-        cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
-        alpha = np.full((ranking.num_queries, 1), self.alpha, dtype=np.float32)
-        if self.gate is not None and k >= 2:
-            if queries is None:
-                raise InputError("a gated Stage 2 needs the query features to blend")
-            alpha[~self.gate.use_stage2(self.gate_features(queries, cos, vit))] = 0.0
-        final = alpha * vit + (1 - alpha) * cos
-        order = np.argsort(-final, axis=1, kind="stable")
-        rows = np.arange(ranking.num_queries)[:, None]
-        out = ranking.reorder(order, final[rows, order], "vit", vit)
-        used = np.full(ranking.indices.shape, np.nan, dtype=np.float32)
-        used[:, :k] = alpha
-        out.stage_scores["alpha"] = used
-        return out
+        inputs = None if queries is None else (
+            lambda cos: self.gate_features(queries, cos, vit))
+        return gated_blend(ranking, vit, "vit", self.alpha, self.gate, inputs)
 
     def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
                progress: bool = False) -> Ranking:
-        n_q = ranking.num_queries
-        if n_q != len(queries):
-            raise InputError(f"ranking has {n_q} rows but {len(queries)} queries were given")
-        k = min(self.k, ranking.k)
-        if k == 0 or n_q == 0:
+        k = rerank_depth(queries, ranking, self.k)
+        if k == 0:
             return ranking
         vit = self.vit_scores(queries, gallery, ranking.indices[:, :k], progress)
         return self.blend(ranking, vit, queries)
@@ -349,12 +334,10 @@ class Stage2ViTEMD:
 
     def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
                progress: bool = False) -> Ranking:
-        n_q = ranking.num_queries
-        if n_q != len(queries):
-            raise InputError(f"ranking has {n_q} rows but {len(queries)} queries were given")
-        k = min(self.k, ranking.k)
-        if k == 0 or n_q == 0:
+        k = rerank_depth(queries, ranking, self.k)
+        if k == 0:
             return ranking
+        n_q = ranking.num_queries
         cand = ranking.indices[:, :k]
         vit = self.vit.vit_scores(queries, gallery, cand, progress)
         emd = self.emd.emd_scores(queries, gallery, cand, progress)  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@
     python -m benchmarks.calibrate ablation     # k, anchor-set size, tau on LFW pairs
     python -m benchmarks.calibrate speed        # per-pair cost; calibrated gallery search
     python -m benchmarks.calibrate thresholds   # the FAR 1e-3 thresholds `compare` ships
+    python -m benchmarks.calibrate stage2       # gated EMD Stage 2 after calibrated Stage 1
 
 Anchors never share a person with the faces they calibrate: pairs use, per fold, the LFW
 people absent from that fold; identification and open set use one identity half as anchors
@@ -263,6 +264,66 @@ def speed(args: argparse.Namespace) -> None:
     console.print(f"wrote {write_result('calibrate_speed', out)}")
 
 
+def stage2(args: argparse.Namespace) -> None:
+    """Gated EMD Stage 2 after calibrated Stage 1 (lfw-1680, lfw-crop; both identity halves).
+
+    Per evaluated half: the calibrators come from the other half (k, tau, N chosen there, as
+    in `accuracy`), and so does the Stage-2 gate (`benchmarks.stage2`'s cross-fitted gate,
+    fitted on the other half's queries of all four protocols). Each calibrated ranking then
+    goes through the product's Stage 2 unchanged (`Stage2EMD.blend`: l2, APC, alpha 0.7,
+    k 100): the gate reads the cosines of the calibrated top k, and a query it sends on has
+    its top k re-ordered by alpha * EMD + (1 - alpha) * cosine.
+    """
+    from benchmarks.stage2 import fit_gate, prepare_all
+    from facerank.calibrate.evaluate import half_setup
+    from facerank.calibrate.lfw import calibrated_topk, retrieval
+    from facerank.paths import cache_root
+    from facerank.rerank.emd_reranker import Stage2EMD
+
+    data = EvalData.load()
+    s2 = SimpleNamespace(grid="l2", weighting="apc", alpha=0.7, k=100, limit=None, seed=0,
+                         backbone="dlib")
+    prepared = prepare_all(data, s2)  # all 9,164 queries x 4 protocols: the gates' inputs
+    out: dict = {"command": f"python -m benchmarks.calibrate stage2 --epochs {args.epochs}",
+                 "stage2": vars(s2) | {"clean_budget": 0.01}, "halves": {}}
+    for half, rows, people in halves(data):
+        anchor_fold = half.endswith("A")  # identity_fold's True half is "A"
+        gate = fit_gate(prepared, list(prepared), not anchor_fold, 0.01)  # anchor side only
+        params = choose(data, rows)
+        cals = {n: make(rows) for n, make in _factories(data, params, args.epochs).items()}
+        res: dict = {"chosen": {k: params[k] for k in ("k", "tau", "top_n")}}
+        for protocol in ("lfw-1680", "lfw-crop"):
+            hs = half_setup(data, protocol, people)
+            q, g = hs.queries.embeddings, hs.gallery.embeddings
+            for name, cal in cals.items():
+                ranking = calibrated_topk(cal, q, g, max(hs.depth, s2.k), hs.exclude)
+                rr = Stage2EMD(grid=s2.grid, weighting=s2.weighting, alpha=s2.alpha, k=s2.k,
+                               gate=gate)
+                key = "-".join(f"{k}{v:g}" for k, v in res["chosen"].items())
+                path = cache_root() / "stage2" / (
+                    f"calib-{protocol}-{half[-1]}-{name}-{key}-k{s2.k}-l2-apc.npy")
+                if path.is_file():
+                    emd = np.load(path)
+                else:
+                    emd = rr.emd_scores(hs.queries, hs.gallery, ranking.indices[:, : s2.k])
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, emd)
+                gated = rr.blend(ranking, emd, hs.queries)
+                labels = (hs.query_labels, hs.gallery_labels, hs.exclude)
+                m1, m2 = retrieval(ranking, *labels), retrieval(gated, *labels)
+                res.setdefault(protocol, {})[name] = {
+                    "stage1": {k: m1[k] for k in ("p_at_1", "map_at_r")},
+                    "gated_stage2": {k: m2[k] for k in ("p_at_1", "map_at_r")},
+                    "gate_used": float((gated.stage_scores["alpha"] > 0).mean()),
+                    "n_queries": len(q)}
+                console.print(f"{half} {protocol} {name:7s} P@1 {100 * m1['p_at_1']:.2f} -> "
+                              f"{100 * m2['p_at_1']:.2f}  MAP@R {100 * m1['map_at_r']:.2f} -> "
+                              f"{100 * m2['map_at_r']:.2f}  (gate sent "
+                              f"{100 * res[protocol][name]['gate_used']:.1f} %)")
+        out["halves"][half] = res
+    console.print(f"wrote {write_result('calibrate_stage2', out)}")
+
+
 def report(args: argparse.Namespace) -> None:
     """Markdown tables of the result files (what docs/results.md quotes)."""
     import json
@@ -301,7 +362,8 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("accuracy", "ablation", "speed", "thresholds", "report"))
+    ap.add_argument("what", choices=("accuracy", "ablation", "speed", "thresholds", "stage2",
+                                     "report"))
     ap.add_argument("--epochs", type=int, default=60,
                     help="IDA-L training epochs (per fold / half; the bundled one: 300)")
     ap.add_argument("--pairs-only", action="store_true",
@@ -315,7 +377,7 @@ def main() -> None:
 
     torch.set_num_threads(1)  # small MLPs: threads only contend on a shared 2-core machine
     {"accuracy": accuracy, "ablation": ablation, "thresholds": thresholds, "report": report,
-     "speed": speed}[args.what](args)
+     "speed": speed, "stage2": stage2}[args.what](args)
 
 
 if __name__ == "__main__":

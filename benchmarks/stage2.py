@@ -149,8 +149,9 @@ def cross_fitted(p: Prepared, gates: dict[bool, QualityGate], args: argparse.Nam
     return Ranking(merged_idx, merged_scores)
 
 
-def gated(args: argparse.Namespace) -> None:
-    data = EvalData.load(lfw_extractor(backbone=args.backbone))
+def prepare_all(data: EvalData, args: argparse.Namespace) -> dict[str, Prepared]:
+    """Every identification protocol's queries, Stage-1 ranking, cached EMD of the top k
+    (args: grid, weighting, alpha, k, limit, seed, backbone) and gate inputs."""
     fc = _fc(data)
     first_half = identity_fold(data.lfw.labels, args.seed)  # (N,) the people's split
     prepared: dict[str, Prepared] = {}
@@ -164,7 +165,12 @@ def gated(args: argparse.Namespace) -> None:
         cos = ranking.stage_scores["stage1"][:, : args.k]  # the columns the gate sees in use
         prepared[protocol] = Prepared(st, ranking, r, emd, fold,
                                       rr.gate_features(st.queries, cos, emd), seconds)
+    return prepared
 
+
+def gated(args: argparse.Namespace) -> None:
+    data = EvalData.load(lfw_extractor(backbone=args.backbone))
+    prepared = prepare_all(data, args)
     everything = list(prepared)
     gates = {f: fit_gate(prepared, everything, f, args.clean_budget,
                          meta={"trained_on": "half of LFW people"}) for f in (False, True)}

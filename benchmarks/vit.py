@@ -435,7 +435,7 @@ def main() -> None:
     e.add_argument("--protocols", nargs="+", default=list(IDENTIFICATION))
     e.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True)
     e.add_argument("--limit", type=int, default=1000,
-                   help="seeded queries per protocol (the 2-core machine's budget)")
+                   help="seeded queries per protocol; 0 = all 9,164")
     s = sub.add_parser("speed")
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--k", type=int, default=100)
@@ -453,6 +453,8 @@ def main() -> None:
     h.add_argument("--n", type=int, default=200, help="test-identity queries searched")
     h.add_argument("--k", type=int, default=100)
     args = ap.parse_args()
+    if getattr(args, "limit", None) == 0:
+        args.limit = None  # every query of the protocol
     {"train": train, "eval": evaluate, "speed": speed, "ablation": ablation,
      "heatmaps": heatmaps}[args.cmd](args)
 

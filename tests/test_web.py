@@ -211,7 +211,9 @@ def test_stage2_choice_and_fallback(web_gallery: tuple[Path, dict[str, Path]],
     assert none.get("/api/info").json()["stage2"] == "none"
     with pytest.raises(InputError, match="unknown Stage-2 method 'bogus'"):
         web.create_app(web_gallery[0], stage2="bogus", extractor=web_extractor)
-    monkeypatch.setattr(web, "stage2_names", lambda: ["none"])  # "emd" not installed
+    from facerank.web import service
+
+    monkeypatch.setattr(service, "stage2_names", lambda: ["none"])  # "emd" not installed
     info = TestClient(web.create_app(web_gallery[0], extractor=web_extractor)).get("/api/info")
     assert info.json()["stage2"] == "none" and "not available" in info.json()["stage2_note"]
 

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from facerank.align import extract_chip  # noqa: E402
+from facerank.explain.figure import grid_lines, heatmap_panel, save_figure  # noqa: E402
 from facerank.features import FeatureSet  # noqa: E402
 from facerank.imageio import load_image  # noqa: E402
 from facerank.rerank.emd_reranker import PairFlows, Stage2EMD  # noqa: E402
@@ -31,34 +32,11 @@ def chip_of(fs: FeatureSet, i: int) -> np.ndarray:
     return extract_chip(load_image(fs.paths[i]), fs.landmarks5[i])
 
 
-def _grid_lines(ax: plt.Axes, size: int, hw: tuple[int, int], x0: float = 0.0) -> None:
-    """Thin white cell borders of an H x W grid over a chip drawn at x offset x0."""
-    h, w = hw
-    style = {"color": "white", "lw": 0.4, "alpha": 0.6}
-    for r in range(1, h):
-        ax.plot([x0, x0 + size], [r * size / h] * 2, **style)
-    for c in range(1, w):
-        ax.plot([x0 + c * size / w] * 2, [0, size], **style)
-
-
 def _centres(hw: tuple[int, int], size: int) -> np.ndarray:
     """(H*W, 2) x, y pixel centres of the grid cells, row-major."""
     h, w = hw
     ys, xs = np.mgrid[0:h, 0:w]
     return np.stack([(xs.ravel() + 0.5) * size / w, (ys.ravel() + 0.5) * size / h], axis=1)
-
-
-def _heatmap(ax: plt.Axes, chip: np.ndarray, weights: np.ndarray, hw: tuple[int, int],
-             title: str) -> None:
-    size = chip.shape[0]
-    ax.imshow(chip)
-    w = weights.reshape(hw)
-    w = (w - w.min()) / max(float(np.ptp(w)), 1e-12)
-    ax.imshow(w, cmap="jet", alpha=0.45, extent=(0, size, size, 0), interpolation="nearest",
-              vmin=0, vmax=1)
-    _grid_lines(ax, size, hw)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
 
 
 def render_flow(query_chip: np.ndarray, cand_chip: np.ndarray, flows: PairFlows, b: int,
@@ -71,16 +49,17 @@ def render_flow(query_chip: np.ndarray, cand_chip: np.ndarray, flows: PairFlows,
     gap = size * 0.25
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.6),
                              gridspec_kw={"width_ratios": [1, 2.25, 1, 1]})
-    _heatmap(axes[0], query_chip, flows.query_weights[b], hw, f"{labels[0]}\nweights ({weighting})")
-    _heatmap(axes[2], cand_chip, flows.cand_weights[b], hw, f"{labels[1]}\nweights ({weighting})")
+    note = f"weights ({weighting})"
+    heatmap_panel(axes[0], query_chip, flows.query_weights[b], hw, f"{labels[0]}\n{note}")
+    heatmap_panel(axes[2], cand_chip, flows.cand_weights[b], hw, f"{labels[1]}\n{note}")
 
     ax = axes[1]
     canvas = np.full((size, int(2 * size + gap), 3), 255, dtype=np.uint8)
     canvas[:, :size] = query_chip
     canvas[:, int(size + gap):] = cand_chip
     ax.imshow(canvas)
-    _grid_lines(ax, size, hw)
-    _grid_lines(ax, size, hw, x0=size + gap)
+    grid_lines(ax, size, hw)
+    grid_lines(ax, size, hw, x0=size + gap)
     centres = _centres(hw, size)
     order = np.argsort(flow.ravel())[::-1][:top]
     qi, cj = np.unravel_index(order, flow.shape)
@@ -111,12 +90,7 @@ def render_flow(query_chip: np.ndarray, cand_chip: np.ndarray, flows: PairFlows,
     axes[3].imshow(recon.astype(np.uint8))
     axes[3].set_title("query rebuilt from the\ncandidate's highest-flow patches", fontsize=9)
     axes[3].axis("off")
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def render_pair(query: FeatureSet, cand: FeatureSet, out_path: str | Path,

@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from facerank.explain.flow import _heatmap, chip_of  # noqa: E402
+from facerank.explain.figure import heatmap_panel, save_figure  # noqa: E402
+from facerank.explain.flow import chip_of  # noqa: E402
 from facerank.features import FeatureSet  # noqa: E402
 from facerank.rerank.vit_reranker import PairHeatmaps, Stage2ViT, explain_pairs  # noqa: E402
 
@@ -25,16 +26,12 @@ def render_heatmaps(chip_a: np.ndarray, chip_b: np.ndarray, heat: PairHeatmaps, 
     """Draw pair i of `heat` over the two chips and save a PNG."""
     hw = heat.heat_a.shape[1:]
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 4.2))
-    _heatmap(axes[0], chip_a, heat.heat_a[i], hw, f"{labels[0]}\nViT relevance ({heat.method})")
-    _heatmap(axes[1], chip_b, heat.heat_b[i], hw, f"{labels[1]}\nViT relevance ({heat.method})")
+    note = f"ViT relevance ({heat.method})"
+    heatmap_panel(axes[0], chip_a, heat.heat_a[i], hw, f"{labels[0]}\n{note}")
+    heatmap_panel(axes[1], chip_b, heat.heat_b[i], hw, f"{labels[1]}\n{note}")
     fig.suptitle(f"{title}cosine {heat.cosine[i]:.3f}   ViT {heat.score[i]:.3f}   "
                  f"final {heat.final[i]:.3f}", fontsize=9)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def render_vit_pair(a: FeatureSet, b: FeatureSet, out_path: str | Path,

@@ -36,7 +36,9 @@ def eval_command(
     grid: Annotated[str, typer.Option(help="EMD patch grid: l2, l1, l2p4 (l2 pooled 4x4)...")]
     = "l2",
     weighting: Annotated[str, typer.Option(help="uniform, apc, cc, sc or lmk.")] = "apc",
-    alpha: Annotated[float, typer.Option(help="Final = alpha*EMD + (1-alpha)*cosine.")] = 0.7,
+    alpha: Annotated[float | None, typer.Option(
+        help="Final = alpha*Stage-2 + (1-alpha)*cosine; default: the method's own (EMD 0.7, "
+        "a Face-ViT the alpha fitted with its checkpoint).")] = None,
     k: Annotated[int, typer.Option(help="Stage-2 re-ranks the top k of Stage 1.")] = 100,
     gate: Gate = "auto",
     seed: Annotated[int, typer.Option(help="Seed of occlusions and splits.")] = 0,
@@ -82,7 +84,8 @@ def eval_command(
     options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
     if backbone != "dlib":  # Stage 2 on that backbone's grids, with its own gate
         options["backbone"] = backbone
-    reranker = make_stage2(stage2, **options) if stage2 != "none" else None
+    reranker = make_stage2(stage2, **{n: v for n, v in options.items() if v is not None}
+                           ) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
     fx = P.lfw_extractor(backbone=backbone)
@@ -141,7 +144,8 @@ def eval_command(
             payload["gate"] = {"meta": gate.meta, "threshold": gate.threshold, "note": gate_note}
         payload["seconds_total"] = time.perf_counter() - t0
         gated = "-gated" if gate is not None else ""
-        tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{alpha:g}-k{k}{gated}"
+        a_used = _alpha_tag(getattr(reranker, "alpha", alpha))
+        tag = n if reranker is None else f"{n}_{stage2}-{grid}-{weighting}-a{a_used}-k{k}{gated}"
         tag = tag if backbone == "dlib" else f"{backbone}_{tag}"
         if detector != "lfw":
             tag += f"_{qx.detector.config_id}"
@@ -149,3 +153,8 @@ def eval_command(
         console.print(md)
         console.print(f"wrote {json_path} and {md_path}")
     console.print(f"total {time.perf_counter() - start:.1f} s")
+
+
+def _alpha_tag(alpha: float | None) -> str:
+    """The alpha in a report's file name ("default" for a method without one alpha)."""
+    return "default" if alpha is None else f"{alpha:g}"

@@ -275,3 +275,29 @@ def test_vit_plus_emd_is_the_mean_of_both_blends(tmp_path) -> None:
     want = 0.5 * (0.3 * vit + 0.7 * cos) + 0.5 * (0.7 * emd + 0.3 * cos)
     assert np.allclose(np.sort(out.scores[:, :8], axis=1), np.sort(want, axis=1), atol=1e-5)
     assert np.all(np.diff(out.scores[:, :8], axis=1) <= 1e-6)
+
+
+def test_vit_plus_emd_computes_emd_only_for_the_queries_its_gate_sends(tmp_path) -> None:
+    class Half:  # a gate that sends the even queries on
+        def use_stage2(self, feats: np.ndarray) -> np.ndarray:
+            return np.arange(len(feats)) % 2 == 0
+
+    gallery, queries = _features(20, 1), _features(4, 2)
+    for fs, seed in ((gallery, 1), (queries, 2)):
+        fs.grids["l2"] = _features(len(fs), seed + 100, (16, 8, 8)).grids["l1"]
+    m = _model()
+    save_checkpoint(tmp_path / "v.pt", m, {"kind": "vit", "backbone": "x",
+                                           "model": m.cfg.to_dict(), "grid": "l1",
+                                           "alpha": 0.3})
+    rr = make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), k=8)
+    rr.vit.gate = Half()
+    seen = []
+    score = rr.emd.emd_scores
+    rr.emd.emd_scores = lambda q, g, cand, progress=False: seen.append(len(q)) or score(q, g,
+                                                                                        cand)
+    ranking = cosine_topk(queries.embeddings, gallery.embeddings, 10)
+    out = rr.rerank(queries, gallery, ranking)
+    assert seen == [2]  # queries 0 and 2 only
+    np.testing.assert_array_equal(out.indices[[1, 3]], ranking.indices[[1, 3]])
+    assert np.isnan(out.stage_scores["emd"][[1, 3]]).all()
+    assert np.isfinite(out.stage_scores["emd"][[0, 2], :8]).all()

@@ -3,7 +3,10 @@
 1. Build (or reopen) a gallery of LFW — every image except two held-out queries — in
    `demo-out/gallery` (features cached after the first run, so a re-run takes seconds).
 2. Make a cropped and a masked query from the held-out images (people who still have other
-   images in the gallery), search each with Stage 1 and Stage 2 (EMD), print the tables.
+   images in the gallery), search each with Stage 1 and with the product chain (IDA-R
+   calibrated Stage 1, then the shipped Stage 2, `STAGE2`), print the tables with the
+   calibrated score, each face's URL confidence and the verdict at the bundled FAR 1e-3
+   threshold.
 3. Write the flow explanation of each top-1 match and print where it is.
 """
 
@@ -23,6 +26,8 @@ from facerank.features import FeatureSet
 from facerank.gallery import Gallery
 from facerank.imageio import load_image, save_image
 from facerank.rerank.base import make_stage2
+
+STAGE2 = "vit+emd"  # the shipped Stage 2 (docs/results.md, "Face-ViT Stage 2": what ships)
 
 # Held-out queries (their originals are not enrolled). Picked from the LFW-crop / LFW-mask
 # evaluation as cases Stage 2 fixes; docs/results.md has the averages over all 9,164 queries.
@@ -73,7 +78,11 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
     gallery = _gallery(out, paths, names, console)
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
-    stage2 = make_stage2("emd")  # gated by the bundled l2/APC gate
+    stage2 = make_stage2(STAGE2)  # gated by its bundled gate
+    from facerank.calibrate.cli import build, verdict
+    from facerank.uncertainty.confidence import attach_results
+
+    cal = build("ida-r", None, fx.model_id)  # bundled anchors of LFW identity half A
     gfeats = gallery.features()
     for (query, kind) in zip(QUERIES, ("crop", "mask"), strict=True):
         path = lfw.root / "images" / query
@@ -85,21 +94,30 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
         query_png = out / f"{stem}_{kind}.png"
         save_image(query_png, chip)
         probe = _probe(fx, chip, str(query_png))
-        results = {name: gallery.search(probe, k=5, stage2=s)
-                   for name, s in (("Stage 1", None), ("Stage 2", stage2))}
+        first = gallery.search(probe, k=5)
+        probe_conf, chain = attach_results(gallery, probe, gallery.search(
+            probe, k=5, stage2=stage2, calibrate=cal))
         table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
-        for col in ("rank", "Stage 1 identity", "cosine", "Stage 2 identity", "final", "emd"):
+        for col in ("rank", "Stage 1 identity", "cosine", f"IDA-R + {STAGE2} identity",
+                    "IDA-R score", "final", "URL conf."):
             table.add_column(col)
-        for r1, r2 in zip(results["Stage 1"], results["Stage 2"], strict=True):
-            emd = r2.stage_scores.get("emd", float("nan"))
+        for r1, r2 in zip(first, chain, strict=True):
+            conf = "-" if r2.confidence is None else f"{r2.confidence:.2f}"
             table.add_row(str(r1.rank), _mark(r1.identity, path.parent.name),
                           f"{r1.stage1:.3f}", _mark(r2.identity, path.parent.name),
-                          f"{r2.score:.3f}", f"{emd:.3f}")
+                          f"{r2.stage_scores['calibrated']:.4f}", f"{r2.score:.3f}", conf)
         console.print(table)
-        top = results["Stage 2"][0]
+        top = chain[0]
+        score = top.stage_scores["calibrated"]
+        said, thr = verdict("ida-r", score, False)
+        line = f"top-1 {top.identity}: IDA-R score {score:.4f} -> {said}"
+        line += "" if thr is None else f" (threshold {thr:.4f} at FAR 1e-3)"
+        if probe_conf is not None:
+            line += f"; query URL confidence {probe_conf['confidence']:.2f}"
+        console.print(line)
         explain = out / f"{stem}_{kind}_explained.png"
         cand = gfeats.take([int(top.row)])
-        render_pair(probe, cand, explain, stage2, query_chip=chip,
+        render_pair(probe, cand, explain, getattr(stage2, "emd", stage2), query_chip=chip,
                     labels=(f"{kind} query", f"top-1: {top.identity}"))
         console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")
 

@@ -328,27 +328,33 @@ def pairs_eval(data: EvalData, first_half: np.ndarray, models: list[str]) -> dic
 
 
 def speed(args: argparse.Namespace) -> None:
-    """EMD (l2 APC, product default) vs bundled H2L on the same queries x top-k, interleaved."""
+    """EMD (l2 APC, product default) vs Face-ViT checkpoints on the same queries x top-k,
+    interleaved (each round runs every scorer once, in turn)."""
     data = EvalData.load()
     st, ranking, _ = prepare(data, "lfw-1680", args.n, 0, args.k)
     cand = ranking.indices[:, : args.k]
     emd_rr = Stage2EMD(grid="l2", weighting="apc", alpha=0.7, k=args.k)
-    vit_rr = Stage2ViT.load(args.checkpoint or DEFAULT_CHECKPOINT, k=args.k)
-    times: dict[str, list[float]] = {"emd": [], "vit": []}
+    paths = [Path(c) for c in args.checkpoint] if args.checkpoint else [DEFAULT_CHECKPOINT]
+    scorers: dict[str, object] = {"emd": emd_rr}
+    for path in paths:
+        scorers[path.stem] = Stage2ViT.load(path, k=args.k)
+    times: dict[str, list[float]] = {n: [] for n in scorers}
     for _ in range(args.repeats):
-        for name, fn in (("emd", lambda: emd_rr.emd_scores(st.queries, st.gallery, cand)),
-                         ("vit", lambda: vit_rr.vit_scores(st.queries, st.gallery, cand))):
+        for name, sc in scorers.items():
             t0 = time.perf_counter()
-            fn()
+            if name == "emd":
+                emd_rr.emd_scores(st.queries, st.gallery, cand)
+            else:
+                sc.vit_scores(st.queries, st.gallery, cand)  # type: ignore[attr-defined]
             times[name].append(time.perf_counter() - t0)
     pairs = cand.size
     best = {n: min(v) for n, v in times.items()}
-    cfg = read_config(args.checkpoint or DEFAULT_CHECKPOINT)
     out = {"settings": vars(args), "n_pairs": int(pairs), "seconds": times,
            "us_per_pair_best": {n: 1e6 * s / pairs for n, s in best.items()},
-           "vit_over_emd_time": best["vit"] / best["emd"],
-           "vit": vit_rr.describe(), "emd": emd_rr.describe(),
-           "train_seconds_per_epoch": cfg["measured"]["seconds_per_epoch"]}
+           "time_over_emd": {n: best[n] / best["emd"] for n in scorers if n != "emd"},
+           "describe": {n: sc.describe() for n, sc in scorers.items()},  # type: ignore[attr-defined]
+           "train_seconds_per_epoch": {
+               p.stem: read_config(p)["measured"]["seconds_per_epoch"] for p in paths}}
     console.print(out)
     console.print(f"wrote {write_result('vit_speed', out)}")
 
@@ -371,6 +377,13 @@ def ablation(args: argparse.Namespace) -> None:
                 continue  # that cell is the H2L above (same command)
             models[f"H2L depth {depth}, {heads} heads ({args.epochs} epochs)"] = ckpt_path(
                 "h2l", True, f"-abl-d{depth}h{heads}-e{args.epochs}")
+    for name in args.extra:  # other fold-1 models (wider, longer, more variants)
+        cfg = read_config(ckpt_path(name, True)) if ckpt_path(name, True).is_file() else None
+        if cfg is not None:
+            mc = cfg["model"]
+            models[f"{name.upper()} (width {mc['width']}, depth {mc['depth']}, {mc['heads']} "
+                   f"heads, {cfg['epochs']} epochs, {'+'.join(cfg['variants_trained'])})"] = (
+                ckpt_path(name, True))
     out, rows = {"settings": vars(args), "results": []}, []
     for protocol, (st, ranking, r, sel) in setups.items():
         rk = Ranking(ranking.indices[sel], ranking.scores[sel],
@@ -476,7 +489,8 @@ def main() -> None:
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--k", type=int, default=100)
     s.add_argument("--repeats", type=int, default=2)
-    s.add_argument("--checkpoint", default=None)
+    s.add_argument("--checkpoint", nargs="*", default=None,
+                   help="Face-ViT checkpoints (default: the bundled one)")
     a = sub.add_parser("ablation")
     a.add_argument("--depths", type=int, nargs="+", default=[1, 2])
     a.add_argument("--heads", type=int, nargs="+", default=[1, 4])
@@ -484,6 +498,8 @@ def main() -> None:
     a.add_argument("--limit", type=int, default=1000)
     a.add_argument("--k", type=int, default=100)
     a.add_argument("--epochs", type=int, default=5, help="epochs of the depth x heads models")
+    a.add_argument("--extra", nargs="*", default=["h2lcm", "h2lw", "h2lwd2", "h2lw16"],
+                   help="more fold-1 checkpoints by name (<cache>/vit/NAME-fold1.pt)")
     h = sub.add_parser("heatmaps")
     h.add_argument("--protocol", default="lfw-mask")
     h.add_argument("--limit", type=int, default=1000)

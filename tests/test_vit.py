@@ -265,7 +265,7 @@ def test_vit_plus_emd_is_the_mean_of_both_blends(tmp_path) -> None:
     save_checkpoint(tmp_path / "v.pt", m, {"kind": "vit", "backbone": "x",
                                            "model": m.cfg.to_dict(), "grid": "l1",
                                            "alpha": 0.3})
-    rr = make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), k=8)
+    rr = make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), k=8, gate="none")
     ranking = cosine_topk(queries.embeddings, gallery.embeddings, 10)
     out = rr.rerank(queries, gallery, ranking)
     cand = ranking.indices[:, :8]
@@ -277,7 +277,7 @@ def test_vit_plus_emd_is_the_mean_of_both_blends(tmp_path) -> None:
     assert np.all(np.diff(out.scores[:, :8], axis=1) <= 1e-6)
 
 
-def test_vit_plus_emd_computes_emd_only_for_the_queries_its_gate_sends(tmp_path) -> None:
+def test_vit_plus_emd_runs_the_vit_only_for_the_queries_emds_gate_sends(tmp_path) -> None:
     class Half:  # a gate that sends the even queries on
         def use_stage2(self, feats: np.ndarray) -> np.ndarray:
             return np.arange(len(feats)) % 2 == 0
@@ -290,14 +290,17 @@ def test_vit_plus_emd_computes_emd_only_for_the_queries_its_gate_sends(tmp_path)
                                            "model": m.cfg.to_dict(), "grid": "l1",
                                            "alpha": 0.3})
     rr = make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), k=8)
-    rr.vit.gate = Half()
+    assert rr.gate is not None and rr.gate is rr.emd.gate  # EMD's bundled l2/APC gate
+    assert make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), gate="none").gate is None
+    rr.gate = Half()
     seen = []
-    score = rr.emd.emd_scores
-    rr.emd.emd_scores = lambda q, g, cand, progress=False: seen.append(len(q)) or score(q, g,
+    score = rr.vit.vit_scores
+    rr.vit.vit_scores = lambda q, g, cand, progress=False: seen.append(len(q)) or score(q, g,
                                                                                         cand)
     ranking = cosine_topk(queries.embeddings, gallery.embeddings, 10)
     out = rr.rerank(queries, gallery, ranking)
     assert seen == [2]  # queries 0 and 2 only
     np.testing.assert_array_equal(out.indices[[1, 3]], ranking.indices[[1, 3]])
-    assert np.isnan(out.stage_scores["emd"][[1, 3]]).all()
-    assert np.isfinite(out.stage_scores["emd"][[0, 2], :8]).all()
+    assert np.isnan(out.stage_scores["vit"][[1, 3]]).all()
+    assert np.isfinite(out.stage_scores["vit"][[0, 2], :8]).all()
+    assert np.isfinite(out.stage_scores["emd"][:, :8]).all()

@@ -355,11 +355,13 @@ def register(train_app: typer.Typer) -> None:
         variant: Annotated[str, typer.Option(help="h2l (ships), h2 or h1.")] = "h2l",
         grid: Annotated[str, typer.Option(help="Backbone grid: l1 (4x4), l2 (8x8), l2p4.")
                         ] = "l1",
-        width: Annotated[int, typer.Option(help="Token width d.")] = 64,
+        width: Annotated[int, typer.Option(help="Token width d (the bundled model: 128).")
+                         ] = 128,
         depth: Annotated[int, typer.Option(help="Transformer blocks (1-8).")] = 1,
         heads: Annotated[int, typer.Option(help="Attention heads (1-8).")] = 4,
         embed_dim: Annotated[int, typer.Option(help="Size of f1, f2 / the embedding.")] = 128,
-        epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 12,
+        epochs: Annotated[int, typer.Option(help="Passes over the training pairs (the bundled "
+                                            "model: 16).")] = 16,
         batch: Annotated[int, typer.Option(help="Pairs per step.")] = 256,
         lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
         train_fold: Annotated[int, typer.Option(help="Identity half to train on (1 = fold "

@@ -1,21 +1,27 @@
 """Face-ViT Stage 2 (H2L, H2, H1) vs Stage 1 and DeepFace-EMD, identity-disjoint, both folds.
 
 Checkpoints live under `<cache>/vit/NAME-fold{0,1}.pt`; they were made with (one torch thread,
-OMP_NUM_THREADS=1, as on the busy 2-core machine):
+OMP_NUM_THREADS=1, as on the busy 2-core machine; width 64 was the default then):
 
-    facerank train vit --variants crop --train-fold {1,0} --epochs 5 \
+    facerank train vit --variants crop --width 64 --train-fold {1,0} --epochs 5 \
         --out <cache>/vit/h2l-fold{1,0}.pt
-    facerank train vit --variants crop,mask --train-fold {1,0} --epochs 5 \
+    facerank train vit --variants crop,mask --width 64 --train-fold {1,0} --epochs 5 \
         --out <cache>/vit/h2lcm-fold{1,0}.pt
-    facerank train vit --variant {h2,h1} --variants crop --train-fold 1 --epochs 5 \
+    facerank train vit --variant {h2,h1} --variants crop --width 64 --train-fold 1 --epochs 5 \
         --out <cache>/vit/{h2,h1}-fold1.pt
-    facerank train vit --variants crop --train-fold 1 --epochs 5 --depth D --heads H \
+    facerank train vit --variants crop --width 64 --train-fold 1 --epochs 5 --depth D --heads H \
         --out <cache>/vit/h2l-abl-dDhH-e5-fold1.pt   (D, H) in {(1, 1), (2, 1), (2, 4)}
-    (or `python -m benchmarks.vit train`, which runs the first kind for both folds)
+    facerank train vit --train-fold {1,0} --out <cache>/vit/h2lw16-fold{1,0}.pt   # ships (fold 1)
+        (defaults: --variants crop,mask,sunglasses --width 128 --epochs 16)
+    facerank train vit --width 128 --epochs 8 --train-fold 1 --out <cache>/vit/h2lw-fold1.pt
+    facerank train vit --width 128 --depth 2 --epochs 12 --train-fold 1 \
+        --out <cache>/vit/h2lwd2-fold1.pt
+    (or `python -m benchmarks.vit train`, which runs the width-64 kinds for both folds)
 
-    python -m benchmarks.vit eval [--models h2l h2lcm]  # 4 protocols + pairs, 1,000 queries each
+    python -m benchmarks.vit eval --models h2l h2lcm h2lw16 --limit 0  # all queries + pairs
+    python -m benchmarks.vit eval [--models h2l h2lcm]  # 1,000 seeded queries per protocol
     python -m benchmarks.vit ablation                   # H2L/H2/H1, depth x heads (fold-1 models)
-    python -m benchmarks.vit speed                      # ViT vs EMD, 1,000 queries x top-100
+    python -m benchmarks.vit speed [--checkpoint A.pt B.pt]  # ViT vs EMD, 1,000 x top-100
     python -m benchmarks.vit heatmaps                   # docs/img/vit-heatmap-*.png
 
 Every model trained on identity half f (`facerank.train.split.identity_fold`, seed 0) scores

@@ -152,6 +152,13 @@ def test_sface_extractor_chip_landmarks_and_occlusion(sface, lfw_images) -> None
         same = rr.score_pairs(fs, fs)
         other = rr.score_pairs(fs, fs.take([1, 2, 0]))
         assert np.allclose(same, 1.0, atol=1e-2) and (other < same - 0.2).all()
+    # explanations re-cut SFace's own 112 chip (the one its 7x7 grid covers), not dlib's 150
+    from facerank.explain.flow import chip_of
+
+    chip = chip_of(fs, 0, sface)
+    assert chip.shape == (112, 112, 3)
+    np.testing.assert_array_equal(chip, aligned[0].chip)
+    assert chip_of(fs, 0).shape == (150, 150, 3)  # no backbone given: dlib's chip
 
 
 def test_dlib_cache_key_unchanged_and_registry() -> None:

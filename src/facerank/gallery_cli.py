@@ -313,7 +313,8 @@ def search_command(
         explained = _explain(probe_fs, cand, explain, reranker,
                              (probe_label(probe.name, probe_fs.det_sources[0],
                                           probe_fs.det_scores[0]),
-                              f"{results[0].identity}: {Path(results[0].path).name}"))
+                              f"{results[0].identity}: {Path(results[0].path).name}"),
+                             fx.backbone)
     if as_json:
         sys.stdout.write(json.dumps({
             "probe": str(probe), "gallery": str(gallery),
@@ -361,7 +362,7 @@ def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker 
 
 
 def _explain(probe: FeatureSet, cand: FeatureSet, out_path: Path, reranker: Reranker | None,
-             labels: tuple[str, str]) -> Path | None:
+             labels: tuple[str, str], backbone: Any = None) -> Path | None:
     """Render the flow explanation of the top match, if the explain module is installed."""
     try:
         from facerank.explain.flow import render_pair
@@ -369,6 +370,8 @@ def _explain(probe: FeatureSet, cand: FeatureSet, out_path: Path, reranker: Rera
         err.print(f"explanations are unavailable ({e}); no {out_path} written", markup=False,
                   highlight=False)
         return None
-    emd = reranker if getattr(reranker, "name", None) == "emd" else None
-    path, _ = render_pair(probe, cand, out_path, emd, labels=labels)  # type: ignore[arg-type]
+    emd = {"emd": reranker, "vit+emd": getattr(reranker, "emd", None)}.get(
+        getattr(reranker, "name", None))  # the EMD whose flows are drawn (else the default)
+    path, _ = render_pair(probe, cand, out_path, emd, labels=labels,  # type: ignore[arg-type]
+                          backbone=backbone)
     return Path(path)

@@ -24,12 +24,18 @@ from facerank.align import extract_chip  # noqa: E402
 from facerank.explain.figure import grid_lines, heatmap_panel, save_figure  # noqa: E402
 from facerank.features import FeatureSet  # noqa: E402
 from facerank.imageio import load_image  # noqa: E402
+from facerank.models.backbone import Backbone  # noqa: E402
 from facerank.rerank.emd_reranker import PairFlows, Stage2EMD  # noqa: E402
 
 
-def chip_of(fs: FeatureSet, i: int) -> np.ndarray:
-    """Re-cut the aligned chip of row i from its image file (150, 150, 3) uint8."""
-    return extract_chip(load_image(fs.paths[i]), fs.landmarks5[i])
+def chip_of(fs: FeatureSet, i: int, backbone: Backbone | None = None) -> np.ndarray:
+    """Re-cut the aligned chip of row i from its image file, (S, S, 3) uint8: the chip the
+    backbone's grids were computed on (dlib's 150 x 150 by default, SFace's ArcFace 112 x 112),
+    so that the patch overlays sit on the face regions they describe."""
+    image = load_image(fs.paths[i])
+    if backbone is None:
+        return extract_chip(image, fs.landmarks5[i])
+    return backbone.align_points(image, fs.landmarks5[i])
 
 
 def _centres(hw: tuple[int, int], size: int) -> np.ndarray:
@@ -96,11 +102,13 @@ def render_flow(query_chip: np.ndarray, cand_chip: np.ndarray, flows: PairFlows,
 def render_pair(query: FeatureSet, cand: FeatureSet, out_path: str | Path,
                 reranker: Stage2EMD | None = None, query_chip: np.ndarray | None = None,
                 cand_chip: np.ndarray | None = None,
-                labels: tuple[str, str] = ("query", "candidate")) -> tuple[Path, PairFlows]:
-    """Explain the match of query[0] and cand[0]; chips are re-cut from the files if not given."""
+                labels: tuple[str, str] = ("query", "candidate"),
+                backbone: Backbone | None = None) -> tuple[Path, PairFlows]:
+    """Explain the match of query[0] and cand[0]; chips are re-cut from the files (with
+    `backbone`'s alignment, dlib's if None) if not given."""
     reranker = reranker or Stage2EMD()
     flows = reranker.explain_pairs(query, cand)
-    qc = query_chip if query_chip is not None else chip_of(query, 0)
-    cc = cand_chip if cand_chip is not None else chip_of(cand, 0)
+    qc = query_chip if query_chip is not None else chip_of(query, 0, backbone)
+    cc = cand_chip if cand_chip is not None else chip_of(cand, 0, backbone)
     path = render_flow(qc, cc, flows, 0, out_path, labels, reranker.weighting)
     return path, flows

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from facerank.explain.figure import heatmap_panel, save_figure  # noqa: E402
 from facerank.explain.flow import chip_of  # noqa: E402
 from facerank.features import FeatureSet  # noqa: E402
+from facerank.models.backbone import Backbone  # noqa: E402
 from facerank.rerank.vit_reranker import PairHeatmaps, Stage2ViT, explain_pairs  # noqa: E402
 
 
@@ -38,10 +39,12 @@ def render_vit_pair(a: FeatureSet, b: FeatureSet, out_path: str | Path,
                     scorer: Stage2ViT | None = None, chip_a: np.ndarray | None = None,
                     chip_b: np.ndarray | None = None, labels: tuple[str, str] = ("query",
                                                                                "candidate"),
-                    method: str = "chefer", title: str = "") -> tuple[Path, PairHeatmaps]:
-    """Explain the ViT match of a[0] and b[0]; chips are re-cut from the files if not given."""
+                    method: str = "chefer", title: str = "",
+                    backbone: Backbone | None = None) -> tuple[Path, PairHeatmaps]:
+    """Explain the ViT match of a[0] and b[0]; chips are re-cut from the files (with
+    `backbone`'s alignment, dlib's if None) if not given."""
     scorer = scorer or Stage2ViT.load()
     heat = explain_pairs(scorer, a.take([0]), b.take([0]), method)
-    ca = chip_a if chip_a is not None else chip_of(a, 0)
-    cb = chip_b if chip_b is not None else chip_of(b, 0)
+    ca = chip_a if chip_a is not None else chip_of(a, 0, backbone)
+    cb = chip_b if chip_b is not None else chip_of(b, 0, backbone)
     return render_heatmaps(ca, cb, heat, 0, out_path, labels, title), heat

@@ -221,7 +221,6 @@ class SearchService:
                  det_score: float = 0.0) -> tuple[str | None, str | None]:
         """Flow explanation PNG of the top-1 match as a data URL, or (None, why not)."""
         try:
-            from facerank.align import extract_chip
             from facerank.explain.flow import render_pair
             from facerank.rerank.emd_reranker import Stage2EMD
         except ImportError as e:
@@ -233,10 +232,11 @@ class SearchService:
             cand = self.gallery.features(grids=True).take([top.row])
             # render_pair writes a file: a private temp folder, deleted right after reading
             with tempfile.TemporaryDirectory(prefix="facerank-explain-") as tmp:
+                bb = self.extractor.backbone  # chips the grids were computed on
                 path, _ = render_pair(probe, cand, Path(tmp) / "flow.png", reranker,
-                                      query_chip=extract_chip(image, landmarks5),
+                                      query_chip=bb.align_points(image, landmarks5),
                                       labels=(probe_label("probe", det_source, det_score),
-                                              f"#1 {top.identity}"))
+                                              f"#1 {top.identity}"), backbone=bb)
                 png = _trim_white(Path(path).read_bytes())
         except (FacerankError, OSError, ValueError) as e:
             return None, f"could not render the explanation ({e})"
@@ -248,7 +248,6 @@ class SearchService:
         None when no checkpoint for this backbone ships (the page then shows the flows only).
         """
         try:
-            from facerank.align import extract_chip
             from facerank.explain.vit_heatmap import render_vit_pair
             from facerank.rerank.vit_reranker import Stage2ViT
 
@@ -256,9 +255,10 @@ class SearchService:
                 self._vit = Stage2ViT.load(backbone=self.extractor.model_id)
             cand = self.gallery.features(grids=True).take([top.row])
             with tempfile.TemporaryDirectory(prefix="facerank-explain-") as tmp:
+                bb = self.extractor.backbone
                 path, _ = render_vit_pair(probe, cand, Path(tmp) / "vit.png", self._vit,
-                                          chip_a=extract_chip(image, landmarks5),
-                                          labels=("probe", f"#1 {top.identity}"))
+                                          chip_a=bb.align_points(image, landmarks5),
+                                          labels=("probe", f"#1 {top.identity}"), backbone=bb)
                 png = _trim_white(Path(path).read_bytes())
         except (ImportError, FacerankError, OSError, ValueError):
             return None

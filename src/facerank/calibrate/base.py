@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from facerank.errors import InputError
+from facerank.registry import Registry
 
 
 def check_embeddings(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
@@ -92,40 +93,25 @@ class Calibrator:
         return "cosine (no calibration)"
 
 
-_CALIBRATORS: dict[str, Callable[..., Calibrator]] = {}
-
-
 def register_calibrator(name: str) -> Callable[[Callable[..., Calibrator]],
                                                Callable[..., Calibrator]]:
     """Decorator: make a calibrator factory available under `name`."""
-
-    def wrap(factory: Callable[..., Calibrator]) -> Callable[..., Calibrator]:
-        _CALIBRATORS[name] = factory
-        return factory
-
-    return wrap
+    return _CALIBRATORS.register(name)
 
 
 def calibrator_names() -> list[str]:
     """Registered calibrators, plus "none"."""
-    _load_builtin()
-    return ["none", *sorted(_CALIBRATORS)]
+    return _CALIBRATORS.names()
 
 
 def make_calibrator(name: str, **options: object) -> Calibrator | None:
     """Build a registered calibrator ("none" -> None); unknown options are an InputError."""
-    _load_builtin()
-    if name == "none":
-        return None
-    if name not in _CALIBRATORS:
-        raise InputError(f"unknown calibration {name!r}; choose from "
-                         f"{', '.join(calibrator_names())}")
-    try:
-        return _CALIBRATORS[name](**options)
-    except TypeError as e:
-        raise InputError(f"bad options for calibration {name!r}: {e}") from None
+    return _CALIBRATORS.make(name, **options)
 
 
 def _load_builtin() -> None:
     import facerank.calibrate.asnorm  # noqa: F401 - registers "asnorm"
     import facerank.calibrate.ida  # noqa: F401 - registers "ida-r", "ida-l"
+
+
+_CALIBRATORS: Registry[Calibrator] = Registry("calibration", _load_builtin)

@@ -17,6 +17,7 @@ import numpy as np
 
 from facerank.errors import InputError
 from facerank.features import FeatureSet
+from facerank.registry import Registry
 from facerank.search import Ranking
 
 if TYPE_CHECKING:
@@ -96,39 +97,24 @@ def gated_blend(ranking: Ranking, stage2: np.ndarray, name: str, alpha: float,
     return out
 
 
-_STAGE2: dict[str, Callable[..., Reranker]] = {}
-
-
 def register_stage2(name: str) -> Callable[[Callable[..., Reranker]], Callable[..., Reranker]]:
     """Decorator: make a re-ranker factory available under `name`."""
-
-    def wrap(factory: Callable[..., Reranker]) -> Callable[..., Reranker]:
-        _STAGE2[name] = factory
-        return factory
-
-    return wrap
+    return _STAGE2.register(name)
 
 
 def stage2_names() -> list[str]:
     """Registered Stage-2 methods, plus "none"."""
-    _load_builtin()
-    return ["none", *sorted(_STAGE2)]
+    return _STAGE2.names()
 
 
 def make_stage2(name: str, **options: object) -> Reranker | None:
     """Build a registered re-ranker ("none" -> None); unknown options are an InputError."""
-    _load_builtin()
-    if name == "none":
-        return None
-    if name not in _STAGE2:
-        raise InputError(f"unknown Stage-2 method {name!r}; choose from "
-                         f"{', '.join(stage2_names())}")
-    try:
-        return _STAGE2[name](**options)
-    except TypeError as e:
-        raise InputError(f"bad options for Stage-2 method {name!r}: {e}") from None
+    return _STAGE2.make(name, **options)
 
 
 def _load_builtin() -> None:
     import facerank.rerank.emd_reranker  # noqa: F401 - registers "emd"
     import facerank.rerank.vit_reranker  # noqa: F401 - registers "vit"
+
+
+_STAGE2: Registry[Reranker] = Registry("Stage-2 method", _load_builtin)

@@ -321,7 +321,7 @@ class Stage2ViTEMD:
     clean / crop / mask / sunglasses / low-res vs the gated EMD's 96.20 / 22.76 / 54.28 /
     61.48 / 75.89; gated by the ViT's own gate instead it was 0.15 lower on clean queries.
     No weight here is fitted on test queries. EMD scores every query (its gate reads them);
-    the ViT, ~2.5x EMD's cost per pair on a CPU, only the queries the gate sends on: the
+    the ViT, ~3.3x EMD's cost per pair on a CPU, only the queries the gate sends on: the
     others' "vit" stage scores are NaN.
     """
 

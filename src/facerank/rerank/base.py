@@ -97,6 +97,45 @@ def gated_blend(ranking: Ranking, stage2: np.ndarray, name: str, alpha: float,
     return out
 
 
+class GatedBlendReranker:
+    """What EMD and Face-ViT share: score each query's top k (`topk_scores`), then
+    `gated_blend` those scores with the Stage-1 cosine under an optional quality gate fed by
+    `gate_features`. Subclasses set name, alpha, gate, k and the two methods."""
+
+    name: str
+    alpha: float
+    gate: QualityGate | None
+    k: int
+
+    def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
+                    progress: bool = False) -> np.ndarray:
+        """(Q, k) Stage-2 score of each query with its candidates cand (Q, k)."""
+        raise NotImplementedError
+
+    def gate_features(self, queries: FeatureSet, cos: np.ndarray,
+                      scores: np.ndarray) -> np.ndarray:
+        """(Q, F) the gate's inputs from the queries, their cosines and Stage-2 scores."""
+        raise NotImplementedError
+
+    def blend(self, ranking: Ranking, scores: np.ndarray,
+              queries: FeatureSet | None = None) -> Ranking:
+        """Re-order the first k columns by alpha * scores + (1 - alpha) * Stage-1 cosine;
+        with a gate (which needs the query features), queries it does not flag as hard keep
+        their incoming order."""
+        inputs = None if queries is None else (
+            lambda cos: self.gate_features(queries, cos, scores))
+        return gated_blend(ranking, scores, self.name, self.alpha, self.gate, inputs)
+
+    def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
+               progress: bool = False) -> Ranking:
+        """Re-order the first k columns of `ranking` by the blended score."""
+        k = rerank_depth(queries, ranking, self.k)
+        if k == 0:
+            return ranking
+        scores = self.topk_scores(queries, gallery, ranking.indices[:, :k], progress)
+        return self.blend(ranking, scores, queries)
+
+
 def register_stage2(name: str) -> Callable[[Callable[..., Reranker]], Callable[..., Reranker]]:
     """Decorator: make a re-ranker factory available under `name`."""
     return _STAGE2.register(name)

@@ -19,7 +19,7 @@ from facerank.errors import InputError
 from facerank.features import FeatureSet
 from facerank.progress import progress_bar
 from facerank.rerank import weights as W
-from facerank.rerank.base import gated_blend, register_stage2, rerank_depth
+from facerank.rerank.base import GatedBlendReranker, register_stage2
 from facerank.rerank.device import CPU_EMD_CALL_PAIRS, default_chunk_pairs, pick_device
 from facerank.rerank.emd import (
     emd_rerank_scores,
@@ -29,7 +29,6 @@ from facerank.rerank.emd import (
     pool_grid,
 )
 from facerank.rerank.gate import QualityGate, bundled_gate, gate_features, query_features
-from facerank.search import Ranking
 
 _MODEL_PREFIX = {"dlib": "dlib_resnet", "sface": "sface"}
 _GRID = re.compile(r"^(l[0-4])(?:p(\d+))?$")
@@ -58,7 +57,7 @@ class PairFlows:
     alpha: float = 0.7  # final = alpha * emd + (1 - alpha) * cosine
 
 
-class Stage2EMD:
+class Stage2EMD(GatedBlendReranker):
     """EMD re-ranker: `Stage2EMD(grid="l2", weighting="apc", alpha=0.7, k=100)`."""
 
     name = "emd"
@@ -260,25 +259,9 @@ class Stage2EMD:
         return gate_features(cos, emd, query_features(queries.descriptors,
                                                       queries.grids[self.grid_name]))
 
-    def blend(self, ranking: Ranking, emd: np.ndarray,
-              queries: FeatureSet | None = None) -> Ranking:
-        """Re-order the first k columns by alpha * emd + (1 - alpha) * Stage-1 cosine.
-
-        With a gate (which needs the query features), queries it does not flag as hard keep
-        alpha = 0, i.e. their Stage-1 order.
-        """
-        inputs = None if queries is None else (
-            lambda cos: self.gate_features(queries, cos, emd))
-        return gated_blend(ranking, emd, "emd", self.alpha, self.gate, inputs)
-
-    def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
-               progress: bool = False) -> Ranking:
-        """Re-order the first k columns of `ranking` by the blended score."""
-        k = rerank_depth(queries, ranking, self.k)
-        if k == 0:
-            return ranking
-        emd = self.emd_scores(queries, gallery, ranking.indices[:, :k], progress)
-        return self.blend(ranking, emd, queries)
+    def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
+                    progress: bool = False) -> np.ndarray:
+        return self.emd_scores(queries, gallery, cand, progress)
 
 
 def _landmarks(fs: FeatureSet, index: np.ndarray) -> torch.Tensor:

@@ -21,7 +21,12 @@ import torch
 from facerank.errors import InputError
 from facerank.features import FeatureSet
 from facerank.progress import progress_bar
-from facerank.rerank.base import gated_blend, register_stage2, reorder_sent, rerank_depth
+from facerank.rerank.base import (
+    GatedBlendReranker,
+    register_stage2,
+    reorder_sent,
+    rerank_depth,
+)
 from facerank.rerank.device import CPU_VIT_CHUNK_PAIRS, default_chunk_pairs, pick_device
 from facerank.rerank.emd import pool_grid
 from facerank.rerank.emd_reranker import parse_grid
@@ -47,7 +52,7 @@ class PairHeatmaps:
     method: str
 
 
-class Stage2ViT:
+class Stage2ViT(GatedBlendReranker):
     """`Stage2ViT(model, grid="l2", alpha=0.5, k=100)`; usually `Stage2ViT.load(path)`."""
 
     name = "vit"
@@ -184,21 +189,9 @@ class Stage2ViT:
         return gate_features(cos, vit, query_features(queries.descriptors,
                                                       queries.grids[self.grid_name]))
 
-    def blend(self, ranking: Ranking, vit: np.ndarray,
-              queries: FeatureSet | None = None) -> Ranking:
-        """Re-order the first k columns by alpha * vit + (1 - alpha) * Stage-1 cosine; with a
-        gate, queries it does not flag keep alpha = 0 (their Stage-1 order)."""
-        inputs = None if queries is None else (
-            lambda cos: self.gate_features(queries, cos, vit))
-        return gated_blend(ranking, vit, "vit", self.alpha, self.gate, inputs)
-
-    def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
-               progress: bool = False) -> Ranking:
-        k = rerank_depth(queries, ranking, self.k)
-        if k == 0:
-            return ranking
-        vit = self.vit_scores(queries, gallery, ranking.indices[:, :k], progress)
-        return self.blend(ranking, vit, queries)
+    def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
+                    progress: bool = False) -> np.ndarray:
+        return self.vit_scores(queries, gallery, cand, progress)
 
 
 @register_stage2("vit")

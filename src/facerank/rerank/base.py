@@ -107,6 +107,17 @@ class GatedBlendReranker:
     gate: QualityGate | None
     k: int
 
+    def _set_blend(self, alpha: float, k: int, gate: QualityGate | str | None) -> None:
+        """Check and keep alpha (in [0, 1]), k (>= 1) and the gate (a JSON path is loaded)."""
+        from facerank.rerank.gate import QualityGate
+
+        if not 0.0 <= alpha <= 1.0:
+            raise InputError(f"alpha must be in [0, 1], got {alpha}")
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        self.alpha, self.k = float(alpha), int(k)
+        self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
+
     def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
                     progress: bool = False) -> np.ndarray:
         """(Q, k) Stage-2 score of each query with its candidates cand (Q, k)."""

@@ -70,22 +70,16 @@ class Stage2EMD(GatedBlendReranker):
         if weighting not in W.WEIGHTINGS:
             raise InputError(f"unknown weighting {weighting!r}; choose from "
                              f"{', '.join(W.WEIGHTINGS)}")
-        if not 0.0 <= alpha <= 1.0:
-            raise InputError(f"alpha must be in [0, 1], got {alpha}")
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}")
+        self._set_blend(alpha, k, gate)
         self.grid = grid
         self.grid_name, self.pool = parse_grid(grid)
         self.weighting = weighting
-        self.alpha = float(alpha)
-        self.k = int(k)
         self.eps = eps
         self.max_iter = max_iter
         self.device = pick_device(device)  # re-ranking runs there; chunk size follows it
         self.chunk_pairs = int(chunk_pairs or default_chunk_pairs(self.device,
                                                                   CPU_EMD_CALL_PAIRS))
         self._fc_weight = fc_weight
-        self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
         from facerank.models.backbone import geometry
 
         self.backbone = backbone

@@ -201,8 +201,15 @@ def evaluate(args: argparse.Namespace) -> None:
         prepared[protocol] = Prepared(st, ranking, r, emd, fold,
                                       emd_rr.gate_features(st.queries, cos, emd), seconds)
         vits[protocol] = {n: vit_cached(n, st, ranking, fold, tag, k) for n in args.models}
+    # (Q, 1) each query's alpha under its ViT's gate (0: kept at Stage 1), per protocol / model
+    gated = {protocol: {n: vit_alpha(v[2], prepared[protocol].fold, True,
+                                     prepared[protocol].st.queries,
+                                     prepared[protocol].ranking.stage_scores["stage1"][:, :k],
+                                     v[0]) for n, v in vits[protocol].items()}
+             for protocol in prepared}
     emd_gates = {f: fit_gate(prepared, list(prepared), f, 0.01) for f in (False, True)}
-    mix = {n: cross_fitted_mix(prepared, vits, n) for n in args.models if n.startswith("h2l")}
+    mix = {n: cross_fitted_mix(prepared, vits, gated, n) for n in args.models
+           if n.startswith("h2l")}
     gate_args = argparse.Namespace(grid="l2", weighting="apc", alpha=0.7, k=k, backbone="dlib")
     rows, out = [], {"settings": vars(args), "results": []}
     for protocol, p in prepared.items():
@@ -218,21 +225,19 @@ def evaluate(args: argparse.Namespace) -> None:
             methods[f"{name.upper()} α={_alphas(scorers)}"] = blend(p.ranking, vit, a, "vit")
             if name.startswith("h2l"):
                 big = name.upper()
-                ag = vit_alpha(scorers, p.fold, True, p.st.queries, cos, vit)
+                ag = gated[protocol][name]
                 ga = "/".join(f"{scorers[f].meta.get('alpha_gated', 0):g}" for f in FOLDS)
                 methods[f"{big} α={ga}, gated"] = blend(p.ranking, vit, ag, "vit")
                 # EMD + ViT: the mean of the two Stage-2 blends (no new weight fitted)
                 both = 0.5 * (a * vit + (1 - a) * cos) + 0.5 * (0.7 * p.emd + 0.3 * cos)
                 methods[f"EMD + {big} (mean of blends)"] = blend(p.ranking, both,
                                                                  np.ones_like(a), "both")
-                bg = 0.5 * (ag * vit + (1 - ag) * cos) + 0.5 * (
-                    (ag > 0) * (0.7 * p.emd) + (1 - 0.7 * (ag > 0)) * cos)
+                bg = mixed_blend(0.5, ag, vit, p.emd, cos)
                 methods[f"EMD + {big}, {big}'s gate"] = blend(p.ranking, bg, np.ones_like(a),
                                                               "both")
                 # the ViT's gate decides; the EMD / ViT weight w cross-fitted on the other half
                 w = np.where(p.fold, mix[name][True], mix[name][False])[:, None]
-                bw = np.where(ag > 0, w * (ag * vit + (1 - ag) * cos) + (1 - w) * (
-                    0.7 * p.emd + 0.3 * cos), cos)
+                bw = mixed_blend(w, ag, vit, p.emd, cos)
                 methods[f"EMD + {big}, {big}'s gate, w cross-fitted"] = blend(
                     p.ranking, bw, np.ones_like(a), "both")
                 out.setdefault("mix_weight", {})[name] = {
@@ -273,19 +278,25 @@ def evaluate(args: argparse.Namespace) -> None:
 MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def cross_fitted_mix(prepared: dict[str, Prepared], vits: dict, name: str) -> dict[bool, float]:
-    """{test fold: w}: the ViT share w of `w * ViT blend + (1 - w) * EMD blend` (queries the
-    ViT's gate sends on) with the best mean P@1 over all protocols on the *other* half's
-    queries, so no query's own identity chooses its weight."""
+def mixed_blend(w: float | np.ndarray, ag: np.ndarray, vit: np.ndarray, emd: np.ndarray,
+                cos: np.ndarray) -> np.ndarray:
+    """(Q, k) `w * ViT blend + (1 - w) * EMD blend (alpha 0.7)` for the queries the ViT's gate
+    sends on (ag (Q, 1) > 0), the cosine for the others."""
+    return np.where(ag > 0, w * (ag * vit + (1 - ag) * cos) + (1 - w) * (0.7 * emd + 0.3 * cos),
+                    cos)
+
+
+def cross_fitted_mix(prepared: dict[str, Prepared], vits: dict, gated: dict,
+                     name: str) -> dict[bool, float]:
+    """{test fold: w}: the ViT share w of `mixed_blend` with the best mean P@1 over all
+    protocols on the *other* half's queries, so no query's own identity chooses its weight."""
     p1 = {f: np.zeros(len(MIX_WEIGHTS)) for f in (True, False)}
     for protocol, p in prepared.items():
-        vit, _, scorers = vits[protocol][name]
+        vit = vits[protocol][name][0]
         cos = p.ranking.stage_scores["stage1"][:, : vit.shape[1]]
-        ag = vit_alpha(scorers, p.fold, True, p.st.queries, cos, vit)
         rows = np.arange(len(p.fold))
         for i, w in enumerate(MIX_WEIGHTS):
-            final = np.where(ag > 0, w * (ag * vit + (1 - ag) * cos) + (1 - w) * (
-                0.7 * p.emd + 0.3 * cos), cos)
+            final = mixed_blend(w, gated[protocol][name], vit, p.emd, cos)
             top = p.ranking.indices[rows, np.argmax(final, axis=1)]
             hit = p.st.gallery_labels[top] == p.st.query_labels
             for f in (True, False):

@@ -292,7 +292,7 @@ def test_vit_plus_emd_runs_the_vit_only_for_the_queries_emds_gate_sends(tmp_path
     rr = make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), k=8)
     assert rr.gate is not None and rr.gate is rr.emd.gate  # EMD's bundled l2/APC gate
     assert make_stage2("vit+emd", checkpoint=str(tmp_path / "v.pt"), gate="none").gate is None
-    rr.gate = Half()
+    rr.emd.gate = Half()
     seen = []
     score = rr.vit.vit_scores
     rr.vit.vit_scores = lambda q, g, cand, progress=False: seen.append(len(q)) or score(q, g,

@@ -89,7 +89,6 @@ def train_command(
                            k, tau, hidden, epochs, seed, progress=True)
     config["r2_heldout"] = heldout_r2(cal, anchors, emb[test_rows])
     config["n_heldout_faces"] = len(test_rows)
-    config["backbone_name"] = backbone
     config["command"] = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     config["split"] = describe_split(train_fold)
     config["anchors"] = {"per_identity": 1, "seed": seed, "n": len(anchors),

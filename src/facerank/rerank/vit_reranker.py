@@ -60,19 +60,13 @@ class Stage2ViT(GatedBlendReranker):
     def __init__(self, model: FaceViT, grid: str = "l2", alpha: float = 0.5, k: int = 100,
                  gate: QualityGate | str | None = None, device: str = "cpu",
                  chunk_pairs: int | None = None, meta: dict | None = None) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise InputError(f"alpha must be in [0, 1], got {alpha}")
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}")
+        self._set_blend(alpha, k, gate)
         self.grid = grid
         self.grid_name, self.pool = parse_grid(grid)
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
-        self.alpha = float(alpha)
-        self.k = int(k)
         self.chunk_pairs = int(chunk_pairs or default_chunk_pairs(self.device,
                                                                   CPU_VIT_CHUNK_PAIRS))
-        self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
         self.meta = meta or {}
 
     @classmethod
@@ -323,7 +317,11 @@ class Stage2ViTEMD:
     def __init__(self, vit: Stage2ViT, emd: object) -> None:
         self.vit, self.emd = vit, emd
         self.k = min(vit.k, emd.k)  # type: ignore[attr-defined]
-        self.gate = getattr(emd, "gate", None)
+
+    @property
+    def gate(self) -> QualityGate | None:
+        """EMD's gate decides which queries both scorers re-rank."""
+        return getattr(self.emd, "gate", None)
 
     def describe(self) -> str:
         return f"mean of [{self.vit.describe()}] and [{self.emd.describe()}]"  # type: ignore[attr-defined]

@@ -274,10 +274,9 @@ def stage2(args: argparse.Namespace) -> None:
     k 100): the gate reads the cosines of the calibrated top k, and a query it sends on has
     its top k re-ordered by alpha * EMD + (1 - alpha) * cosine.
     """
-    from benchmarks.stage2 import fit_gate, prepare_all
+    from benchmarks.stage2 import emd_cached, fit_gate, prepare_all
     from facerank.calibrate.evaluate import half_setup
     from facerank.calibrate.lfw import calibrated_topk, retrieval
-    from facerank.paths import cache_root
     from facerank.rerank.emd_reranker import Stage2EMD
 
     data = EvalData.load()
@@ -292,22 +291,15 @@ def stage2(args: argparse.Namespace) -> None:
         params = choose(data, rows)
         cals = {n: make(rows) for n, make in _factories(data, params, args.epochs).items()}
         res: dict = {"chosen": {k: params[k] for k in ("k", "tau", "top_n")}}
+        rr = Stage2EMD(grid=s2.grid, weighting=s2.weighting, alpha=s2.alpha, k=s2.k, gate=gate)
+        key = "-".join(f"{k}{v:g}" for k, v in res["chosen"].items())
         for protocol in ("lfw-1680", "lfw-crop"):
             hs = half_setup(data, protocol, people)
             q, g = hs.queries.embeddings, hs.gallery.embeddings
             for name, cal in cals.items():
                 ranking = calibrated_topk(cal, q, g, max(hs.depth, s2.k), hs.exclude)
-                rr = Stage2EMD(grid=s2.grid, weighting=s2.weighting, alpha=s2.alpha, k=s2.k,
-                               gate=gate)
-                key = "-".join(f"{k}{v:g}" for k, v in res["chosen"].items())
-                path = cache_root() / "stage2" / (
-                    f"calib-{protocol}-{half[-1]}-{name}-{key}-k{s2.k}-l2-apc.npy")
-                if path.is_file():
-                    emd = np.load(path)
-                else:
-                    emd = rr.emd_scores(hs.queries, hs.gallery, ranking.indices[:, : s2.k])
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(path, emd)
+                emd, _ = emd_cached(rr, hs, ranking,  # cached under <cache>/stage2/calib-...
+                                    f"calib-{protocol}-{half[-1]}-{name}-{key}-k{s2.k}")
                 gated = rr.blend(ranking, emd, hs.queries)
                 labels = (hs.query_labels, hs.gallery_labels, hs.exclude)
                 m1, m2 = retrieval(ranking, *labels), retrieval(gated, *labels)

@@ -10,7 +10,8 @@
 Anchors never share a person with the faces they calibrate: pairs use, per fold, the LFW
 people absent from that fold; identification and open set use one identity half as anchors
 and evaluate the other (both directions). IDA's tau / k and AS-norm's cohort size are chosen
-on the anchor-side people only (`facerank.calibrate.select`), IDA-L is trained on them.
+on the anchor-side people only (`facerank.eval.studies.calibration_select`), IDA-L is
+trained on them.
 """
 
 from __future__ import annotations
@@ -23,17 +24,21 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.common import write_result
-from facerank.calibrate.evaluate import (
+from facerank.eval.protocols import EvalData
+from facerank.eval.readers.lfw import load_pairs
+from facerank.eval.studies.calibration import (
+    calibrated_identification,
+    calibrated_openset,
     halves,
     lfw_factory,
     pairs_variant_embeddings,
-    run_identification,
-    run_openset,
 )
-from facerank.calibrate.lfw import check_disjoint, pairs_fold_anchor_rows, verification
-from facerank.calibrate.select import choose
-from facerank.eval.lfw import load_pairs
-from facerank.eval.protocols import EvalData
+from facerank.eval.studies.calibration_protocols import (
+    check_disjoint,
+    pairs_fold_anchor_rows,
+    verification,
+)
+from facerank.eval.studies.calibration_select import choose
 
 METHODS = ("cosine", "asnorm", "ida-r", "ida-l")
 console = Console()
@@ -98,9 +103,9 @@ def halves_accuracy(data: EvalData, epochs: int, protocols: tuple[str, ...]) -> 
         res = {"chosen": {k: params[k] for k in ("k", "tau", "top_n")}}
         for protocol in protocols:
             if protocol == "lfw-openset":
-                res[protocol] = run_openset(data, cals, people)
+                res[protocol] = calibrated_openset(data, cals, people)
             else:
-                res[protocol] = run_identification(data, protocol, cals, people)
+                res[protocol] = calibrated_identification(data, protocol, cals, people)
         out[half] = res
         console.print(f"{half}: {res['chosen']} ({time.perf_counter() - t0:.0f} s)")
     return out
@@ -149,7 +154,7 @@ def ablation(args: argparse.Namespace) -> None:
     others at the bundled defaults k=10, tau=30 (inside the plateau the per-fold choices of
     `accuracy` fall in)."""
     from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU
-    from facerank.calibrate.lfw import pair_scores
+    from facerank.eval.studies.calibration_protocols import pair_scores
 
     data = EvalData.load()
     pairs = load_pairs(data.lfw)
@@ -181,8 +186,8 @@ def thresholds(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from facerank.calibrate.base import make_calibrator
-    from facerank.calibrate.lfw import calibrated_matrix
-    from facerank.calibrate.select import _tar_at_far
+    from facerank.eval.studies.calibration_protocols import calibrated_matrix
+    from facerank.eval.studies.calibration_select import _tar_at_far
     from facerank.train.split import identity_fold
 
     data = EvalData.load()
@@ -211,12 +216,12 @@ def thresholds(args: argparse.Namespace) -> None:
 
 def speed(args: argparse.Namespace) -> None:
     """Per-pair cost of the four scores (bundled anchors / checkpoint), interleaved repeats,
-    and Gallery.search p50 on an LFW gallery with and without calibration."""
+    and StoredGallery.search p50 on an LFW gallery with and without calibration."""
     from pathlib import Path
 
     from facerank.calibrate.base import make_calibrator
     from facerank.eval.protocols import lfw_extractor
-    from facerank.gallery import Gallery
+    from facerank.gallery import StoredGallery
 
     data = EvalData.load()
     pairs = load_pairs(data.lfw)
@@ -240,9 +245,9 @@ def speed(args: argparse.Namespace) -> None:
     folder = Path(args.gallery)
     if not folder.exists():
         console.print(f"building the LFW gallery in {folder} (cached features)")
-        g = Gallery.create(folder, extractor=lfw_extractor(), load_grids=False)
+        g = StoredGallery.create(folder, extractor=lfw_extractor(), load_grids=False)
         g.add_folder(data.lfw.root / "images")
-    g = Gallery.open(folder, extractor=lfw_extractor(), load_grids=False)
+    g = StoredGallery.open(folder, extractor=lfw_extractor(), load_grids=False)
     feats = g.features(grids=False)
     rows = np.random.default_rng(0).choice(len(feats), args.probes, replace=False)
     probes = [feats.take([int(r)]) for r in rows]
@@ -275,9 +280,9 @@ def stage2(args: argparse.Namespace) -> None:
     its top k re-ordered by alpha * EMD + (1 - alpha) * cosine.
     """
     from benchmarks.stage2 import emd_cached, fit_gate, prepare_all
-    from facerank.calibrate.evaluate import half_setup
-    from facerank.calibrate.lfw import calibrated_topk, retrieval
-    from facerank.rerank.emd_reranker import Stage2EMD
+    from facerank.eval.studies.calibration import half_setup
+    from facerank.eval.studies.calibration_protocols import calibrated_topk, retrieval
+    from facerank.rerank.emd.reranker import Stage2EMD
 
     data = EvalData.load()
     s2 = SimpleNamespace(grid="l2", weighting="apc", alpha=0.7, k=100, limit=None, seed=0,

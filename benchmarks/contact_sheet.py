@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facerank.eval.lfw import load_lfw
 from facerank.eval.occlusion import VERSION, occlude
 from facerank.eval.protocols import lfw_extractor
-from facerank.imageio import load_image, save_image
+from facerank.eval.readers.lfw import load_lfw
+from facerank.face.imageio import load_image, save_image
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "occlusions.png"
 KINDS = ("crop", "mask", "sunglasses")

@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import write_result
-from facerank.detect import FaceDetector
 from facerank.eval.photo import occlude_photo
 from facerank.eval.protocols import EvalData
-from facerank.imageio import load_image
+from facerank.face.detect import FaceDetector
+from facerank.face.imageio import load_image
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import Timer, write_result
-from facerank.align import extract_chip
-from facerank.detect import FaceDetector
-from facerank.imageio import load_image
+from facerank._util.paths import DLIB_RESNET, DLIB_SHAPE5, bundled_model, lfw_root
+from facerank.face.align.dlib_chip import extract_chip
+from facerank.face.detect import FaceDetector
+from facerank.face.imageio import load_image
 from facerank.models.dlib_resnet import DlibResNet
-from facerank.paths import DLIB_RESNET, DLIB_SHAPE5, bundled_model, lfw_root
 
 
 def main() -> None:

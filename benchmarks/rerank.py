@@ -4,7 +4,7 @@
 
 Inputs are real: the `l2` grids (8x8x128) of LFW-1680 queries and their Stage-1 top-k
 candidates from the whole LFW gallery, uniform weights, eps = 0.05, <= 100 iterations.
-(a) batched: `facerank.rerank.emd.emd_rerank_scores` over all Q x k pairs;
+(a) batched: `facerank.rerank.emd.solver.emd_rerank_scores` over all Q x k pairs;
 (b) per-pair loop in the style of the authors' code: one pair at a time, torch Sinkhorn,
     convergence checked (a host sync) every iteration;
 (c) POT `ot.solve_batch` (entropic, same eps, iterations and tolerance) on batches of pairs.
@@ -30,10 +30,10 @@ from rich.table import Table
 
 from benchmarks.common import write_result
 from facerank.eval.protocols import EvalData
-from facerank.rerank.emd import cost_matrix, emd_rerank_scores, pool_grid
-from facerank.rerank.emd_reranker import Stage2EMD
-from facerank.rerank.weights import WEIGHTINGS
-from facerank.search import cosine_topk
+from facerank.ranking import cosine_topk
+from facerank.rerank.emd.reranker import Stage2EMD
+from facerank.rerank.emd.solver import cost_matrix, emd_rerank_scores, pool_grid
+from facerank.rerank.emd.weights import WEIGHTINGS
 
 EPS, ITERS, TOL = 0.05, 100, 1e-6
 

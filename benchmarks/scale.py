@@ -26,10 +26,10 @@ from rich.console import Console
 
 from benchmarks.common import write_result
 from benchmarks.faiss_scale import synthetic
-from facerank.eval.lfw import load_lfw
 from facerank.eval.protocols import lfw_extractor
-from facerank.features import FeatureExtractor
-from facerank.gallery import Gallery
+from facerank.eval.readers.lfw import load_lfw
+from facerank.face.features import FeatureExtractor
+from facerank.gallery import StoredGallery
 
 console = Console()
 
@@ -47,7 +47,7 @@ def enrol(args: argparse.Namespace) -> None:
     fx = FeatureExtractor(cache=False)
     tmp = Path(tempfile.mkdtemp())
     try:
-        g = Gallery.create(tmp / "in-process", fx)
+        g = StoredGallery.create(tmp / "in-process", fx)
         t0 = time.perf_counter()
         rep_a = g.add_files(paths, names, progress=True)
         in_process = time.perf_counter() - t0
@@ -55,7 +55,7 @@ def enrol(args: argparse.Namespace) -> None:
         rx = RayExtract(fx, None, batch_size=args.batch, concurrency=args.concurrency,
                         cache=False)
         startup = time.perf_counter() - t0
-        g2 = Gallery.create(tmp / "ray", fx)
+        g2 = StoredGallery.create(tmp / "ray", fx)
         t0 = time.perf_counter()
         rep_b = g2.add_files(paths, names, progress=True, extract=rx)
         ray_s = time.perf_counter() - t0
@@ -74,7 +74,8 @@ def enrol(args: argparse.Namespace) -> None:
     console.print(f"wrote {write_result(f'scale_enrol_n{len(paths)}', out)}")
 
 
-def _time_search(g: Gallery, probes: list, k: int = 10) -> tuple[list[float], list[list[str]]]:
+def _time_search(g: StoredGallery, probes: list, k: int = 10
+                 ) -> tuple[list[float], list[list[str]]]:
     g.search(probes[0], k=k)  # build / warm
     ms, paths = [], []
     for p in probes:
@@ -102,7 +103,7 @@ def latency(args: argparse.Namespace) -> None:
         for name, kw in (("faiss flat", {}),
                          ("milvus-lite FLAT", {"index": "milvus",
                                                "milvus_uri": str(tmp / "faces.db")})):
-            g = Gallery.create(tmp / name.split()[0], fx, **kw)
+            g = StoredGallery.create(tmp / name.split()[0], fx, **kw)
             t0 = time.perf_counter()
             g.add_files(paths, names, progress=True)
             add_s[name] = time.perf_counter() - t0

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import write_result
-from facerank.features import FeatureExtractor
-from facerank.gallery import Gallery
+from facerank.face.features import FeatureExtractor
+from facerank.gallery import StoredGallery
 from facerank.rerank.base import make_stage2
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=100)
     args = ap.parse_args()
     console = Console()
-    gallery = Gallery.open(args.gallery)
+    gallery = StoredGallery.open(args.gallery)
     feats = gallery.features()
     rows = np.random.default_rng(0).choice(len(feats), args.probes, replace=False)
     probes = [feats.take([int(r)]) for r in rows]

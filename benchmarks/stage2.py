@@ -26,6 +26,7 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.common import write_result
+from facerank._util.paths import cache_root
 from facerank.eval.protocols import (
     IDENTIFICATION,
     EvalData,
@@ -35,11 +36,10 @@ from facerank.eval.protocols import (
     setup_identification,
 )
 from facerank.eval.report import identification_table
-from facerank.paths import cache_root
-from facerank.rerank.emd_reranker import Stage2EMD
+from facerank.ranking import Ranking, cosine_topk
+from facerank.rerank.emd.reranker import Stage2EMD
+from facerank.rerank.emd.weights import WEIGHTINGS
 from facerank.rerank.gate import QualityGate, bundled_gate_path
-from facerank.rerank.weights import WEIGHTINGS
-from facerank.search import Ranking, cosine_topk
 from facerank.train.split import identity_fold
 
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0)

@@ -29,11 +29,11 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.common import RESULTS, Timer, write_result
-from facerank.align import extract_chip
 from facerank.eval import metrics
 from facerank.eval.protocols import OCCLUSION_OF, EvalData, occluded_queries, openset_split
-from facerank.features import FeatureSet
-from facerank.imageio import load_image
+from facerank.face.align.dlib_chip import extract_chip
+from facerank.face.features import FeatureSet
+from facerank.face.imageio import load_image
 from facerank.train.split import identity_fold
 from facerank.uncertainty.confidence import bundled_path, load_url_head
 from facerank.uncertainty.url import match_scores, run_head

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.align import extract_chip
 from facerank.eval.occlusion import occlude
 from facerank.eval.protocols import EvalData
-from facerank.imageio import load_image
+from facerank.face.align.dlib_chip import extract_chip
+from facerank.face.imageio import load_image
 from facerank.train.split import identity_fold
 from facerank.uncertainty.url import run_head
 

@@ -44,8 +44,9 @@ from rich.console import Console
 
 from benchmarks.common import write_result
 from benchmarks.stage2 import Prepared, cross_fitted, emd_cached, fit_gate, prepare
+from facerank._util.checkpoint import read_config
+from facerank._util.paths import cache_root
 from facerank.eval import metrics
-from facerank.eval.lfw import load_pairs
 from facerank.eval.protocols import (
     IDENTIFICATION,
     OCCLUSION_OF,
@@ -54,13 +55,12 @@ from facerank.eval.protocols import (
     _retrieval,
     occluded_queries,
 )
+from facerank.eval.readers.lfw import load_pairs
 from facerank.eval.report import identification_table, verification_table
-from facerank.paths import cache_root
-from facerank.rerank.emd_reranker import Stage2EMD
+from facerank.ranking import Ranking, cosine_topk
+from facerank.rerank.emd.reranker import Stage2EMD
 from facerank.rerank.gate import QualityGate
-from facerank.rerank.vit_reranker import DEFAULT_CHECKPOINT, Stage2ViT
-from facerank.search import Ranking, cosine_topk
-from facerank.train.checkpoint import read_config
+from facerank.rerank.vit.reranker import DEFAULT_CHECKPOINT, Stage2ViT
 from facerank.train.split import identity_fold
 
 console = Console()
@@ -75,7 +75,7 @@ def ckpt_path(name: str, train_fold: bool, tag: str = "") -> Path:
 
 
 def train(args: argparse.Namespace) -> None:
-    from facerank.rerank.vit_train import train_vit
+    from facerank.rerank.vit.train import train_vit
     from facerank.train.data import load_training_data
 
     td = load_training_data(progress=True)
@@ -442,10 +442,10 @@ def ablation(args: argparse.Namespace) -> None:
 def heatmaps(args: argparse.Namespace) -> None:
     """docs/img/vit-heatmap-{correct,wrong}.png: the bundled H2L's relevance heatmaps for its
     top-1 on masked queries of people it never saw (fold-0 people; it trained on fold 1)."""
-    from facerank.align import extract_chip
     from facerank.eval.occlusion import occlude
     from facerank.explain.vit_heatmap import render_vit_pair
-    from facerank.imageio import load_image
+    from facerank.face.align.dlib_chip import extract_chip
+    from facerank.face.imageio import load_image
 
     data = EvalData.load()
     scorer = Stage2ViT.load(DEFAULT_CHECKPOINT, k=args.k)

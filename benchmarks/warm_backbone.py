@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from facerank.detect import Detection
-from facerank.eval.lfw import load_lfw
 from facerank.eval.protocols import EvalData, lfw_extractor
-from facerank.features import file_digest
-from facerank.imageio import load_image
+from facerank.eval.readers.lfw import load_lfw
+from facerank.face.detect import Detection
+from facerank.face.features import file_digest
+from facerank.face.imageio import load_image
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import argparse
 import numpy as np
 
 from benchmarks.common import write_result
-from facerank.detect import FaceDetector
-from facerank.eval.lfw import load_lfw
-from facerank.imageio import load_image
+from facerank.eval.readers.lfw import load_lfw
+from facerank.face.detect import FaceDetector
+from facerank.face.imageio import load_image
 
 
 def main() -> None:

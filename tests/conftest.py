@@ -11,7 +11,7 @@ from facerank.errors import DataError
 
 @pytest.fixture(scope="session")
 def lfw_root() -> Path:
-    from facerank.paths import lfw_root as find
+    from facerank._util.paths import lfw_root as find
 
     try:
         return find()
@@ -41,8 +41,8 @@ def backbone():
 @pytest.fixture(scope="session")
 def extractor(backbone, tmp_path_factory):
     """HOG, face nearest the centre, central-box fallback; a private cache per test session."""
-    from facerank.detect import FaceDetector
-    from facerank.features import FeatureExtractor
+    from facerank.face.detect import FaceDetector
+    from facerank.face.features import FeatureExtractor
 
     det = FaceDetector(policy="center", fallback="center")
     return FeatureExtractor(backbone=backbone, detector=det,

@@ -1,4 +1,5 @@
-"""`facerank.align` against `dlib.get_face_chip` itself, pixel for pixel, on real LFW faces."""
+"""`facerank.face.align.dlib_chip` against `dlib.get_face_chip` itself, pixel for pixel, on
+real LFW faces."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import cv2
 import numpy as np
 import pytest
 
-from facerank.align import (
+from facerank._util.paths import DLIB_SHAPE5, DLIB_SHAPE68, bundled_model
+from facerank.errors import InputError
+from facerank.face.align.dlib_chip import (
     chip_details,
     chip_transform,
     extract_chip,
     landmarks_to_chip,
     pyramid_down2,
 )
-from facerank.errors import InputError
-from facerank.paths import DLIB_SHAPE5, DLIB_SHAPE68, bundled_model
 from tests.conftest import sample_every
 
 dlib = pytest.importorskip("dlib")

@@ -36,8 +36,8 @@ def test_import_stays_light() -> None:
 
 def test_embed_any_input_matches_cli_extract(env: None, lfw_root: Path, tmp_path: Path) -> None:
     import facerank
-    from facerank.cli import main
-    from facerank.features import FeatureSet
+    from facerank.cli.app import main
+    from facerank.face.features import FeatureSet
 
     path = lfw_root / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg"
     assert main(["extract", str(path), "--out", str(tmp_path / "f.npz")]) == 0
@@ -56,7 +56,7 @@ def test_embed_any_input_matches_cli_extract(env: None, lfw_root: Path, tmp_path
 def test_compare_matches_cli(env: None, lfw_root: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     import facerank
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     a = lfw_root / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg"
     b = lfw_root / "images" / "Colin_Powell" / "Colin_Powell_0002.jpg"
@@ -74,7 +74,7 @@ def test_compare_matches_cli(env: None, lfw_root: Path,
 def test_gallery_search_matches_cli(env: None, lfw_root: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     import facerank
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     folder = tmp_path / "people"
     for name in PEOPLE:

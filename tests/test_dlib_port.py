@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facerank._util.paths import DLIB_RESNET, DLIB_SHAPE5, bundled_model
 from facerank.errors import ModelFileError
 from facerank.models.dlib_dat import Conv, Linear, read_dlib_resnet
 from facerank.models.dlib_resnet import DlibResNet
-from facerank.paths import DLIB_RESNET, DLIB_SHAPE5, bundled_model
 from tests.conftest import sample_every
 
 dlib = pytest.importorskip("dlib")

@@ -7,10 +7,10 @@ import ot
 import pytest
 import torch
 
-import facerank.rerank.emd as emd
-import facerank.rerank.weights as W
+import facerank.rerank.emd.solver as emd
+import facerank.rerank.emd.weights as W
 from facerank.errors import InputError
-from facerank.rerank.emd import (
+from facerank.rerank.emd.solver import (
     cost_matrix,
     emd_rerank_scores,
     emd_similarity,

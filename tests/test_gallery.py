@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from facerank.errors import GalleryError, InputError
-from facerank.features import FeatureExtractor, FeatureSet
-from facerank.gallery import Gallery, identity_of
-from facerank.search import Ranking, cosine_topk
+from facerank.face.features import FeatureExtractor, FeatureSet
+from facerank.gallery import StoredGallery, identity_of
+from facerank.ranking import Ranking, cosine_topk
 
 PEOPLE = ["Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "Gerhard_Schroeder", "Tony_Blair"]
 
@@ -91,7 +91,7 @@ class ReverseReranker:
 def test_round_trip_and_search(people: tuple[Path, list[Path]], extractor: FeatureExtractor,
                                tmp_path: Path) -> None:
     root, held_out = people
-    g = Gallery.create(tmp_path / "g", extractor)
+    g = StoredGallery.create(tmp_path / "g", extractor)
     report = g.add_folder(root, progress=False)
     assert report.added == 15 and not report.failures
     assert g.identities() == [(n, 3) for n in PEOPLE]
@@ -135,7 +135,7 @@ def test_round_trip_and_search(people: tuple[Path, list[Path]], extractor: Featu
 
     # reopened (new process view): same rows, HNSW index gives the same top-1
     g.close()
-    g2 = Gallery.open(tmp_path / "g", extractor, index="hnsw", load_grids=False)
+    g2 = StoredGallery.open(tmp_path / "g", extractor, index="hnsw", load_grids=False)
     assert g2.features().grids == {}
     np.testing.assert_array_equal(g2.features().descriptors, fs.descriptors)
     assert g2.search(probes.take([3]), k=3)[0].identity == PEOPLE[3]
@@ -145,7 +145,7 @@ def test_round_trip_and_search(people: tuple[Path, list[Path]], extractor: Featu
 def test_cli_round_trip_and_resume(people: tuple[Path, list[Path]], extractor: FeatureExtractor,
                                    tmp_path: Path, env: None,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     root, held_out = people
     g = tmp_path / "g"
@@ -156,7 +156,7 @@ def test_cli_round_trip_and_resume(people: tuple[Path, list[Path]], extractor: F
     # resume: nothing new the second time
     assert main(["gallery", "add", str(g), str(root)]) == 0
     assert "added 0 image(s)" in capsys.readouterr().out
-    assert Gallery.open(g, extractor).add_folder(root, progress=False).already_present == 15
+    assert StoredGallery.open(g, extractor).add_folder(root, progress=False).already_present == 15
 
     assert main(["gallery", "list", str(g), "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
@@ -185,7 +185,7 @@ def test_crash_safety(lfw_root: Path, extractor: FeatureExtractor, tmp_path: Pat
             shutil.copy(f, folder / d.name / f.name)
     total = 80
     g = tmp_path / "g"
-    Gallery.create(g, extractor).close()
+    StoredGallery.create(g, extractor).close()
 
     env = dict(os.environ, FACERANK_GALLERY_BATCH="8", FACERANK_CACHE=str(tmp_path / "cache"))
     proc = subprocess.Popen([sys.executable, "-m", "facerank.cli", "gallery", "add", str(g),
@@ -206,7 +206,7 @@ def test_crash_safety(lfw_root: Path, extractor: FeatureExtractor, tmp_path: Pat
     # reopen: opens, orphans gone, every committed entry intact and equal to a fresh extraction
     fresh = FeatureExtractor(backbone=extractor.backbone, detector=extractor.detector,
                              cache=False)
-    gal = Gallery.open(g, fresh)
+    gal = StoredGallery.open(g, fresh)
     _assert_consistent(g)
     assert len(gal) == committed
     fs = gal.features()
@@ -219,7 +219,7 @@ def test_crash_safety(lfw_root: Path, extractor: FeatureExtractor, tmp_path: Pat
     gal.close()
 
     # resume through the CLI completes to the full count
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     monkeypatch.setenv("FACERANK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FACERANK_GALLERY_BATCH", "8")
@@ -227,20 +227,20 @@ def test_crash_safety(lfw_root: Path, extractor: FeatureExtractor, tmp_path: Pat
     assert f"{committed} already present" in capsys.readouterr().out
     assert _db_state(g)[0] == total
     _assert_consistent(g)
-    assert len(Gallery.open(g, extractor).features()) == total
+    assert len(StoredGallery.open(g, extractor).features()) == total
 
 
 def test_orphans_and_tmp_files_are_removed(people: tuple[Path, list[Path]],
                                            extractor: FeatureExtractor, tmp_path: Path) -> None:
     root, _ = people
-    g = Gallery.create(tmp_path / "g", extractor, batch_size=4)
+    g = StoredGallery.create(tmp_path / "g", extractor, batch_size=4)
     g.add_folder(root, progress=False)
     before = g.features().descriptors.copy()
     g.close()
     arrays = tmp_path / "g" / "arrays"
     shutil.copy(next(arrays.glob("shard-*.npz")), arrays / "shard-999999.npz")  # never committed
     (arrays / ".shard-000042.npz.123.tmp").write_bytes(b"half a shard")
-    g = Gallery.open(tmp_path / "g", extractor)
+    g = StoredGallery.open(tmp_path / "g", extractor)
     _assert_consistent(tmp_path / "g")
     assert not (arrays / "shard-999999.npz").exists()
     np.testing.assert_array_equal(g.features().descriptors, before)
@@ -249,7 +249,7 @@ def test_orphans_and_tmp_files_are_removed(people: tuple[Path, list[Path]],
 def test_edit_identities(people: tuple[Path, list[Path]], extractor: FeatureExtractor,
                          tmp_path: Path) -> None:
     root, held_out = people
-    g = Gallery.create(tmp_path / "g", extractor, batch_size=3)  # one shard per person
+    g = StoredGallery.create(tmp_path / "g", extractor, batch_size=3)  # one shard per person
     g.add_folder(root, progress=False)
     assert len(list((tmp_path / "g" / "arrays").iterdir())) == 5
 
@@ -287,7 +287,7 @@ def test_edit_identities(people: tuple[Path, list[Path]], extractor: FeatureExtr
     g.rename_identity("General Powell", "Ariel_Sharon", merge=True)
     assert g.identities() == [("Ariel_Sharon", 6), ("Gerhard_Schroeder", 3)]
     g.close()
-    assert Gallery.open(tmp_path / "g", extractor).identities() == [
+    assert StoredGallery.open(tmp_path / "g", extractor).identities() == [
         ("Ariel_Sharon", 6), ("Gerhard_Schroeder", 3)]
 
 
@@ -298,39 +298,39 @@ def test_a_facerank_release_alone_does_not_invalidate_features(
     before = (extractor.model_id, extractor.config_digest)
     monkeypatch.setattr(facerank, "__version__", "99.0.0")
     assert (extractor.model_id, extractor.config_digest) == before
-    monkeypatch.setattr("facerank.features.FEATURES_VERSION", 99)
+    monkeypatch.setattr("facerank.face.features.FEATURES_VERSION", 99)
     assert extractor.model_id != before[0] and extractor.config_digest != before[1]
 
 
 def test_model_mismatch_and_reextract(people: tuple[Path, list[Path]],
                                       extractor: FeatureExtractor, tmp_path: Path, env: None,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from facerank.cli import main
-    from facerank.detect import FaceDetector
+    from facerank.cli.app import main
+    from facerank.face.detect import FaceDetector
 
     root, held_out = people
     folder = tmp_path / "g"
-    g = Gallery.create(folder, extractor)
+    g = StoredGallery.create(folder, extractor)
     g.add_folder(root, progress=False)
     before = g.features().descriptors.copy()
     g.close()
 
     other = FeatureExtractor(backbone=extractor.backbone, detector=FaceDetector(), cache=False)
     with pytest.raises(GalleryError, match=r"facerank gallery reextract .*g`"):
-        Gallery.open(folder, other)
+        StoredGallery.open(folder, other)
     with sqlite3.connect(folder / "gallery.db") as c:  # as if built by an older model
         c.execute("UPDATE meta SET value = 'old_model@1' WHERE key = 'model_id'")
     with pytest.raises(GalleryError, match="old_model@1.*reextract"):
-        Gallery.open(folder, extractor)
+        StoredGallery.open(folder, extractor)
     assert main(["search", str(held_out[0]), "--gallery", str(folder), "--stage2", "none"]) == 2
     assert "facerank gallery reextract" in capsys.readouterr().err
 
     old_files = {p.name for p in (folder / "arrays").iterdir()}
-    report = Gallery.open(folder, extractor, check_model=False).reextract(progress=False)
+    report = StoredGallery.open(folder, extractor, check_model=False).reextract(progress=False)
     assert report.added == 15 and not report.failures
     _assert_consistent(folder)
     assert not old_files & {p.name for p in (folder / "arrays").iterdir()}
-    g = Gallery.open(folder, extractor)
+    g = StoredGallery.open(folder, extractor)
     assert g.meta()["model_id"] == extractor.model_id
     np.testing.assert_allclose(g.features().descriptors, before, atol=1e-6)
 
@@ -342,14 +342,14 @@ def test_model_mismatch_and_reextract(people: tuple[Path, list[Path]],
         with sqlite3.connect(folder / "gallery.db") as c:
             c.execute("UPDATE meta SET value = 'old_model@1' WHERE key = 'model_id'")
         with pytest.raises(GalleryError, match="1 of 15 .*--drop-failed"):
-            Gallery.open(folder, extractor, check_model=False).reextract(progress=False)
+            StoredGallery.open(folder, extractor, check_model=False).reextract(progress=False)
         _assert_consistent(folder)
-        stale = Gallery.open(folder, extractor, check_model=False)
+        stale = StoredGallery.open(folder, extractor, check_model=False)
         assert stale.meta()["model_id"] == "old_model@1"
-        report = Gallery.open(folder, extractor, check_model=False).reextract(
+        report = StoredGallery.open(folder, extractor, check_model=False).reextract(
             progress=False, drop_failed=True)
         assert report.added == 14 and len(report.failures) == 1
-        assert ("Tony_Blair", 2) in Gallery.open(folder, extractor).identities()
+        assert ("Tony_Blair", 2) in StoredGallery.open(folder, extractor).identities()
     finally:
         shutil.move(moved, gone)
 
@@ -357,21 +357,21 @@ def test_model_mismatch_and_reextract(people: tuple[Path, list[Path]],
 def test_errors_and_bad_files(people: tuple[Path, list[Path]], extractor: FeatureExtractor,
                               tmp_path: Path, env: None,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     root, held_out = people
     probe = extractor.extract_paths([held_out[0]], progress=False)
-    g = Gallery.create(tmp_path / "g", extractor)
+    g = StoredGallery.create(tmp_path / "g", extractor)
     with pytest.raises(GalleryError, match=r"is empty; add images with `facerank gallery add`"):
         g.search(probe)
     with pytest.raises(GalleryError, match="already a gallery"):
-        Gallery.create(tmp_path / "g", extractor)
+        StoredGallery.create(tmp_path / "g", extractor)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("x")
     with pytest.raises(GalleryError, match="not empty and not a gallery"):
-        Gallery.create(tmp_path / "junk", extractor)
+        StoredGallery.create(tmp_path / "junk", extractor)
     with pytest.raises(GalleryError, match="not a facerank gallery.*gallery create"):
-        Gallery.open(tmp_path / "junk")
+        StoredGallery.open(tmp_path / "junk")
     with pytest.raises(InputError):
         g.add_files([held_out[0]], [])
 
@@ -400,7 +400,7 @@ def test_explain_unavailable_is_one_message(people: tuple[Path, list[Path]],
                                             extractor: FeatureExtractor, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from facerank import gallery_cli
+    from facerank.cli import gallery as gallery_cli
 
     monkeypatch.setitem(sys.modules, "facerank.explain.flow", None)  # import -> ImportError
     fs = extractor.extract_paths([people[1][0]], progress=False)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from facerank.errors import InputError, ModelFileError
-from facerank.features import FeatureSet
+from facerank.face.features import FeatureSet
+from facerank.ranking import Ranking
 from facerank.rerank.base import make_stage2
-from facerank.rerank.emd_reranker import Stage2EMD
+from facerank.rerank.emd.reranker import Stage2EMD
 from facerank.rerank.gate import FEATURES, QualityGate, gate_features, query_features
-from facerank.search import Ranking
 
 
 def _queries(n: int, hard: bool, seed: int) -> FeatureSet:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facerank.cli import main
+from facerank.cli.app import main
 from facerank.errors import ImageError
-from facerank.imageio import load_image
+from facerank.face.imageio import load_image
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_bad_image_cli(case: str, tmp_path: Path, face_jpg: Path,
 
 def test_bad_model_file_cli(tmp_path: Path, face_jpg: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    from facerank.paths import DLIB_RESNET, bundled_model
+    from facerank._util.paths import DLIB_RESNET, bundled_model
 
     bad = tmp_path / "cut.dat"
     bad.write_bytes(bundled_model(DLIB_RESNET).read_bytes()[:100_000])

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from facerank.cli import main
+from facerank.cli.app import main
 from facerank.errors import DataError
-from facerank.eval.lfw import load_lfw, load_pairs
+from facerank.eval.readers.lfw import load_lfw, load_pairs
 
 
 def _fake_lfw(root: Path, people: dict[str, int]) -> Path:

@@ -169,8 +169,8 @@ def test_bad_input() -> None:
 def real_chips(lfw_images: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Four real LFW chips of different people with their 68 chip landmarks."""
     try:
-        from facerank.features import FeatureExtractor
-        from facerank.imageio import load_image
+        from facerank.face.features import FeatureExtractor
+        from facerank.face.imageio import load_image
 
         fx = FeatureExtractor(cache=False)
     except Exception as e:  # noqa: BLE001 - any missing piece means: no real-data test here

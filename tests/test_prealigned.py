@@ -16,7 +16,7 @@ from .conftest import sample_every
 
 def _arcface_crop(image: np.ndarray, points5: np.ndarray, size: int = 112) -> np.ndarray:
     """Cut an insightface-style crop: similarity from the photo's 5 points to the template."""
-    from facerank.align import ARCFACE112, _similarity
+    from facerank.face.align.dlib_chip import ARCFACE112, _similarity
 
     m, b = _similarity(points5, ARCFACE112 * size / 112)  # photo -> crop
     return cv2.warpAffine(image, np.hstack([m, b[:, None]]), (size, size),
@@ -25,8 +25,8 @@ def _arcface_crop(image: np.ndarray, points5: np.ndarray, size: int = 112) -> np
 
 @pytest.fixture(scope="module")
 def extractors(backbone):
-    from facerank.detect import FaceDetector
-    from facerank.features import FeatureExtractor
+    from facerank.face.detect import FaceDetector
+    from facerank.face.features import FeatureExtractor
 
     det = FaceDetector(policy="center", fallback="none")
     return {a: FeatureExtractor(backbone=backbone, detector=det, cache=False, aligned=a)
@@ -36,7 +36,7 @@ def extractors(backbone):
 def test_arcface112_crop_matches_the_detected_photo(extractors, lfw_images: list[Path]) -> None:
     """Tolerance: cosine >= 0.97 and dlib distance <= 0.35 per image (dlib's same-person rule is
     < 0.6), median cosine >= 0.985; measured 0.977-0.998 / 0.08-0.31 on ten LFW photos."""
-    from facerank.imageio import load_image
+    from facerank.face.imageio import load_image
 
     cos, dist = [], []
     for p in sample_every(lfw_images, 6):
@@ -53,7 +53,7 @@ def test_arcface112_crop_matches_the_detected_photo(extractors, lfw_images: list
 
 
 def test_dlib150_chip_is_used_as_is(extractors, lfw_images: list[Path]) -> None:
-    from facerank.imageio import load_image
+    from facerank.face.imageio import load_image
 
     img = load_image(lfw_images[100])
     a = extractors["none"].align(img)
@@ -68,8 +68,8 @@ def test_dlib150_chip_is_used_as_is(extractors, lfw_images: list[Path]) -> None:
 
 
 def test_auto_and_bad_modes(extractors) -> None:
-    from facerank.features import FeatureExtractor
-    from facerank.prealigned import aligned_kind
+    from facerank.face.align.prealigned import aligned_kind
+    from facerank.face.features import FeatureExtractor
 
     square = np.zeros((150, 150, 3), np.uint8)
     assert aligned_kind(square, "auto") == "dlib150"
@@ -84,9 +84,9 @@ def test_auto_and_bad_modes(extractors) -> None:
 
 def test_cli_names_alignment_and_fallback(tmp_path: Path, lfw_images: list[Path],
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from facerank.cli import main
-    from facerank.detect import FaceDetector
-    from facerank.imageio import load_image
+    from facerank.cli.app import main
+    from facerank.face.detect import FaceDetector
+    from facerank.face.imageio import load_image
 
     img = load_image(lfw_images[200])
     d = FaceDetector(policy="center", fallback="none").detect(img)
@@ -116,14 +116,14 @@ def test_web_upload_aligned_crop(extractors, lfw_images: list[Path], lfw_root: P
 
     from fastapi.testclient import TestClient
 
-    from facerank.gallery import Gallery
-    from facerank.imageio import load_image
+    from facerank.face.imageio import load_image
+    from facerank.gallery import StoredGallery
     from facerank.web.app import create_app
 
     people = ("Colin_Powell", "Tony_Blair")
     files = [f for n in people for f in sorted((lfw_root / "images" / n).glob("*.jpg"))[1:3]]
     fx = extractors["none"]
-    with Gallery.create(tmp_path / "g", fx) as g:
+    with StoredGallery.create(tmp_path / "g", fx) as g:
         g.add_files(files, [f.parent.name for f in files], progress=False)
     probe = lfw_root / "images" / people[0] / f"{people[0]}_0001.jpg"
     img = load_image(probe)

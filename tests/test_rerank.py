@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from facerank.errors import InputError
-from facerank.features import FeatureSet, l2_normalize
+from facerank.face.features import FeatureSet, l2_normalize
+from facerank.ranking import cosine_topk
 from facerank.rerank.base import make_stage2, stage2_names
-from facerank.rerank.emd_reranker import Stage2EMD
-from facerank.search import cosine_topk
+from facerank.rerank.emd.reranker import Stage2EMD
 
 
 def _features(n: int, seed: int, grid: tuple[int, int, int] = (128, 8, 8),

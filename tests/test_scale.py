@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from facerank.errors import GalleryError, InputError
-from facerank.features import FeatureExtractor
-from facerank.gallery import Gallery
+from facerank.face.features import FeatureExtractor
+from facerank.gallery import StoredGallery
 
 pytest.importorskip("pymilvus")
 
@@ -46,7 +46,7 @@ def _ids_sqlite(folder: Path) -> set[int]:
         return {int(r[0]) for r in c.execute("SELECT id FROM images")}
 
 
-def _same_results(a: Gallery, b: Gallery, probes, k: int = 10) -> None:  # noqa: ANN001
+def _same_results(a: StoredGallery, b: StoredGallery, probes, k: int = 10) -> None:  # noqa: ANN001
     ra, rb = a.search_many(probes, k=k), b.search_many(probes, k=k)
     for qa, qb in zip(ra, rb, strict=True):
         assert [r.path for r in qa] == [r.path for r in qb]
@@ -58,8 +58,8 @@ def test_milvus_gallery_matches_faiss(people: tuple[Path, list[Path]],
                                       extractor: FeatureExtractor, tmp_path: Path) -> None:
     root, probe_files = people
     probes = extractor.extract_paths(probe_files, progress=False)
-    faiss_g = Gallery.create(tmp_path / "faiss", extractor)
-    milvus_g = Gallery.create(tmp_path / "milvus", extractor, index="milvus",
+    faiss_g = StoredGallery.create(tmp_path / "faiss", extractor)
+    milvus_g = StoredGallery.create(tmp_path / "milvus", extractor, index="milvus",
                               milvus_uri=str(tmp_path / "faces.db"))
     for g in (faiss_g, milvus_g):
         g.add_folder(root, progress=False)
@@ -78,7 +78,7 @@ def test_milvus_gallery_matches_faiss(people: tuple[Path, list[Path]],
     milvus_g.close()
 
     # reopen: same answers from the persisted collection
-    again = Gallery.open(tmp_path / "milvus", extractor)
+    again = StoredGallery.open(tmp_path / "milvus", extractor)
     assert again.index.kind == "milvus"
     _same_results(faiss_g, again, probes)
     again.close()
@@ -96,7 +96,8 @@ def test_milvus_kill_during_add_loses_nothing(lfw_root: Path, extractor: Feature
         for f in sorted(d.glob("*.jpg"))[:4]:
             shutil.copy(f, folder / d.name / f.name)
     g = tmp_path / "g"
-    Gallery.create(g, extractor, index="milvus", milvus_uri=str(tmp_path / "faces.db")).close()
+    StoredGallery.create(g, extractor, index="milvus",
+                         milvus_uri=str(tmp_path / "faces.db")).close()
     env = dict(os.environ, FACERANK_GALLERY_BATCH="6", FACERANK_CACHE=str(tmp_path / "cache"))
     proc = subprocess.Popen([sys.executable, "-m", "facerank.cli", "gallery", "add", str(g),
                              str(folder)], env=env, stdout=subprocess.DEVNULL,
@@ -112,7 +113,7 @@ def test_milvus_kill_during_add_loses_nothing(lfw_root: Path, extractor: Feature
         proc.wait(timeout=30)
     committed = _ids_sqlite(g)
     assert 12 <= len(committed) < 60
-    gal = Gallery.open(g, extractor)  # replays the journal into the collection
+    gal = StoredGallery.open(g, extractor)  # replays the journal into the collection
     assert set(gal.index.ids().tolist()) == committed
     probes = extractor.extract_paths(sorted(folder.glob("*/*.jpg"))[:5], progress=False)
     top = gal.search_many(probes, k=1)
@@ -122,14 +123,14 @@ def test_milvus_kill_during_add_loses_nothing(lfw_root: Path, extractor: Feature
     # resume completes, and the two sides still agree
     subprocess.run([sys.executable, "-m", "facerank.cli", "gallery", "add", str(g), str(folder)],
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    gal = Gallery.open(g, extractor)
+    gal = StoredGallery.open(g, extractor)
     assert len(gal) == 60 and set(gal.index.ids().tolist()) == _ids_sqlite(g)
     gal.close()
 
 
 def test_milvus_bad_uri_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     monkeypatch.setenv("FACERANK_CACHE", str(tmp_path / "cache"))
     cases = [
@@ -166,7 +167,7 @@ def test_ray_enrolment_equals_in_process(lfw_images: list[Path], extractor: Feat
             < 1e-5
     np.testing.assert_array_equal(got.landmarks5, want.landmarks5)
     # through the gallery: the store holds what the in-process extractor computed
-    b = Gallery.create(tmp_path / "b", fresh)
+    b = StoredGallery.create(tmp_path / "b", fresh)
     names = [Path(p).parent.name for p in paths[:40]]
     rep = b.add_files(paths[:40], names, progress=False, extract=rx)
     assert rep.added == 40 and len(b) == 40
@@ -184,10 +185,10 @@ def test_scale_options_without_the_extra(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(InputError, match=r"pip install 'facerank\[scale\]'"):
         RayExtract(extractor)
     with pytest.raises(InputError, match=r"pip install 'facerank\[scale\]'"):
-        Gallery.create(tmp_path / "g", extractor, index="milvus",
+        StoredGallery.create(tmp_path / "g", extractor, index="milvus",
                        milvus_uri=str(tmp_path / "f.db"))
     with pytest.raises(GalleryError):
-        Gallery.open(tmp_path / "missing")
+        StoredGallery.open(tmp_path / "missing")
 
 
 def test_web_page_searches_a_milvus_gallery(people: tuple[Path, list[Path]],
@@ -198,7 +199,7 @@ def test_web_page_searches_a_milvus_gallery(people: tuple[Path, list[Path]],
     from facerank.web.app import create_app
 
     root, probe_files = people
-    with Gallery.create(tmp_path / "g", extractor, index="milvus",
+    with StoredGallery.create(tmp_path / "g", extractor, index="milvus",
                         milvus_uri=str(tmp_path / "faces.db")) as g:
         g.add_folder(root, progress=False)
     client = TestClient(create_app(tmp_path / "g", extractor=extractor))
@@ -216,7 +217,7 @@ def test_ray_unreachable_address_is_one_line(people: tuple[Path, list[Path]],
     """`--ray ray://host:port` with nothing listening: one line, exit 2, nothing enrolled."""
     pytest.importorskip("ray")
     root, _ = people
-    Gallery.create(tmp_path / "g", extractor).close()
+    StoredGallery.create(tmp_path / "g", extractor).close()
     env = dict(os.environ, FACERANK_CACHE=str(tmp_path / "cache"))
     r = subprocess.run([sys.executable, "-m", "facerank.cli", "gallery", "add", str(tmp_path / "g"),
                         str(root), "--ray", "ray://127.0.0.1:9"], env=env, capture_output=True,

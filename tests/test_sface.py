@@ -58,9 +58,9 @@ def test_model_file_is_checked_before_use(tmp_path: Path) -> None:
 
 def test_arcface_alignment_equals_opencv_aligncrop(opencv_sface, lfw_images) -> None:
     """Same 5 points -> bit-identical 112 crops (YuNet points and HOG-68-derived points)."""
-    from facerank.arcface_align import arcface_chip
-    from facerank.detect import FaceDetector
-    from facerank.imageio import load_image
+    from facerank.face.align.arcface import arcface_chip
+    from facerank.face.detect import FaceDetector
+    from facerank.face.imageio import load_image
 
     rec, yunet = opencv_sface
     det = FaceDetector(policy="center", fallback="center")
@@ -86,8 +86,8 @@ def test_arcface_alignment_equals_opencv_aligncrop(opencv_sface, lfw_images) -> 
 def test_descriptors_equal_opencv_feature_and_grid_shapes(sface, opencv_sface,
                                                           lfw_images) -> None:
     """Our onnxruntime path vs cv2.FaceRecognizerSF.feature on the same aligned crops."""
-    from facerank.arcface_align import arcface_chip
-    from facerank.imageio import load_image
+    from facerank.face.align.arcface import arcface_chip
+    from facerank.face.imageio import load_image
     from facerank.models.sface import SFACE_GRID_SHAPES
 
     rec, yunet = opencv_sface
@@ -119,11 +119,11 @@ def test_sface_extractor_chip_landmarks_and_occlusion(sface, lfw_images) -> None
     """chip_landmarks68 are in the 112 chip; landmarks found again on the chip (the occlusion
     protocols' re-detection, with the ArcFace face box) agree with them; a mask changes only
     the lower face, in the 112 chip."""
-    from facerank.arcface_align import ARCFACE_TEMPLATE
-    from facerank.detect import FaceDetector
     from facerank.eval.occlusion import occlude
-    from facerank.features import FeatureExtractor
-    from facerank.imageio import load_image
+    from facerank.face.align.arcface import ARCFACE_TEMPLATE
+    from facerank.face.detect import FaceDetector
+    from facerank.face.features import FeatureExtractor
+    from facerank.face.imageio import load_image
 
     det = FaceDetector(policy="center", fallback="center")
     fx = FeatureExtractor(backbone=sface, detector=det, cache=False)
@@ -145,7 +145,7 @@ def test_sface_extractor_chip_landmarks_and_occlusion(sface, lfw_images) -> None
     assert changed[:, nose_row:].mean() > 0.3 and changed[:, :eye_row].mean() < 0.02
     fs = fx.extract_paths(paths[:3], progress=False)
     assert fs.grids["l2"].shape == (3, 1024, 7, 7) and fs.landmarks5.shape == (3, 5, 2)
-    from facerank.rerank.emd_reranker import Stage2EMD
+    from facerank.rerank.emd.reranker import Stage2EMD
 
     for weighting in ("apc", "lmk"):  # EMD runs on SFace's 7x7 map, landmarks in 112 pixels
         rr = Stage2EMD(weighting=weighting, backbone="sface")
@@ -176,7 +176,7 @@ def test_dlib_cache_key_unchanged_and_registry() -> None:
 
 def test_stage2_per_backbone() -> None:
     from facerank.rerank.base import make_stage2
-    from facerank.rerank.emd_reranker import Stage2EMD
+    from facerank.rerank.emd.reranker import Stage2EMD
     from facerank.rerank.gate import bundled_gate, bundled_gate_path
 
     assert bundled_gate("l2", "apc") is not None  # dlib's ships
@@ -191,7 +191,7 @@ def test_stage2_per_backbone() -> None:
 
 def test_dlib_gallery_refused_with_sface_backbone(tmp_path: Path, lfw_images,
                                                   capsys: pytest.CaptureFixture) -> None:
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     folder = tmp_path / "g"
     assert main(["gallery", "create", str(folder)]) == 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from facerank._util.checkpoint import load_checkpoint, load_into, save_checkpoint
 from facerank.errors import InputError, ModelFileError
-from facerank.train.checkpoint import load_checkpoint, load_into, save_checkpoint
 from facerank.train.split import identity_fold, split_rows
 
 

@@ -180,9 +180,9 @@ def test_save_load_identical_and_refusals(tmp_path) -> None:
 
 def test_training_lowers_the_loss_on_real_lfw(lfw_root, extractor) -> None:
     """6 people x 3 images, clean + cropped + down-scaled chips: 6 short epochs (seconds)."""
-    from facerank.align import extract_chip
     from facerank.eval.occlusion import occlude
-    from facerank.imageio import load_image
+    from facerank.face.align.dlib_chip import extract_chip
+    from facerank.face.imageio import load_image
     from facerank.uncertainty.train import Samples, train_url
     from facerank.uncertainty.variations import labels_for, pose_bins
 
@@ -246,7 +246,7 @@ def cv2_smooth(x: np.ndarray) -> np.ndarray:
 
 
 def test_train_cli_refuses_bad_options_before_loading_data(capsys) -> None:
-    from facerank.cli import main
+    from facerank.cli.app import main
 
     assert main(["train", "url", "--edits", "crop,bogus"]) == 2
     assert "unknown edit(s) ['bogus']" in capsys.readouterr().err

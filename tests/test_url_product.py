@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from facerank.cli import main
+from facerank.cli.app import main
 from facerank.errors import InputError
-from facerank.features import FeatureSet
+from facerank.face.features import FeatureSet
 from facerank.uncertainty import confidence as C
 
 BACKBONE = "dlib_resnet_v1@facerank-features-1"
@@ -70,9 +70,9 @@ def test_search_and_min_confidence(lfw_root: Path, extractor, tmp_path: Path, en
     # the tiny copy is refused and reported, the clean image is enrolled
     assert main(["gallery", "add", str(g), str(bad_dir.parent), str(clean),
                  "--identity", "Colin_Powell", "--min-confidence", f"{floor:.4f}"]) == 0
-    from facerank.gallery import Gallery
+    from facerank.gallery import StoredGallery
 
-    with Gallery.open(g) as gal:
+    with StoredGallery.open(g) as gal:
         paths = {Path(p).name for p in gal.features(grids=False).paths}
     assert clean.name in paths and "tiny.jpg" not in paths
     assert main(["gallery", "add", str(g), str(root), "--min-confidence", "nan"]) == 2

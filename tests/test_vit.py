@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from facerank._util.checkpoint import save_checkpoint
 from facerank.errors import InputError, ModelFileError
-from facerank.features import FeatureSet
+from facerank.face.features import FeatureSet
+from facerank.ranking import cosine_topk
 from facerank.rerank.base import make_stage2, stage2_names
 from facerank.rerank.device import GPU_CHUNK_PAIRS, default_chunk_pairs
-from facerank.rerank.vit import FaceViT, ViTConfig
-from facerank.rerank.vit_reranker import Stage2ViT
-from facerank.rerank.vit_train import draw_pairs, hard_negatives, pair_loss
-from facerank.search import cosine_topk
-from facerank.train.checkpoint import save_checkpoint
+from facerank.rerank.vit.model import FaceViT, ViTConfig
+from facerank.rerank.vit.reranker import Stage2ViT
+from facerank.rerank.vit.train import draw_pairs, hard_negatives, pair_loss
 
 GRID = (32, 4, 4)  # small l1-like grids keep the tests fast
 
@@ -206,7 +206,7 @@ def test_pair_drawing_and_hard_negatives() -> None:
 @pytest.mark.parametrize("method", ["chefer", "rollout"])
 def test_heatmaps(variant: str, method: str, tmp_path) -> None:
     from facerank.explain.vit_heatmap import render_heatmaps
-    from facerank.rerank.vit_reranker import explain_pairs
+    from facerank.rerank.vit.reranker import explain_pairs
 
     a, b = _features(3, 5), _features(3, 6)
     rr = Stage2ViT(_model(variant, depth=2), grid="l1", alpha=0.5)
@@ -225,7 +225,7 @@ def test_heatmaps(variant: str, method: str, tmp_path) -> None:
 def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from facerank.rerank.vit_train import train_vit
+    from facerank.rerank.vit.train import train_vit
     from facerank.train.data import TrainingData
     from facerank.train.split import identity_fold
 
@@ -253,7 +253,7 @@ def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
 
 
 def test_vit_plus_emd_is_the_mean_of_both_blends(tmp_path) -> None:
-    from facerank.rerank.emd_reranker import Stage2EMD
+    from facerank.rerank.emd.reranker import Stage2EMD
 
     def both_grids(n: int, seed: int) -> FeatureSet:
         fs = _features(n, seed)

@@ -28,8 +28,8 @@ import pytest
 from PIL import Image
 
 from facerank.errors import InputError
-from facerank.features import FeatureExtractor
-from facerank.gallery import Gallery
+from facerank.face.features import FeatureExtractor
+from facerank.gallery import StoredGallery
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")  # starlette's note on its client
@@ -47,7 +47,7 @@ SCREENSHOT = REPO / "docs" / "img" / "web.png"
 @pytest.fixture(scope="module")
 def web_extractor(backbone: Any, tmp_path_factory: pytest.TempPathFactory) -> FeatureExtractor:
     """HOG, centre face, and no fallback: a photo without a face is an error, as on the page."""
-    from facerank.detect import FaceDetector
+    from facerank.face.detect import FaceDetector
 
     return FeatureExtractor(backbone=backbone,
                             detector=FaceDetector(policy="center", fallback="none"),
@@ -64,7 +64,7 @@ def web_gallery(lfw_root: Path, web_extractor: FeatureExtractor,
         images = sorted((lfw_root / "images" / name).glob("*.jpg"))
         files += images[:2]
         probes[name] = images[2]
-    with Gallery.create(folder, web_extractor) as g:
+    with StoredGallery.create(folder, web_extractor) as g:
         report = g.add_files(files, [f.parent.name for f in files], progress=False)
     assert report.added == len(files), report.failures
     return folder, probes
@@ -179,7 +179,7 @@ def test_upload_limit_is_413(web_gallery: tuple[Path, dict[str, Path]],
 
 
 def test_image_ids_only(client: TestClient) -> None:
-    with Gallery.open(client.app.state.service.gallery_dir) as g:
+    with StoredGallery.open(client.app.state.service.gallery_dir) as g:
         ids = [r["id"] for r in g.images()]
     assert client.get(f"/api/image/{ids[0]}").status_code == 200
     for bad in (str(max(ids) + 1000), "abc", "..%2F..%2Fetc%2Fpasswd", "-1"):
@@ -224,8 +224,8 @@ def test_serve_command(web_gallery: tuple[Path, dict[str, Path]],
     import uvicorn
     from typer.testing import CliRunner
 
+    from facerank.cli.serve import register
     from facerank.web import app as web
-    from facerank.web.cli import register
 
     calls: dict[str, Any] = {}
     monkeypatch.setattr(web, "create_app", lambda *a, **kw: calls.update(app=(a, kw)) or "APP")

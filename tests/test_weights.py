@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facerank.rerank import weights as W
+from facerank.rerank.emd import weights as W
 
 
 @pytest.fixture

@@ -24,16 +24,15 @@ import numpy as np
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
-    from facerank.features import FaceFeatures, FeatureExtractor
-    from facerank.gallery import Gallery as _StoredGallery
-    from facerank.gallery import SearchResult
+    from facerank.face.features import FaceFeatures, FeatureExtractor
+    from facerank.gallery import SearchResult, StoredGallery
 
 DLIB_THRESHOLD = 0.6  # dlib's same-person rule on the descriptor distance (as `facerank compare`)
 
 
 @lru_cache(maxsize=8)
 def _extractor(detector: str, faces: str, no_face: str, aligned: str) -> FeatureExtractor:
-    from facerank.cli import make_extractor
+    from facerank.face.features import make_extractor
 
     return make_extractor(detector, faces, no_face, aligned=aligned)
 
@@ -42,7 +41,7 @@ def _image_array(x: Any, name: str) -> np.ndarray:  # noqa: ANN401 - any image-l
     """bytes, PIL image or numpy array -> uint8 RGB (H, W, 3)."""
     from PIL import Image
 
-    from facerank.imageio import _to_rgb, load_image
+    from facerank.face.imageio import _to_rgb, load_image
 
     if isinstance(x, bytes | bytearray):
         return load_image(bytes(x), name=name)
@@ -86,13 +85,26 @@ class Comparison:
     """`compare`'s answer: the numbers `facerank compare` prints."""
 
     cosine: float
-    distance: float  # Euclidean distance of dlib descriptors
-    same: bool  # distance < threshold (dlib's rule)
-    threshold: float
+    distance: float | None  # Euclidean distance of dlib descriptors (None for other backbones)
+    same: bool | None  # distance < threshold (dlib's rule; None for other backbones)
+    threshold: float | None
     sources: tuple[str, str]  # how each face was found
+
+    @classmethod
+    def of(cls, fa: FaceFeatures, fb: FaceFeatures, backbone: str = "dlib") -> Comparison:
+        """Cosine of two faces' embeddings, plus dlib's distance rule when `backbone` is dlib
+        (the 0.6 rule belongs to dlib's descriptor)."""
+        sources = (fa.det_source, fb.det_source)
+        cosine = float(fa.embedding @ fb.embedding)
+        if backbone != "dlib":
+            return cls(cosine, None, None, None, sources)
+        dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
+        return cls(cosine, dist, dist < DLIB_THRESHOLD, DLIB_THRESHOLD, sources)
 
     @property
     def decision(self) -> str:
+        if self.same is None:
+            return "no rule for this backbone"
         return "same person" if self.same else "different people"
 
 
@@ -100,23 +112,20 @@ def compare(a: Any, b: Any, detector: str = "yunet", faces: str = "largest",  # 
             no_face: str = "none", aligned: str = "none") -> Comparison:
     """Cosine, dlib distance and same/different (distance < 0.6) of the faces in `a` and `b`."""
     fx = _extractor(detector, faces, no_face, aligned)
-    fa, fb = _features(fx, a, "<image a>"), _features(fx, b, "<image b>")
-    dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
-    return Comparison(float(fa.embedding @ fb.embedding), dist, dist < DLIB_THRESHOLD,
-                      DLIB_THRESHOLD, (fa.det_source, fb.det_source))
+    return Comparison.of(_features(fx, a, "<image a>"), _features(fx, b, "<image b>"))
 
 
 class Gallery:
     """A persistent gallery folder (made with `facerank gallery create/add`), for searching."""
 
-    def __init__(self, stored: _StoredGallery) -> None:
+    def __init__(self, stored: StoredGallery) -> None:
         self.stored = stored
 
     @classmethod
     def open(cls, folder: str | Path) -> Gallery:
-        from facerank.gallery import Gallery as Stored
+        from facerank.gallery import StoredGallery
 
-        return cls(Stored.open(folder))
+        return cls(StoredGallery.open(folder))
 
     def __len__(self) -> int:
         return len(self.stored)
@@ -126,8 +135,8 @@ class Gallery:
         """The best k matches of the face in `x`, as `facerank search` ranks them (the gallery's
         own detector settings; Stage 2 "emd" behind the bundled quality gate, or "none"), each
         with the gallery face's URL confidence as the CLI shows it."""
-        from facerank.features import FeatureExtractor, FeatureSet
-        from facerank.prealigned import check_aligned
+        from facerank.face.align.prealigned import check_aligned
+        from facerank.face.features import FeatureExtractor, FeatureSet
         from facerank.rerank.base import make_stage2
         from facerank.uncertainty.confidence import attach_results
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from facerank._util.registry import Registry
 from facerank.errors import InputError
-from facerank.registry import Registry
 
 
 def check_embeddings(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:

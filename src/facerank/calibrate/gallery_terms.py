@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from facerank.calibrate.base import Calibrator
-from facerank.search import Ranking
+from facerank.ranking import Ranking
 
 
 def _digest(cal: Calibrator) -> str:

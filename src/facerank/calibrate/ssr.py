@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from facerank._util.checkpoint import load_checkpoint, load_into, read_config
 from facerank.errors import ModelFileError
-from facerank.train.checkpoint import load_checkpoint, load_into, read_config
 
 KIND = "ida-l"
 DEFAULT_CHECKPOINT = "ida-l-dlib-halfA"
@@ -82,7 +82,7 @@ def train_ssr(x: np.ndarray, v: np.ndarray, hidden: int = 256, epochs: int = 300
               lr: float = 1e-3, batch: int = 512, seed: int = 0,
               progress: bool = True) -> tuple[SSR, list[float]]:
     """Fit the SSR on x (N, D) -> v (N,) with Adam + MSE (standardised targets); losses/epoch."""
-    from facerank.progress import progress_bar
+    from facerank._util.progress import progress_bar
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from facerank.errors import InputError
+from facerank.face.align.dlib_chip import check_landmarks
 
 #: Bump when any generator's output changes for the same (seed, kind, id); cached occluded
 #: query sets should include it in their key.
@@ -51,18 +52,6 @@ LENS_SHAPES = ("ellipse", "rounded", "aviator")
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def _check_landmarks(landmarks68: np.ndarray | None, where: str) -> np.ndarray:
-    """(68, 2) finite float64 landmarks, or InputError naming `where` and the first bad point."""
-    if landmarks68 is None:
-        raise InputError(f"{where}: needs the 68 chip landmarks, got None")
-    lm = np.asarray(landmarks68, dtype=np.float64)
-    if lm.shape != (68, 2):
-        raise InputError(f"{where}: landmarks must have shape (68, 2), got {lm.shape}")
-    bad = np.flatnonzero(~np.isfinite(lm).all(axis=1))
-    if len(bad):
-        raise InputError(f"{where}: landmark {int(bad[0])} is NaN/inf ({len(bad)} bad points); "
-                         "occlusion needs all 68 points — was a face found?")
-    return lm
 
 
 def _coverage(shape: tuple[int, int], draw: Callable[[np.ndarray], None]) -> np.ndarray:
@@ -187,7 +176,7 @@ def _mask_texture(name: str, colour: np.ndarray, hw: tuple[int, int], centre: np
 
 def draw_mask(chip: np.ndarray, landmarks68: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A face mask from the nose bridge over cheeks, nose, mouth and chin (68 chip landmarks)."""
-    lm = _check_landmarks(landmarks68, "mask")
+    lm = check_landmarks(landmarks68, ((68, 2),), "mask")
     hw = chip.shape[:2]
     jaw = lm[0:17]  # (17, 2) right ear (image left) .. chin (8) .. left ear
     face_w = float(np.linalg.norm(lm[16] - lm[0]))
@@ -259,7 +248,7 @@ def _lens_outline(shape: str, a: float, b: float, nose_side: float, n: int = 64)
 def draw_sunglasses(chip: np.ndarray, landmarks68: np.ndarray,
                     rng: np.random.Generator) -> np.ndarray:
     """Two dark lenses over the eyes with a bridge, temple arms and optional rim (68 chip xy)."""
-    lm = _check_landmarks(landmarks68, "sunglasses")
+    lm = check_landmarks(landmarks68, ((68, 2),), "sunglasses")
     hw = chip.shape[:2]
     eyes = (lm[36:42], lm[42:48])  # image-left eye, image-right eye, (6, 2) each
     centres = [e.mean(axis=0) for e in eyes]

@@ -22,10 +22,10 @@ import hashlib
 
 import numpy as np
 
+from facerank._util.progress import progress_bar
 from facerank.errors import InputError
-from facerank.features import FeatureExtractor, FeatureSet
-from facerank.imageio import load_image
-from facerank.progress import progress_bar
+from facerank.face.features import FeatureExtractor, FeatureSet
+from facerank.face.imageio import load_image
 
 PHOTO_PROTOCOLS = {"lfw-mask-photo": "mask", "lfw-sunglasses-photo": "sunglasses"}
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from facerank._util.progress import progress_bar
 from facerank.errors import DataError, InputError
 from facerank.eval import metrics
-from facerank.eval.lfw import LFW, load_lfw, load_pairs
-from facerank.features import FeatureExtractor, FeatureSet, file_digest
-from facerank.imageio import load_image
-from facerank.progress import progress_bar
+from facerank.eval.readers.lfw import LFW, load_lfw, load_pairs
+from facerank.face.features import FeatureExtractor, FeatureSet, file_digest
+from facerank.face.imageio import load_image
+from facerank.ranking import Ranking, cosine_topk
 from facerank.rerank.base import Reranker
-from facerank.search import Ranking, cosine_topk
 
 IDENTIFICATION = ("lfw-1680", "lfw-crop", "lfw-mask", "lfw-sunglasses", "lfw-lowres")
 PROTOCOLS = (*IDENTIFICATION, "lfw-pairs", "lfw-openset")
@@ -42,7 +42,7 @@ PHOTO = ("lfw-mask-photo", "lfw-sunglasses-photo")
 
 def lfw_extractor(cache: bool | Path = True, backbone: str = "dlib") -> FeatureExtractor:
     """The evaluation set-up: HOG, the face nearest the centre, central box if none found."""
-    from facerank.detect import FaceDetector
+    from facerank.face.detect import FaceDetector
 
     return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center"),
                             cache=cache, backbone=backbone)
@@ -52,7 +52,7 @@ def chain_extractor(detector: str = "lfw", align5: str = "dlib",
                     cache: bool | Path = True, backbone: str = "dlib") -> FeatureExtractor:
     """`lfw_extractor()` for "lfw"; else that set-up (centre face, central box) with another
     detector ("yunet", "hog", "mmod"), to see how a detector chain changes the LFW numbers."""
-    from facerank.detect import FaceDetector
+    from facerank.face.detect import FaceDetector
 
     if detector == "lfw":
         return lfw_extractor(cache, backbone)

@@ -20,12 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from facerank.align import extract_chip  # noqa: E402
 from facerank.explain.figure import grid_lines, heatmap_panel, save_figure  # noqa: E402
-from facerank.features import FeatureSet  # noqa: E402
-from facerank.imageio import load_image  # noqa: E402
+from facerank.face.align.dlib_chip import extract_chip  # noqa: E402
+from facerank.face.features import FeatureSet  # noqa: E402
+from facerank.face.imageio import load_image  # noqa: E402
 from facerank.models.backbone import Backbone  # noqa: E402
-from facerank.rerank.emd_reranker import PairFlows, Stage2EMD  # noqa: E402
+from facerank.rerank.emd.reranker import PairFlows, Stage2EMD  # noqa: E402
 
 
 def chip_of(fs: FeatureSet, i: int, backbone: Backbone | None = None) -> np.ndarray:

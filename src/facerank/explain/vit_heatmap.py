@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 
 from facerank.explain.figure import heatmap_panel, save_figure  # noqa: E402
 from facerank.explain.flow import chip_of  # noqa: E402
-from facerank.features import FeatureSet  # noqa: E402
+from facerank.face.features import FeatureSet  # noqa: E402
 from facerank.models.backbone import Backbone  # noqa: E402
-from facerank.rerank.vit_reranker import PairHeatmaps, Stage2ViT, explain_pairs  # noqa: E402
+from facerank.rerank.vit.reranker import PairHeatmaps, Stage2ViT, explain_pairs  # noqa: E402
 
 
 def render_heatmaps(chip_a: np.ndarray, chip_b: np.ndarray, heat: PairHeatmaps, i: int,

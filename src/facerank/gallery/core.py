@@ -1,6 +1,6 @@
-"""`Gallery`: enrol faces and search them — a feature store plus a Stage-1 vector index.
+"""`StoredGallery`: enrol faces and search them — a feature store plus a Stage-1 vector index.
 
-    Gallery ──► FeatureStore (store.py)  SQLite metadata + immutable array shards, crash-safe
+    StoredGallery ──► FeatureStore (store.py)  SQLite metadata + immutable array shards, crash-safe
             └─► VectorIndex  (index.py)  faiss flat/hnsw (default) or Milvus (milvus.py)
 
 Extraction happens here (in-process, or on a Ray cluster via `facerank.scale.ray`), so the
@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from facerank._util.progress import progress_bar
 from facerank.errors import FacerankError, GalleryError, InputError
-from facerank.features import FaceFeatures, FeatureExtractor, FeatureSet, file_digest
+from facerank.face.features import FaceFeatures, FeatureExtractor, FeatureSet, file_digest
+from facerank.face.imageio import list_images
 from facerank.gallery.index import INDEX_KINDS, VectorIndex, open_index
 from facerank.gallery.store import AddReport, FeatureStore, Snapshot, extractor_meta
-from facerank.progress import progress_bar
-from facerank.search import Ranking
+from facerank.ranking import Ranking
 
 if TYPE_CHECKING:
     from facerank.calibrate.base import Calibrator
@@ -38,7 +39,6 @@ CANDIDATES = 100  # Stage-1 candidates a calibrated search re-scores (facerank.c
 Refuse = Callable[[list[FaceFeatures]], list[str | None]]
 
 DEFAULT_BATCH = 64
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 IndexKind = Literal["flat", "hnsw", "milvus"]
 IdentityFrom = Literal["folder", "filename"]
 
@@ -55,15 +55,6 @@ def batch_size_from_env() -> int:
     if n < 1:
         raise InputError(f"FACERANK_GALLERY_BATCH={raw!r}: must be a positive integer")
     return n
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files under `folder` (recursive, sorted)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def identity_of(path: str | Path, identity_from: IdentityFrom = "folder") -> str:
@@ -86,7 +77,7 @@ class SearchResult:
     identity: str
     path: str
     image_id: int
-    row: int  # row of `Gallery.features()`
+    row: int  # row of `StoredGallery.features()`
     score: float  # the final score that orders the results
     stage_scores: dict[str, float]  # "stage1" (cosine) and each Stage-2 score by name
     confidence: float | None = None  # URL confidence of the gallery face (None: no URL head)
@@ -151,8 +142,8 @@ class _InProcess:
         return [None if p in failed else fs[next(it)] for p in paths], list(fs.failures)
 
 
-class Gallery:
-    """A persistent, crash-safe gallery. Use `Gallery.create` or `Gallery.open`."""
+class StoredGallery:
+    """A persistent, crash-safe gallery. Use `StoredGallery.create` or `StoredGallery.open`."""
 
     def __init__(self, store: FeatureStore, extractor: FeatureExtractor | None, index: str,
                  load_grids: bool, batch_size: int | None, check_model: bool = True) -> None:
@@ -177,7 +168,7 @@ class Gallery:
     def create(cls, folder: str | Path, extractor: FeatureExtractor | None = None,
                index: IndexKind = "flat", load_grids: bool = True,
                batch_size: int | None = None, milvus_uri: str | None = None,
-               milvus_collection: str | None = None) -> Gallery:
+               milvus_collection: str | None = None) -> StoredGallery:
         """Make a new, empty gallery in `folder` (missing or empty) for `extractor`'s model.
 
         index "milvus" keeps the embeddings in the Milvus collection at `milvus_uri` (a
@@ -205,7 +196,7 @@ class Gallery:
     @classmethod
     def open(cls, folder: str | Path, extractor: FeatureExtractor | None = None,
              index: IndexKind = "flat", load_grids: bool = True,
-             batch_size: int | None = None, check_model: bool = True) -> Gallery:
+             batch_size: int | None = None, check_model: bool = True) -> StoredGallery:
         """Open an existing gallery; deletes orphan shards left by a crash and applies index
         changes a crash left pending.
 
@@ -234,14 +225,14 @@ class Gallery:
             self.store.close()
             self._loaded = None
 
-    def __enter__(self) -> Gallery:
+    def __enter__(self) -> StoredGallery:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Gallery({str(self.folder)!r}, images={len(self)})"
+        return f"StoredGallery({str(self.folder)!r}, images={len(self)})"
 
     # ---- model ---------------------------------------------------------------------------
 
@@ -254,7 +245,7 @@ class Gallery:
         """The feature extractor of this gallery (built from the stored settings if not given)."""
         with self._lock:
             if self._extractor is None:
-                from facerank.detect import FaceDetector
+                from facerank.face.detect import FaceDetector
 
                 meta = self.meta()
                 det = FaceDetector(**json.loads(meta["detector"]))
@@ -463,7 +454,7 @@ class Gallery:
         indices = np.where((ids >= 0) & (loaded.image_ids[pos] == ids), pos, -1)
         bad = (indices < 0).any(axis=1)
         if bad.any():  # the index returned fewer than k: answer those probes exactly
-            from facerank.features import l2_normalize
+            from facerank.face.features import l2_normalize
 
             emb = l2_normalize(loaded.features.descriptors.astype(np.float32))
             sim = q[bad] @ emb.T

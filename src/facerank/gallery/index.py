@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from facerank.errors import InputError
-from facerank.features import l2_normalize
+from facerank.face.features import l2_normalize
 from facerank.gallery.store import FeatureStore, Snapshot
 
 FaissKind = Literal["flat", "hnsw"]

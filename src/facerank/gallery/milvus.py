@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from facerank.errors import GalleryError, InputError
-from facerank.features import l2_normalize
+from facerank.face.features import l2_normalize
 from facerank.gallery.store import FeatureStore, Snapshot
 
 DEFAULT_COLLECTION = "facerank_faces"

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from facerank import __version__
+from facerank._util.progress import progress_bar
 from facerank.errors import GalleryError, InputError
-from facerank.features import FaceFeatures, FeatureExtractor, FeatureSet, file_digest
-from facerank.progress import progress_bar
+from facerank.face.features import FaceFeatures, FeatureExtractor, FeatureSet, file_digest
 
 FORMAT_VERSION = 1
 DB_NAME = "gallery.db"

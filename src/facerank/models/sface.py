@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.arcface_align import ARCFACE_SIZE
 from facerank.errors import InputError, ModelFileError
+from facerank.face.align.arcface import ARCFACE_SIZE
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
@@ -141,7 +141,7 @@ class SFace:
         size = self.input_size
         if x.ndim != 4 or x.shape[1:] != (size, size, 3):
             raise InputError(f"chips must have shape (N, {size}, {size}, 3), got {x.shape}; "
-                             "align faces with facerank.arcface_align.arcface_chip first")
+                             "align faces with facerank.face.align.arcface.arcface_chip first")
         for g in grids:
             if g not in SFACE_GRIDS:
                 raise InputError(f"SFace has no grid {g!r}; it offers {', '.join(SFACE_GRIDS)}")

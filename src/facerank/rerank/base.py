@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from facerank._util.registry import Registry
 from facerank.errors import InputError
-from facerank.features import FeatureSet
-from facerank.registry import Registry
-from facerank.search import Ranking
+from facerank.face.features import FeatureSet
+from facerank.ranking import Ranking
 
 if TYPE_CHECKING:
     from facerank.rerank.gate import QualityGate
@@ -60,7 +60,7 @@ def reorder_sent(ranking: Ranking, blended: np.ndarray, sent: np.ndarray, name: 
 
     Why not re-sort every row by its blend: a row the gate keeps has alpha = 0, i.e. blend =
     cosine, and re-sorting it by cosine would undo an upstream calibrated order
-    (`Gallery.search(calibrate=...)`); keeping the incoming order is the same thing for an
+    (`StoredGallery.search(calibrate=...)`); keeping the incoming order is the same thing for an
     uncalibrated ranking and the right thing for a calibrated one.
     """
     k = blended.shape[1]
@@ -163,8 +163,8 @@ def make_stage2(name: str, **options: object) -> Reranker | None:
 
 
 def _load_builtin() -> None:
-    import facerank.rerank.emd_reranker  # noqa: F401 - registers "emd"
-    import facerank.rerank.vit_reranker  # noqa: F401 - registers "vit"
+    import facerank.rerank.emd.reranker  # noqa: F401 - registers "emd"
+    import facerank.rerank.vit.reranker  # noqa: F401 - registers "vit"
 
 
 _STAGE2: Registry[Reranker] = Registry("Stage-2 method", _load_builtin)

@@ -2,7 +2,7 @@
 Dataset, the results written through the same gallery store as the in-process path.
 
     paths ──► ray.data.from_items ──► map_batches(_ExtractActor, concurrency=N, batch_size=B)
-          ──► iter_batches on the driver ──► Gallery store (SQLite + shards [+ Milvus])
+          ──► iter_batches on the driver ──► StoredGallery store (SQLite + shards [+ Milvus])
 
 Each actor builds its own `FeatureExtractor` once (detector, landmark predictors and the
 network load per actor, not per batch) from the driver's settings, so it computes exactly what
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from facerank.errors import FacerankError, InputError
-from facerank.features import FaceFeatures, FeatureExtractor, FeatureSet, l2_normalize
+from facerank.face.features import FaceFeatures, FeatureExtractor, FeatureSet, l2_normalize
 
 Todo = tuple[str, str, str]  # (path, identity, sha1)
 
@@ -81,7 +81,7 @@ class _ExtractActor:
     def __init__(self, config: dict[str, Any], cache: bool, threads: int) -> None:
         import torch
 
-        from facerank.detect import FaceDetector
+        from facerank.face.detect import FaceDetector
 
         torch.set_num_threads(max(1, threads))
         det = dict(config["detector"])
@@ -123,7 +123,7 @@ class _ExtractActor:
 
 
 class RayExtract:
-    """A batch extractor for `Gallery.add_files(extract=...)` and the evaluator, on Ray."""
+    """A batch extractor for `StoredGallery.add_files(extract=...)` and the evaluator, on Ray."""
 
     def __init__(self, fx: FeatureExtractor, address: str | None = None,
                  batch_size: int = 32, concurrency: int | None = None,

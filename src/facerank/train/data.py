@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facerank.eval.protocols import EvalData, occluded_queries
-from facerank.features import FeatureExtractor, FeatureSet
+from facerank.face.features import FeatureExtractor, FeatureSet
 from facerank.train.split import identity_fold
 
 VARIANTS = ("crop", "mask", "sunglasses")

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facerank._util.checkpoint import load_checkpoint, load_into, save_checkpoint
 from facerank.errors import FacerankError, InputError, ModelFileError
-from facerank.train.checkpoint import load_checkpoint, load_into, save_checkpoint
 from facerank.uncertainty.url import KIND, URLConfig, URLHead, URLOutput, run_head
 
 if TYPE_CHECKING:
-    from facerank.features import FaceFeatures, FeatureSet
+    from facerank.face.features import FaceFeatures, FeatureSet
 
 BUNDLED_DIR = Path(__file__).parent / "models"
 
@@ -104,18 +104,10 @@ def attach(features: FeatureSet, backbone: str) -> list[dict[str, Any] | None]:
              "confidences": [round(float(v), 4) for v in per[i]]} for i in range(len(face))]
 
 
-def set_on(face: FaceFeatures, info: dict[str, Any] | None) -> FaceFeatures:
-    """Store the confidence on a FaceFeatures (fields default to None)."""
-    if info is not None:
-        face.confidence = info["confidence"]
-        face.confidences = np.asarray(info["confidences"], np.float32)
-    return face
-
-
-def refuse_below(floor: float, backbone: str):  # noqa: ANN201 - a Gallery.add_files hook
-    """`Gallery.add_files(refuse=...)` hook: a reason for each face whose relative URL
+def refuse_below(floor: float, backbone: str):  # noqa: ANN201 - a StoredGallery.add_files hook
+    """`StoredGallery.add_files(refuse=...)` hook: a reason for each face whose relative URL
     confidence is below `floor` (InputError when this backbone has no URL head)."""
-    from facerank.features import FeatureSet
+    from facerank.face.features import FeatureSet
 
     if not np.isfinite(floor) or floor < 0:
         raise InputError(f"--min-confidence must be a number >= 0, got {floor}")

@@ -9,29 +9,22 @@ head, the class prototypes and the variation classifiers train with Adam, seeded
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import typer
 from torch import nn
 
+from facerank._util.progress import progress_bar
 from facerank.errors import InputError
-from facerank.progress import progress_bar
-from facerank.train.checkpoint import save_checkpoint
-from facerank.train.split import describe_split
 from facerank.uncertainty.url import (
-    KIND,
     URLConfig,
     URLHead,
     decorrelation_loss,
     identification_loss,
-    run_head,
     variation_classifiers,
 )
 from facerank.uncertainty.variations import labels_for, pose_bins
@@ -212,51 +205,3 @@ def default_config(ud: URLData, grid: str | None, k: int, width: int) -> URLConf
     shape = tuple(int(v) for v in fs.grids[grid].shape[1:]) if grid is not None else None
     return URLConfig(desc_dim=int(fs.descriptors.shape[1]), grid=grid, grid_shape=shape, k=k,
                      width=width)
-
-
-def register(train_app: typer.Typer) -> None:
-    @train_app.command("url")
-    def url_command(
-        out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + NAME.json).")
-                       ] = Path("url-fold-true.pt"),
-        fold: Annotated[bool, typer.Option("--fold/--other-fold",
-                                           help="Train on identity fold True (default) or False."
-                                           )] = True,
-        epochs: Annotated[int, typer.Option(help="Passes over the samples.")] = 12,
-        k: Annotated[int, typer.Option("--k", help="Number of sub-embeddings.")] = 16,
-        width: Annotated[int, typer.Option(help="Total embedding width (multiple of K).")] = 512,
-        grid: Annotated[str, typer.Option(help="Grid the head reads besides the descriptor "
-                                                "('none': descriptor only).")] = "l1",
-        edits: Annotated[str, typer.Option(help="Comma-separated edited copies to train on.")
-                         ] = ",".join(EDITS),
-        seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
-        split_seed: Annotated[int, typer.Option(help="Seed of the identity split.")] = 0,
-        per_edit: Annotated[int | None, typer.Option(
-            help="Edit only this many LFW images per edit kind (disjoint seeded subsets); "
-            "default: every image, as the shared harness caches them.")] = None,
-        progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    ) -> None:
-        """Train URL confidence-aware sub-embeddings (backbone frozen)."""
-        kinds = tuple(e for e in edits.split(",") if e)
-        unknown = sorted(set(kinds) - set(EDITS))
-        if unknown:
-            raise InputError(f"unknown edit(s) {unknown}; choose from {', '.join(EDITS)}")
-        g = None if grid == "none" else grid
-        ud = load_url_data(kinds, per_edit, split_seed, progress=progress)
-        samples = build_samples(ud, fold, g)
-        config = default_config(ud, g, k, width)
-        head, stats = train_url(samples, config, epochs=epochs, seed=seed, progress=progress)
-        ref = run_head(head, samples.desc[samples.kinds == "clean"],
-                       None if g is None else samples.grid[samples.kinds == "clean"])
-        meta = {"kind": KIND, "backbone": ud.data.extractor.model_id,
-                "config": config.to_dict(),
-                "command": " ".join(["facerank", *sys.argv[1:]]), "seed": seed,
-                "split": describe_split(fold, split_seed), "data": ud.describe,
-                "edits": list(kinds),
-                # 1.0 on the confidence bar = the median clean training face
-                "reference_confidence": float(np.median(ref.face)), "training": stats}
-        path = save_checkpoint(out, head, meta)
-        typer.echo(f"wrote {path} ({stats['samples']} samples, {stats['classes']} identities, "
-                   f"{stats['seconds']:.0f} s; identification loss "
-                   f"{stats['history']['identification'][0]:.3f} -> "
-                   f"{stats['history']['identification'][-1]:.3f})")

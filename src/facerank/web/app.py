@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facerank.errors import FacerankError, GalleryError, InputError
-from facerank.features import FeatureExtractor
+from facerank.face.features import FeatureExtractor
 from facerank.web.service import DEFAULT_K, MAX_K, SearchService
 from facerank.web.upload import DEFAULT_MAX_UPLOAD, HTTPProblem, format_bytes, read_upload
 

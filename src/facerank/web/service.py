@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from facerank.cli_options import probe_label
 from facerank.errors import FacerankError, ImageError, InputError, MultipleFacesError, NoFaceError
-from facerank.features import FeatureExtractor, FeatureSet
-from facerank.gallery import Gallery
-from facerank.imageio import load_image
+from facerank.face.detect import probe_label
+from facerank.face.features import FeatureExtractor, FeatureSet
+from facerank.face.imageio import load_image
+from facerank.gallery import StoredGallery
 from facerank.rerank.base import Reranker, make_stage2, stage2_names
 from facerank.web.upload import HTTPProblem
 
@@ -66,10 +66,10 @@ class SearchService:
     def __init__(self, gallery_dir: Path, stage2: str, extractor: FeatureExtractor | None,
                  calibrate: str = "none") -> None:
         self.gallery_dir = Path(gallery_dir)
-        self.gallery = Gallery.open(self.gallery_dir, extractor=extractor)
+        self.gallery = StoredGallery.open(self.gallery_dir, extractor=extractor)
         self.extractor = self.gallery.extractor  # the gallery's own model and detector settings
         self.reranker, self.stage2_note = self._stage2(stage2)
-        from facerank.calibrate.cli import build as build_calibrator
+        from facerank.calibrate.factory import build as build_calibrator
 
         self.calibrator = build_calibrator(calibrate, None, self.extractor.model_id)
         self._vit: Any = None  # Face-ViT scorer for heatmaps, loaded on first use
@@ -146,7 +146,7 @@ class SearchService:
     def search(self, data: bytes, name: str, k: int, explain: bool,
                aligned: str = "none") -> dict[str, Any]:
         """Decode, detect, extract, search and explain one probe photo (in memory); `aligned`
-        other than "none" takes a face crop as is (`facerank.prealigned`)."""
+        other than "none" takes a face crop as is (`facerank.face.align.prealigned`)."""
         t0 = time.perf_counter()
         try:
             image = load_image(data, name=name)
@@ -157,7 +157,7 @@ class SearchService:
             try:
                 fx = self.extractor
                 if aligned != "none":
-                    from facerank.prealigned import check_aligned
+                    from facerank.face.align.prealigned import check_aligned
 
                     fx = FeatureExtractor(backbone=fx.backbone, detector=fx.detector,
                                           grids=fx.grid_names, cache=False,
@@ -222,7 +222,7 @@ class SearchService:
         """Flow explanation PNG of the top-1 match as a data URL, or (None, why not)."""
         try:
             from facerank.explain.flow import render_pair
-            from facerank.rerank.emd_reranker import Stage2EMD
+            from facerank.rerank.emd.reranker import Stage2EMD
         except ImportError as e:
             return None, f"explanations are unavailable in this install ({e})"
         reranker = self.reranker if isinstance(self.reranker, Stage2EMD) else Stage2EMD()
@@ -249,7 +249,7 @@ class SearchService:
         """
         try:
             from facerank.explain.vit_heatmap import render_vit_pair
-            from facerank.rerank.vit_reranker import Stage2ViT
+            from facerank.rerank.vit.reranker import Stage2ViT
 
             if self._vit is None:
                 self._vit = Stage2ViT.load(backbone=self.extractor.model_id)

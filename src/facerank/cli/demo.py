@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from facerank.errors import GalleryError
-from facerank.eval.lfw import load_lfw
 from facerank.eval.occlusion import occlude
 from facerank.eval.protocols import lfw_extractor
-from facerank.features import FeatureSet
-from facerank.gallery import Gallery
-from facerank.imageio import load_image, save_image
+from facerank.eval.readers.lfw import load_lfw
+from facerank.face.features import FeatureSet
+from facerank.face.imageio import load_image, save_image
+from facerank.gallery import StoredGallery
 from facerank.rerank.base import make_stage2
 
 STAGE2 = "vit+emd"  # the shipped Stage 2 (docs/results.md, "Face-ViT Stage 2": what ships)
@@ -34,15 +34,15 @@ STAGE2 = "vit+emd"  # the shipped Stage 2 (docs/results.md, "Face-ViT Stage 2": 
 QUERIES = ("Andre_Agassi/Andre_Agassi_0008.jpg", "Amelie_Mauresmo/Amelie_Mauresmo_0015.jpg")
 
 
-def _gallery(out: Path, paths: list[Path], names: list[str], console: Console) -> Gallery:
+def _gallery(out: Path, paths: list[Path], names: list[str], console: Console) -> StoredGallery:
     folder = out / "gallery"
     fx = lfw_extractor()
     try:
-        gallery = Gallery.open(folder, fx)
+        gallery = StoredGallery.open(folder, fx)
     except GalleryError:
         if folder.exists() and any(folder.iterdir()):
             raise
-        gallery = Gallery.create(folder, fx)
+        gallery = StoredGallery.create(folder, fx)
     wanted = {str(p) for p in paths}
     for image in gallery.images():  # e.g. an older demo held out other queries
         if image["path"] not in wanted:
@@ -79,7 +79,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
     stage2 = make_stage2(STAGE2)  # gated by its bundled gate
-    from facerank.calibrate.cli import build, verdict
+    from facerank.calibrate.factory import build, verdict
     from facerank.uncertainty.confidence import attach_results
 
     cal = build("ida-r", None, fx.model_id)  # bundled anchors of LFW identity half A

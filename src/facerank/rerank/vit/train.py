@@ -21,25 +21,22 @@ plus on f2 with face b's; H1: ArcFace on each face's embedding; H2: binary cross
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import typer
 
 from facerank.errors import InputError
 from facerank.eval import metrics
-from facerank.rerank.emd import pool_grid
-from facerank.rerank.emd_reranker import parse_grid
+from facerank.ranking import cosine_topk
+from facerank.rerank.emd.reranker import parse_grid
+from facerank.rerank.emd.solver import pool_grid
 from facerank.rerank.gate import QualityGate
-from facerank.rerank.vit import FaceViT, ViTConfig, arcface_logits
-from facerank.search import cosine_topk
+from facerank.rerank.vit.model import FaceViT, ViTConfig, arcface_logits
 
 VARIANT_ORDER = ("crop", "mask", "sunglasses")
 KINDS = ("clean", *VARIANT_ORDER)
@@ -165,7 +162,7 @@ def fit_epochs(model: FaceViT, table: GridTable, classes: np.ndarray, n_classes:
         opt, lambda i: min(1.0, (i + 1) / max(1, steps_per_epoch))
         * 0.5 * (1 + np.cos(np.pi * min(i, total) / total)))
     history = []
-    from facerank.progress import progress_bar
+    from facerank._util.progress import progress_bar
 
     for epoch in range(epochs):
         model.train()
@@ -273,7 +270,7 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
               command: str = "", progress: bool = True, data=None,  # noqa: ANN001
               variants: tuple[str, ...] = VARIANT_ORDER) -> dict:
     """Train one Face-ViT on identity half `train_fold`; writes the checkpoint if `out`."""
-    from facerank.train.checkpoint import save_checkpoint
+    from facerank._util.checkpoint import save_checkpoint
     from facerank.train.data import load_training_data
     from facerank.train.split import describe_split
 
@@ -343,48 +340,3 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     if out is not None:
         save_checkpoint(out, model, config)
     return {"model": model, "config": config}
-
-
-def register(train_app: typer.Typer) -> None:
-    """Add `facerank train vit`."""
-
-    @train_app.command("vit")
-    def vit_command(
-        out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + "
-                                          "NAME.json).")] = Path("vit-h2l.pt"),
-        variant: Annotated[str, typer.Option(help="h2l (ships), h2 or h1.")] = "h2l",
-        grid: Annotated[str, typer.Option(help="Backbone grid: l1 (4x4), l2 (8x8), l2p4.")
-                        ] = "l1",
-        width: Annotated[int, typer.Option(help="Token width d (the bundled model: 128).")
-                         ] = 128,
-        depth: Annotated[int, typer.Option(help="Transformer blocks (1-8).")] = 1,
-        heads: Annotated[int, typer.Option(help="Attention heads (1-8).")] = 4,
-        embed_dim: Annotated[int, typer.Option(help="Size of f1, f2 / the embedding.")] = 128,
-        epochs: Annotated[int, typer.Option(help="Passes over the training pairs (the bundled "
-                                            "model: 16).")] = 16,
-        batch: Annotated[int, typer.Option(help="Pairs per step.")] = 256,
-        lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-        train_fold: Annotated[int, typer.Option(help="Identity half to train on (1 = fold "
-                                                "True of facerank.train.split).")] = 1,
-        seed: Annotated[int, typer.Option(help="Seed of model, pairs and held-out people.")
-                        ] = 0,
-        variants: Annotated[str, typer.Option(help="Occluded variants to train on, comma-"
-                                              "separated.")] = "crop,mask,sunglasses",
-    ) -> None:
-        """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
-        from rich.console import Console
-
-        if train_fold not in (0, 1) or epochs < 1 or batch < 1 or lr <= 0:
-            raise InputError(f"--train-fold must be 0 or 1 and --epochs, --batch, --lr "
-                             f"positive; got {train_fold}, {epochs}, {batch}, {lr}")
-        torch.manual_seed(seed)
-        command = "facerank train vit " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-        res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
-                         "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
-                        seed, out, command,
-                        variants=tuple(v.strip() for v in variants.split(",") if v.strip()))
-        m = res["config"]["measured"]
-        Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
-                        f"{m['history'][-1]['val_auc']:.4f} (cosine "
-                        f"{m['val_auc_stage1_cosine']:.4f}); alpha {res['config']['alpha']:g}"
-                        f" -> wrote {out}")

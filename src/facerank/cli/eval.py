@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from facerank.cli_options import (
+from facerank.cli.options import (
     Backbone,
     Calibrate,
     Gate,
@@ -102,8 +102,8 @@ def eval_command(
         console.print(f"note: {gate_note}", markup=False, highlight=False)
     for n in names:
         t0 = time.perf_counter()
-        if calibrate != "none":  # identity-disjoint anchors: facerank.calibrate.evaluate
-            from facerank.calibrate.evaluate import eval_protocol
+        if calibrate != "none":  # identity-disjoint anchors: facerank.eval.studies.calibration
+            from facerank.eval.studies.calibration import eval_protocol
 
             payload, md = eval_protocol(data, n, calibrate, seed)
             payload.update(command=command, seconds_total=time.perf_counter() - t0)

@@ -78,7 +78,7 @@ def arcface_chip(image: np.ndarray, points5: np.ndarray) -> np.ndarray:
 
 def arcface_chip_transform(points5: np.ndarray) -> np.ndarray:
     """2x3 affine mapping chip (x, y) -> image (x, y) (the inverse of `arcface_matrix`), in the
-    convention of `facerank.align.chip_transform`."""
+    convention of `facerank.face.align.dlib_chip.chip_transform`."""
     return cv2.invertAffineTransform(arcface_matrix(points5))
 
 
@@ -86,7 +86,7 @@ def _arcface_face_box() -> tuple[float, float, float, float]:
     """Where dlib's face box (the unit square its chip template is defined on) falls in the
     ArcFace chip: the mean face's 5 points (from dlib's 68-point mean face, in that unit
     square) are fitted onto the ArcFace template and the square's corners mapped through."""
-    from facerank.align import _MEAN_FACE68
+    from facerank.face.align.dlib_chip import _MEAN_FACE68
 
     m68 = np.full((68, 2), np.nan)
     m68[17:] = _MEAN_FACE68

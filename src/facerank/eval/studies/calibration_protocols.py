@@ -21,7 +21,7 @@ from facerank.calibrate.base import Calibrator
 from facerank.errors import InputError
 from facerank.eval import metrics
 from facerank.eval.protocols import EvalData, openset_split, verification_metrics
-from facerank.search import Ranking
+from facerank.ranking import Ranking
 from facerank.train.split import identity_fold
 
 Factory = Callable[[np.ndarray], Calibrator | None]  # LFW rows allowed as anchors -> calibrator

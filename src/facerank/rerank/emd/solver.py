@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from facerank.errors import InputError
 from facerank.rerank.device import GPU_CHUNK_PAIRS
-from facerank.rerank.weights import apc_from_cosine, sc
+from facerank.rerank.emd.weights import apc_from_cosine, sc
 
 OMEGA = 1.5  # default over-relaxation of the Sinkhorn steps (1 = plain; see _iterate_xp)
 CHUNK_BYTES = 4 << 20  # default chunk: 4 MiB of kernels (256 pairs of 64 x 64 float32) on the CPU;

@@ -36,11 +36,10 @@ def explain_command(
         raise InputError(f"unknown explanation method {method!r}; choose emd or vit")
     from rich.console import Console
 
-    from facerank.cli import make_extractor
-    from facerank.cli_options import probe_label
     from facerank.explain.flow import render_pair
-    from facerank.features import FeatureSet
-    from facerank.rerank.emd_reranker import Stage2EMD
+    from facerank.face.detect import probe_label
+    from facerank.face.features import FeatureSet, make_extractor
+    from facerank.rerank.emd.reranker import Stage2EMD
 
     fx = make_extractor(faces=faces)
     fx.grid_names = tuple(dict.fromkeys((*fx.grid_names, grid[:2])))
@@ -58,10 +57,9 @@ def _explain_vit(a: Path, b: Path, out_path: Path, faces: str, checkpoint: Path 
     """`--method vit`: Chefer et al. relevance of both faces' patches for the ViT score."""
     from rich.console import Console
 
-    from facerank.cli import make_extractor
     from facerank.explain.vit_heatmap import render_vit_pair
-    from facerank.features import FeatureSet
-    from facerank.rerank.vit_reranker import DEFAULT_CHECKPOINT, Stage2ViT
+    from facerank.face.features import FeatureSet, make_extractor
+    from facerank.rerank.vit.reranker import DEFAULT_CHECKPOINT, Stage2ViT
 
     fx = make_extractor(faces=faces)
     scorer = Stage2ViT.load(checkpoint or DEFAULT_CHECKPOINT, backbone=fx.model_id)

@@ -71,14 +71,23 @@ class ChipDetails:
     cols: int
 
 
-def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:
+def check_landmarks(landmarks: np.ndarray | None,
+                    shapes: tuple[tuple[int, int], ...] = ((5, 2), (68, 2)),
+                    where: str = "landmarks") -> np.ndarray:
+    """Landmarks as finite float64 (N, 2) with N a dlib shape in `shapes`; otherwise an
+    InputError naming `where`, the shape, or the first non-finite point."""
+    if landmarks is None:
+        raise InputError(f"{where}: needs {' or '.join(str(s[0]) for s in shapes)} landmarks, "
+                         "got None")
     pts = np.asarray(landmarks, dtype=np.float64)
-    if pts.shape not in ((5, 2), (68, 2)):
-        raise InputError(
-            f"landmarks must be dlib's 5-point (5, 2) or 68-point (68, 2) shape, got {pts.shape}"
-        )
-    if not np.isfinite(pts).all():
-        raise InputError("landmarks contain NaN or infinite coordinates")
+    if pts.shape not in shapes:
+        raise InputError(f"{where}: must be dlib's "
+                         + " or ".join(f"{s[0]}-point {s}" for s in shapes)
+                         + f" shape, got {pts.shape}")
+    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+    if len(bad):
+        raise InputError(f"{where}: landmark {int(bad[0])} is NaN/inf ({len(bad)} bad points); "
+                         "was a face found?")
     return pts
 
 
@@ -117,7 +126,7 @@ def _padding32(padding: float) -> float:
 
 def chip_details(landmarks: np.ndarray, size: int = 150, padding: float = 0.25) -> ChipDetails:
     """dlib's `get_face_chip_details(shape, size, padding)` for a (5, 2) or (68, 2) shape."""
-    pts = _check_landmarks(landmarks)
+    pts = check_landmarks(landmarks)
     if size < 1 or padding < 0:
         raise InputError(f"need size >= 1 and padding >= 0, got size={size}, padding={padding}")
     chip_pts, idx = _template(len(pts), size, _padding32(padding))

@@ -12,8 +12,8 @@ import numpy as np
 
 from facerank.calibrate.anchors import AnchorSet, SupportIndex
 from facerank.calibrate.ida import log_dao, log_density
-from facerank.calibrate.lfw import pick_per_identity
 from facerank.eval.protocols import EvalData
+from facerank.eval.studies.calibration_protocols import pick_per_identity
 from facerank.train.split import identity_fold
 
 TAUS = (1.0, 10.0, 30.0, 100.0, 300.0)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import (
+from facerank.cli.options import (
     Aligned,
     Backbone,
     Calibrate,
@@ -33,42 +33,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-DLIB_THRESHOLD = 0.6  # dlib's same-person rule: Euclidean distance of descriptors < 0.6
 
-
-
-def expand_images(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expanded recursively to their image files (sorted)."""
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.exists():
-            files.append(p)
-        else:
-            raise InputError(f"{p}: no such file or folder")
-    return files
-
-
-def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str = "none",
-                   model: Path | None = None, cache: bool = True, aligned: str = "none",
-                   backbone: str = "dlib"):  # noqa: ANN201
-    """A FeatureExtractor from CLI options (imports torch lazily, so --help stays fast)."""
-    from facerank.detect import FaceDetector
-    from facerank.features import FeatureExtractor
-    from facerank.models.backbone import make_backbone
-
-    det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
-    if backbone == "dlib":
-        from facerank.models.dlib_resnet import DlibResNet
-
-        return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache,
-                                aligned=aligned)
-    if model is not None:
-        raise InputError(f"--model is a dlib .dat file; it does not apply to --backbone {backbone}")
-    return FeatureExtractor(backbone=make_backbone(backbone), detector=det, cache=cache,
-                            aligned=aligned)
 
 
 @app.command()
@@ -84,6 +49,9 @@ def extract(
     backbone: Backbone = "dlib",
 ) -> None:
     """Extract face features (embedding, patch grids, landmarks) into one .npz file."""
+    from facerank.face.features import make_extractor
+    from facerank.face.imageio import expand_images
+
     files = expand_images(paths)
     if not files:
         raise InputError(f"no image files found in {', '.join(map(str, paths))}")
@@ -117,24 +85,22 @@ def compare(
 ) -> None:
     """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule
     (with --calibrate: the calibrated score and its verdict at LFW's FAR 1e-3 threshold)."""
-    import numpy as np
-
-    from facerank.calibrate import cli as calibration
+    from facerank.api import Comparison
+    from facerank.calibrate import factory as calibration
+    from facerank.face.features import make_extractor
 
     fx = make_extractor(detector, faces, no_face, model, aligned=aligned, backbone=backbone)
     cal = calibration.build(calibrate, calibrate_with, fx.model_id)
     fa, fb = fx.extract_file(a), fx.extract_file(b)
-    cosine = float(fa.embedding @ fb.embedding)
+    cmp = Comparison.of(fa, fb, backbone)
     table = Table(show_header=True)
     for col in ("image A", "image B", f"cosine ({backbone})"):
         table.add_column(col)
-    row = [str(a), str(b), f"{cosine:.4f}"]
-    if backbone == "dlib":  # dlib's 0.6 distance rule belongs to dlib's descriptor
-        dist = float(np.linalg.norm(fa.descriptor - fb.descriptor))
+    row = [str(a), str(b), f"{cmp.cosine:.4f}"]
+    if cmp.distance is not None:
         table.add_column("dlib distance")
-        table.add_column("verdict (< 0.6)")
-        row += [f"{dist:.4f}",
-                "same person" if dist < DLIB_THRESHOLD else "different people"]
+        table.add_column(f"verdict (< {cmp.threshold:g})")
+        row += [f"{cmp.distance:.4f}", cmp.decision]
     if cal is not None:
         score = float(cal.score_pairs(fa.embedding[None], fb.embedding[None])[0])
         said, thr = calibration.verdict(calibrate, score, calibrate_with is not None)
@@ -153,7 +119,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
 ) -> None:
     """End-to-end demo on bundled LFW: enrol, search a cropped and a masked query, explain."""
-    from facerank.demo import run_demo
+    from facerank.cli.demo import run_demo
 
     run_demo(console=out, out=out_dir)
 
@@ -162,8 +128,8 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (added as they exist)."""
     import importlib
 
-    for module in ("facerank.eval.cli", "facerank.explain.cli", "facerank.gallery_cli",
-                   "facerank.web.cli", "facerank.train.cli"):
+    for module in ("facerank.cli.eval", "facerank.cli.explain", "facerank.cli.gallery",
+                   "facerank.cli.serve", "facerank.cli.train"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

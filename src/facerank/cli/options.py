@@ -39,13 +39,6 @@ def describe_detection(source: str, score: float) -> str:
     return f"{source} (score {score:.2f})"
 
 
-def probe_label(name: str, source: str, score: float) -> str:
-    """A picture title naming how the face was found (explanation PNGs, web page)."""
-    if source.startswith("fallback-"):
-        return f"{name} (no face detected: {source[9:]} box)"
-    if source.startswith("aligned-"):
-        return f"{name} (aligned {source[8:]})"
-    return f"{name} ({source} {score:.2f})" if source else name
 Backbone = Annotated[str, typer.Option(
     "--backbone", help="Descriptor network: dlib (ResNet, 150 chip) or sface (SFace ONNX, "
     "ArcFace 112 crop). Galleries and caches remember theirs.")]

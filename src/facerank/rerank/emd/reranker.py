@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from facerank._util.progress import progress_bar
 from facerank.errors import InputError
-from facerank.features import FeatureSet
-from facerank.progress import progress_bar
-from facerank.rerank import weights as W
+from facerank.face.features import FeatureSet
 from facerank.rerank.base import GatedBlendReranker, register_stage2
 from facerank.rerank.device import CPU_EMD_CALL_PAIRS, default_chunk_pairs, pick_device
-from facerank.rerank.emd import (
+from facerank.rerank.emd import weights as W
+from facerank.rerank.emd.solver import (
     emd_rerank_scores,
     emd_similarity_from_cosine,
     grid_to_patches,

@@ -17,18 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.align import landmarks_to_chip
-from facerank.detect import Detection, FaceDetector
+from facerank._util.paths import cache_root
+from facerank._util.progress import progress_bar
 from facerank.errors import FacerankError, InputError
-from facerank.imageio import load_image
+from facerank.face.align.dlib_chip import landmarks_to_chip
+from facerank.face.detect import Detection, FaceDetector
+from facerank.face.imageio import load_image
 from facerank.models.backbone import Backbone, make_backbone
-from facerank.paths import cache_root
-from facerank.progress import progress_bar
 
 FEATURES_VERSION = 1  # bump when the extracted features change (not on every release)
 CHIP_SIZE = 150  # dlib's chip; each backbone has its own geometry (models/backbone.py)
 CHIP_PADDING = 0.25
-DEFAULT_GRIDS = ("l2", "l1")  # dlib's defaults; FeatureExtractor(grids=None) takes the backbone's
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -198,9 +197,9 @@ class FeatureExtractor:
     backbone: a `Backbone` or its name ("dlib", default, or "sface"); detector: default HOG,
         largest face, no fallback.
     grids: which intermediate maps to keep (stored as float16); None: the backbone's defaults.
-    cache: a folder, or None/False to disable (default: `facerank.paths.cache_root()`).
+    cache: a folder, or None/False to disable (default: `facerank._util.paths.cache_root()`).
     aligned: "none" (detect), "auto", "dlib150" or "arcface112": face crops made with a known
-        template skip detection (`facerank.prealigned`); part of each image's cache key.
+        template skip detection (`facerank.face.align.prealigned`); part of each image's cache key.
     """
 
     def __init__(
@@ -212,7 +211,7 @@ class FeatureExtractor:
         batch_size: int = 64,
         aligned: str = "none",
     ) -> None:
-        from facerank.prealigned import check_aligned
+        from facerank.face.align.prealigned import check_aligned
 
         self.aligned = check_aligned(aligned)
         self.backbone: Backbone = (make_backbone(backbone or "dlib")
@@ -247,7 +246,7 @@ class FeatureExtractor:
         """Detect the face (policy of the detector), or read a pre-aligned crop's template
         points (`aligned`), and cut the backbone's chip."""
         if self.aligned != "none":
-            from facerank.prealigned import aligned_detection, aligned_kind
+            from facerank.face.align.prealigned import aligned_detection, aligned_kind
 
             kind = aligned_kind(image, self.aligned, name)
             if kind is not None:
@@ -382,3 +381,25 @@ class FeatureExtractor:
             **{f"grid_{n}": f.grids[n].astype(np.float16) for n in self.grid_names},
         )
         tmp.replace(path)
+
+
+def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str = "none",
+                   model: Path | None = None, cache: bool = True, aligned: str = "none",
+                   backbone: str = "dlib") -> FeatureExtractor:
+    """A FeatureExtractor from the CLI's and API's options: detector ("yunet", "hog", ...),
+    which faces, what to do without one, a dlib .dat `model`, pre-aligned input and the
+    backbone name. Models load here, not at import."""
+    from facerank.face.detect import FaceDetector
+    from facerank.face.features import FeatureExtractor
+    from facerank.models.backbone import make_backbone
+
+    det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
+    if backbone == "dlib":
+        from facerank.models.dlib_resnet import DlibResNet
+
+        return FeatureExtractor(backbone=DlibResNet.from_dat(model), detector=det, cache=cache,
+                                aligned=aligned)
+    if model is not None:
+        raise InputError(f"--model is a dlib .dat file; it does not apply to --backbone {backbone}")
+    return FeatureExtractor(backbone=make_backbone(backbone), detector=det, cache=cache,
+                            aligned=aligned)

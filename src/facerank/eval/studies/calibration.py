@@ -15,7 +15,10 @@ import numpy as np
 from facerank.calibrate.asnorm import DEFAULT_TOP_N, ASNorm
 from facerank.calibrate.base import Calibrator
 from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU, IDAR
-from facerank.calibrate.lfw import (
+from facerank.errors import InputError
+from facerank.eval.protocols import IDENTIFICATION, EvalData, setup_identification
+from facerank.eval.readers.lfw import load_pairs
+from facerank.eval.studies.calibration_protocols import (
     Factory,
     anchors_from_rows,
     calibrated_topk,
@@ -26,10 +29,7 @@ from facerank.calibrate.lfw import (
     retrieval,
     verification,
 )
-from facerank.errors import InputError
-from facerank.eval.lfw import load_pairs
-from facerank.eval.protocols import IDENTIFICATION, EvalData, setup_identification
-from facerank.features import FeatureSet
+from facerank.face.features import FeatureSet
 from facerank.train.split import identity_fold
 
 PAIR_VARIANT_SEED = 1  # the training harness's cached variants of all LFW images
@@ -106,7 +106,7 @@ def pairs_variant_embeddings(data: EvalData, kind: str) -> tuple[np.ndarray, np.
     return emb, has
 
 
-def run_pairs(data: EvalData, factory: Factory, b_emb: np.ndarray | None = None) -> dict:
+def calibrated_pairs(data: EvalData, factory: Factory, b_emb: np.ndarray | None = None) -> dict:
     pairs = load_pairs(data.lfw)
     return verification(pair_scores(data, pairs, factory, b_emb), pairs)
 
@@ -174,7 +174,7 @@ def half_setup(data: EvalData, protocol: str, test_people: np.ndarray, seed: int
     return HalfSetup(st.queries.take(q_rows), st.gallery.take(g_rows), ql, gl, exclude, depth)
 
 
-def run_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator | None],
+def calibrated_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator | None],
                        test_people: np.ndarray, seed: int = 0,
                        variant_seed: int | None = None) -> dict[str, dict]:
     """{method: P@1, MAP@R, ...} on `protocol` restricted to `test_people` (calibrated
@@ -190,7 +190,7 @@ def run_identification(data: EvalData, protocol: str, cals: dict[str, Calibrator
     return out
 
 
-def run_openset(data: EvalData, cals: dict[str, Calibrator | None], test_people: np.ndarray,
+def calibrated_openset(data: EvalData, cals: dict[str, Calibrator | None], test_people: np.ndarray,
                 seed: int = 0) -> dict[str, dict]:
     return {name: openset(data, cal, test_people, seed) for name, cal in cals.items()}
 
@@ -205,7 +205,7 @@ def eval_protocol(data: EvalData, protocol: str, name: str, seed: int = 0) -> tu
     lines = []
     if protocol == "lfw-pairs":
         for m, f in methods.items():
-            payload[m] = v = run_pairs(data, f)
+            payload[m] = v = calibrated_pairs(data, f)
             lines.append(f"| {m} | {100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f} | "
                          f"{100 * v['tar_at_far_1e-3']:.2f} | {100 * v['tar_at_far_1e-2']:.2f} "
                          f"| {v['auc']:.4f} |")
@@ -214,12 +214,12 @@ def eval_protocol(data: EvalData, protocol: str, name: str, seed: int = 0) -> tu
     for half, rows, people in halves(data):
         cals = {m: f(rows) for m, f in methods.items()}
         if protocol == "lfw-openset":
-            res = run_openset(data, cals, people, seed)
+            res = calibrated_openset(data, cals, people, seed)
             for m, v in res.items():
                 lines.append(f"| {half} | {m} | {100 * v['tpir_at_fpir_1e-2']:.2f} | "
                              f"{100 * v['tpir_at_fpir_1e-1']:.2f} |")
         else:
-            res = run_identification(data, protocol, cals, people, seed)
+            res = calibrated_identification(data, protocol, cals, people, seed)
             for m, v in res.items():
                 lines.append(f"| {half} | {m} | {100 * v['p_at_1']:.2f} | "
                              f"{100 * v['map_at_r']:.2f} |")

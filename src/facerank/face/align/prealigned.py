@@ -18,7 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facerank.align import (
+from facerank.errors import InputError
+from facerank.face.align.dlib_chip import (
     ARCFACE112,
     _template,
     chip_transform,
@@ -26,8 +27,7 @@ from facerank.align import (
     extract_chip,
     mean_face_points5,
 )
-from facerank.detect import Detection, FaceDetector
-from facerank.errors import InputError
+from facerank.face.detect import Detection, FaceDetector
 
 ALIGNED = ("none", "auto", "dlib150", "arcface112")
 _AUTO_SIZES = {150: "dlib150", 112: "arcface112"}

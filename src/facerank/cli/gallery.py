@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerank.cli_options import (
+from facerank.cli.options import (
     Aligned,
     Backbone,
     Calibrate,
@@ -26,14 +26,13 @@ from facerank.cli_options import (
     RayBatch,
     RayConcurrency,
     describe_detection,
-    probe_label,
     ray_extractor,
 )
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
-    from facerank.features import FeatureExtractor, FeatureSet
-    from facerank.gallery import AddReport, Gallery, SearchResult
+    from facerank.face.features import FeatureExtractor, FeatureSet
+    from facerank.gallery import AddReport, SearchResult, StoredGallery
     from facerank.rerank.base import Reranker
 
 gallery_app = typer.Typer(help="A persistent gallery of enrolled faces (one folder).",
@@ -52,17 +51,17 @@ def register(app: typer.Typer) -> None:
 
 def _extractor(detector: str, faces: str, no_face: str, model: Path | None,
                backbone: str = "dlib") -> FeatureExtractor:
-    from facerank.cli import make_extractor
+    from facerank.face.features import make_extractor
 
     return make_extractor(detector, faces, no_face, model, backbone=backbone)
 
 
-def _open(folder: Path, backbone: str | None = None, **kw: Any) -> Gallery:
+def _open(folder: Path, backbone: str | None = None, **kw: Any) -> StoredGallery:
     """Open a gallery; with `backbone`, refuse one built with another backbone."""
-    from facerank.gallery import Gallery
+    from facerank.gallery import StoredGallery
     from facerank.models.backbone import backbone_name, geometry
 
-    g = Gallery.open(folder, **kw)
+    g = StoredGallery.open(folder, **kw)
     if backbone is not None:
         geometry(backbone)  # validates the name
         built = backbone_name(g.meta().get("model_id", ""))
@@ -103,9 +102,9 @@ def create_command(
         "--milvus-collection", help="Collection name (default facerank_faces).")] = None,
 ) -> None:
     """Create an empty gallery; the detector settings are stored and reused by `add`."""
-    from facerank.gallery import Gallery
+    from facerank.gallery import StoredGallery
 
-    g = Gallery.create(folder, _extractor(detector, faces, no_face, model, backbone),
+    g = StoredGallery.create(folder, _extractor(detector, faces, no_face, model, backbone),
                        index=index, milvus_uri=milvus_uri,  # type: ignore[arg-type]
                        milvus_collection=milvus_collection)
     out.print(f"created gallery {folder} ({g.extractor.model_id}, detector "
@@ -149,7 +148,7 @@ def add_command(
     names = [identity or identity_of(f, identity_from) for f in files]  # type: ignore[arg-type]
     g = _open(folder, backbone)
     if aligned != "none":
-        from facerank.prealigned import check_aligned
+        from facerank.face.align.prealigned import check_aligned
 
         g.extractor.aligned = check_aligned(aligned)
     refuse = None
@@ -274,7 +273,8 @@ def search_command(
 ) -> None:
     """Search a gallery for a probe face: Stage-1 cosine (optionally calibrated), then
     Stage-2 re-ranking."""
-    from facerank.features import FeatureSet
+    from facerank.face.detect import probe_label
+    from facerank.face.features import FeatureSet
     from facerank.rerank.base import make_stage2
 
     if top < 1:
@@ -288,18 +288,18 @@ def search_command(
     reranker = make_stage2(stage2, **{n: v for n, v in options.items() if v is not None})
     fx = g.extractor
     if faces is not None and faces != fx.detector.policy:
-        from facerank.detect import FaceDetector
-        from facerank.features import FeatureExtractor
+        from facerank.face.detect import FaceDetector
+        from facerank.face.features import FeatureExtractor
 
         d = fx.detector
         det = FaceDetector(method=d.method, policy=faces,  # type: ignore[arg-type]
                            fallback=d.fallback, upsample=d.upsample, align5=d.align5)
         fx = FeatureExtractor(backbone=fx.backbone, grids=fx.grid_names, detector=det)
-    from facerank.calibrate.cli import build as build_calibrator
+    from facerank.calibrate.factory import build as build_calibrator
 
     cal = build_calibrator(calibrate, calibrate_with, fx.model_id)
     if aligned != "none":
-        from facerank.prealigned import check_aligned
+        from facerank.face.align.prealigned import check_aligned
 
         fx.aligned = check_aligned(aligned)
     probe_fs = FeatureSet.stack([fx.extract_file(probe)])

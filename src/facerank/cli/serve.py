@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from facerank.cli_options import Calibrate
+from facerank.cli.options import Calibrate
 from facerank.errors import InputError
 
 err = Console(stderr=True, soft_wrap=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facerank._util.paths import lfw_root
 from facerank.errors import DataError
-from facerank.paths import lfw_root
 
 
 @dataclass

@@ -9,11 +9,34 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facerank.errors import ImageError
+from facerank.errors import ImageError, InputError
 
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompression bombs)
 MIN_SIDE = 32  # smaller images cannot hold a detectable face
 ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under `folder` (recursive, sorted by path)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def expand_images(paths: list[Path]) -> list[Path]:
+    """Files as given, folders expanded to their image files (`list_images`), in order."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(list_images(p))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return files
 
 
 def _describe(source: str | Path | bytes, name: str | None) -> str:

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facerank._util.checkpoint import load_checkpoint, load_into
+from facerank._util.progress import progress_bar
 from facerank.errors import InputError
-from facerank.features import FeatureSet
-from facerank.progress import progress_bar
+from facerank.face.features import FeatureSet
+from facerank.ranking import Ranking
 from facerank.rerank.base import (
     GatedBlendReranker,
     register_stage2,
@@ -28,12 +30,10 @@ from facerank.rerank.base import (
     rerank_depth,
 )
 from facerank.rerank.device import CPU_VIT_CHUNK_PAIRS, default_chunk_pairs, pick_device
-from facerank.rerank.emd import pool_grid
-from facerank.rerank.emd_reranker import parse_grid
+from facerank.rerank.emd.reranker import parse_grid
+from facerank.rerank.emd.solver import pool_grid
 from facerank.rerank.gate import QualityGate, gate_features, query_features
-from facerank.rerank.vit import FaceViT, ViTConfig
-from facerank.search import Ranking
-from facerank.train.checkpoint import load_checkpoint, load_into, read_config
+from facerank.rerank.vit.model import FaceViT, ViTConfig
 
 KIND = "vit"
 BUNDLED = Path(__file__).resolve().parent / "checkpoints"
@@ -204,11 +204,6 @@ def _make(checkpoint: str | None = None, k: int = 100, alpha: float | None = Non
     extra = {} if alpha is None else {"alpha": alpha}
     return Stage2ViT.load(path, backbone=backbone, k=k, gate=gate, device=device,
                           **extra, **kw)
-
-
-def checkpoint_info(path: str | Path = DEFAULT_CHECKPOINT) -> dict:
-    """The JSON config of a Face-ViT checkpoint (for reports)."""
-    return read_config(path)
 
 
 # ---- explanations -----------------------------------------------------------------------------

@@ -15,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from facerank.align import dlib5_from_points5
+from facerank._util.paths import DLIB_MMOD, DLIB_SHAPE5, DLIB_SHAPE68, bundled_model, yunet_model
 from facerank.errors import InputError, MultipleFacesError, NoFaceError
-from facerank.paths import DLIB_MMOD, DLIB_SHAPE5, DLIB_SHAPE68, bundled_model, yunet_model
+from facerank.face.align.dlib_chip import dlib5_from_points5
 
 Method = Literal["hog", "mmod", "yunet"]
 Policy = Literal["largest", "center", "strict"]
@@ -273,3 +273,12 @@ class FaceDetector:
                           int(round(box[2])) - 1, int(round(box[3])) - 1)
         l5, l68 = self._landmarks(np.ascontiguousarray(image), rect)
         return Detection(box, 0.0, l5, l68, f"fallback-{self.fallback}")
+
+
+def probe_label(name: str, source: str, score: float) -> str:
+    """A picture title naming how the face was found (explanation PNGs, web page)."""
+    if source.startswith("fallback-"):
+        return f"{name} (no face detected: {source[9:]} box)"
+    if source.startswith("aligned-"):
+        return f"{name} (aligned {source[8:]})"
+    return f"{name} ({source} {score:.2f})" if source else name

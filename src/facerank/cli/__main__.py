@@ -1,0 +1,7 @@
+"""`python -m facerank.cli ...` runs the `facerank` command."""
+
+import sys
+
+from facerank.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""`facerank train HEAD ...`: one command group, a command per learned head (IDA-L, URL,
+Face-ViT). The training code lives beside each head (`calibrate.train`, `uncertainty.train`,
+`rerank.vit.train`); these commands only parse options, run it and print what was written.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU
+from facerank.cli.options import Backbone
+from facerank.errors import InputError
+from facerank.uncertainty.train import EDITS
+
+train_app = typer.Typer(name="train", no_args_is_help=True,
+                        help="Train a head on LFW's identity-disjoint split (backbone frozen).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
+
+
+@train_app.command("ida-l")
+def ida_l_command(
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + NAME.json).")]
+    = Path("ida-l.pt"),
+    train_fold: Annotated[bool, typer.Option(
+        "--train-fold/--other-fold", help="Train on identity half True (the bundled default's) "
+        "or False of facerank.train.split.identity_fold.")] = True,
+    k: Annotated[int, typer.Option(help="Support set size.")] = DEFAULT_K,
+    tau: Annotated[float, typer.Option(help="DAO temperature.")] = DEFAULT_TAU,
+    hidden: Annotated[int, typer.Option(help="Hidden width of the 2-layer regressor.")] = 256,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the anchor pick and the training.")] = 0,
+    save_anchors: Annotated[Path | None, typer.Option(
+        help="Also write the anchor set (.npz) that IDA-R and AS-norm can use.")] = None,
+    backbone: Backbone = "dlib",
+) -> None:
+    """Train IDA-L (backbone frozen) on LFW identity half; report held-out R^2."""
+    from rich.console import Console
+
+    from facerank._util.checkpoint import save_checkpoint
+    from facerank.calibrate.ssr import SSR
+    from facerank.calibrate.train import fit_idal, heldout_r2
+    from facerank.eval.protocols import EvalData, lfw_extractor
+    from facerank.eval.studies.calibration_protocols import anchors_from_rows, half_anchor_rows
+    from facerank.train.split import describe_split, identity_fold
+
+    console = Console()
+    data = EvalData.load(lfw_extractor(backbone=backbone))  # LFW features of that backbone
+    fold = identity_fold(data.lfw.labels, 0)
+    rows = np.flatnonzero(fold == train_fold)
+    test_rows = np.flatnonzero(fold != train_fold)
+    a_rows = half_anchor_rows(data, train_fold, per_identity=1, seed=seed)
+    anchors = anchors_from_rows(data, a_rows, split=describe_split(train_fold), seed=seed,
+                                per_identity=1)
+    emb = data.features.embeddings
+    cal, config = fit_idal(anchors, emb[rows], np.asarray(data.lfw.names)[data.lfw.labels[rows]],
+                           k, tau, hidden, epochs, seed, progress=True)
+    config["r2_heldout"] = heldout_r2(cal, anchors, emb[test_rows])
+    config["n_heldout_faces"] = len(test_rows)
+    config["command"] = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    config["split"] = describe_split(train_fold)
+    config["anchors"] = {"per_identity": 1, "seed": seed, "n": len(anchors),
+                         "identities": sorted(set(anchors.labels.tolist()))}
+    config["digest"] = f"{anchors.digest()}-k{k}-t{tau:g}-s{seed}"
+    assert isinstance(cal.model, SSR)
+    path = save_checkpoint(out, cal.model, config)
+    if save_anchors is not None:
+        anchors.meta.update(split=describe_split(train_fold))
+        anchors.save(save_anchors)
+    console.print(f"IDA-L: R^2 train {config['r2_train']:.4f}, held-out identity half "
+                  f"{config['r2_heldout']:.4f} ({len(test_rows)} faces); wrote {path}")
+
+
+@train_app.command("url")
+def url_command(
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + NAME.json).")
+                   ] = Path("url-fold-true.pt"),
+    fold: Annotated[bool, typer.Option("--fold/--other-fold",
+                                       help="Train on identity fold True (default) or False."
+                                       )] = True,
+    epochs: Annotated[int, typer.Option(help="Passes over the samples.")] = 12,
+    k: Annotated[int, typer.Option("--k", help="Number of sub-embeddings.")] = 16,
+    width: Annotated[int, typer.Option(help="Total embedding width (multiple of K).")] = 512,
+    grid: Annotated[str, typer.Option(help="Grid the head reads besides the descriptor "
+                                            "('none': descriptor only).")] = "l1",
+    edits: Annotated[str, typer.Option(help="Comma-separated edited copies to train on.")
+                     ] = ",".join(EDITS),
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the identity split.")] = 0,
+    per_edit: Annotated[int | None, typer.Option(
+        help="Edit only this many LFW images per edit kind (disjoint seeded subsets); "
+        "default: every image, as the shared harness caches them.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train URL confidence-aware sub-embeddings (backbone frozen)."""
+    from facerank._util.checkpoint import save_checkpoint
+    from facerank.train.split import describe_split
+    from facerank.uncertainty.train import (
+        build_samples,
+        default_config,
+        load_url_data,
+        train_url,
+    )
+    from facerank.uncertainty.url import KIND, run_head
+
+    kinds = tuple(e for e in edits.split(",") if e)
+    unknown = sorted(set(kinds) - set(EDITS))
+    if unknown:
+        raise InputError(f"unknown edit(s) {unknown}; choose from {', '.join(EDITS)}")
+    g = None if grid == "none" else grid
+    ud = load_url_data(kinds, per_edit, split_seed, progress=progress)
+    samples = build_samples(ud, fold, g)
+    config = default_config(ud, g, k, width)
+    head, stats = train_url(samples, config, epochs=epochs, seed=seed, progress=progress)
+    ref = run_head(head, samples.desc[samples.kinds == "clean"],
+                   None if g is None else samples.grid[samples.kinds == "clean"])
+    meta = {"kind": KIND, "backbone": ud.data.extractor.model_id,
+            "config": config.to_dict(),
+            "command": " ".join(["facerank", *sys.argv[1:]]), "seed": seed,
+            "split": describe_split(fold, split_seed), "data": ud.describe,
+            "edits": list(kinds),
+            # 1.0 on the confidence bar = the median clean training face
+            "reference_confidence": float(np.median(ref.face)), "training": stats}
+    path = save_checkpoint(out, head, meta)
+    typer.echo(f"wrote {path} ({stats['samples']} samples, {stats['classes']} identities, "
+               f"{stats['seconds']:.0f} s; identification loss "
+               f"{stats['history']['identification'][0]:.3f} -> "
+               f"{stats['history']['identification'][-1]:.3f})")
+
+
+@train_app.command("vit")
+def vit_command(
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + "
+                                      "NAME.json).")] = Path("vit-h2l.pt"),
+    variant: Annotated[str, typer.Option(help="h2l (ships), h2 or h1.")] = "h2l",
+    grid: Annotated[str, typer.Option(help="Backbone grid: l1 (4x4), l2 (8x8), l2p4.")
+                    ] = "l1",
+    width: Annotated[int, typer.Option(help="Token width d (the bundled model: 128).")
+                     ] = 128,
+    depth: Annotated[int, typer.Option(help="Transformer blocks (1-8).")] = 1,
+    heads: Annotated[int, typer.Option(help="Attention heads (1-8).")] = 4,
+    embed_dim: Annotated[int, typer.Option(help="Size of f1, f2 / the embedding.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs (the bundled "
+                                        "model: 16).")] = 16,
+    batch: Annotated[int, typer.Option(help="Pairs per step.")] = 256,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    train_fold: Annotated[int, typer.Option(help="Identity half to train on (1 = fold "
+                                            "True of facerank.train.split).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of model, pairs and held-out people.")
+                    ] = 0,
+    variants: Annotated[str, typer.Option(help="Occluded variants to train on, comma-"
+                                          "separated.")] = "crop,mask,sunglasses",
+) -> None:
+    """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
+    import torch
+    from rich.console import Console
+
+    from facerank.rerank.vit.train import train_vit
+
+    if train_fold not in (0, 1) or epochs < 1 or batch < 1 or lr <= 0:
+        raise InputError(f"--train-fold must be 0 or 1 and --epochs, --batch, --lr "
+                         f"positive; got {train_fold}, {epochs}, {batch}, {lr}")
+    torch.manual_seed(seed)
+    command = "facerank train vit " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
+                     "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
+                    seed, out, command,
+                    variants=tuple(v.strip() for v in variants.split(",") if v.strip()))
+    m = res["config"]["measured"]
+    Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
+                    f"{m['history'][-1]['val_auc']:.4f} (cosine "
+                    f"{m['val_auc_stage1_cosine']:.4f}); alpha {res['config']['alpha']:g}"
+                    f" -> wrote {out}")

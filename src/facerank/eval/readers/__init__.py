@@ -1,0 +1,1 @@
+"""Readers of evaluation data sets on disk (LFW's folder and `pairs.txt`)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from facerank.errors import DataError, ModelFileError
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[3]  # src/facerank/_util/paths.py -> checkout
 
 
 def data_root() -> Path:

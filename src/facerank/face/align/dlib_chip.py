@@ -81,9 +81,9 @@ def check_landmarks(landmarks: np.ndarray | None,
                          "got None")
     pts = np.asarray(landmarks, dtype=np.float64)
     if pts.shape not in shapes:
-        raise InputError(f"{where}: must be dlib's "
-                         + " or ".join(f"{s[0]}-point {s}" for s in shapes)
-                         + f" shape, got {pts.shape}")
+        raise InputError(f"{where}: must have shape {' or '.join(map(str, shapes))} (dlib's "
+                         f"{' or '.join(str(s[0]) for s in shapes)}-point landmarks), got "
+                         f"{pts.shape}")
     bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
     if len(bad):
         raise InputError(f"{where}: landmark {int(bad[0])} is NaN/inf ({len(bad)} bad points); "

@@ -36,7 +36,7 @@ from facerank.rerank.gate import QualityGate, gate_features, query_features
 from facerank.rerank.vit.model import FaceViT, ViTConfig
 
 KIND = "vit"
-BUNDLED = Path(__file__).resolve().parent / "checkpoints"
+BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints"  # rerank/checkpoints
 DEFAULT_CHECKPOINT = BUNDLED / "vit-h2l-dlib.pt"
 
 

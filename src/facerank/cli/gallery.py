@@ -131,18 +131,12 @@ def add_command(
     ray_concurrency: RayConcurrency = None,
 ) -> None:
     """Enrol images (resumable: files already in the gallery are skipped)."""
-    from facerank.gallery import identity_of, list_images
+    from facerank.face.imageio import expand_images
+    from facerank.gallery import identity_of
 
     if identity_from not in ("folder", "filename"):
         raise InputError(f"--identity-from {identity_from!r}: use folder or filename")
-    files: list[Path] = []
-    for p in images:
-        if p.is_dir():
-            files.extend(list_images(p))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError(f"{p}: no such file or folder")
+    files = expand_images(images)
     if not files:
         raise InputError(f"no image files found in {', '.join(map(str, images))}")
     names = [identity or identity_of(f, identity_from) for f in files]  # type: ignore[arg-type]

@@ -285,3 +285,16 @@ def test_tinyface_layout(small: SimpleNamespace, tmp_path: Path,
     code, err = _run(["eval", f"tinyface:{tmp_path / 'tinyface'}", "--out",
                       str(tmp_path / "out")], capsys)
     assert code == 2 and "'99999'" in err and len(err.splitlines()) == 1
+
+
+def test_option_conflicts_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    path = write_bin(tmp_path / "x.bin", [b"a", b"b", b"c", b"d"], np.array([True, False]))
+    for args, words in (([f"bin:{path}", "--stage2", "emd", "--calibrate", "ida-r"],
+                         "--stage2 none"),
+                        ([f"ijb:{tmp_path}", "--stage2", "emd"], "apply to bin:"),
+                        ([f"ijb:{tmp_path}", "--pool", "max"], "--pool"),
+                        (["bin:"], "give a path"),
+                        (["lfw-pairs", "--calibrate-with", str(path)], "--calibrate-with")):
+        code, err = _run(["eval", *args, "--out", str(tmp_path / "o")], capsys)
+        assert code == 2 and len(err.splitlines()) == 1 and words in err, (args, err)

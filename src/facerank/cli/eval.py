@@ -215,8 +215,10 @@ def _eval_external(console, kind: str, path: Path, *, out_dir: Path, stage2: str
         feats, rows = X.embed_bin(vb, fx)
         payload = X.run_bin(vb, feats, rows, reranker, cals)
         table = [("Stage 1 (cosine)", payload["stage1"])]
-        if reranker is not None:  # a pair has no ranked list, so no gate
-            table.append((reranker.describe().replace(", gated", ""), payload["stage2"]))
+        if reranker is not None:  # a pair has no ranked list, so no gate: every pair blends
+            note = (" (the gate needs a ranked list; not applied to pairs)"
+                    if getattr(reranker, "gate", None) is not None else "")
+            table.append((reranker.describe().replace(", gated", "") + note, payload["stage2"]))
         table += [(f"calibrated: {c}", payload[c]) for c in cals]
         md = verification_table(table)
         if cals and calibrate_with is None:

@@ -220,6 +220,18 @@ def test_ijb_one_to_one_and_n(small: SimpleNamespace, tmp_path: Path,
     assert one_n["S1"]["n_mated"] == len(mated) and one_n["S1"]["n_nonmated"] > 0
     assert one_n["S1"]["rank1"] == pytest.approx(one_n["S2"]["rank1"])  # same gallery, reordered
     assert 0.5 <= one_n["S1"]["rank1"] <= 1.0
+    # URL-weighted pooling needs the backbone's URL head (dlib's is bundled, SFace has none)
+    code, err = _run(["eval", f"ijb:{root}", "--backbone", "sface", "--pool", "url", "--out",
+                      str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "no URL confidence head" in err
+    for pool in ("mean", "url"):  # one face per template: weights change nothing
+        code, _ = _run(["eval", f"ijb:{root}", "--pool", pool, "--out", str(tmp_path / "out")],
+                       capsys)
+        assert code == 0
+    rep_m, rep_u = (json.loads((tmp_path / "out" / f"ijb-IJBB_pool-{p}.json").read_text())
+                    for p in ("mean", "url"))
+    assert rep_u["settings"]["pooling"].startswith("URL")
+    assert rep_u["1:1"]["auc"] == pytest.approx(rep_m["1:1"]["auc"], abs=1e-6)
 
 
 def test_ijb_malformed_meta(small: SimpleNamespace, tmp_path: Path,

@@ -1,4 +1,5 @@
-"""`facerank eval PROTOCOL`: run an LFW protocol and write JSON + markdown reports."""
+"""`facerank eval PROTOCOL`: run an LFW protocol, or a benchmark on disk (`bin:`, `ijb:`,
+`tinyface:`), and write JSON + markdown reports."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def eval_command(
     ray_batch_size: RayBatch = 32,
     ray_concurrency: RayConcurrency = None,
 ) -> None:
-    """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
+    """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol or a benchmark on disk."""
     from rich.console import Console
 
     from facerank.eval import protocols as P
@@ -230,7 +231,7 @@ def _eval_external(console, kind: str, path: Path, *, out_dir: Path, stage2: str
         ijb = load_ijb(path)
         fx = X.bin_extractor(backbone)  # the landmark file gives the points; no detection
         feats = X.embed_ijb(ijb, fx)
-        weights = X.url_weights(feats, backbone) if pool == "url" else None
+        weights = X.url_weights(feats, fx) if pool == "url" else None
         payload = X.run_ijb(ijb, feats, weights)
         o = payload["1:1"]
         md = ("| set | pooling | TAR@FAR=1e-4 | TAR@FAR=1e-5 | AUC |\n|---|---|---|---|---|\n"

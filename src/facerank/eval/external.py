@@ -149,14 +149,14 @@ def pool_templates(embeddings: np.ndarray, templates: np.ndarray,
     return ids, (acc / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def url_weights(feats: FeatureSet, backbone: str) -> np.ndarray:
-    """(N,) URL face confidences of features, for confidence-weighted pooling."""
+def url_weights(feats: FeatureSet, fx: FeatureExtractor) -> np.ndarray:
+    """(N,) URL face confidences of features made by `fx`, for confidence-weighted pooling."""
     from facerank.uncertainty.confidence import confidences, default_head
 
-    found = default_head(backbone)
+    found = default_head(fx.model_id)
     if found is None:
-        raise InputError(f"no URL confidence head for backbone {backbone}; pool with the plain "
-                         "mean (drop --pool url)")
+        raise InputError(f"no URL confidence head for backbone {fx.backbone.name} (or "
+                         "FACERANK_URL=off); pool with the plain mean (--pool mean)")
     return np.asarray(confidences(feats, found[0]).face, np.float64)
 
 

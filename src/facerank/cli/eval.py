@@ -1,4 +1,5 @@
-"""`facerank eval PROTOCOL`: run an LFW protocol and write JSON + markdown reports."""
+"""`facerank eval PROTOCOL`: run an LFW protocol, or a benchmark on disk (`bin:`, `ijb:`,
+`tinyface:`), and write JSON + markdown reports."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 from facerank.cli.options import (
     Backbone,
     Calibrate,
+    CalibrateWith,
     Gate,
     Ray,
     RayBatch,
@@ -30,7 +32,8 @@ def register(app: typer.Typer) -> None:
 def eval_command(
     protocol: Annotated[str, typer.Argument(
         help="lfw-1680, lfw-crop, lfw-mask, lfw-sunglasses, lfw-lowres, lfw-pairs, lfw-openset "
-        "or all.")],
+        "or all; or a benchmark on disk: bin:FILE.bin (insightface verification set), "
+        "ijb:FOLDER (IJB-B/C), tinyface:FOLDER.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval-out"),
     stage2: Annotated[str, typer.Option(help="Stage-2 method (none, emd, vit, vit+emd).")] = "none",
     grid: Annotated[str, typer.Option(help="EMD patch grid: l2, l1, l2p4 (l2 pooled 4x4)...")]
@@ -47,6 +50,9 @@ def eval_command(
     = False,
     limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N queries.")] = None,
     calibrate: Calibrate = "none",
+    calibrate_with: CalibrateWith = None,
+    pool: Annotated[str, typer.Option(
+        help="ijb: template pooling, mean or url (URL-confidence-weighted mean).")] = "mean",
     detector: Annotated[str, typer.Option(
         help="Query chain of lfw-1680 and the photo protocols: lfw (the fixed set-up: HOG, "
         "centre face, central box, as round 1, the bundled gate and the caches), or yunet, hog, "
@@ -59,7 +65,7 @@ def eval_command(
     ray_batch_size: RayBatch = 32,
     ray_concurrency: RayConcurrency = None,
 ) -> None:
-    """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol."""
+    """Evaluate Stage 1 (and a Stage-2 re-ranker) on an LFW protocol or a benchmark on disk."""
     from rich.console import Console
 
     from facerank.eval import protocols as P
@@ -72,6 +78,17 @@ def eval_command(
     from facerank.rerank.base import make_stage2
 
     console = Console()
+    from facerank.eval.external import split_target
+
+    target = split_target(protocol)
+    if target is not None:
+        _eval_external(console, *target, out_dir=out_dir, stage2=stage2, grid=grid,
+                       weighting=weighting, alpha=alpha, k=k, gate=gate, calibrate=calibrate,
+                       calibrate_with=calibrate_with, pool=pool, backbone=backbone)
+        return
+    if calibrate_with is not None:
+        raise InputError("--calibrate-with applies to bin: benchmarks; the LFW protocols build "
+                         "identity-disjoint anchors themselves")
     names = list(P.PROTOCOLS) if protocol == "all" else [protocol]
     for n in names:
         if n not in P.PROTOCOLS + P.PHOTO:
@@ -158,3 +175,87 @@ def eval_command(
 def _alpha_tag(alpha: float | None) -> str:
     """The alpha in a report's file name ("default" for a method without one alpha)."""
     return "default" if alpha is None else f"{alpha:g}"
+
+
+def _eval_external(console, kind: str, path: Path, *, out_dir: Path, stage2: str,  # noqa: ANN001
+                   grid: str, weighting: str, alpha: float | None, k: int, gate: str,
+                   calibrate: str, calibrate_with: Path | None, pool: str, backbone: str) -> None:
+    """`facerank eval bin:FILE | ijb:FOLDER | tinyface:FOLDER` (facerank.eval.external)."""
+    from facerank.eval import external as X
+    from facerank.eval.report import verification_table, write_report
+
+    command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if kind != "bin" and (stage2 != "none" or calibrate != "none"):
+        raise InputError(f"{kind}: benchmarks report Stage 1 (pooled templates / plain "
+                         "search); --stage2 and --calibrate apply to bin: sets")
+    if pool not in ("mean", "url"):
+        raise InputError(f"--pool {pool!r}: use mean or url")
+    t0 = time.perf_counter()
+    stem = path.stem if kind == "bin" else path.name
+    tag = f"{kind}-{stem}" if backbone == "dlib" else f"{backbone}_{kind}-{stem}"
+    if kind == "bin":
+        from facerank.calibrate.factory import build
+        from facerank.eval.readers.insightface_bin import read_bin
+        from facerank.rerank.base import make_stage2
+
+        if calibrate != "none" and stage2 != "none":
+            raise InputError("--calibrate evaluates calibrated Stage 1 only; pass --stage2 none")
+        vb = read_bin(path)
+        fx = X.bin_extractor(backbone)
+        cals = {}
+        if calibrate != "none":
+            cals[calibrate] = build(calibrate, calibrate_with, fx.model_id)
+            tag += f"_calibrate-{calibrate}"
+        reranker = None
+        if stage2 != "none":
+            options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k,
+                       "gate": gate, "backbone": backbone if backbone != "dlib" else None}
+            reranker = make_stage2(stage2, **{n: v for n, v in options.items() if v is not None})
+            tag += f"_{stage2}-{grid}-{weighting}"
+        console.print(f"{path}: {len(vb)} pairs, {len(vb.images)} images")
+        feats, rows = X.embed_bin(vb, fx)
+        payload = X.run_bin(vb, feats, rows, reranker, cals)
+        table = [("Stage 1 (cosine)", payload["stage1"])]
+        if reranker is not None:  # a pair has no ranked list, so no gate: every pair blends
+            note = (" (the gate needs a ranked list; not applied to pairs)"
+                    if getattr(reranker, "gate", None) is not None else "")
+            table.append((reranker.describe().replace(", gated", "") + note, payload["stage2"]))
+        table += [(f"calibrated: {c}", payload[c]) for c in cals]
+        md = verification_table(table)
+        if cals and calibrate_with is None:
+            md += ("\n\nthe bundled calibration anchors are LFW faces; on sets that share "
+                   "LFW's people (lfw, calfw, cplfw) they are not identity-disjoint")
+    elif kind == "ijb":
+        from facerank.eval.readers.ijb import load_ijb
+
+        ijb = load_ijb(path)
+        fx = X.bin_extractor(backbone)  # the landmark file gives the points; no detection
+        feats = X.embed_ijb(ijb, fx)
+        weights = X.url_weights(feats, fx) if pool == "url" else None
+        payload = X.run_ijb(ijb, feats, weights)
+        o = payload["1:1"]
+        md = ("| set | pooling | TAR@FAR=1e-4 | TAR@FAR=1e-5 | AUC |\n|---|---|---|---|---|\n"
+              f"| {ijb.name} | {pool} | {100 * o['tar_at_far_1e-4']:.2f} | "
+              f"{100 * o['tar_at_far_1e-5']:.2f} | {o['auc']:.4f} |")
+        if "1:N" in payload:
+            md += ("\n\n| gallery | TPIR@FPIR=1% | TPIR@FPIR=10% | rank-1 | rank-5 |\n"
+                   "|---|---|---|---|---|\n" + "\n".join(
+                       f"| {g} | {100 * v['tpir_at_fpir_1e-2']:.2f} | "
+                       f"{100 * v['tpir_at_fpir_1e-1']:.2f} | {100 * v['rank1']:.2f} | "
+                       f"{100 * v['rank5']:.2f} |" for g, v in payload["1:N"].items()))
+        tag += f"_pool-{pool}"
+    else:
+        from facerank.eval.readers.tinyface import load_tinyface
+
+        tfd = load_tinyface(path)
+        payload = X.run_tinyface(tfd, X.tinyface_extractor(backbone))
+        r = payload["stage1"]
+        md = ("| method | rank-1 | rank-5 | rank-20 |\n|---|---|---|---|\n"
+              f"| Stage 1 (cosine) | {100 * r['rank1']:.2f} | {100 * r['rank5']:.2f} | "
+              f"{100 * r['rank20']:.2f} |")
+    payload["command"] = command
+    payload["backbone"] = backbone
+    payload["seconds_total"] = time.perf_counter() - t0
+    json_path, md_path = write_report(out_dir, tag, payload, f"{md}\n\n`{command}`")
+    console.print(md)
+    console.print(f"wrote {json_path} and {md_path}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,6 +257,20 @@ class FeatureExtractor:
                 return self.align_detection(image, det)  # other templates from its points5
         return self.align_detection(image, self.detector.detect(image, name))
 
+    def align_points5(self, image: np.ndarray, points5: np.ndarray) -> Aligned:
+        """Cut the backbone's chip of a face whose 5 ArcFace points (5, 2) are known; the 68
+        landmarks are predicted on the chip (for masks and LMK weights)."""
+        from facerank.face.align.dlib_chip import dlib5_from_points5
+
+        p5 = np.asarray(points5, dtype=np.float64)
+        h, w = image.shape[:2]
+        det = Detection(np.array([0.0, 0.0, w, h]), 1.0, dlib5_from_points5(p5), None,
+                        "known-points5", p5)
+        a = self.align_detection(image, det)
+        a.chip_landmarks68 = self.detector.chip_landmarks68(
+            a.chip[None], box=self.backbone.geometry.face_box)[0]
+        return a
+
     def align_detection(self, image: np.ndarray, det: Detection) -> Aligned:
         """Cut the backbone's chip of an already detected face."""
         points = self.backbone.points(det)  # (5, 2) the points this backbone aligns on
@@ -303,9 +317,53 @@ class FeatureExtractor:
         progress: bool = True,
         raise_errors: bool = False,
         description: str = "extracting",
+        points5: Sequence[np.ndarray] | np.ndarray | None = None,
     ) -> FeatureSet:
-        """Features for many files, in order; bad files are skipped and listed in `failures`."""
+        """Features for many files, in order; bad files are skipped and listed in `failures`.
+
+        points5 (N, 5, 2): known ArcFace points of each image's face (eye centres, nose tip,
+        mouth corners, as a benchmark's landmark file gives them); then nothing is detected.
+        """
         paths = [str(p) for p in paths]
+        known = None
+        if points5 is not None:
+            pts = np.asarray(points5, dtype=np.float64)
+            if pts.shape != (len(paths), 5, 2):
+                raise InputError(f"points5 must be ({len(paths)}, 5, 2), got {pts.shape}")
+            known = dict(zip(paths, pts, strict=True))
+        return self._extract_items(
+            paths, lambda p: Path(p).read_bytes() if Path(p).is_file() else b"",
+            progress, raise_errors, description, known)
+
+    def extract_blobs(
+        self,
+        blobs: Sequence[bytes],
+        names: Sequence[str],
+        progress: bool = True,
+        raise_errors: bool = False,
+        description: str = "extracting",
+    ) -> FeatureSet:
+        """`extract_paths` on encoded image files held in memory (`names[i]` names
+        `blobs[i]` in errors and in `FeatureSet.paths`); cached by content as files are."""
+        if len(blobs) != len(names):
+            raise InputError(f"{len(blobs)} images but {len(names)} names")
+        by_name = dict(zip(names, blobs, strict=True))
+        if len(by_name) != len(names):
+            raise InputError("extract_blobs needs one distinct name per image")
+        return self._extract_items(list(names), by_name.__getitem__, progress, raise_errors,
+                                   description)
+
+    def _extract_items(
+        self,
+        paths: list[str],
+        read: Callable[[str], bytes],
+        progress: bool,
+        raise_errors: bool,
+        description: str,
+        known: dict[str, np.ndarray] | None = None,
+    ) -> FeatureSet:
+        """Features of the images `read(name)` returns (b"": missing), in order; `known`:
+        name -> (5, 2) ArcFace points of its face (no detection)."""
         results: dict[int, FaceFeatures] = {}
         failures: list[tuple[str, str]] = []
         pending: list[tuple[int, str, Aligned]] = []
@@ -323,16 +381,20 @@ class FeatureExtractor:
         with progress_bar(progress, description, len(paths)) as advance:
             for i, p in enumerate(paths):
                 try:
-                    data = Path(p).read_bytes() if Path(p).is_file() else b""
+                    data = read(p)
                     digest = file_digest(data)
-                    if self.aligned != "none":  # the same file, read as a crop, is another face
+                    if known is not None:  # the same file at given points is another face
+                        pts = np.round(known[p], 2).tobytes().hex()
+                        digest = file_digest(f"{digest}-points5-{pts}".encode())
+                    elif self.aligned != "none":  # a file read as a crop is another face
                         digest = file_digest(f"{digest}-aligned-{self.aligned}".encode())
                     cached = self._cache_get(digest, p) if data else None
                     if cached is not None:
                         results[i] = cached
                     else:
                         image = load_image(data if data else p, name=p)
-                        pending.append((i, digest, self.align(image, p)))
+                        pending.append((i, digest, self.align(image, p) if known is None
+                                        else self.align_points5(image, known[p])))
                         if len(pending) >= self.batch_size:
                             flush()
                 except FacerankError as e:

@@ -133,7 +133,6 @@ def pct(ms: list[float]) -> dict[str, float]:
 def run_backbone(backbone: str, args: argparse.Namespace,
                  variants: dict[str, dict[str, Callable[[], object]]]) -> dict:
     """Per-stage timings of the chain under each variant ("before" / "after"), alternated."""
-    from facerank.rerank.base import make_stage2
 
     gfiles, probes = pick_images(args.gallery_images, args.probes)
     gallery = open_gallery(backbone, gfiles)

@@ -143,6 +143,9 @@ class GatedBlendReranker:
         score by the pre-gate (None: no pre-gate, every query needs its scores)."""
         if self.pre_gate is None or self.gate is None or self.alpha == 0 or k < 2:
             return None
+        digest = getattr(self.gate, "digest", None)  # the gate may have been replaced since
+        if digest is None or digest() != self.pre_gate.for_gate:
+            return None
         cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
         feats = self.pre_gate_features(queries, cos)
         return None if feats is None else self.pre_gate.maybe_stage2(feats)

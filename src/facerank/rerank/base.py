@@ -21,7 +21,7 @@ from facerank.face.features import FeatureSet
 from facerank.ranking import Ranking
 
 if TYPE_CHECKING:
-    from facerank.rerank.gate import QualityGate
+    from facerank.rerank.gate import PreGate, QualityGate
 
 
 class Reranker(Protocol):
@@ -73,23 +73,34 @@ def reorder_sent(ranking: Ranking, blended: np.ndarray, sent: np.ndarray, name: 
 
 def gated_blend(ranking: Ranking, stage2: np.ndarray, name: str, alpha: float,
                 gate: QualityGate | None,
-                gate_inputs: Callable[[np.ndarray], np.ndarray] | None) -> Ranking:
+                gate_inputs: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+                candidates: np.ndarray | None = None) -> Ranking:
     """Re-order the first k columns by alpha * stage2 + (1 - alpha) * Stage-1 cosine.
 
     stage2 (Q, k): the re-ranker's score of the first k candidates, kept as
     `stage_scores[name]`. With a gate, queries it does not flag as hard keep alpha = 0 (their
-    Stage-1 order); `gate_inputs(cos (Q, k)) -> (Q, F)` gives its features (None: no query
-    features, which a gated blend cannot do without). The alpha each query was blended with is
-    kept as `stage_scores["alpha"]`.
+    Stage-1 order); `gate_inputs(rows (R,), cos (R, k)) -> (R, F)` gives the features of those
+    query rows (None: no query features, which a gated blend cannot do without). candidates
+    (Q,) bool: only these rows may be sent (a pre-gate dropped the others, whose stage2 rows
+    may be NaN: never computed). The alpha each query was blended with is kept as
+    `stage_scores["alpha"]`.
     """
     k = stage2.shape[1]
     cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
     used_alpha = np.full((ranking.num_queries, 1), alpha, dtype=np.float32)
+    if candidates is not None:
+        used_alpha[~candidates] = 0.0
     if gate is not None and k >= 2:
         if gate_inputs is None:
             raise InputError("a gated Stage 2 needs the query features to blend")
-        used_alpha[~gate.use_stage2(gate_inputs(cos))] = 0.0
-    blended = used_alpha * stage2 + (1 - used_alpha) * cos
+        rows = (np.arange(ranking.num_queries) if candidates is None
+                else np.flatnonzero(candidates))
+        send = np.zeros(ranking.num_queries, dtype=bool)
+        if len(rows):
+            send[rows] = gate.use_stage2(gate_inputs(rows, cos[rows]))
+        used_alpha[~send] = 0.0
+    # rows kept in Stage 1 may hold NaN Stage-2 scores (never computed): blend them as cosine
+    blended = np.where(used_alpha > 0, used_alpha * stage2, 0.0) + (1 - used_alpha) * cos
     out = reorder_sent(ranking, blended, used_alpha[:, 0] > 0, name, stage2)
     used = np.full(ranking.indices.shape, np.nan, dtype=np.float32)  # (Q, K)
     used[:, :k] = used_alpha  # 0: the gate kept Stage 1
@@ -106,10 +117,13 @@ class GatedBlendReranker:
     alpha: float
     gate: QualityGate | None
     k: int
+    pre_gate: PreGate | None = None  # the gate's cheap first step, when one ships for it
 
-    def _set_blend(self, alpha: float, k: int, gate: QualityGate | str | None) -> None:
-        """Check and keep alpha (in [0, 1]), k (>= 1) and the gate (a JSON path is loaded)."""
-        from facerank.rerank.gate import QualityGate
+    def _set_blend(self, alpha: float, k: int, gate: QualityGate | str | None,
+                   pre_gate: bool = True) -> None:
+        """Check and keep alpha (in [0, 1]), k (>= 1) and the gate (a JSON path is loaded);
+        pre_gate: use the pre-gate stored for that very gate, if there is one."""
+        from facerank.rerank.gate import PreGate, QualityGate
 
         if not 0.0 <= alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {alpha}")
@@ -117,6 +131,24 @@ class GatedBlendReranker:
             raise InputError(f"k must be >= 1, got {k}")
         self.alpha, self.k = float(alpha), int(k)
         self.gate = QualityGate.load(gate) if isinstance(gate, str) else gate
+        self.pre_gate = (PreGate.for_gate(self.gate) if pre_gate and self.gate is not None
+                         else None)
+
+    def pre_gate_features(self, queries: FeatureSet, cos: np.ndarray) -> np.ndarray | None:
+        """(Q, 10) the pre-gate's inputs (None: this method has no pre-gate features)."""
+        return None
+
+    def maybe_sent(self, queries: FeatureSet, ranking: Ranking, k: int) -> np.ndarray | None:
+        """(Q,) bool: the queries the gate may send to Stage 2, decided before any Stage-2
+        score by the pre-gate (None: no pre-gate, every query needs its scores)."""
+        if self.pre_gate is None or self.gate is None or self.alpha == 0 or k < 2:
+            return None
+        digest = getattr(self.gate, "digest", None)  # the gate may have been replaced since
+        if digest is None or digest() != self.pre_gate.for_gate:
+            return None
+        cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
+        feats = self.pre_gate_features(queries, cos)
+        return None if feats is None else self.pre_gate.maybe_stage2(feats)
 
     def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
                     progress: bool = False) -> np.ndarray:
@@ -129,22 +161,36 @@ class GatedBlendReranker:
         raise NotImplementedError
 
     def blend(self, ranking: Ranking, scores: np.ndarray,
-              queries: FeatureSet | None = None) -> Ranking:
+              queries: FeatureSet | None = None,
+              candidates: np.ndarray | None = None) -> Ranking:
         """Re-order the first k columns by alpha * scores + (1 - alpha) * Stage-1 cosine;
         with a gate (which needs the query features), queries it does not flag as hard keep
-        their incoming order."""
-        inputs = None if queries is None else (
-            lambda cos: self.gate_features(queries, cos, scores))
-        return gated_blend(ranking, scores, self.name, self.alpha, self.gate, inputs)
+        their incoming order. candidates (Q,) bool: only these may be sent (see `maybe_sent`)."""
+        def inputs(rows: np.ndarray, cos: np.ndarray) -> np.ndarray:
+            sub = queries if len(rows) == len(queries) else queries.take(rows)
+            return self.gate_features(sub, cos, scores[rows])
+
+        return gated_blend(ranking, scores, self.name, self.alpha, self.gate,
+                           None if queries is None else inputs, candidates)
 
     def rerank(self, queries: FeatureSet, gallery: FeatureSet, ranking: Ranking,
                progress: bool = False) -> Ranking:
-        """Re-order the first k columns of `ranking` by the blended score."""
+        """Re-order the first k columns of `ranking` by the blended score. With a pre-gate,
+        Stage-2 scores are computed only for the queries it passes (the others keep their
+        order and get NaN Stage-2 scores)."""
         k = rerank_depth(queries, ranking, self.k)
         if k == 0:
             return ranking
-        scores = self.topk_scores(queries, gallery, ranking.indices[:, :k], progress)
-        return self.blend(ranking, scores, queries)
+        maybe = self.maybe_sent(queries, ranking, k)
+        if maybe is None or maybe.all():
+            scores = self.topk_scores(queries, gallery, ranking.indices[:, :k], progress)
+            return self.blend(ranking, scores, queries)
+        scores = np.full((ranking.num_queries, k), np.nan, dtype=np.float32)
+        rows = np.flatnonzero(maybe)
+        if len(rows):
+            scores[rows] = self.topk_scores(queries.take(rows), gallery,
+                                            ranking.indices[rows, :k], progress)
+        return self.blend(ranking, scores, queries, maybe)
 
 
 def register_stage2(name: str) -> Callable[[Callable[..., Reranker]], Callable[..., Reranker]]:

@@ -31,6 +31,7 @@ LIST_FEATURES = ("cos_std", "cos_top1", "cos_peak", "cos_gap10", "cos_mean", "em
                  "emd_max", "emd_mean", "emd_at_cos_top1", "agree")
 QUERY_FEATURES = ("q_norm", "q_grid_mean", "q_grid_std", "q_grid_active", "q_grid_spatial_std")
 FEATURES = LIST_FEATURES + QUERY_FEATURES
+PRE_FEATURES = LIST_FEATURES[:5] + QUERY_FEATURES  # no Stage-2 score: known before any OT
 BUNDLED = Path(__file__).resolve().parent / "gates"
 
 
@@ -69,6 +70,17 @@ def gate_features(cos: np.ndarray, emd: np.ndarray, query: np.ndarray) -> np.nda
         emd.mean(axis=1), emd[:, 0], (emd.argmax(axis=1) == 0).astype(np.float64),
         *query.T,
     ], axis=1)
+
+
+def pre_gate_features(cos: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """cos (Q, k>=2) Stage-1 scores best first, query (Q, 5) -> (Q, 10) `PRE_FEATURES`:
+    the gate's inputs that need no Stage-2 score."""
+    if cos.ndim != 2 or cos.shape[1] < 2 or query.shape != (len(cos), len(QUERY_FEATURES)):
+        raise InputError(f"pre-gate needs (Q, k>=2) Stage-1 scores and (Q, "
+                         f"{len(QUERY_FEATURES)}) query features, got {cos.shape} and "
+                         f"{query.shape}")
+    return gate_features(cos, np.zeros_like(cos), query)[:, [FEATURES.index(f)
+                                                            for f in PRE_FEATURES]]
 
 
 BACKBONE_GATE_PREFIX = {"dlib": "dlib_resnet_v1", "sface": "sface_2021dec_int8bq"}
@@ -110,6 +122,18 @@ class QualityGate:
         """(Q,) bool from (Q, F) `gate_features`."""
         return self.probability(features) > self.threshold
 
+    def digest(self) -> str:
+        """A short hash of the decision rule (weights, scaling, threshold)."""
+        import hashlib
+
+        key = json.dumps([self.mean, self.std, self.coef, self.bias, self.threshold])
+        return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+    def pre_path(self) -> Path | None:
+        """Where this gate's pre-gate is looked for (`<gate>.pre.json` beside its file)."""
+        src = self.meta.get("_path")
+        return None if not src else Path(src).with_suffix(".pre.json")
+
     @classmethod
     def fit(cls, features: np.ndarray, hard: np.ndarray, l2: float = 1e-2,
             clean_budget: float = 0.01, meta: dict | None = None) -> QualityGate:
@@ -147,7 +171,9 @@ class QualityGate:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        raw = asdict(self)
+        raw["meta"].pop("_path", None)  # where it was loaded from: not part of the gate
+        tmp.write_text(json.dumps(raw, indent=2))
         tmp.replace(path)
         return path
 
@@ -167,4 +193,68 @@ class QualityGate:
         if len(gate.coef) != len(FEATURES) or len(gate.mean) != len(FEATURES):
             raise ModelFileError(f"{path}: gate has {len(gate.coef)} weights, expected "
                                  f"{len(FEATURES)}; retrain it with this facerank version")
+        gate.meta["_path"] = str(path)
         return gate
+
+
+@dataclass
+class PreGate:
+    """The cheap first step of a gate: a logistic regression on `PRE_FEATURES` (no Stage-2
+    score) whose threshold passes every query its gate sent on the data it was fitted on.
+    Queries it drops skip Stage 2's optimal transport altogether; the others are decided by
+    the full gate as before. It belongs to one gate (`for_gate` = `QualityGate.digest()`);
+    a pre-gate of another gate is ignored, so re-fitting a gate can never pair it with a stale
+    pre-gate. Stored as `<gate>.pre.json` beside the gate."""
+
+    mean: list[float]
+    std: list[float]
+    coef: list[float]
+    bias: float
+    threshold: float
+    for_gate: str
+    meta: dict = field(default_factory=dict)
+
+    def maybe_stage2(self, features: np.ndarray) -> np.ndarray:
+        """(Q,) bool from (Q, 10) `pre_gate_features`: False = the gate would not send it."""
+        if features.ndim != 2 or features.shape[1] != len(self.coef):
+            raise InputError(f"pre-gate expects (Q, {len(self.coef)}) features, got "
+                             f"{features.shape}")
+        x = (features - np.array(self.mean)) / np.array(self.std)
+        return x @ np.array(self.coef) + self.bias >= self.threshold
+
+    @classmethod
+    def fit(cls, features: np.ndarray, sent: np.ndarray, gate: QualityGate,
+            margin: float = 1.0, meta: dict | None = None) -> PreGate:
+        """Fit on (N, 10) pre-gate features and (N,) the full gate's decisions; the threshold
+        (on the logit) is the lowest logit of a sent query minus `margin`."""
+        if len(features) != len(sent) or not sent.any() or sent.all():
+            raise InputError("pre-gate fitting needs queries the gate sent and some it kept")
+        g = QualityGate.fit(features, sent, clean_budget=0.5)
+        x = (features - np.array(g.mean)) / np.array(g.std)
+        logit = x @ np.array(g.coef) + g.bias
+        threshold = float(logit[sent].min() - margin)
+        return cls(g.mean, g.std, g.coef, g.bias, threshold, gate.digest(),
+                   {"features": list(PRE_FEATURES), "margin": margin,
+                    "kept_share_fit": float((logit <= threshold).mean()), **(meta or {})})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def for_gate(cls, gate: QualityGate) -> PreGate | None:
+        """The pre-gate stored beside `gate`'s file if it was fitted for this very gate."""
+        path = gate.pre_path()
+        if path is None or not path.is_file():
+            return None
+        try:
+            pre = cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModelFileError(f"{path}: not a facerank pre-gate file ({e})") from None
+        if len(pre.coef) != len(PRE_FEATURES):
+            raise ModelFileError(f"{path}: pre-gate has {len(pre.coef)} weights, expected "
+                                 f"{len(PRE_FEATURES)}")
+        return pre if pre.for_gate == gate.digest() else None

@@ -28,7 +28,13 @@ from facerank.rerank.emd.solver import (
     patch_cosine,
     pool_grid,
 )
-from facerank.rerank.gate import QualityGate, bundled_gate, gate_features, query_features
+from facerank.rerank.gate import (
+    QualityGate,
+    bundled_gate,
+    gate_features,
+    pre_gate_features,
+    query_features,
+)
 
 _MODEL_PREFIX = {"dlib": "dlib_resnet", "sface": "sface"}
 _GRID = re.compile(r"^(l[0-4])(?:p(\d+))?$")
@@ -66,11 +72,11 @@ class Stage2EMD(GatedBlendReranker):
                  k: int = 100, eps: float = 0.05, max_iter: int = 100,
                  chunk_pairs: int | None = None, fc_weight: torch.Tensor | None = None,
                  gate: QualityGate | str | None = None, device: str = "cpu",
-                 backbone: str = "dlib") -> None:
+                 backbone: str = "dlib", pre_gate: bool = True) -> None:
         if weighting not in W.WEIGHTINGS:
             raise InputError(f"unknown weighting {weighting!r}; choose from "
                              f"{', '.join(W.WEIGHTINGS)}")
-        self._set_blend(alpha, k, gate)
+        self._set_blend(alpha, k, gate, pre_gate)
         self.grid = grid
         self.grid_name, self.pool = parse_grid(grid)
         self.weighting = weighting
@@ -252,6 +258,13 @@ class Stage2EMD(GatedBlendReranker):
             raise InputError(f"query features have no grid {self.grid_name!r}")
         return gate_features(cos, emd, query_features(queries.descriptors,
                                                       queries.grids[self.grid_name]))
+
+    def pre_gate_features(self, queries: FeatureSet, cos: np.ndarray) -> np.ndarray:
+        """(Q, 10) the pre-gate's inputs: Stage-1 cos (Q, k) and the query statistics."""
+        if self.grid_name not in queries.grids:
+            raise InputError(f"query features have no grid {self.grid_name!r}")
+        return pre_gate_features(cos, query_features(queries.descriptors,
+                                                     queries.grids[self.grid_name]))
 
     def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
                     progress: bool = False) -> np.ndarray:

@@ -331,17 +331,26 @@ class Stage2ViTEMD:
             return ranking
         n_q = ranking.num_queries
         cand = ranking.indices[:, :k]
-        emd = self.emd.emd_scores(queries, gallery, cand, progress)  # type: ignore[attr-defined]
         cos = ranking.stage_scores.get("stage1", ranking.scores)[:, :k]
-        use = np.ones(n_q, dtype=bool)
-        if self.gate is not None and k >= 2:
-            use = self.gate.use_stage2(self.emd.gate_features(queries, cos, emd))  # type: ignore[attr-defined]
+        maybe = self.emd.maybe_sent(queries, ranking, k)  # type: ignore[attr-defined]
+        rows = np.arange(n_q) if maybe is None else np.flatnonzero(maybe)
+        emd = np.full((n_q, k), np.nan, dtype=np.float32)  # EMD only where the gate may send
+        use = np.zeros(n_q, dtype=bool) if maybe is not None else np.ones(n_q, dtype=bool)
+        if len(rows):
+            sub = queries if len(rows) == n_q else queries.take(rows)
+            emd[rows] = self.emd.emd_scores(sub, gallery, cand[rows], progress)  # type: ignore[attr-defined]
+            if self.gate is not None and k >= 2:
+                use[rows] = self.gate.use_stage2(self.emd.gate_features(sub, cos[rows],  # type: ignore[attr-defined]
+                                                                        emd[rows]))
+            else:
+                use[rows] = True
         vit = np.full((n_q, k), np.nan, dtype=np.float32)
         sent = np.flatnonzero(use)
         if len(sent):
             vit[sent] = self.vit.vit_scores(queries.take(sent), gallery, cand[sent], progress)
         av, ae = self.vit.alpha, self.emd.alpha  # type: ignore[attr-defined]
-        both = 0.5 * (av * vit + (1 - av) * cos) + 0.5 * (ae * emd + (1 - ae) * cos)
+        both = np.where(use[:, None], 0.5 * (av * vit + (1 - av) * cos)
+                        + 0.5 * (ae * emd + (1 - ae) * cos), cos)  # kept rows: not re-sorted
         emd_full = np.full(ranking.indices.shape, np.nan, dtype=np.float32)
         emd_full[:, :k] = emd  # kept beside the ViT's scores, permuted with them
         with_emd = Ranking(ranking.indices, ranking.scores,

@@ -248,7 +248,8 @@ def expected_calibration_error(probs: np.ndarray, same: np.ndarray, bins: int = 
     gap = np.zeros(bins)
     gap[nz] = np.abs(mp[nz] / wt[nz] - my[nz] / wt[nz])
     ece = float((wt * gap).sum() / wt.sum())
-    rows = [{"lo": i / bins, "hi": (i + 1) / bins, "n": int(n[i]), "weight": float(wt[i] / wt.sum()),
+    rows = [{"lo": i / bins, "hi": (i + 1) / bins, "n": int(n[i]),
+             "weight": float(wt[i] / wt.sum()),
              "mean_prob": float(mp[i] / wt[i]) if nz[i] else None,
              "share_same": float(my[i] / wt[i]) if nz[i] else None} for i in range(bins)]
     return {"ece": ece, "bins": rows}

@@ -82,6 +82,7 @@ class SearchResult:
     stage_scores: dict[str, float]  # "stage1" (cosine) and each Stage-2 score by name
     confidence: float | None = None  # URL confidence of the gallery face (None: no URL head)
     confidences: list[float] | None = None  # its (K,) sub-embedding confidences
+    probability: float | None = None  # match probability of the pair (Stage-1 score)
 
     @property
     def stage1(self) -> float:
@@ -95,7 +96,8 @@ class SearchResult:
         return {"rank": self.rank, "identity": self.identity, "path": self.path,
                 "image_id": self.image_id, "score": clean(self.score),
                 "stage_scores": {k: clean(v) for k, v in self.stage_scores.items()},
-                "confidence": self.confidence, "confidences": self.confidences}
+                "confidence": self.confidence, "confidences": self.confidences,
+                "match_probability": self.probability}
 
 
 def _refuse(refuse: Refuse, batch: Sequence[tuple[str, str, str]],

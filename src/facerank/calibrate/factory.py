@@ -29,8 +29,13 @@ def build(name: str, path: Path | None = None, model_id: str | None = None
             raise InputError("--calibrate-with needs --calibrate asnorm, ida-r or ida-l")
         return None
     options: dict[str, object] = {}
-    if path is not None:
-        options["checkpoint" if name == "ida-l" else "anchors"] = path
+    if path is not None and name != "ida-l":
+        from facerank.calibrate.anchors import AnchorSet
+        from facerank.calibrate.cohort import check_anchor_file
+
+        options["anchors"] = check_anchor_file(AnchorSet.load(path), model_id)
+    elif path is not None:
+        options["checkpoint"] = path
     if name == "ida-l" and model_id is not None:
         options["backbone"] = model_id
     cal = make_calibrator(name, **options)

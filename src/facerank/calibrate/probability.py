@@ -110,7 +110,7 @@ class MatchProbability:
                                      "non-empty lists")
 
     @classmethod
-    def fit(cls, scores: np.ndarray, same: np.ndarray, kind: str = "isotonic",
+    def fit(cls, scores: np.ndarray, same: np.ndarray, kind: str = "logistic",
             calibrator: str = "none", backbone: str = "dlib", fars: tuple = FARS,
             prior: float = 0.5, meta: dict | None = None) -> MatchProbability:
         """Fit on pair scores (P,) with same (P,) bool, reweighted to `prior` same pairs."""

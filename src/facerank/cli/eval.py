@@ -13,6 +13,7 @@ import typer
 from facerank.cli.options import (
     Backbone,
     Calibrate,
+    CalibrateWith,
     Gate,
     Ray,
     RayBatch,
@@ -47,6 +48,7 @@ def eval_command(
     = False,
     limit: Annotated[int | None, typer.Option(help="Use a seeded subset of N queries.")] = None,
     calibrate: Calibrate = "none",
+    calibrate_with: CalibrateWith = None,
     detector: Annotated[str, typer.Option(
         help="Query chain of lfw-1680 and the photo protocols: lfw (the fixed set-up: HOG, "
         "centre face, central box, as round 1, the bundled gate and the caches), or yunet, hog, "
@@ -79,6 +81,8 @@ def eval_command(
                              f"{', '.join(P.PROTOCOLS + P.PHOTO)} or all")
     if calibrate != "none" and stage2 != "none":
         raise InputError("--calibrate evaluates calibrated Stage 1 only; pass --stage2 none")
+    if calibrate_with is not None and calibrate == "none":
+        raise InputError("--calibrate-with needs --calibrate asnorm, ida-r or ida-l")
     if detector not in ("lfw", "yunet", "hog", "mmod"):
         raise InputError(f"--detector {detector!r}: use lfw, yunet, hog or mmod")
     options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
@@ -105,7 +109,7 @@ def eval_command(
         if calibrate != "none":  # identity-disjoint anchors: facerank.eval.studies.calibration
             from facerank.eval.studies.calibration import eval_protocol
 
-            payload, md = eval_protocol(data, n, calibrate, seed)
+            payload, md = eval_protocol(data, n, calibrate, seed, calibrate_with)
             payload.update(command=command, seconds_total=time.perf_counter() - t0)
             paths = write_report(out_dir, f"{n}_calibrate-{calibrate}", payload,
                                  f"{md}\n\n`{command}`")

@@ -76,3 +76,54 @@ def test_bad_anchor_files() -> None:
 
 def test_small_gallery_falls_back() -> None:
     assert choose_cohort(10) == "lfw" and choose_cohort(500) == "gallery"
+
+
+def test_gallery_search_uses_its_own_cohort_and_follows_renames(lfw_root, extractor,  # noqa: ANN001
+                                                                tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from facerank.calibrate import cohort as C
+    from facerank.calibrate.factory import attach_probability, build, probability_model
+    from facerank.gallery import StoredGallery
+
+    people = ["Ariel_Sharon", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
+    held_out = []
+    for name in people:
+        files = sorted((lfw_root / "images" / name).glob("*.jpg"))
+        (tmp_path / "in" / name).mkdir(parents=True)
+        for f in files[:2]:
+            shutil.copy(f, tmp_path / "in" / name / f.name)
+        held_out.append(files[5])
+    g = StoredGallery.create(tmp_path / "g", extractor, load_grids=False)
+    g.add_folder(tmp_path / "in", progress=False)
+    probe = extractor.extract_paths(held_out[:1], progress=False)
+    cal = build("ida-r", None, extractor.model_id)  # bundled anchors: a gallery may use its own
+    cal.k = 2  # 4 identities: a support of 2 others (the shipped k is 10, minimum 50 people)
+    k = 6
+    # too few identities: the bundled LFW anchors, and the search says so
+    fallback = g.search(probe, k=k, calibrate=cal)
+    used = g.cohort_used(cal)
+    assert used["cohort"] == "lfw" and "fewer than" in used["note"]
+    np.testing.assert_allclose([r.stage_scores["calibrated"] for r in fallback],
+                               cal.score_pairs(np.repeat(probe.embeddings, k, 0),
+                                               g.features().embeddings[[r.row for r in fallback]]),
+                               rtol=1e-5)
+    monkeypatch.setattr(C, "MIN_IDENTITIES", 3)
+    assert g.cohort_used(cal)["cohort"] == "gallery"
+    res = g.search(probe, k=k, calibrate=cal)
+    fs = g.features()
+    labels = np.array([r.identity for r in res])
+    cohort = identity_cohort(fs.embeddings, np.asarray(g.labels()), extractor.model_id)
+    want = cohort_scores("ida-r", cohort, probe.embeddings,
+                         fs.embeddings[[r.row for r in res]][None], labels[None], k=2)[0]
+    np.testing.assert_allclose([r.stage_scores["calibrated"] for r in res], want, rtol=1e-5)
+    assert res[0].identity == people[0]
+    # a match probability for every row, from the pair's Stage-1 calibrated score
+    model = probability_model("ida-r", "dlib")
+    if model is not None:
+        shown = attach_probability(res, model)
+        np.testing.assert_allclose([r.probability for r in shown], model(want), rtol=1e-5)
+    g.rename_identity(people[1], "Someone_Else")
+    after = g.search(probe, k=k, calibrate=cal)
+    assert "Someone_Else" in {r.identity for r in after}
+    g.close()

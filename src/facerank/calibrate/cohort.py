@@ -94,6 +94,8 @@ def cohort_scores(method: str, cohort: AnchorSet, q: np.ndarray, g: np.ndarray,
     return 0.5 * ((cos - mq) / dq + (cos - mg) / dg)
 
 
-def choose_cohort(n_identities: int, minimum: int = MIN_IDENTITIES) -> str:
-    """"gallery" when the gallery has enough identities for its own cohort, else "lfw"."""
-    return "gallery" if n_identities >= minimum else "lfw"
+def choose_cohort(n_identities: int, minimum: int | None = None) -> str:
+    """"gallery" when the gallery has enough identities for its own cohort (`minimum`,
+    default `MIN_IDENTITIES`), else "lfw"."""
+    return "gallery" if n_identities >= (MIN_IDENTITIES if minimum is None else minimum) \
+        else "lfw"

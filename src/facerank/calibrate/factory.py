@@ -39,6 +39,8 @@ def build(name: str, path: Path | None = None, model_id: str | None = None
     if name == "ida-l" and model_id is not None:
         options["backbone"] = model_id
     cal = make_calibrator(name, **options)
+    if cal is not None and path is None and name in ("ida-r", "asnorm"):
+        cal.gallery_cohort = True  # type: ignore[attr-defined] - a gallery may use its own
     if cal is not None and model_id is not None:
         cal.check_model(model_id)
     return cal

@@ -308,6 +308,9 @@ def search_command(
         fx.aligned = check_aligned(aligned)
     probe_fs = FeatureSet.stack([fx.extract_file(probe)])
     results = g.search(probe_fs, k=top, stage2=reranker, calibrate=cal)
+    cohort = g.cohort_used(cal)
+    if cohort is not None and cohort["note"]:
+        err.print(f"note: {cohort['note']}", markup=False, highlight=False)
     from facerank.uncertainty.confidence import attach_results
 
     probe_conf, results = attach_results(g, probe_fs, results)
@@ -328,6 +331,7 @@ def search_command(
                                 "fallback": probe_fs.det_sources[0].startswith("fallback")},
             "stage2": reranker.describe() if reranker is not None else "none",
             "calibrate": cal.describe() if cal is not None else "none",
+            "cohort": cohort,
             "match_probability": factory.describe_probability(prob_model),
             "explanation": str(explained) if explained else None,
             "probe_confidence": probe_conf,

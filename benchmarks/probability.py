@@ -80,6 +80,68 @@ def pair_scores(cal: str, a: np.ndarray, b: np.ndarray, labels: np.ndarray,
     return s[off], same[off]
 
 
+def openset_scores(method: str, cohort: AnchorSet | None, q: np.ndarray, g: np.ndarray,
+                   g_labels: np.ndarray, chunk: int = 64, probe: str = "candidate"
+                   ) -> np.ndarray:
+    """(Q, G) scores of probes against a one-image-per-person gallery. cohort None: the
+    gallery's own identities (candidate left out, as a gallery search scores them); else a
+    fixed anchor set (e.g. the other LFW half, as the bundled anchors)."""
+    from facerank.calibrate.cohort import cohort_scores, identity_cohort
+
+    if method == "none":
+        return q.astype(np.float64) @ g.T.astype(np.float64)
+    if cohort is None:
+        own = identity_cohort(g, g_labels, "m")
+        out = np.empty((len(q), len(g)))
+        gl = np.broadcast_to(g_labels, (chunk, len(g)))
+        for s in range(0, len(q), chunk):
+            qq = q[s : s + chunk]
+            out[s : s + chunk] = cohort_scores(method, own, qq,
+                                               np.broadcast_to(g, (len(qq), *g.shape)),
+                                               gl[: len(qq)], probe=probe)
+        return out
+    cos = q.astype(np.float64) @ g.T.astype(np.float64)
+    none = np.array(["\0"])
+    tq = cohort_terms(method, q, np.repeat(none, len(q)), cohort)
+    tg = cohort_terms(method, g, np.repeat(none, len(g)), cohort)
+    return combine(method, cos, tq[:, None, :], tg[None, :, :])
+
+
+def openset(data: EvalData, rows: np.ndarray, probes: dict[str, np.ndarray],
+            other: AnchorSet, sizes: list[int], cals: tuple[str, ...]) -> dict:
+    """TPIR@FPIR 1 % on an open set of `rows` (half the people enrolled with one image each),
+    probes clean or a variant; per enrolled gallery size (seeded subsets of the people)."""
+    from facerank.eval.metrics import tpir_at_fpir
+    from facerank.eval.protocols import openset_split
+
+    labels = data.lfw.labels
+    emb = data.features.embeddings
+    pos = {int(r): i for i, r in enumerate(rows)}
+    g_idx, mated, nonmated = openset_split(labels, rows, 0)
+    out: dict = {}
+    for n in sizes:
+        g_sel = np.sort(np.random.default_rng(n).permutation(g_idx)[: min(n, len(g_idx))])
+        people = labels[g_sel]
+        m_sel = mated[np.isin(labels[mated], people)]
+        gl = np.asarray(data.lfw.names)[people]
+        for v, pe in probes.items():
+            qm = pe[[pos[int(r)] for r in m_sel]]
+            qn = pe[[pos[int(r)] for r in nonmated]]
+            row = {}
+            for cal in cals:
+                for cname, ch, pr in ((("own", None, "candidate"), ("own-nearest", None, "nearest"),
+                                       ("other", other, "-")) if cal != "none"
+                                      else (("-", None, "-"),)):
+                    sm = openset_scores(cal, ch, qm, emb[g_sel], gl, probe=pr)
+                    sn = openset_scores(cal, ch, qn, emb[g_sel], gl, probe=pr)
+                    r = tpir_at_fpir(sm, labels[m_sel], sn, people, 0.01)
+                    row[cal if cal == "none" else f"{cal}/{cname}"] = float(r["tpir"])
+            out[f"gallery {len(g_sel)} / {v}"] = row
+            console.print(f"open set, {len(g_sel)} enrolled, {v}: "
+                          + ", ".join(f"{k} {100 * x:.2f}" for k, x in row.items()))
+    return out
+
+
 def subset(labels: np.ndarray, rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     multi = rows[np.bincount(labels[rows], minlength=labels.max() + 1)[labels[rows]] >= 2]
     return np.sort(np.random.default_rng(seed).choice(multi, min(n, len(multi)), False))
@@ -145,6 +207,11 @@ def run(args: argparse.Namespace) -> dict:
                                  "identity half A (people with >= 2 images), cohort: one image "
                                  "per person of half A, own identity left out")
                 m.save(DEFAULTS / f"prob-{args.backbone}-{cal}.json")
+        if args.openset:
+            sizes = [int(x) for x in args.openset_sizes.split(",")]
+            run_out["openset_tpir_at_fpir_1e-2"] = openset(
+                data, test_rows, var_emb, cohorts[fit_half], sizes,
+                tuple(args.calibrators.split(",")))
         out["runs"][f"fit {fit_half} -> test {test_half}"] = run_out
     return out
 
@@ -160,11 +227,15 @@ def main() -> None:
                    help="the form written by --write-defaults (logistic: lower held-out ECE)")
     p.add_argument("--one-direction", action="store_true", help="fit A -> test B only")
     p.add_argument("--write-defaults", action="store_true")
+    p.add_argument("--openset", action="store_true",
+                   help="also TPIR@FPIR 1 %% on the test half: own cohort vs other-half anchors")
+    p.add_argument("--openset-sizes", default="10,25,50,100,1000",
+                   help="enrolled gallery sizes (people) of the open set")
     args = p.parse_args()
     out = run(args)
     out["command"] = "python -m benchmarks.probability " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
-    path = write_result(f"probability_{args.backbone}", out)
+    path = write_result(f"probability_{args.backbone}{'_openset' if args.openset else ''}", out)
     console.print(f"wrote {path}")
 
 

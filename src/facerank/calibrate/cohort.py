@@ -70,11 +70,15 @@ def _probe_support(sims: np.ndarray, cohort_labels: np.ndarray, cand_labels: np.
 
 def cohort_scores(method: str, cohort: AnchorSet, q: np.ndarray, g: np.ndarray,
                   g_labels: np.ndarray, k: int = DEFAULT_K, tau: float = DEFAULT_TAU,
-                  top_n: int = DEFAULT_TOP_N) -> np.ndarray:
+                  top_n: int = DEFAULT_TOP_N, probe: str = "candidate") -> np.ndarray:
     """Calibrated scores of Q probes against K candidates each, candidate identity left out.
 
     q (Q, D) probes; g (Q, K, D) candidates; g_labels (Q, K) their identities. method: ida-r
     or asnorm (same formulas as `IDAR` / `ASNorm`) -> (Q, K) float64.
+    probe: whose identity leaves the probe's support: "candidate" (each candidate's, so
+    the probe's support differs per candidate) or "nearest" (the probe's nearest cohort
+    identity, one support per probe: every candidate of a probe, mated or not, is treated
+    alike).
     """
     if method not in ("ida-r", "asnorm"):
         raise InputError(f"a gallery cohort serves ida-r and asnorm, not {method!r}")
@@ -85,7 +89,14 @@ def cohort_scores(method: str, cohort: AnchorSet, q: np.ndarray, g: np.ndarray,
     labels = np.asarray(cohort.labels).astype(str)
     gl = np.asarray(g_labels).astype(str)
     sg = support_excluding_own(g.reshape(-1, d), gl.reshape(-1), cohort, n).reshape(qk, kk, n)
-    sq = _probe_support(q @ cohort.embeddings.T, labels, gl, n)
+    sims = q @ cohort.embeddings.T
+    if probe == "nearest":
+        near = labels[sims.argmax(axis=1)]  # (Q,)
+        sq = _probe_support(sims, labels, np.broadcast_to(near[:, None], gl.shape), n)
+    elif probe == "candidate":
+        sq = _probe_support(sims, labels, gl, n)
+    else:
+        raise InputError(f"probe support {probe!r}: use candidate or nearest")
     if method == "ida-r":
         ug, uq = log_density(sg.reshape(-1, n), tau), log_density(sq.reshape(-1, n), tau)
         return (tau * cos + np.logaddexp(uq, ug).reshape(qk, kk) + np.log(k / 2.0)) / tau

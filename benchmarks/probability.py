@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
             console.print(f"{v}: {len(test_rows)} variant features "
                           f"({time.perf_counter() - t0:.0f} s)")
         run_out: dict = {}
-        for cal in args.calibrators.split(","):
+        for cal in ([] if args.openset_only else args.calibrators.split(",")):
             fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], labels[fit_rows],
                                  cohorts[fit_half])
             models = {k: MatchProbability.fit(fs, fy, kind=k, calibrator=cal,
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
                                  "identity half A (people with >= 2 images), cohort: one image "
                                  "per person of half A, own identity left out")
                 m.save(DEFAULTS / f"prob-{args.backbone}-{cal}.json")
-        if args.openset:
+        if args.openset or args.openset_only:
             sizes = [int(x) for x in args.openset_sizes.split(",")]
             run_out["openset_tpir_at_fpir_1e-2"] = openset(
                 data, test_rows, var_emb, cohorts[fit_half], sizes,
@@ -229,14 +229,51 @@ def main() -> None:
     p.add_argument("--write-defaults", action="store_true")
     p.add_argument("--openset", action="store_true",
                    help="also TPIR@FPIR 1 %% on the test half: own cohort vs other-half anchors")
+    p.add_argument("--openset-only", action="store_true", help="skip the pair measurements")
     p.add_argument("--openset-sizes", default="10,25,50,100,1000",
                    help="enrolled gallery sizes (people) of the open set")
+    p.add_argument("--plot", nargs="+", metavar="JSON",
+                   help="only draw the reliability diagram from these results files")
     args = p.parse_args()
+    if args.plot:
+        plot(args.plot)
+        return
     out = run(args)
     out["command"] = "python -m benchmarks.probability " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
-    path = write_result(f"probability_{args.backbone}{'_openset' if args.openset else ''}", out)
+    path = write_result(f"probability_{args.backbone}{'_openset' if args.openset or args.openset_only else ''}", out)
     console.print(f"wrote {path}")
+
+
+
+def plot(paths: list[str], out: str = "docs/img/probability_reliability.png") -> None:
+    """Reliability diagram (15 bins) of the cosine model, fit A -> test B, per backbone and
+    variant, from results JSON written by `run`."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 4.6), squeeze=False)
+    for ax, p in zip(axes[0], paths, strict=True):
+        d = json.loads(Path(p).read_text())
+        res = d["runs"]["fit A -> test B"]["none"]
+        for key, row in res.items():
+            if not key.startswith("own/"):
+                continue
+            bins = [b for b in row["logistic"]["reliability"] if b["mean_prob"] is not None]
+            ax.plot([b["mean_prob"] for b in bins], [b["share_same"] for b in bins], "o-",
+                    ms=3, label=f"{key[4:]} (ECE {100 * row['logistic']['ece']:.1f} %)")
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set(title=f"{d['backbone']}: cosine -> match probability (LFW half B)",
+               xlabel="predicted match probability", ylabel="share of same-person pairs",
+               xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    console.print(f"wrote {out}")
 
 
 if __name__ == "__main__":

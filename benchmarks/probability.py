@@ -241,7 +241,8 @@ def main() -> None:
     out = run(args)
     out["command"] = "python -m benchmarks.probability " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
-    path = write_result(f"probability_{args.backbone}{'_openset' if args.openset or args.openset_only else ''}", out)
+    tail = "_openset" if args.openset or args.openset_only else ""
+    path = write_result(f"probability_{args.backbone}{tail}", out)
     console.print(f"wrote {path}")
 
 

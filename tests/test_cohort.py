@@ -98,7 +98,7 @@ def test_gallery_search_uses_its_own_cohort_and_follows_renames(lfw_root, extrac
     g.add_folder(tmp_path / "in", progress=False)
     probe = extractor.extract_paths(held_out[:1], progress=False)
     cal = build("ida-r", None, extractor.model_id)  # bundled anchors: a gallery may use its own
-    cal.k = 2  # 4 identities: a support of 2 others (the shipped k is 10, minimum 50 people)
+    cal.k = 2  # 4 identities: a support of 2 others (the shipped k is 10, minimum 200 people)
     k = 6
     # too few identities: the bundled LFW anchors, and the search says so
     fallback = g.search(probe, k=k, calibrate=cal)

@@ -107,12 +107,12 @@ def compare(
     if cmp.calibrated is not None:
         table.add_column(f"{calibrate} score")
         row.append(f"{cmp.calibrated:.4f}")
-    if cmp.probability is not None:
-        table.add_column(SCALE)
-        table.add_column("verdict (FAR 1e-3)")
-        row += [f"{100 * cmp.probability:.1f} %", str(cmp.verdict_far)]
     table.add_row(*row)
     out.print(table)
+    if cmp.probability is not None:
+        score = "cosine" if cmp.calibrated is None else f"{calibrate} score"
+        out.print(f"{SCALE}: {100 * cmp.probability:.1f} % (from the {score}; equal prior odds) "
+                  f"-> {cmp.verdict_far} at FAR 1e-3", markup=False, highlight=False)
     for name, f in ((a, fa), (b, fb)):
         out.print(f"{name}: {describe_detection(f.det_source, f.det_score)}", markup=False,
                   highlight=False, soft_wrap=True)

@@ -127,3 +127,30 @@ def test_gallery_search_uses_its_own_cohort_and_follows_renames(lfw_root, extrac
     after = g.search(probe, k=k, calibrate=cal)
     assert "Someone_Else" in {r.identity for r in after}
     g.close()
+
+
+def test_cli_bad_anchor_and_probability_files_fail_in_one_line(lfw_root, tmp_path,  # noqa: ANN001
+                                                               capsys) -> None:
+    import shutil
+
+    from facerank.calibrate.probability import MatchProbability
+    from facerank.cli.app import main
+
+    img = sorted((lfw_root / "images" / "Tony_Blair").glob("*.jpg"))[0]
+    (tmp_path / "one" / "Tony_Blair").mkdir(parents=True)
+    shutil.copy(img, tmp_path / "one" / "Tony_Blair" / img.name)
+    out = tmp_path / "a.npz"
+    assert main(["calibrate", "anchors", str(tmp_path / "one"), "--out", str(out)]) == 2
+    assert "at least 2" in capsys.readouterr().err and not out.exists()
+    emb, labels = _data(n_ids=1, d=128)
+    AnchorSet(emb, "dlib_resnet_v1@facerank-features-1", labels).save(out)
+    assert main(["compare", str(img), str(img), "--calibrate", "ida-r",
+                 "--calibrate-with", str(out)]) == 2
+    assert "a cohort needs at least 2" in capsys.readouterr().err
+    m = MatchProbability.fit(np.r_[np.zeros(5), np.ones(5)], np.r_[np.zeros(5), np.ones(5)] > 0,
+                             calibrator="none", backbone="dlib")
+    m.save(tmp_path / "p.json")
+    assert main(["compare", str(img), str(img), "--calibrate", "ida-r",
+                 "--probability-with", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "fitted for calibrator 'none', not 'ida-r'" in err and len(err.splitlines()) == 1

@@ -229,6 +229,7 @@ def main() -> None:
     p.add_argument("--write-defaults", action="store_true")
     p.add_argument("--openset", action="store_true",
                    help="also TPIR@FPIR 1 %% on the test half: own cohort vs other-half anchors")
+    p.add_argument("--suffix", default="", help="appended to the results file name")
     p.add_argument("--openset-only", action="store_true", help="skip the pair measurements")
     p.add_argument("--openset-sizes", default="10,25,50,100,1000",
                    help="enrolled gallery sizes (people) of the open set")
@@ -241,7 +242,7 @@ def main() -> None:
     out = run(args)
     out["command"] = "python -m benchmarks.probability " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
-    tail = "_openset" if args.openset or args.openset_only else ""
+    tail = ("_openset" if args.openset or args.openset_only else "") + args.suffix
     path = write_result(f"probability_{args.backbone}{tail}", out)
     console.print(f"wrote {path}")
 

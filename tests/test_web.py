@@ -237,7 +237,8 @@ def test_serve_command(web_gallery: tuple[Path, dict[str, Path]],
                                       "--stage2", "none"])
     assert result.exit_code == 0, result.output
     assert calls["app"] == ((web_gallery[0],), {"stage2": "none", "max_upload_bytes": 8 * 2**20,
-                                                "calibrate": "none"})
+                                                "calibrate": "none",
+                                                "calibrate_with": None})
     assert calls["run"] == ("APP", {"host": "127.0.0.1", "port": 8000, "log_level": "warning"})
     result = CliRunner().invoke(cli, ["serve", "--gallery", "g", "--port", "0"])
     assert result.exit_code != 0 and "--port 0" in str(result.exception)

@@ -89,6 +89,10 @@ class Comparison:
     same: bool | None  # distance < threshold (dlib's rule; None for other backbones)
     threshold: float | None
     sources: tuple[str, str]  # how each face was found
+    calibrator: str = "none"  # the score the probability describes: cosine or a calibrator
+    calibrated: float | None = None  # the calibrator's score (None without --calibrate)
+    probability: float | None = None  # match probability P(same person), equal prior
+    verdict_far: str | None = None  # same/different at the model's FAR 1e-3 threshold
 
     @classmethod
     def of(cls, fa: FaceFeatures, fb: FaceFeatures, backbone: str = "dlib") -> Comparison:
@@ -109,10 +113,37 @@ class Comparison:
 
 
 def compare(a: Any, b: Any, detector: str = "yunet", faces: str = "largest",  # noqa: ANN401
-            no_face: str = "none", aligned: str = "none") -> Comparison:
-    """Cosine, dlib distance and same/different (distance < 0.6) of the faces in `a` and `b`."""
+            no_face: str = "none", aligned: str = "none", calibrate: str = "none",
+            calibrate_with: str | Path | None = None,
+            probability_with: str | Path | None = None) -> Comparison:
+    """Cosine, dlib distance and same/different (distance < 0.6) of the faces in `a` and `b`,
+    plus the match probability P(same person) of the pair (from the cosine, or from the score
+    of `calibrate` = asnorm / ida-r / ida-l) when a model ships for it."""
     fx = _extractor(detector, faces, no_face, aligned)
-    return Comparison.of(_features(fx, a, "<image a>"), _features(fx, b, "<image b>"))
+    fa, fb = _features(fx, a, "<image a>"), _features(fx, b, "<image b>")
+    return with_probability(Comparison.of(fa, fb), fa, fb, fx.model_id, calibrate,
+                            calibrate_with, probability_with)
+
+
+def with_probability(cmp: Comparison, fa: FaceFeatures, fb: FaceFeatures, model_id: str,
+                     calibrate: str = "none", calibrate_with: str | Path | None = None,
+                     probability_with: str | Path | None = None) -> Comparison:
+    """`cmp` with the calibrated score, match probability and FAR 1e-3 verdict filled in."""
+    from dataclasses import replace
+
+    from facerank.calibrate import factory
+    from facerank.models.backbone import backbone_name
+
+    cal = factory.build(calibrate, None if calibrate_with is None else Path(calibrate_with),
+                        model_id)
+    score = cmp.cosine if cal is None else float(
+        cal.score_pairs(fa.embedding[None], fb.embedding[None])[0])
+    model = factory.probability_model(calibrate, backbone_name(model_id),
+                                      None if probability_with is None
+                                      else Path(probability_with))
+    prob = None if model is None else float(model(np.array([score]))[0])
+    return replace(cmp, calibrator=calibrate, calibrated=None if cal is None else score,
+                   probability=prob, verdict_far=None if model is None else model.verdict(score))
 
 
 class Gallery:
@@ -131,12 +162,18 @@ class Gallery:
         return len(self.stored)
 
     def search(self, x: Any, k: int = 10, stage2: str = "emd",  # noqa: ANN401
-               gate: str = "auto", aligned: str = "none") -> list[SearchResult]:
+               gate: str = "auto", aligned: str = "none", calibrate: str = "none",
+               calibrate_with: str | Path | None = None,
+               probability_with: str | Path | None = None) -> list[SearchResult]:
         """The best k matches of the face in `x`, as `facerank search` ranks them (the gallery's
-        own detector settings; Stage 2 "emd" behind the bundled quality gate, or "none"), each
-        with the gallery face's URL confidence as the CLI shows it."""
+        own detector settings; Stage 1 calibrated by `calibrate` = asnorm / ida-r / ida-l or
+        "none"; Stage 2 "emd" behind the bundled quality gate, or "none"), each with the
+        gallery face's URL confidence and the pair's match probability (from its Stage-1
+        score) as the CLI shows them."""
+        from facerank.calibrate import factory
         from facerank.face.align.prealigned import check_aligned
         from facerank.face.features import FeatureExtractor, FeatureSet
+        from facerank.models.backbone import backbone_name
         from facerank.rerank.base import make_stage2
         from facerank.uncertainty.confidence import attach_results
 
@@ -144,9 +181,15 @@ class Gallery:
         if aligned != "none":
             fx = FeatureExtractor(backbone=fx.backbone, detector=fx.detector,
                                   grids=fx.grid_names, aligned=check_aligned(aligned))
+        cal = factory.build(calibrate, None if calibrate_with is None else Path(calibrate_with),
+                            fx.model_id)
+        model = factory.probability_model(calibrate, backbone_name(fx.model_id),
+                                          None if probability_with is None
+                                          else Path(probability_with))
         probe = FeatureSet.stack([_features(fx, x, "<probe>")])
-        results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, gate=gate))
-        return attach_results(self.stored, probe, results)[1]
+        results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, gate=gate),
+                                     calibrate=cal)
+        return factory.attach_probability(attach_results(self.stored, probe, results)[1], model)
 
     def close(self) -> None:
         self.stored.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from facerank.calibrate.anchors import AnchorSet
 from facerank.calibrate.base import Calibrator
 from facerank.ranking import Ranking
 
@@ -62,8 +63,25 @@ def gallery_terms(folder: Path, stamp: str, cal: Calibrator, embeddings: np.ndar
 def calibrate_ranking(cal: Calibrator, probes: np.ndarray, gallery: np.ndarray,
                       g_terms: np.ndarray, ranking: Ranking) -> Ranking:
     """Re-order each row's candidates by calibrated score (stored as stage "calibrated")."""
-    scores = cal.score_matrix(probes, gallery, ranking.indices, g_terms=g_terms)
-    scores = scores.astype(np.float32)
+    return order_by(ranking, cal.score_matrix(probes, gallery, ranking.indices, g_terms=g_terms))
+
+
+def order_by(ranking: Ranking, scores: np.ndarray) -> Ranking:
+    """Re-order each row's candidates by `scores` (Q, K) (stored as stage "calibrated")."""
+    scores = np.asarray(scores).astype(np.float32)
     order = np.argsort(-scores, axis=1, kind="stable")
     return ranking.reorder(order, np.take_along_axis(scores, order, axis=1), "calibrated",
                            scores)
+
+
+def cohort_ranking(cal: Calibrator, cohort: AnchorSet, probes: np.ndarray,
+                   gallery: np.ndarray, labels: np.ndarray, ranking: Ranking) -> Ranking:
+    """Re-order by `cal`'s score with the gallery's own identities as the cohort, each
+    candidate's identity left out (`facerank.calibrate.cohort`)."""
+    from facerank.calibrate.cohort import cohort_scores
+
+    cand = ranking.indices
+    opts = ({"k": cal.k, "tau": cal.tau} if cal.name == "ida-r"
+            else {"top_n": getattr(cal, "top_n", 400)})
+    return order_by(ranking, cohort_scores(cal.name, cohort, probes, gallery[cand],
+                                           labels[cand], **opts))

@@ -19,6 +19,7 @@ from facerank.cli.options import (
     Faces,
     Model,
     NoFace,
+    ProbabilityWith,
     describe_detection,
 )
 from facerank.errors import FacerankError, InputError
@@ -82,17 +83,19 @@ def compare(
     calibrate_with: CalibrateWith = None,
     aligned: Aligned = "none",
     backbone: Backbone = "dlib",
+    probability_with: ProbabilityWith = None,
 ) -> None:
-    """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule
-    (with --calibrate: the calibrated score and its verdict at LFW's FAR 1e-3 threshold)."""
-    from facerank.api import Comparison
-    from facerank.calibrate import factory as calibration
+    """Compare two faces: cosine, dlib distance and same/different at dlib's 0.6 rule, and
+    the match probability P(same person) of the pair (from the cosine, or with --calibrate
+    from the calibrated score) with its verdict at the LFW FAR 1e-3 threshold."""
+    from facerank.api import Comparison, with_probability
+    from facerank.calibrate.probability import SCALE
     from facerank.face.features import make_extractor
 
     fx = make_extractor(detector, faces, no_face, model, aligned=aligned, backbone=backbone)
-    cal = calibration.build(calibrate, calibrate_with, fx.model_id)
     fa, fb = fx.extract_file(a), fx.extract_file(b)
-    cmp = Comparison.of(fa, fb, backbone)
+    cmp = with_probability(Comparison.of(fa, fb, backbone), fa, fb, fx.model_id, calibrate,
+                           calibrate_with, probability_with)
     table = Table(show_header=True)
     for col in ("image A", "image B", f"cosine ({backbone})"):
         table.add_column(col)
@@ -101,14 +104,15 @@ def compare(
         table.add_column("dlib distance")
         table.add_column(f"verdict (< {cmp.threshold:g})")
         row += [f"{cmp.distance:.4f}", cmp.decision]
-    if cal is not None:
-        score = float(cal.score_pairs(fa.embedding[None], fb.embedding[None])[0])
-        said, thr = calibration.verdict(calibrate, score, calibrate_with is not None)
+    if cmp.calibrated is not None:
         table.add_column(f"{calibrate} score")
-        table.add_column("verdict" + (f" (>= {thr:.4f}, FAR 1e-3)" if thr is not None else ""))
-        row += [f"{score:.4f}", said]
+        row.append(f"{cmp.calibrated:.4f}")
     table.add_row(*row)
     out.print(table)
+    if cmp.probability is not None:
+        score = "cosine" if cmp.calibrated is None else f"{calibrate} score"
+        out.print(f"{SCALE}: {100 * cmp.probability:.1f} % (from the {score}; equal prior odds) "
+                  f"-> {cmp.verdict_far} at FAR 1e-3", markup=False, highlight=False)
     for name, f in ((a, fa), (b, fb)):
         out.print(f"{name}: {describe_detection(f.det_source, f.det_score)}", markup=False,
                   highlight=False, soft_wrap=True)
@@ -128,8 +132,8 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (added as they exist)."""
     import importlib
 
-    for module in ("facerank.cli.eval", "facerank.cli.explain", "facerank.cli.gallery",
-                   "facerank.cli.serve", "facerank.cli.train"):
+    for module in ("facerank.cli.calibrate", "facerank.cli.eval", "facerank.cli.explain",
+                   "facerank.cli.gallery", "facerank.cli.serve", "facerank.cli.train"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

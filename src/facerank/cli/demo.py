@@ -5,8 +5,8 @@
 2. Make a cropped and a masked query from the held-out images (people who still have other
    images in the gallery), search each with Stage 1 and with the product chain (IDA-R
    calibrated Stage 1, then the shipped Stage 2, `STAGE2`), print the tables with the
-   calibrated score, each face's URL confidence and the verdict at the bundled FAR 1e-3
-   threshold.
+   calibrated score, each pair's match probability (from its calibrated Stage-1 score, not
+   Stage 2's blend), each face's URL confidence and the verdict at the FAR 1e-3 threshold.
 3. Write the flow explanation of each top-1 match and print where it is.
 """
 
@@ -79,10 +79,13 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
     stage2 = make_stage2(STAGE2)  # gated by its bundled gate
-    from facerank.calibrate.factory import build, verdict
+    from facerank.calibrate.factory import attach_probability, build, probability_model
+    from facerank.calibrate.probability import SCALE
+    from facerank.models.backbone import backbone_name
     from facerank.uncertainty.confidence import attach_results
 
     cal = build("ida-r", None, fx.model_id)  # bundled anchors of LFW identity half A
+    prob = probability_model("ida-r", backbone_name(fx.model_id))
     gfeats = gallery.features()
     for (query, kind) in zip(QUERIES, ("crop", "mask"), strict=True):
         path = lfw.root / "images" / query
@@ -97,21 +100,22 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
         first = gallery.search(probe, k=5)
         probe_conf, chain = attach_results(gallery, probe, gallery.search(
             probe, k=5, stage2=stage2, calibrate=cal))
+        chain = attach_probability(chain, prob)  # each pair's calibrated Stage-1 score
         table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
         for col in ("rank", "Stage 1 identity", "cosine", f"IDA-R + {STAGE2} identity",
-                    "IDA-R score", "final", "URL conf."):
+                    "IDA-R score", SCALE, "URL conf."):
             table.add_column(col)
         for r1, r2 in zip(first, chain, strict=True):
             conf = "-" if r2.confidence is None else f"{r2.confidence:.2f}"
             table.add_row(str(r1.rank), _mark(r1.identity, path.parent.name),
                           f"{r1.stage1:.3f}", _mark(r2.identity, path.parent.name),
-                          f"{r2.stage_scores['calibrated']:.4f}", f"{r2.score:.3f}", conf)
+                          f"{r2.stage_scores['calibrated']:.4f}", _pct(r2.probability), conf)
         console.print(table)
         top = chain[0]
         score = top.stage_scores["calibrated"]
-        said, thr = verdict("ida-r", score, False)
-        line = f"top-1 {top.identity}: IDA-R score {score:.4f} -> {said}"
-        line += "" if thr is None else f" (threshold {thr:.4f} at FAR 1e-3)"
+        said = None if prob is None else prob.verdict(score)
+        line = f"top-1 {top.identity}: {SCALE} {_pct(top.probability)}"
+        line += "" if said is None else f" -> {said} at FAR 1e-3"
         if probe_conf is not None:
             line += f"; query URL confidence {probe_conf['confidence']:.2f}"
         console.print(line)
@@ -120,6 +124,10 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
         render_pair(probe, cand, explain, getattr(stage2, "emd", stage2), query_chip=chip,
                     labels=(f"{kind} query", f"top-1: {top.identity}"))
         console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")
+
+
+def _pct(p: float | None) -> str:
+    return "-" if p is None else f"{100 * p:.1f} %"
 
 
 def _mark(identity: str, truth: str) -> str:

@@ -86,9 +86,6 @@ def eval_command(
                        weighting=weighting, alpha=alpha, k=k, gate=gate, calibrate=calibrate,
                        calibrate_with=calibrate_with, pool=pool, backbone=backbone)
         return
-    if calibrate_with is not None:
-        raise InputError("--calibrate-with applies to bin: benchmarks; the LFW protocols build "
-                         "identity-disjoint anchors themselves")
     names = list(P.PROTOCOLS) if protocol == "all" else [protocol]
     for n in names:
         if n not in P.PROTOCOLS + P.PHOTO:
@@ -96,6 +93,8 @@ def eval_command(
                              f"{', '.join(P.PROTOCOLS + P.PHOTO)} or all")
     if calibrate != "none" and stage2 != "none":
         raise InputError("--calibrate evaluates calibrated Stage 1 only; pass --stage2 none")
+    if calibrate_with is not None and calibrate == "none":
+        raise InputError("--calibrate-with needs --calibrate asnorm, ida-r or ida-l")
     if detector not in ("lfw", "yunet", "hog", "mmod"):
         raise InputError(f"--detector {detector!r}: use lfw, yunet, hog or mmod")
     options = {"grid": grid, "weighting": weighting, "alpha": alpha, "k": k, "gate": gate}
@@ -122,7 +121,7 @@ def eval_command(
         if calibrate != "none":  # identity-disjoint anchors: facerank.eval.studies.calibration
             from facerank.eval.studies.calibration import eval_protocol
 
-            payload, md = eval_protocol(data, n, calibrate, seed)
+            payload, md = eval_protocol(data, n, calibrate, seed, calibrate_with)
             payload.update(command=command, seconds_total=time.perf_counter() - t0)
             paths = write_report(out_dir, f"{n}_calibrate-{calibrate}", payload,
                                  f"{md}\n\n`{command}`")

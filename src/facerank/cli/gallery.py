@@ -22,6 +22,7 @@ from facerank.cli.options import (
     Gate,
     Model,
     NoFace,
+    ProbabilityWith,
     Ray,
     RayBatch,
     RayConcurrency,
@@ -264,9 +265,10 @@ def search_command(
     calibrate: Calibrate = "none",
     calibrate_with: CalibrateWith = None,
     backbone: GalleryBackbone = None,
+    probability_with: ProbabilityWith = None,
 ) -> None:
     """Search a gallery for a probe face: Stage-1 cosine (optionally calibrated), then
-    Stage-2 re-ranking."""
+    Stage-2 re-ranking; each match's probability describes the pair (its Stage-1 score)."""
     from facerank.face.detect import probe_label
     from facerank.face.features import FeatureSet
     from facerank.rerank.base import make_stage2
@@ -289,18 +291,24 @@ def search_command(
         det = FaceDetector(method=d.method, policy=faces,  # type: ignore[arg-type]
                            fallback=d.fallback, upsample=d.upsample, align5=d.align5)
         fx = FeatureExtractor(backbone=fx.backbone, grids=fx.grid_names, detector=det)
-    from facerank.calibrate.factory import build as build_calibrator
+    from facerank.calibrate import factory
 
-    cal = build_calibrator(calibrate, calibrate_with, fx.model_id)
+    cal = factory.build(calibrate, calibrate_with, fx.model_id)
+    prob_model = factory.probability_model(calibrate, backbone_name(fx.model_id),
+                                           probability_with)
     if aligned != "none":
         from facerank.face.align.prealigned import check_aligned
 
         fx.aligned = check_aligned(aligned)
     probe_fs = FeatureSet.stack([fx.extract_file(probe)])
     results = g.search(probe_fs, k=top, stage2=reranker, calibrate=cal)
+    cohort = g.cohort_used(cal)
+    if cohort is not None and cohort["note"]:
+        err.print(f"note: {cohort['note']}", markup=False, highlight=False)
     from facerank.uncertainty.confidence import attach_results
 
     probe_conf, results = attach_results(g, probe_fs, results)
+    results = factory.attach_probability(results, prob_model)
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
@@ -317,6 +325,8 @@ def search_command(
                                 "fallback": probe_fs.det_sources[0].startswith("fallback")},
             "stage2": reranker.describe() if reranker is not None else "none",
             "calibrate": cal.describe() if cal is not None else "none",
+            "cohort": cohort,
+            "match_probability": factory.describe_probability(prob_model),
             "explanation": str(explained) if explained else None,
             "probe_confidence": probe_conf,
             "results": [r.to_dict() for r in results]}, indent=2) + "\n")
@@ -343,16 +353,26 @@ def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker 
     table.add_column("Stage-1 cosine", justify="right")
     for n in names:
         table.add_column(n if n == "calibrated" else f"Stage-2 {n}", justify="right")
+    if results and results[0].probability is not None:
+        from facerank.calibrate.probability import SCALE
+
+        table.add_column(SCALE, justify="right")
     table.add_column("URL conf.", justify="right")
 
     def fmt(x: float) -> str:
         return "-" if x != x else f"{x:.4f}"  # NaN: not re-ranked
 
+    has_prob = bool(results) and results[0].probability is not None
     for r in results:
         table.add_row(str(r.rank), r.identity, Path(r.path).name, fmt(r.score), fmt(r.stage1),
                       *(fmt(r.stage_scores[n]) for n in names),
+                      *((_pct(r.probability),) if has_prob else ()),
                       "-" if r.confidence is None else f"{r.confidence:.2f}")
     out.print(table)
+
+
+def _pct(p: float | None) -> str:
+    return "-" if p is None else f"{100 * p:.1f} %"
 
 
 def _explain(probe: FeatureSet, cand: FeatureSet, out_path: Path, reranker: Reranker | None,

@@ -25,6 +25,9 @@ Calibrate = Annotated[str, typer.Option(
 CalibrateWith = Annotated[Path | None, typer.Option(
     "--calibrate-with", help="Anchors .npz (asnorm, ida-r) or IDA-L checkpoint .pt to use "
     "instead of the bundled one.")]
+ProbabilityWith = Annotated[Path | None, typer.Option(
+    "--probability-with", help="Match probability model JSON to use instead of the bundled "
+    "one for this backbone and --calibrate (one made for another calibrator is refused).")]
 Aligned = Annotated[str, typer.Option(
     "--aligned", help="Input already a face crop: dlib150 (a dlib chip), arcface112 (an "
     "insightface ArcFace crop), auto (150x150 / 112x112 taken as those), none (detect).")]

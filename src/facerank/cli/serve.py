@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from facerank.cli.options import Calibrate
+from facerank.cli.options import Calibrate, CalibrateWith
 from facerank.errors import InputError
 
 err = Console(stderr=True, soft_wrap=True)
@@ -41,6 +41,7 @@ def serve_command(
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", help="Largest probe photo accepted, in MiB.")] = 8.0,
     calibrate: Calibrate = "none",
+    calibrate_with: CalibrateWith = None,
 ) -> None:
     """Serve a web page to search the gallery with an uploaded photo."""
     import uvicorn
@@ -52,7 +53,7 @@ def serve_command(
     if max_upload_mb <= 0:
         raise InputError(f"--max-upload-mb {max_upload_mb}: must be positive")
     app = create_app(gallery, stage2=stage2, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                     calibrate=calibrate)
+                     calibrate=calibrate, calibrate_with=calibrate_with)
     if not _is_loopback(host):
         err.print(f"warning: binding {host} makes the page reachable from other machines; "
                   "it has no login", markup=False, highlight=False)

@@ -82,6 +82,7 @@ class SearchResult:
     stage_scores: dict[str, float]  # "stage1" (cosine) and each Stage-2 score by name
     confidence: float | None = None  # URL confidence of the gallery face (None: no URL head)
     confidences: list[float] | None = None  # its (K,) sub-embedding confidences
+    probability: float | None = None  # match probability of the pair (Stage-1 score)
 
     @property
     def stage1(self) -> float:
@@ -95,7 +96,8 @@ class SearchResult:
         return {"rank": self.rank, "identity": self.identity, "path": self.path,
                 "image_id": self.image_id, "score": clean(self.score),
                 "stage_scores": {k: clean(v) for k, v in self.stage_scores.items()},
-                "confidence": self.confidence, "confidences": self.confidences}
+                "confidence": self.confidence, "confidences": self.confidences,
+                "match_probability": self.probability}
 
 
 def _refuse(refuse: Refuse, batch: Sequence[tuple[str, str, str]],
@@ -415,8 +417,14 @@ class StoredGallery:
 
     def _calibrate(self, loaded: Snapshot, probes: FeatureSet, ranking: Ranking,
                    cal: Calibrator) -> Ranking:
-        """Calibrated scores of the Stage-1 candidates; enrolled faces' terms stored once."""
-        from facerank.calibrate.gallery_terms import calibrate_ranking, gallery_terms
+        """Calibrated scores of the Stage-1 candidates; enrolled faces' terms stored once.
+        IDA-R / AS-norm with the bundled anchors use the gallery's own identities as the
+        cohort when it has enough of them (`cohort_used`)."""
+        from facerank.calibrate.gallery_terms import (
+            calibrate_ranking,
+            cohort_ranking,
+            gallery_terms,
+        )
 
         with self._lock:
             memo = self._calib_memo
@@ -427,8 +435,51 @@ class StoredGallery:
                 cal.check_model(self.meta().get("model_id", ""))
                 memo["checked"].append(cal)
             emb = memo["emb"]
-            terms = gallery_terms(self.folder, loaded.stamp, cal, emb, self._calib_terms)
+            cohort = self._cohort(loaded, cal)
+            if cohort is not None:
+                labels = np.asarray(loaded.labels)
+            else:
+                terms = gallery_terms(self.folder, loaded.stamp, cal, emb, self._calib_terms)
+        if cohort is not None:
+            return cohort_ranking(cal, cohort, probes.embeddings, emb, labels, ranking)
         return calibrate_ranking(cal, probes.embeddings, emb, terms, ranking)
+
+    def cohort_used(self, cal: Calibrator | None) -> dict | None:
+        """Which cohort a calibrated search with `cal` uses: {"cohort": "gallery" | "lfw" |
+        "anchors file" | "none", "identities": n, "minimum": m, "note": ...}."""
+        if cal is None:
+            return None
+        from facerank.calibrate import cohort as C
+
+        n, choose_cohort, MIN_IDENTITIES = len(self.identities()), C.choose_cohort, C.MIN_IDENTITIES
+        if not getattr(cal, "gallery_cohort", False):
+            kind = "anchors file" if cal.name in ("ida-r", "asnorm") else "none"
+            return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": None}
+        kind = choose_cohort(n)
+        note = None if kind == "gallery" else (
+            f"the gallery has {n} identities, fewer than the {MIN_IDENTITIES} its own cohort "
+            "needs; using the bundled LFW anchors")
+        return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": note}
+
+    def _cohort(self, loaded: Snapshot, cal: Calibrator) -> Any:
+        """The gallery's identity cohort (memoised per row set and names), None to use the
+        calibrator's own anchors. Derived from the stored rows, so it follows add / remove /
+        rename and a crash cannot leave it out of date."""
+        if not getattr(cal, "gallery_cohort", False):
+            return None
+        from facerank.calibrate.cohort import choose_cohort, identity_cohort
+
+        names = sorted(set(loaded.labels))
+        if choose_cohort(len(names)) != "gallery":
+            return None
+        import hashlib
+
+        key = "cohort-" + hashlib.sha1("\n".join(loaded.labels).encode()).hexdigest()[:16]
+        if key not in self._calib_memo:
+            self._calib_memo[key] = identity_cohort(
+                loaded.features.embeddings, np.asarray(loaded.labels),
+                self.meta().get("model_id", ""))
+        return self._calib_memo[key]
 
     def stage1(self, probes: FeatureSet, k: int) -> Ranking:
         """Top-k gallery rows by cosine for each probe; k is clipped to the gallery."""

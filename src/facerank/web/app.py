@@ -49,7 +49,8 @@ SECURITY_HEADERS = {
 
 
 def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-               extractor: FeatureExtractor | None = None, calibrate: str = "none") -> FastAPI:
+               extractor: FeatureExtractor | None = None, calibrate: str = "none",
+               calibrate_with: Path | None = None) -> FastAPI:
     """The web app for the gallery in `gallery_dir`.
 
     stage2: a registered Stage-2 method or "none" ("emd" falls back to none if unavailable).
@@ -62,7 +63,7 @@ def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = D
     if not Path(gallery_dir).is_dir():
         raise GalleryError(f"{gallery_dir}: no such gallery folder; create one with "
                            f"`facerank gallery create {gallery_dir}`")
-    service = SearchService(Path(gallery_dir), stage2, extractor, calibrate)
+    service = SearchService(Path(gallery_dir), stage2, extractor, calibrate, calibrate_with)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -64,14 +64,17 @@ class SearchService:
     """The gallery, the probe extractor and Stage 2, shared by all requests (one at a time)."""
 
     def __init__(self, gallery_dir: Path, stage2: str, extractor: FeatureExtractor | None,
-                 calibrate: str = "none") -> None:
+                 calibrate: str = "none", calibrate_with: Path | None = None) -> None:
         self.gallery_dir = Path(gallery_dir)
         self.gallery = StoredGallery.open(self.gallery_dir, extractor=extractor)
         self.extractor = self.gallery.extractor  # the gallery's own model and detector settings
         self.reranker, self.stage2_note = self._stage2(stage2)
-        from facerank.calibrate.factory import build as build_calibrator
+        from facerank.calibrate import factory
+        from facerank.models.backbone import backbone_name
 
-        self.calibrator = build_calibrator(calibrate, None, self.extractor.model_id)
+        self.calibrator = factory.build(calibrate, calibrate_with, self.extractor.model_id)
+        self.probability = factory.probability_model(calibrate,
+                                                     backbone_name(self.extractor.model_id))
         self._vit: Any = None  # Face-ViT scorer for heatmaps, loaded on first use
         self.lock = threading.Lock()  # dlib, torch and matplotlib state: one request at a time
         self._ids: tuple[str, dict[int, str]] = ("", {})
@@ -103,7 +106,13 @@ class SearchService:
             "stage2": self.reranker.describe() if self.reranker is not None else "none",
             "stage2_note": self.stage2_note, "default_k": DEFAULT_K, "max_k": MAX_K,
             "calibrate": self.calibrator.describe() if self.calibrator is not None else "none",
+            "match_probability": self._describe_probability(),
         }
+
+    def _describe_probability(self) -> dict | None:
+        from facerank.calibrate.factory import describe_probability
+
+        return describe_probability(self.probability)
 
     # ---- gallery images ------------------------------------------------------------------
 
@@ -176,6 +185,9 @@ class SearchService:
             from facerank.uncertainty.confidence import attach_results  # URL confidence
 
             probe_conf, results = attach_results(self.gallery, probe, results)
+            from facerank.calibrate.factory import attach_probability
+
+            results = attach_probability(results, self.probability)  # the pair's Stage-1 score
             t3 = time.perf_counter()
             explanation, explain_note = None, None
             if explain and results:
@@ -207,7 +219,9 @@ class SearchService:
                 "stage_scores": {n: _clean(v) for n, v in r.stage_scores.items()},
                 "thumbnail": f"/api/image/{r.image_id}",
                 "confidence": r.confidence, "confidences": r.confidences,
+                "match_probability": r.probability,
             } for r in results],
+            "match_probability": self._describe_probability(),
             "explanation": explanation, "explanation_note": explain_note,
             "explanation_vit": explanation_vit,
             "timings_ms": {"decode": round(1e3 * (t1 - t0), 1),

@@ -8,6 +8,7 @@ the other half's people; both directions are run and reported (and their mean).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -195,13 +196,21 @@ def calibrated_openset(data: EvalData, cals: dict[str, Calibrator | None], test_
     return {name: openset(data, cal, test_people, seed) for name, cal in cals.items()}
 
 
-def eval_protocol(data: EvalData, protocol: str, name: str, seed: int = 0) -> tuple[dict, str]:
+def eval_protocol(data: EvalData, protocol: str, name: str, seed: int = 0,
+                  calibrate_with: Path | None = None) -> tuple[dict, str]:
     """`facerank eval PROTOCOL --calibrate NAME`: cosine and calibrated, identity-disjoint
-    (pairs: anchors per fold; identification / open set: both identity halves)."""
+    (pairs: anchors per fold; identification / open set: both identity halves).
+    calibrate_with: the user's anchors / IDA-L checkpoint for every fold and half instead."""
     methods = {"cosine": lfw_factory(data, "none"), name: lfw_factory(data, name, seed=seed)}
-    payload: dict = {"protocol": protocol, "calibrate": name,
-                     "anchors": "pairs: per fold, LFW people absent from the fold; otherwise "
-                                "one identity half, the other half evaluated (both shown)"}
+    anchors_note = ("pairs: per fold, LFW people absent from the fold; otherwise one identity "
+                    "half, the other half evaluated (both shown)")
+    if calibrate_with is not None:
+        from facerank.calibrate.factory import build
+
+        fixed = build(name, calibrate_with, data.extractor.model_id)
+        methods[name] = lambda rows: fixed
+        anchors_note = f"{calibrate_with} for every fold and half (not checked for overlap)"
+    payload: dict = {"protocol": protocol, "calibrate": name, "anchors": anchors_note}
     lines = []
     if protocol == "lfw-pairs":
         for m, f in methods.items():

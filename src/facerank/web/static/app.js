@@ -149,10 +149,10 @@ function drawProbe(probe) {
   $("probe").hidden = false;
 }
 
-function scoreRow(cls, label, value, title) {
+function scoreRow(cls, label, value, title, text) {
   const row = el("div", `score ${cls}`);
   row.appendChild(el("dt", "", label));
-  const dd = el("dd", "", fmt(value));
+  const dd = el("dd", "", text === undefined ? fmt(value) : text);
   if (title) dd.title = title;
   row.appendChild(dd);
   const bar = el("span", "bar");
@@ -180,6 +180,12 @@ function renderCard(r, stage2Name) {
   body.appendChild(el("div", "identity", r.identity.replace(/_/g, " ")));
   body.appendChild(el("div", "file", r.file));
   const dl = el("dl", "scores");
+  if (typeof r.match_probability === "number") {  // P(same person) of this pair, Stage-1 score
+    dl.appendChild(scoreRow("probability", "match probability", r.match_probability,
+      "probability that this is the same person (from the pair's Stage-1 score, not the " +
+      "re-ranker's blend; fitted on LFW at equal odds)",
+      `${(100 * r.match_probability).toFixed(1)} %`));
+  }
   dl.appendChild(scoreRow("final", "final score", r.score));
   dl.appendChild(scoreRow("stage1", "Stage 1 cosine", r.stage1));
   if (r.stage_scores && r.stage_scores.calibrated !== undefined) {

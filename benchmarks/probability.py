@@ -1,0 +1,282 @@
+"""Match probability on LFW: fit on one identity half, report on the other.
+
+    python -m benchmarks.probability --backbone dlib --variants clean,lowres24,blur,jpeg,mask
+    python -m benchmarks.probability --backbone sface --write-defaults
+
+Pairs: a seeded subset of `--images` images of people with >= 2 images in each half; every
+ordered pair (i, j), i != j, of the subset is scored with image j clean (clean) or with a
+variant drawn on its aligned chip (`facerank.eval.occlusion`, seed 0, features cached); the
+fit half's pairs are always clean. Calibrators use a cohort of one image per identity; a
+face's own identity is left out of its cohort (`support_excluding_own`), the rule a gallery
+cohort follows. Cohorts: "own" = the half's own people (the gallery's cohort), "other" = the
+other half's people (the bundled LFW anchors on a gallery of other people).
+
+Reported per (calibrator, cohort, model kind, variant): ECE (15 bins, equal prior: same and
+different pairs reweighted to 50/50), the reliability bins, and the measured FAR / TAR at
+the thresholds chosen on the fit half at FAR 1e-2, 1e-3, 1e-4.
+`--write-defaults` writes the chosen kind fitted on half A (own cohort) to
+`src/facerank/calibrate/defaults/prob-<backbone>-<calibrator>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from benchmarks.common import write_result
+from facerank.calibrate.anchors import AnchorSet, support_excluding_own
+from facerank.calibrate.asnorm import DEFAULT_TOP_N
+from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU, log_density
+from facerank.calibrate.probability import (
+    FARS,
+    KINDS,
+    MatchProbability,
+    expected_calibration_error,
+)
+from facerank.eval.protocols import EvalData, lfw_extractor, occluded_queries
+from facerank.eval.studies.calibration_protocols import pick_per_identity
+from facerank.train.split import identity_fold
+
+console = Console()
+CALIBRATORS = ("none", "ida-r", "asnorm")
+DEFAULTS = Path(__file__).resolve().parents[1] / "src/facerank/calibrate/defaults"
+VARIANT_SEED = 0
+
+
+def cohort_terms(cal: str, x: np.ndarray, x_labels: np.ndarray, cohort: AnchorSet
+                 ) -> np.ndarray:
+    """(N, T) per-face terms of `cal` with the face's own identity left out of the cohort."""
+    if cal == "ida-r":
+        return log_density(support_excluding_own(x, x_labels, cohort, DEFAULT_K),
+                           DEFAULT_TAU)[:, None]
+    if cal == "asnorm":
+        n = min(DEFAULT_TOP_N, len(cohort) - 1)
+        s = support_excluding_own(x, x_labels, cohort, n)
+        return np.stack([s.mean(axis=1), np.maximum(s.std(axis=1), 1e-6)], axis=1)
+    return np.zeros((len(x), 0))
+
+
+def combine(cal: str, cos: np.ndarray, ta: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    if cal == "ida-r":
+        return (DEFAULT_TAU * cos + np.logaddexp(ta[..., 0], tb[..., 0])
+                + np.log(DEFAULT_K / 2.0)) / DEFAULT_TAU
+    if cal == "asnorm":
+        return 0.5 * ((cos - ta[..., 0]) / ta[..., 1] + (cos - tb[..., 0]) / tb[..., 1])
+    return cos
+
+
+def pair_scores(cal: str, a: np.ndarray, b: np.ndarray, labels: np.ndarray,
+                cohort: AnchorSet) -> tuple[np.ndarray, np.ndarray]:
+    """All ordered pairs i != j of a (N, D) against b (N, D) -> (scores, same) flat."""
+    cos = a.astype(np.float64) @ b.T.astype(np.float64)
+    ta, tb = cohort_terms(cal, a, labels, cohort), cohort_terms(cal, b, labels, cohort)
+    s = combine(cal, cos, ta[:, None, :], tb[None, :, :])
+    off = ~np.eye(len(a), dtype=bool)
+    same = labels[:, None] == labels[None, :]
+    return s[off], same[off]
+
+
+def openset_scores(method: str, cohort: AnchorSet | None, q: np.ndarray, g: np.ndarray,
+                   g_labels: np.ndarray, chunk: int = 64, probe: str = "candidate"
+                   ) -> np.ndarray:
+    """(Q, G) scores of probes against a one-image-per-person gallery. cohort None: the
+    gallery's own identities (candidate left out, as a gallery search scores them); else a
+    fixed anchor set (e.g. the other LFW half, as the bundled anchors)."""
+    from facerank.calibrate.cohort import cohort_scores, identity_cohort
+
+    if method == "none":
+        return q.astype(np.float64) @ g.T.astype(np.float64)
+    if cohort is None:
+        own = identity_cohort(g, g_labels, "m")
+        out = np.empty((len(q), len(g)))
+        gl = np.broadcast_to(g_labels, (chunk, len(g)))
+        for s in range(0, len(q), chunk):
+            qq = q[s : s + chunk]
+            out[s : s + chunk] = cohort_scores(method, own, qq,
+                                               np.broadcast_to(g, (len(qq), *g.shape)),
+                                               gl[: len(qq)], probe=probe)
+        return out
+    cos = q.astype(np.float64) @ g.T.astype(np.float64)
+    none = np.array(["\0"])
+    tq = cohort_terms(method, q, np.repeat(none, len(q)), cohort)
+    tg = cohort_terms(method, g, np.repeat(none, len(g)), cohort)
+    return combine(method, cos, tq[:, None, :], tg[None, :, :])
+
+
+def openset(data: EvalData, rows: np.ndarray, probes: dict[str, np.ndarray],
+            other: AnchorSet, sizes: list[int], cals: tuple[str, ...]) -> dict:
+    """TPIR@FPIR 1 % on an open set of `rows` (half the people enrolled with one image each),
+    probes clean or a variant; per enrolled gallery size (seeded subsets of the people)."""
+    from facerank.eval.metrics import tpir_at_fpir
+    from facerank.eval.protocols import openset_split
+
+    labels = data.lfw.labels
+    emb = data.features.embeddings
+    pos = {int(r): i for i, r in enumerate(rows)}
+    g_idx, mated, nonmated = openset_split(labels, rows, 0)
+    out: dict = {}
+    for n in sizes:
+        g_sel = np.sort(np.random.default_rng(n).permutation(g_idx)[: min(n, len(g_idx))])
+        people = labels[g_sel]
+        m_sel = mated[np.isin(labels[mated], people)]
+        gl = np.asarray(data.lfw.names)[people]
+        for v, pe in probes.items():
+            qm = pe[[pos[int(r)] for r in m_sel]]
+            qn = pe[[pos[int(r)] for r in nonmated]]
+            row = {}
+            for cal in cals:
+                for cname, ch, pr in ((("own", None, "candidate"), ("own-nearest", None, "nearest"),
+                                       ("other", other, "-")) if cal != "none"
+                                      else (("-", None, "-"),)):
+                    sm = openset_scores(cal, ch, qm, emb[g_sel], gl, probe=pr)
+                    sn = openset_scores(cal, ch, qn, emb[g_sel], gl, probe=pr)
+                    r = tpir_at_fpir(sm, labels[m_sel], sn, people, 0.01)
+                    row[cal if cal == "none" else f"{cal}/{cname}"] = float(r["tpir"])
+            out[f"gallery {len(g_sel)} / {v}"] = row
+            console.print(f"open set, {len(g_sel)} enrolled, {v}: "
+                          + ", ".join(f"{k} {100 * x:.2f}" for k, x in row.items()))
+    return out
+
+
+def subset(labels: np.ndarray, rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    multi = rows[np.bincount(labels[rows], minlength=labels.max() + 1)[labels[rows]] >= 2]
+    return np.sort(np.random.default_rng(seed).choice(multi, min(n, len(multi)), False))
+
+
+def run(args: argparse.Namespace) -> dict:
+    data = EvalData.load(lfw_extractor(backbone=args.backbone), progress=False)
+    labels = data.lfw.labels
+    names = np.asarray(data.lfw.names)
+    emb = data.features.embeddings
+    fold = identity_fold(labels, 0)
+    halves = {"A": np.flatnonzero(fold), "B": np.flatnonzero(~fold)}
+    cohorts = {h: AnchorSet(emb[pick_per_identity(r, labels, 1, 0)], data.extractor.model_id,
+                            names[labels[pick_per_identity(r, labels, 1, 0)]])
+               for h, r in halves.items()}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    out: dict = {"backbone": args.backbone, "images_per_half": args.images, "runs": {}}
+    for fit_half, test_half in (("A", "B"), ("B", "A"))[: 1 if args.one_direction else 2]:
+        fit_rows = subset(labels, halves[fit_half], args.images, 1)
+        test_rows = subset(labels, halves[test_half], args.images, 2)
+        var_emb = {"clean": emb[test_rows]}
+        for v in variants:
+            if v == "clean":
+                continue
+            t0 = time.perf_counter()
+            var_emb[v] = occluded_queries(data, v, test_rows, VARIANT_SEED, False).embeddings
+            console.print(f"{v}: {len(test_rows)} variant features "
+                          f"({time.perf_counter() - t0:.0f} s)")
+        run_out: dict = {}
+        for cal in ([] if args.openset_only else args.calibrators.split(",")):
+            fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], labels[fit_rows],
+                                 cohorts[fit_half])
+            models = {k: MatchProbability.fit(fs, fy, kind=k, calibrator=cal,
+                                              backbone=args.backbone,
+                                              meta={"fit": f"LFW half {fit_half}"})
+                      for k in KINDS}
+            res: dict = {"fit_pairs": {"same": int(fy.sum()), "different": int((~fy).sum())},
+                         "thresholds": models["isotonic"].thresholds}
+            for cohort_name, ch in (("own", test_half), ("other", fit_half)):
+                if cal == "none" and cohort_name == "other":
+                    continue
+                for v, b in var_emb.items():
+                    s, y = pair_scores(cal, emb[test_rows], b, labels[test_rows], cohorts[ch])
+                    w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
+                    row: dict = {"n_same": int(y.sum()), "n_different": int((~y).sum())}
+                    for k, m in models.items():
+                        ece = expected_calibration_error(m(s), y, 15, w)
+                        row[k] = {"ece": ece["ece"], "reliability": ece["bins"],
+                                  "far": {f"{f:.0e}": float((s[~y] >= m.threshold(f)).mean())
+                                          for f in FARS},
+                                  "tar": {f"{f:.0e}": float((s[y] >= m.threshold(f)).mean())
+                                          for f in FARS}}
+                    res[f"{cohort_name}/{v}"] = row
+                    console.print(f"fit {fit_half} {cal:7s} {cohort_name:5s} {v:10s} "
+                                  + " ".join(f"{k} ECE {row[k]['ece']:.4f} FAR@1e-3 "
+                                             f"{row[k]['far']['1e-03']:.5f}" for k in KINDS))
+            run_out[cal] = res
+            if args.write_defaults and fit_half == "A":
+                m = models[args.kind]
+                m.meta["command"] = (f"python -m benchmarks.probability --backbone "
+                                     f"{args.backbone} --write-defaults")
+                m.meta["fit"] = (f"all ordered pairs of {len(fit_rows)} seeded images of LFW "
+                                 "identity half A (people with >= 2 images), cohort: one image "
+                                 "per person of half A, own identity left out")
+                m.save(DEFAULTS / f"prob-{args.backbone}-{cal}.json")
+        if args.openset or args.openset_only:
+            sizes = [int(x) for x in args.openset_sizes.split(",")]
+            run_out["openset_tpir_at_fpir_1e-2"] = openset(
+                data, test_rows, var_emb, cohorts[fit_half], sizes,
+                tuple(args.calibrators.split(",")))
+        out["runs"][f"fit {fit_half} -> test {test_half}"] = run_out
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="dlib", choices=("dlib", "sface"))
+    p.add_argument("--calibrators", default=",".join(CALIBRATORS))
+    p.add_argument("--variants", default="clean,lowres24,blur,jpeg,mask",
+                   help="comma-separated variant names of facerank.eval.occlusion")
+    p.add_argument("--images", type=int, default=1500, help="images per half (seeded)")
+    p.add_argument("--kind", default="logistic", choices=KINDS,
+                   help="the form written by --write-defaults (logistic: lower held-out ECE)")
+    p.add_argument("--one-direction", action="store_true", help="fit A -> test B only")
+    p.add_argument("--write-defaults", action="store_true")
+    p.add_argument("--openset", action="store_true",
+                   help="also TPIR@FPIR 1 %% on the test half: own cohort vs other-half anchors")
+    p.add_argument("--suffix", default="", help="appended to the results file name")
+    p.add_argument("--openset-only", action="store_true", help="skip the pair measurements")
+    p.add_argument("--openset-sizes", default="10,25,50,100,1000",
+                   help="enrolled gallery sizes (people) of the open set")
+    p.add_argument("--plot", nargs="+", metavar="JSON",
+                   help="only draw the reliability diagram from these results files")
+    args = p.parse_args()
+    if args.plot:
+        plot(args.plot)
+        return
+    out = run(args)
+    out["command"] = "python -m benchmarks.probability " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    tail = ("_openset" if args.openset or args.openset_only else "") + args.suffix
+    path = write_result(f"probability_{args.backbone}{tail}", out)
+    console.print(f"wrote {path}")
+
+
+
+def plot(paths: list[str], out: str = "docs/img/probability_reliability.png") -> None:
+    """Reliability diagram (15 bins) of the cosine model, fit A -> test B, per backbone and
+    variant, from results JSON written by `run`."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 4.6), squeeze=False)
+    for ax, p in zip(axes[0], paths, strict=True):
+        d = json.loads(Path(p).read_text())
+        res = d["runs"]["fit A -> test B"]["none"]
+        for key, row in res.items():
+            if not key.startswith("own/"):
+                continue
+            bins = [b for b in row["logistic"]["reliability"] if b["mean_prob"] is not None]
+            ax.plot([b["mean_prob"] for b in bins], [b["share_same"] for b in bins], "o-",
+                    ms=3, label=f"{key[4:]} (ECE {100 * row['logistic']['ece']:.1f} %)")
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set(title=f"{d['backbone']}: cosine -> match probability (LFW half B)",
+               xlabel="predicted match probability", ylabel="share of same-person pairs",
+               xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Match probability: P(same person | score) for one backbone and one calibrator.
+
+A `MatchProbability` maps a Stage-1 score (cosine, or a calibrator's score) to the
+probability that the two faces show the same person, at equal prior odds (as many same as
+different pairs; `prior` records it). Two fitted forms:
+
+    logistic   p = 1 / (1 + exp(-(a * s + b)))        (Platt scaling, 2 parameters)
+    isotonic   p = interp(s, knots_x, knots_y)        (pool-adjacent-violators, monotone)
+
+It also carries the score thresholds at stated false accept rates (chosen on the impostor
+pairs it was fitted on), so `compare` / `search` can say "same person at FAR 1e-3".
+
+A model file is a small JSON: the form, its parameters, the calibrator and backbone it was
+made for (a file for another calibrator or backbone is refused), the thresholds, and the
+command that made it. Bundled files live in `calibrate/defaults/prob-<backbone>-<cal>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from facerank.errors import InputError, ModelFileError
+
+KINDS = ("logistic", "isotonic")
+FARS = (1e-2, 1e-3, 1e-4)
+SCALE = "match probability"  # the one name every output uses for this scale
+FORMAT = 1
+
+
+def _far_key(far: float) -> str:
+    return f"{far:.0e}"
+
+
+def _scores(x: np.ndarray, what: str) -> np.ndarray:
+    s = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(s).all():
+        raise InputError(f"{what}: {int((~np.isfinite(s)).sum())} score(s) are NaN or inf")
+    return s
+
+
+def _pav(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted isotonic (non-decreasing) fit of y on sorted x -> (knots_x, knots_y).
+
+    Pool-adjacent-violators on blocks; ties in x are merged first. Returns one knot per
+    block at the block's weighted mean score (for interpolation between blocks).
+    """
+    ux, inv = np.unique(x, return_inverse=True)
+    wy = np.bincount(inv, weights=w * y)
+    ws = np.bincount(inv, weights=w)
+    wx = np.bincount(inv, weights=w * x)
+    vals: list[float] = []
+    wts: list[float] = []
+    xs: list[float] = []
+    for v, wt, xx in zip(wy / ws, ws, wx, strict=True):  # O(n) amortised over blocks
+        vals.append(v)
+        wts.append(wt)
+        xs.append(xx)
+        while len(vals) > 1 and vals[-2] >= vals[-1]:
+            v2, w2, x2 = vals.pop(), wts.pop(), xs.pop()
+            wt1 = wts[-1]
+            vals[-1] = (vals[-1] * wt1 + v2 * w2) / (wt1 + w2)
+            wts[-1] = wt1 + w2
+            xs[-1] = xs[-1] + x2
+    kx = np.asarray(xs) / np.asarray(wts)
+    return kx, np.asarray(vals)
+
+
+def _logistic(s: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
+              ) -> tuple[float, float, float, float]:
+    """Weighted Platt fit on standardised scores -> (a, b) on the raw scale, plus (mu, sd)."""
+    mu, sd = float(np.average(s, weights=w)), float(np.sqrt(np.cov(s, aweights=w)) or 1.0)
+    z = (s - mu) / sd
+    theta = np.zeros(2)
+    X = np.stack([z, np.ones_like(z)], axis=1)
+    for _ in range(iters):  # Newton's method with a tiny ridge
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ theta, -40, 40)))
+        g = X.T @ (w * (p - y)) + 1e-6 * theta
+        h = (X * (w * p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    a = theta[0] / sd
+    return float(a), float(theta[1] - a * mu), mu, sd
+
+
+class MatchProbability:
+    """P(same person | score) for one (backbone, calibrator); `__call__(scores) -> probs`.
+
+    scores and probabilities have the same shape (any); probabilities are in [0, 1].
+    """
+
+    def __init__(self, kind: str, params: dict, calibrator: str, backbone: str,
+                 thresholds: dict | None = None, meta: dict | None = None) -> None:
+        if kind not in KINDS:
+            raise InputError(f"unknown probability model {kind!r}; choose {', '.join(KINDS)}")
+        self.kind, self.params = kind, params
+        self.calibrator, self.backbone = calibrator, backbone
+        self.thresholds = dict(thresholds or {})  # {"1e-03": {"score", "probability", ...}}
+        self.meta = dict(meta or {})
+        if kind == "isotonic":
+            self._kx = np.asarray(params["x"], np.float64)
+            self._ky = np.asarray(params["y"], np.float64)
+            if self._kx.ndim != 1 or len(self._kx) != len(self._ky) or len(self._kx) < 1:
+                raise ModelFileError("isotonic probability model: knots x/y must be equal "
+                                     "non-empty lists")
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, same: np.ndarray, kind: str = "logistic",
+            calibrator: str = "none", backbone: str = "dlib", fars: tuple = FARS,
+            prior: float = 0.5, meta: dict | None = None) -> MatchProbability:
+        """Fit on pair scores (P,) with same (P,) bool, reweighted to `prior` same pairs."""
+        s = _scores(scores, "scores").ravel()
+        y = np.asarray(same, dtype=bool).ravel()
+        if len(s) != len(y):
+            raise InputError(f"{len(s)} scores but {len(y)} same/different labels")
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        if n_pos < 2 or n_neg < 2:
+            raise InputError("fitting a match probability needs at least 2 same and 2 "
+                             f"different pairs (got {n_pos} and {n_neg})")
+        w = np.where(y, prior / n_pos, (1 - prior) / n_neg) * len(s)
+        yf = y.astype(np.float64)
+        if kind == "logistic":
+            a, b, _, _ = _logistic(s, yf, w)
+            params: dict = {"a": a, "b": b}
+        elif kind == "isotonic":
+            order = np.argsort(s, kind="stable")
+            kx, ky = _pav(s[order], yf[order], w[order])
+            params = {"x": kx.tolist(), "y": ky.tolist()}
+        else:
+            raise InputError(f"unknown probability model {kind!r}; choose {', '.join(KINDS)}")
+        model = cls(kind, params, calibrator, backbone,
+                    meta={"prior": prior, "n_same": n_pos, "n_different": n_neg,
+                          **(meta or {})})
+        imp = np.sort(s[~y])
+        for far in fars:
+            # the smallest score whose impostor share above it is <= far
+            idx = min(len(imp) - 1, int(np.ceil((1 - far) * len(imp))))
+            thr = float(imp[idx])  # impostors >= thr: at most far * n (without ties)
+            model.thresholds[_far_key(far)] = {
+                "far": far, "score": thr, "probability": float(model(np.array([thr]))[0]),
+                "tar": float((s[y] >= thr).mean()), "n_impostor": n_neg}
+        return model
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        """scores (any shape) -> P(same person) of the same shape, float64 in [0, 1]."""
+        s = np.asarray(scores, dtype=np.float64)
+        if self.kind == "logistic":
+            z = np.clip(self.params["a"] * s + self.params["b"], -40, 40)
+            p = 1.0 / (1.0 + np.exp(-z))
+        else:
+            p = np.interp(s, self._kx, self._ky)
+        return np.where(np.isfinite(s), p, np.nan)
+
+    def threshold(self, far: float = 1e-3) -> float | None:
+        """The score threshold at `far` (None if the model has none for it)."""
+        t = self.thresholds.get(_far_key(far))
+        return None if t is None else float(t["score"])
+
+    def verdict(self, score: float, far: float = 1e-3) -> str | None:
+        """"same person" / "different people" at the FAR threshold, None without one."""
+        thr = self.threshold(far)
+        if thr is None:
+            return None
+        return "same person" if float(score) >= thr else "different people"
+
+    def check(self, calibrator: str, backbone: str | None = None) -> None:
+        """Refuse use with another calibrator / backbone than the model was fitted for."""
+        if calibrator != self.calibrator:
+            raise InputError(f"the match probability model was fitted for calibrator "
+                             f"{self.calibrator!r}, not {calibrator!r}; use the model of the "
+                             "same --calibrate")
+        if backbone is not None and backbone != self.backbone:
+            raise InputError(f"the match probability model was fitted on {self.backbone!r} "
+                             f"features, not {backbone!r}; use the model of the same backbone")
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "scale": SCALE, "kind": self.kind, "params": self.params,
+                "calibrator": self.calibrator, "backbone": self.backbone,
+                "thresholds": self.thresholds, "meta": self.meta}
+
+    def save(self, path: str | Path) -> None:
+        import os
+
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, p)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "probability model") -> MatchProbability:
+        try:
+            return cls(str(d["kind"]), dict(d["params"]), str(d["calibrator"]),
+                       str(d["backbone"]), dict(d.get("thresholds", {})),
+                       dict(d.get("meta", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{where}: not a match probability model ({e}); make one "
+                                 "with python -m benchmarks.probability fit") from None
+
+    @classmethod
+    def load(cls, path: str | Path, calibrator: str | None = None,
+             backbone: str | None = None) -> MatchProbability:
+        """Read a JSON model; refuse one made for another calibrator / backbone."""
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ModelFileError(f"{p}: probability model not found") from None
+        except (OSError, ValueError):
+            raise ModelFileError(f"{p}: not a readable JSON probability model") from None
+        if not isinstance(d, dict):
+            raise ModelFileError(f"{p}: not a match probability model")
+        model = cls.from_dict(d, str(p))
+        if calibrator is not None:
+            model.check(calibrator, backbone)
+        return model
+
+    @classmethod
+    def default(cls, calibrator: str, backbone: str) -> MatchProbability | None:
+        """The bundled model for (backbone, calibrator), None if none is shipped."""
+        name = f"prob-{backbone}-{calibrator}.json"
+        try:
+            text = (resources.files("facerank.calibrate") / "defaults" / name).read_text()
+        except (FileNotFoundError, OSError):
+            return None
+        return cls.from_dict(json.loads(text), name)
+
+
+def expected_calibration_error(probs: np.ndarray, same: np.ndarray, bins: int = 15,
+                               weights: np.ndarray | None = None) -> dict:
+    """ECE over `bins` equal-width probability bins: sum_b w_b |mean p_b - share same_b|.
+
+    Returns {"ece", "bins": [{"lo", "hi", "n", "weight", "mean_prob", "share_same"}]}.
+    """
+    p = np.asarray(probs, np.float64).ravel()
+    y = np.asarray(same, bool).ravel().astype(np.float64)
+    w = np.ones_like(p) if weights is None else np.asarray(weights, np.float64).ravel()
+    b = np.minimum((p * bins).astype(int), bins - 1)
+    wt = np.bincount(b, weights=w, minlength=bins)
+    mp = np.bincount(b, weights=w * p, minlength=bins)
+    my = np.bincount(b, weights=w * y, minlength=bins)
+    n = np.bincount(b, minlength=bins)
+    nz = wt > 0
+    gap = np.zeros(bins)
+    gap[nz] = np.abs(mp[nz] / wt[nz] - my[nz] / wt[nz])
+    ece = float((wt * gap).sum() / wt.sum())
+    rows = [{"lo": i / bins, "hi": (i + 1) / bins, "n": int(n[i]),
+             "weight": float(wt[i] / wt.sum()),
+             "mean_prob": float(mp[i] / wt[i]) if nz[i] else None,
+             "share_same": float(my[i] / wt[i]) if nz[i] else None} for i in range(bins)]
+    return {"ece": ece, "bins": rows}

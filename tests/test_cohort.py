@@ -1,0 +1,156 @@
+"""Gallery cohorts: candidate identity left out, same formulas as IDA-R / AS-norm, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facerank.calibrate.anchors import AnchorSet
+from facerank.calibrate.asnorm import ASNorm
+from facerank.calibrate.cohort import (
+    check_anchor_file,
+    choose_cohort,
+    cohort_scores,
+    identity_cohort,
+)
+from facerank.calibrate.ida import IDAR
+from facerank.errors import InputError
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _data(n_ids: int = 40, per: int = 3, d: int = 16, seed: int = 0):  # noqa: ANN202
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_ids, d))
+    emb = _unit(np.repeat(centres, per, axis=0) + 0.3 * rng.normal(size=(n_ids * per, d)))
+    labels = np.repeat([f"id{i:02d}" for i in range(n_ids)], per)
+    return emb, labels
+
+
+@pytest.mark.parametrize("method", ["ida-r", "asnorm"])
+def test_cohort_scores_equal_the_calibrator_without_the_candidate(method: str) -> None:
+    emb, labels = _data()
+    cohort = identity_cohort(emb, labels, "m")
+    assert len(cohort) == 40
+    rng = np.random.default_rng(1)
+    q = _unit(rng.normal(size=(3, 16)))
+    cand = rng.choice(len(emb), size=(3, 4), replace=False)
+    got = cohort_scores(method, cohort, q, emb[cand], labels[cand], k=5, top_n=20)
+    for i in range(3):
+        for j in range(4):
+            keep = cohort.labels != labels[cand[i, j]]
+            sub = AnchorSet(cohort.embeddings[keep], "m", cohort.labels[keep])
+            cal = IDAR(sub, k=5) if method == "ida-r" else ASNorm(sub, top_n=20)
+            want = cal.score_pairs(q[i : i + 1], emb[cand[i, j]][None])[0]
+            assert got[i, j] == pytest.approx(want, abs=1e-5)
+
+
+def test_leaving_the_candidate_out_changes_the_score() -> None:
+    emb, labels = _data()
+    cohort = identity_cohort(emb, labels, "m")
+    q = emb[:1]  # a probe of id00, whose own identity sits in the cohort
+    cand = np.array([[1]])  # another image of id00
+    left_out = cohort_scores("ida-r", cohort, q, emb[cand], labels[cand], k=5)[0, 0]
+    naive = IDAR(cohort, k=5).score_pairs(q, emb[1:2])[0]
+    assert left_out > naive + 1e-3  # its own identity no longer dilutes the density term
+
+
+def test_bad_anchor_files() -> None:
+    emb, labels = _data(n_ids=2)
+    a = identity_cohort(emb, labels, "dlib-x")
+    check_anchor_file(a, "dlib-x", 16)
+    with pytest.raises(InputError, match="made with 'dlib-x' features"):
+        check_anchor_file(a, "sface-y")
+    with pytest.raises(InputError, match="dimension 16"):
+        check_anchor_file(a, "dlib-x", 128)
+    one = identity_cohort(emb[:3], labels[:3], "dlib-x")
+    with pytest.raises(InputError, match="at least 2"):
+        check_anchor_file(one)
+    bad = emb.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        AnchorSet(bad, "dlib-x", labels)
+
+
+def test_small_gallery_falls_back() -> None:
+    assert choose_cohort(10) == "lfw" and choose_cohort(500) == "gallery"
+
+
+def test_gallery_search_uses_its_own_cohort_and_follows_renames(lfw_root, extractor,  # noqa: ANN001
+                                                                tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from facerank.calibrate import cohort as C
+    from facerank.calibrate.factory import attach_probability, build, probability_model
+    from facerank.gallery import StoredGallery
+
+    people = ["Ariel_Sharon", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
+    held_out = []
+    for name in people:
+        files = sorted((lfw_root / "images" / name).glob("*.jpg"))
+        (tmp_path / "in" / name).mkdir(parents=True)
+        for f in files[:2]:
+            shutil.copy(f, tmp_path / "in" / name / f.name)
+        held_out.append(files[5])
+    g = StoredGallery.create(tmp_path / "g", extractor, load_grids=False)
+    g.add_folder(tmp_path / "in", progress=False)
+    probe = extractor.extract_paths(held_out[:1], progress=False)
+    cal = build("ida-r", None, extractor.model_id)  # bundled anchors: a gallery may use its own
+    cal.k = 2  # 4 identities: a support of 2 others (the shipped k is 10, minimum 200 people)
+    k = 6
+    # too few identities: the bundled LFW anchors, and the search says so
+    fallback = g.search(probe, k=k, calibrate=cal)
+    used = g.cohort_used(cal)
+    assert used["cohort"] == "lfw" and "fewer than" in used["note"]
+    np.testing.assert_allclose([r.stage_scores["calibrated"] for r in fallback],
+                               cal.score_pairs(np.repeat(probe.embeddings, k, 0),
+                                               g.features().embeddings[[r.row for r in fallback]]),
+                               rtol=1e-5)
+    monkeypatch.setattr(C, "MIN_IDENTITIES", 3)
+    assert g.cohort_used(cal)["cohort"] == "gallery"
+    res = g.search(probe, k=k, calibrate=cal)
+    fs = g.features()
+    labels = np.array([r.identity for r in res])
+    cohort = identity_cohort(fs.embeddings, np.asarray(g.labels()), extractor.model_id)
+    want = cohort_scores("ida-r", cohort, probe.embeddings,
+                         fs.embeddings[[r.row for r in res]][None], labels[None], k=2)[0]
+    np.testing.assert_allclose([r.stage_scores["calibrated"] for r in res], want, rtol=1e-5)
+    assert res[0].identity == people[0]
+    # a match probability for every row, from the pair's Stage-1 calibrated score
+    model = probability_model("ida-r", "dlib")
+    if model is not None:
+        shown = attach_probability(res, model)
+        np.testing.assert_allclose([r.probability for r in shown], model(want), rtol=1e-5)
+    g.rename_identity(people[1], "Someone_Else")
+    after = g.search(probe, k=k, calibrate=cal)
+    assert "Someone_Else" in {r.identity for r in after}
+    g.close()
+
+
+def test_cli_bad_anchor_and_probability_files_fail_in_one_line(lfw_root, tmp_path,  # noqa: ANN001
+                                                               capsys) -> None:
+    import shutil
+
+    from facerank.calibrate.probability import MatchProbability
+    from facerank.cli.app import main
+
+    img = sorted((lfw_root / "images" / "Tony_Blair").glob("*.jpg"))[0]
+    (tmp_path / "one" / "Tony_Blair").mkdir(parents=True)
+    shutil.copy(img, tmp_path / "one" / "Tony_Blair" / img.name)
+    out = tmp_path / "a.npz"
+    assert main(["calibrate", "anchors", str(tmp_path / "one"), "--out", str(out)]) == 2
+    assert "at least 2" in capsys.readouterr().err and not out.exists()
+    emb, labels = _data(n_ids=1, d=128)
+    AnchorSet(emb, "dlib_resnet_v1@facerank-features-1", labels).save(out)
+    assert main(["compare", str(img), str(img), "--calibrate", "ida-r",
+                 "--calibrate-with", str(out)]) == 2
+    assert "a cohort needs at least 2" in capsys.readouterr().err
+    m = MatchProbability.fit(np.r_[np.zeros(5), np.ones(5)], np.r_[np.zeros(5), np.ones(5)] > 0,
+                             calibrator="none", backbone="dlib")
+    m.save(tmp_path / "p.json")
+    assert main(["compare", str(img), str(img), "--calibrate", "ida-r",
+                 "--probability-with", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "fitted for calibrator 'none', not 'ida-r'" in err and len(err.splitlines()) == 1

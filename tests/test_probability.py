@@ -1,0 +1,87 @@
+"""Match probability: fit, call, thresholds, JSON round trip, refusal of other models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from facerank.calibrate.probability import (
+    MatchProbability,
+    expected_calibration_error,
+)
+from facerank.errors import InputError, ModelFileError
+
+
+def _pairs(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    same = rng.random(n) < 0.5
+    scores = np.where(same, rng.normal(0.7, 0.1, n), rng.normal(0.3, 0.1, n))
+    return scores, same
+
+
+@pytest.mark.parametrize("kind", ["logistic", "isotonic"])
+def test_fit_is_calibrated_monotone_and_shaped(kind: str) -> None:
+    s, y = _pairs()
+    m = MatchProbability.fit(s, y, kind=kind, calibrator="none", backbone="dlib")
+    ts, ty = _pairs(seed=1)
+    p = m(ts)
+    assert p.shape == ts.shape and (p >= 0).all() and (p <= 1).all()
+    assert expected_calibration_error(p, ty)["ece"] < 0.03
+    grid = np.linspace(-1, 2, 301)
+    assert (np.diff(m(grid)) >= -1e-12).all()
+    # equal-variance Gaussians: P(same | s = 0.5) = 0.5 at equal prior
+    assert abs(float(m(np.array(0.5))) - 0.5) < 0.08
+    assert m(np.zeros((3, 4))).shape == (3, 4)
+
+
+def test_thresholds_hold_their_far_on_fresh_pairs() -> None:
+    s, y = _pairs(40000)
+    m = MatchProbability.fit(s, y, calibrator="ida-r", backbone="sface")
+    ts, ty = _pairs(40000, seed=2)
+    for far in (1e-2, 1e-3):
+        thr = m.threshold(far)
+        assert thr is not None
+        measured = float((ts[~ty] >= thr).mean())
+        assert 0.4 * far <= measured <= 2.5 * far
+    assert m.threshold(1e-2) < m.threshold(1e-3) < m.threshold(1e-4)
+    assert m.verdict(0.99) == "same person" and m.verdict(0.0) == "different people"
+
+
+def test_save_load_roundtrip_and_refusals(tmp_path) -> None:  # noqa: ANN001
+    s, y = _pairs()
+    m = MatchProbability.fit(s, y, kind="isotonic", calibrator="asnorm", backbone="dlib")
+    path = tmp_path / "p.json"
+    m.save(path)
+    back = MatchProbability.load(path, calibrator="asnorm", backbone="dlib")
+    x = np.linspace(0, 1, 50)
+    assert np.allclose(back(x), m(x))
+    assert back.thresholds == json.loads(path.read_text())["thresholds"]
+    with pytest.raises(InputError, match="calibrator 'asnorm', not 'ida-r'"):
+        MatchProbability.load(path, calibrator="ida-r")
+    with pytest.raises(InputError, match="'dlib' features, not 'sface'"):
+        MatchProbability.load(path, calibrator="asnorm", backbone="sface")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ModelFileError):
+        MatchProbability.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"kind": "isotonic"}')
+    with pytest.raises(ModelFileError):
+        MatchProbability.load(tmp_path / "other.json")
+
+
+def test_bad_fit_input() -> None:
+    with pytest.raises(InputError):
+        MatchProbability.fit(np.array([0.1, np.nan, 0.3, 0.4]), np.array([1, 0, 1, 0], bool))
+    with pytest.raises(InputError):
+        MatchProbability.fit(np.array([0.1, 0.2, 0.3]), np.array([1, 0, 0], bool))
+    with pytest.raises(InputError):
+        MatchProbability("spline", {}, "none", "dlib")
+
+
+def test_ece_of_a_perfect_and_a_wrong_forecaster() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    y = rng.random(20000) < p
+    assert expected_calibration_error(p, y)["ece"] < 0.02
+    assert expected_calibration_error(1 - p, y)["ece"] > 0.25

@@ -88,6 +88,10 @@ def eval_command(
                            ) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
+    from facerank.cli.options import LANDMARKS68_NOTE
+
+    typer.echo(LANDMARKS68_NOTE.format(why="the LFW evaluation set-up (occlusion generators, "
+                                       "lmk weighting)"), err=True)
     fx = P.lfw_extractor(backbone=backbone)
     data = P.EvalData.load(fx, extract=ray_extractor(ray, fx, ray_batch_size, ray_concurrency))
     qx = P.chain_extractor(detector, align5, backbone=backbone) if detector != "lfw" else None

@@ -44,7 +44,8 @@ def lfw_extractor(cache: bool | Path = True, backbone: str = "dlib") -> FeatureE
     """The evaluation set-up: HOG, the face nearest the centre, central box if none found."""
     from facerank.face.detect import FaceDetector
 
-    return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center"),
+    return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center",
+                                                  landmarks68=True),
                             cache=cache, backbone=backbone)
 
 
@@ -57,7 +58,8 @@ def chain_extractor(detector: str = "lfw", align5: str = "dlib",
     if detector == "lfw":
         return lfw_extractor(cache, backbone)
     return FeatureExtractor(detector=FaceDetector(detector, policy="center",  # type: ignore[arg-type]
-                                                  fallback="center", align5=align5),  # type: ignore[arg-type]
+                                                  fallback="center", align5=align5,  # type: ignore[arg-type]
+                                                  landmarks68=True),
                             cache=cache, backbone=backbone)
 
 

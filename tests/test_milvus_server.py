@@ -129,7 +129,7 @@ def test_kill_server_mid_add_then_restart(milvus_server: MilvusServer, folder: P
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         if milvus_server.proc is None:
-            milvus_server.start()
+            milvus_server.start(timeout=300)  # a crashed server waits out its old sessions
     committed = _ids_sqlite(g)
     assert 12 <= len(committed) <= N_PEOPLE * PER
     gal = StoredGallery.open(g, extractor)

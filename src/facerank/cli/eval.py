@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
 def eval_command(
     protocol: Annotated[str, typer.Argument(
         help="lfw-1680, lfw-crop, lfw-mask, lfw-sunglasses, lfw-lowres, lfw-pairs, lfw-openset "
-        "or all.")],
+        "or all (those seven); photo protocols (the occluder drawn on the photo, then detect, "
+        "align and embed; not in all): lfw-mask-photo, lfw-sunglasses-photo.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval-out"),
     stage2: Annotated[str, typer.Option(help="Stage-2 method (none, emd, vit, vit+emd).")] = "none",
     grid: Annotated[str, typer.Option(help="EMD patch grid: l2, l1, l2p4 (l2 pooled 4x4)...")]

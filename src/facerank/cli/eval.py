@@ -50,7 +50,7 @@ def eval_command(
     calibrate: Calibrate = "none",
     detector: Annotated[str, typer.Option(
         help="Query chain of lfw-1680 and the photo protocols: lfw (the fixed set-up: HOG, "
-        "centre face, central box, as round 1, the bundled gate and the caches), or yunet, hog, "
+        "centre face, central box, as the bundled gate and the caches), or yunet, hog, "
         "mmod in that set-up. The gallery always keeps the fixed set-up.")] = "lfw",
     align5: Annotated[str, typer.Option(
         help="yunet only: chip from dlib's 5-point predictor (dlib) or YuNet's points "

@@ -4,7 +4,7 @@
     lfw-crop        those 9,164 as 70 % random crops resized back; gallery = 13,233 clean images
     lfw-mask        ... with a synthetic face mask        (gallery minus the query's own original;
     lfw-sunglasses  ... with synthetic sunglasses          `keep_original=True`: papers' variant)
-    lfw-lowres      ... down-scaled to 24 px and back (seeded filter; URL, issue 13)
+    lfw-lowres      ... down-scaled to 24 px and back (seeded filter; for URL)
     lfw-pairs       pairs.txt verification, 10 folds
     lfw-openset     one image per person for a seeded half of the 1,680 enrolled; mated probes =
                     their other images, non-mated = the other half's images

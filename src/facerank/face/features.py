@@ -51,7 +51,7 @@ class FaceFeatures:
     det_score: float
     det_source: str
     path: str = ""
-    # URL confidence (issue 13), computed from the features above where it is shown and never
+    # URL confidence, computed from the features above where it is shown and never
     # cached: one number (1.0 = a typical clean LFW face) and the (K,) sub-embedding values
     confidence: float | None = None
     confidences: np.ndarray | None = None

@@ -51,6 +51,7 @@ class MilvusServer:
         """Start and wait until the proxy answers a list_collections call."""
         from pymilvus import MilvusClient
 
+        self._wait_ports_free(timeout)  # a killed server's sockets can linger a moment
         args = [self.binary, "--data", str(self.data)]
         for opt, port in self.ports.items():
             args += [opt, str(port)]
@@ -71,6 +72,20 @@ class MilvusServer:
                     raise RuntimeError(f"milvus-server not ready in {timeout:.0f} s "
                                        f"(log: {log.name})") from None
                 time.sleep(0.5)
+
+    def _wait_ports_free(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for port in self.ports.values():
+            while True:
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", port))
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"port {port} still busy after {timeout:.0f} s"
+                                               ) from None
+                time.sleep(0.2)
 
     def kill(self) -> None:
         """SIGKILL the server and its child process (its own process group)."""

@@ -108,6 +108,9 @@ def test_kill_add_on_server_loses_nothing(milvus_server: MilvusServer, folder: P
     gal.close()
 
 
+@pytest.mark.skipif(not os.environ.get("FACERANK_SLOW_TESTS"),
+                    reason="slow (about 150 s: a SIGKILLed Milvus server takes a minute or more "
+                    "to serve again); set FACERANK_SLOW_TESTS=1 to run it")
 def test_kill_server_mid_add_then_restart(milvus_server: MilvusServer, folder: Path,
                                           extractor: FeatureExtractor, tmp_path: Path) -> None:
     """SIGKILL of the server while `gallery add` runs; after a restart the journal replay makes

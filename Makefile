@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,scale]'
+	$(PY) -m pip install -q -e '.[test,scale,milvus-server]'
 	touch $(STAMP)
 
 demo: $(STAMP)

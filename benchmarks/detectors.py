@@ -34,7 +34,8 @@ def main() -> None:
     lfw, feats = data.lfw, data.features
     queries = lfw.people_with_at_least(2)
     pick = np.sort(np.random.default_rng(0).choice(queries, args.n, replace=False))
-    detectors = {m: FaceDetector(m, policy="center", fallback="none")  # type: ignore[arg-type]
+    detectors = {m: FaceDetector(m, policy="center",  # type: ignore[arg-type]
+                                 fallback="none", landmarks68=True)
                  for m in ("hog", "yunet", "mmod")}
     kinds = ("clean", "mask", "sunglasses")
     found = {(m, k): 0 for m in detectors for k in kinds}

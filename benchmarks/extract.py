@@ -57,14 +57,15 @@ def main() -> None:
         desc_a = np.array([np.asarray(fr.compute_face_descriptor(c)) for c in chips_a])
 
     # (b) facerank, same detector setting, then its default
-    same = FaceDetector(policy="center", fallback="center", upsample=1, retry_upsample=False)
-    default = FaceDetector(policy="center", fallback="center")
+    same = FaceDetector(policy="center", fallback="center", upsample=1, retry_upsample=False,
+                        landmarks68=True)
+    default = FaceDetector(policy="center", fallback="center", landmarks68=True)
     net = DlibResNet.from_dat()
     with Timer() as t_det_b:
         dets = [same.detect(img) for img in images]
     with Timer() as t_det_d:
         [default.detect(img) for img in images]
-    yunet = FaceDetector("yunet", policy="center", fallback="center")
+    yunet = FaceDetector("yunet", policy="center", fallback="center", landmarks68=True)
     yunet.detect(images[0])  # warm-up (OpenCV builds the network on first use)
     with Timer() as t_det_y:
         [yunet.detect(img) for img in images]

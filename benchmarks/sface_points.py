@@ -11,7 +11,7 @@
 
 Both go through the same ArcFace crop (`arcface_chip`) and SFace (`SFaceBackbone`); only the
 7,701 images pairs.txt uses are embedded for the YuNet column. This measures the point source
-only; the product detector with YuNet is issue #14's `FaceDetector(method="yunet")`.
+only; the product detector with YuNet is `FaceDetector(method="yunet")`.
 `--folds F` keeps the pairs of the first F folds (cross-validated over those F) for both
 columns, to fit a busy machine.
 """

@@ -47,3 +47,19 @@ def extractor(backbone, tmp_path_factory):
     det = FaceDetector(policy="center", fallback="center")
     return FeatureExtractor(backbone=backbone, detector=det,
                             cache=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A real standalone Milvus server on free ports (started once per session), or a skip
+    that says why it cannot run here."""
+    pytest.importorskip("pymilvus", reason="pymilvus not installed (the `scale` extra)")
+    from tests.milvus_server import MilvusServer
+
+    try:
+        server = MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data")
+        server.start()
+    except (RuntimeError, OSError) as e:
+        pytest.skip(f"no real Milvus server: {e} (install the `milvus-server` extra)")
+    yield server
+    server.kill()

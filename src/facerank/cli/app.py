@@ -122,7 +122,7 @@ def compare(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
 ) -> None:
-    """End-to-end demo on bundled LFW: enrol, search a cropped and a masked query, explain."""
+    """End-to-end demo on LFW: enrol, search a cropped and a masked query, explain."""
     from facerank.cli.demo import run_demo
 
     run_demo(console=out, out=out_dir)

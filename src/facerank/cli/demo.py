@@ -1,4 +1,4 @@
-"""`make demo`: the main job end to end on bundled LFW data.
+"""`make demo`: the main job end to end on LFW.
 
 1. Build (or reopen) a gallery of LFW — every image except two held-out queries — in
    `demo-out/gallery` (features cached after the first run, so a re-run takes seconds).
@@ -35,7 +35,10 @@ QUERIES = ("Andre_Agassi/Andre_Agassi_0008.jpg", "Amelie_Mauresmo/Amelie_Mauresm
 
 
 def _gallery(out: Path, paths: list[Path], names: list[str], console: Console) -> StoredGallery:
+    from facerank.cli.options import LANDMARKS68_NOTE
+
     folder = out / "gallery"
+    console.print(LANDMARKS68_NOTE.format(why="the masked query (LFW evaluation set-up)"))
     fx = lfw_extractor()
     try:
         gallery = StoredGallery.open(folder, fx)

@@ -32,8 +32,10 @@ def register(app: typer.Typer) -> None:
 def eval_command(
     protocol: Annotated[str, typer.Argument(
         help="lfw-1680, lfw-crop, lfw-mask, lfw-sunglasses, lfw-lowres, lfw-pairs, lfw-openset "
-        "or all; or a benchmark on disk: bin:FILE.bin (insightface verification set), "
-        "ijb:FOLDER (IJB-B/C), tinyface:FOLDER.")],
+        "or all (those seven); photo protocols (the occluder drawn on the photo, then detect, "
+        "align and embed; not in all): lfw-mask-photo, lfw-sunglasses-photo; or a benchmark "
+        "on disk: bin:FILE.bin (insightface verification set), ijb:FOLDER (IJB-B/C), "
+        "tinyface:FOLDER.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval-out"),
     stage2: Annotated[str, typer.Option(help="Stage-2 method (none, emd, vit, vit+emd).")] = "none",
     grid: Annotated[str, typer.Option(help="EMD patch grid: l2, l1, l2p4 (l2 pooled 4x4)...")]
@@ -55,7 +57,7 @@ def eval_command(
         help="ijb: template pooling, mean or url (URL-confidence-weighted mean).")] = "mean",
     detector: Annotated[str, typer.Option(
         help="Query chain of lfw-1680 and the photo protocols: lfw (the fixed set-up: HOG, "
-        "centre face, central box, as round 1, the bundled gate and the caches), or yunet, hog, "
+        "centre face, central box, as the bundled gate and the caches), or yunet, hog, "
         "mmod in that set-up. The gallery always keeps the fixed set-up.")] = "lfw",
     align5: Annotated[str, typer.Option(
         help="yunet only: chip from dlib's 5-point predictor (dlib) or YuNet's points "
@@ -104,6 +106,10 @@ def eval_command(
                            ) if stage2 != "none" else None
     command = "facerank " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     start = time.perf_counter()
+    from facerank.cli.options import LANDMARKS68_NOTE
+
+    typer.echo(LANDMARKS68_NOTE.format(why="the LFW evaluation set-up (occlusion generators, "
+                                       "lmk weighting)"), err=True)
     fx = P.lfw_extractor(backbone=backbone)
     data = P.EvalData.load(fx, extract=ray_extractor(ray, fx, ray_batch_size, ray_concurrency))
     qx = P.chain_extractor(detector, align5, backbone=backbone) if detector != "lfw" else None

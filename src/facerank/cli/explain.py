@@ -36,12 +36,13 @@ def explain_command(
         raise InputError(f"unknown explanation method {method!r}; choose emd or vit")
     from rich.console import Console
 
+    from facerank.cli.options import landmarks68_for
     from facerank.explain.flow import render_pair
     from facerank.face.detect import probe_label
     from facerank.face.features import FeatureSet, make_extractor
     from facerank.rerank.emd.reranker import Stage2EMD
 
-    fx = make_extractor(faces=faces)
+    fx = make_extractor(faces=faces, landmarks68=landmarks68_for(weighting))
     fx.grid_names = tuple(dict.fromkeys((*fx.grid_names, grid[:2])))
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     reranker = Stage2EMD(grid=grid, weighting=weighting, alpha=alpha,

@@ -283,13 +283,17 @@ def search_command(
                "backbone": built if built != "dlib" else None}  # Stage 2 on this backbone
     reranker = make_stage2(stage2, **{n: v for n, v in options.items() if v is not None})
     fx = g.extractor
-    if faces is not None and faces != fx.detector.policy:
+    from facerank.cli.options import landmarks68_for
+
+    lmk = landmarks68_for(weighting)
+    if lmk or (faces is not None and faces != fx.detector.policy):
         from facerank.face.detect import FaceDetector
         from facerank.face.features import FeatureExtractor
 
         d = fx.detector
-        det = FaceDetector(method=d.method, policy=faces,  # type: ignore[arg-type]
-                           fallback=d.fallback, upsample=d.upsample, align5=d.align5)
+        det = FaceDetector(method=d.method, policy=faces or d.policy,  # type: ignore[arg-type]
+                           fallback=d.fallback, upsample=d.upsample, align5=d.align5,
+                           landmarks68=lmk)
         fx = FeatureExtractor(backbone=fx.backbone, grids=fx.grid_names, detector=det)
     from facerank.calibrate import factory
 

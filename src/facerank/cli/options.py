@@ -64,3 +64,16 @@ def ray_extractor(address: str | None, fx, batch_size: int = 32,  # noqa: ANN001
     from facerank.scale.ray import RayExtract
 
     return RayExtract(fx, None if address == "local" else address, batch_size, concurrency)
+
+
+LANDMARKS68_NOTE = ("loading dlib's 68-point landmark model (licensed for non-commercial use "
+                    "only) for {why}")
+
+
+def landmarks68_for(weighting: str | None) -> bool:
+    """True, and one line on stderr saying so, when `weighting` ("lmk") needs dlib's 68-point
+    model; every other weighting runs on the 5-point model alone."""
+    if weighting != "lmk":
+        return False
+    typer.echo(LANDMARKS68_NOTE.format(why="the lmk weighting"), err=True)
+    return True

@@ -18,6 +18,11 @@ from facerank.cli.options import Backbone
 from facerank.errors import InputError
 from facerank.uncertainty.train import EDITS
 
+# the bundled URL head's recipe (uncertainty/models/url-*.json `command`): the defaults
+# reproduce it
+URL_EDITS = "crop,lowres,mask,blur"
+URL_PER_EDIT = 1200
+
 train_app = typer.Typer(name="train", no_args_is_help=True,
                         help="Train a head on LFW's identity-disjoint split (backbone frozen).")
 
@@ -91,13 +96,14 @@ def url_command(
     width: Annotated[int, typer.Option(help="Total embedding width (multiple of K).")] = 512,
     grid: Annotated[str, typer.Option(help="Grid the head reads besides the descriptor "
                                             "('none': descriptor only).")] = "l1",
-    edits: Annotated[str, typer.Option(help="Comma-separated edited copies to train on.")
-                     ] = ",".join(EDITS),
+    edits: Annotated[str, typer.Option(help="Comma-separated edited copies to train on "
+                                            f"(any of {', '.join(EDITS)}).")
+                     ] = URL_EDITS,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
     split_seed: Annotated[int, typer.Option(help="Seed of the identity split.")] = 0,
     per_edit: Annotated[int | None, typer.Option(
-        help="Edit only this many LFW images per edit kind (disjoint seeded subsets); "
-        "default: every image, as the shared harness caches them.")] = None,
+        help="Edit only this many LFW images per edit kind (disjoint seeded subsets; 0: every "
+        "image, as the shared harness caches them).")] = URL_PER_EDIT,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train URL confidence-aware sub-embeddings (backbone frozen)."""
@@ -116,7 +122,7 @@ def url_command(
     if unknown:
         raise InputError(f"unknown edit(s) {unknown}; choose from {', '.join(EDITS)}")
     g = None if grid == "none" else grid
-    ud = load_url_data(kinds, per_edit, split_seed, progress=progress)
+    ud = load_url_data(kinds, per_edit or None, split_seed, progress=progress)
     samples = build_samples(ud, fold, g)
     config = default_config(ud, g, k, width)
     head, stats = train_url(samples, config, epochs=epochs, seed=seed, progress=progress)

@@ -4,7 +4,7 @@
     lfw-crop        those 9,164 as 70 % random crops resized back; gallery = 13,233 clean images
     lfw-mask        ... with a synthetic face mask        (gallery minus the query's own original;
     lfw-sunglasses  ... with synthetic sunglasses          `keep_original=True`: papers' variant)
-    lfw-lowres      ... down-scaled to 24 px and back (seeded filter; URL, issue 13)
+    lfw-lowres      ... down-scaled to 24 px and back (seeded filter; for URL)
     lfw-pairs       pairs.txt verification, 10 folds
     lfw-openset     one image per person for a seeded half of the 1,680 enrolled; mated probes =
                     their other images, non-mated = the other half's images
@@ -44,7 +44,8 @@ def lfw_extractor(cache: bool | Path = True, backbone: str = "dlib") -> FeatureE
     """The evaluation set-up: HOG, the face nearest the centre, central box if none found."""
     from facerank.face.detect import FaceDetector
 
-    return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center"),
+    return FeatureExtractor(detector=FaceDetector(policy="center", fallback="center",
+                                                  landmarks68=True),
                             cache=cache, backbone=backbone)
 
 
@@ -57,7 +58,8 @@ def chain_extractor(detector: str = "lfw", align5: str = "dlib",
     if detector == "lfw":
         return lfw_extractor(cache, backbone)
     return FeatureExtractor(detector=FaceDetector(detector, policy="center",  # type: ignore[arg-type]
-                                                  fallback="center", align5=align5),  # type: ignore[arg-type]
+                                                  fallback="center", align5=align5,  # type: ignore[arg-type]
+                                                  landmarks68=True),
                             cache=cache, backbone=backbone)
 
 

@@ -98,7 +98,7 @@ class FaceDetector:
         fallback: Fallback = "none",
         upsample: int = 0,
         retry_upsample: bool = True,
-        landmarks68: bool = True,
+        landmarks68: bool = False,
         align5: Align5 = "dlib",
     ) -> None:
         import dlib
@@ -127,6 +127,9 @@ class FaceDetector:
         else:
             self._mmod = dlib.cnn_face_detection_model_v1(str(bundled_model(DLIB_MMOD)))
         self._sp5 = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE5)))
+        # dlib's 68-point model is licensed for non-commercial use only: it loads only when a
+        # caller asks for it (LMK patch weighting, occlusion generators, pose bins)
+        self.landmarks68 = landmarks68
         self._sp68 = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE68))) if landmarks68 else None
         self._rect = dlib.rectangle
 

@@ -51,7 +51,7 @@ class FaceFeatures:
     det_score: float
     det_source: str
     path: str = ""
-    # URL confidence (issue 13), computed from the features above where it is shown and never
+    # URL confidence, computed from the features above where it is shown and never
     # cached: one number (1.0 = a typical clean LFW face) and the (K,) sub-embedding values
     confidence: float | None = None
     confidences: np.ndarray | None = None
@@ -419,6 +419,8 @@ class FeatureExtractor:
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
+                if self.detector.landmarks68 and not np.isfinite(z["chip_landmarks68"]).any():
+                    return None  # cached without the 68 points this extractor needs: recompute
                 return FaceFeatures(
                     embedding=l2_normalize(z["descriptor"]), descriptor=z["descriptor"],
                     grids={n: z[f"grid_{n}"].astype(np.float32) for n in self.grid_names},
@@ -447,15 +449,17 @@ class FeatureExtractor:
 
 def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str = "none",
                    model: Path | None = None, cache: bool = True, aligned: str = "none",
-                   backbone: str = "dlib") -> FeatureExtractor:
+                   backbone: str = "dlib", landmarks68: bool = False) -> FeatureExtractor:
     """A FeatureExtractor from the CLI's and API's options: detector ("yunet", "hog", ...),
     which faces, what to do without one, a dlib .dat `model`, pre-aligned input and the
-    backbone name. Models load here, not at import."""
+    backbone name. Models load here, not at import. landmarks68: also load dlib's 68-point
+    predictor (non-commercial licence; needed only by the lmk patch weighting)."""
     from facerank.face.detect import FaceDetector
     from facerank.face.features import FeatureExtractor
     from facerank.models.backbone import make_backbone
 
-    det = FaceDetector(method=detector, policy=faces, fallback=no_face)  # type: ignore[arg-type]
+    det = FaceDetector(method=detector, policy=faces, fallback=no_face,  # type: ignore[arg-type]
+                       landmarks68=landmarks68)
     if backbone == "dlib":
         from facerank.models.dlib_resnet import DlibResNet
 

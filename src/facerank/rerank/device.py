@@ -31,8 +31,8 @@ def pick_device(name: str = "cpu") -> torch.device:
     except RuntimeError:
         raise InputError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for but torch sees no CUDA device; use "
-                         "--device cpu (or auto)")
+        raise InputError(f"device {name!r} asked for but torch sees no CUDA device; pass "
+                         "device=\"cpu\" (or \"auto\") to the re-ranker")
     return dev
 
 

@@ -273,7 +273,11 @@ class Stage2EMD(GatedBlendReranker):
 
 def _landmarks(fs: FeatureSet, index: np.ndarray) -> torch.Tensor:
     """(B, 68, 2) chip-coordinate landmarks of rows `index`."""
-    return torch.from_numpy(fs.chip_landmarks68[index]).float()
+    lm = fs.chip_landmarks68[index]
+    if len(lm) and not np.isfinite(lm).any():
+        raise InputError("the lmk weighting needs dlib's 68-point landmarks, and these faces were "
+                         "extracted without them; use another --weighting (apc is the default)")
+    return torch.from_numpy(lm).float()
 
 
 def _check_same_grid(q_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> None:

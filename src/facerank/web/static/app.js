@@ -129,7 +129,9 @@ function drawProbe(probe) {
   svg.appendChild(rect);
   const r = Math.max(1.2, Math.min(probe.width, probe.height) / 160);
   let shown = 0;
-  for (const p of probe.landmarks68) {
+  // the 68 points exist only when the lmk weighting loaded dlib's 68-point model; else the 5
+  const points = probe.landmarks68.some((p) => p) ? probe.landmarks68 : probe.landmarks5;
+  for (const p of points) {
     if (!p) continue;
     const c = document.createElementNS(SVG, "circle");
     c.setAttribute("class", "lmk");

@@ -15,6 +15,9 @@ from pathlib import Path
 from facerank.calibrate.base import Calibrator, make_calibrator
 from facerank.errors import InputError
 
+__all__ = ["THRESHOLDS", "build", "thresholds", "verdict"]
+
+
 THRESHOLDS = "thresholds.json"
 
 

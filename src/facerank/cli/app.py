@@ -148,12 +148,18 @@ def _click_classes() -> tuple[tuple[type[BaseException], ...], ...]:
     typer >= 0.29 raises its own `typer._click` exceptions; older typer raises `click`'s. Both
     are caught so that a usage error is one line plus a usage hint, never a traceback.
     """
-    import typer.exceptions as typer_exc
-    from typer._click import exceptions as typer_click
-
-    exits: list[type[BaseException]] = [typer_exc.Exit]
-    errors: list[type[BaseException]] = [typer_click.ClickException]
-    aborts: list[type[BaseException]] = [typer_exc.Abort, KeyboardInterrupt]
+    exits: list[type[BaseException]] = []
+    errors: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [KeyboardInterrupt]
+    try:
+        import typer.exceptions as typer_exc
+        from typer._click import exceptions as typer_click
+    except ImportError:  # typer before its vendored click
+        pass
+    else:
+        exits.append(typer_exc.Exit)
+        errors.append(typer_click.ClickException)
+        aborts.append(typer_exc.Abort)
     try:
         import click
     except ModuleNotFoundError:

@@ -19,6 +19,9 @@ from facerank._util.paths import DLIB_MMOD, DLIB_SHAPE5, DLIB_SHAPE68, bundled_m
 from facerank.errors import InputError, MultipleFacesError, NoFaceError
 from facerank.face.align.dlib_chip import dlib5_from_points5
 
+__all__ = ["METHODS", "Detection", "FaceDetector", "points5_from_68", "probe_label"]
+
+
 Method = Literal["hog", "mmod", "yunet"]
 Policy = Literal["largest", "center", "strict"]
 Fallback = Literal["none", "whole", "center"]

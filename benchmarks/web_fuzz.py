@@ -61,15 +61,18 @@ def free_port() -> int:
 
 def start_server(gallery: Path, port: int, stage2: str, calibrate: str,
                  max_upload_mb: float = 2.0, timeout: float = 180.0) -> subprocess.Popen:
-    """`facerank serve` in its own process; returns once /api/info answers 200."""
+    """`facerank serve` in its own process (its stderr in a temporary file); returns once
+    /api/info answers 200."""
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "facerank.cli", "serve", "--gallery", str(gallery), "--port",
          str(port), "--stage2", stage2, "--calibrate", calibrate, "--max-upload-mb",
-         str(max_upload_mb)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         str(max_upload_mb)], stdout=subprocess.DEVNULL, stderr=log)  # a file: a pipe fills
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"facerank serve exited: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"facerank serve exited: {log.read().decode()[-2000:]}")
         try:
             if request(port, "GET", "/api/info")[0] == 200:
                 return proc

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from facerank.face.features import FaceFeatures, FeatureExtractor
     from facerank.gallery import SearchResult, StoredGallery
 
+__all__ = ["DLIB_THRESHOLD", "Comparison", "Gallery", "compare", "embed", "features"]
+
+
 DLIB_THRESHOLD = 0.6  # dlib's same-person rule on the descriptor distance (as `facerank compare`)
 
 

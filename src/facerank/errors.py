@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+__all__ = ["DataError", "FacerankError", "GalleryError", "ImageError", "InputError",
+           "ModelFileError", "MultipleFacesError", "NoFaceError"]
+
 
 class FacerankError(Exception):
     """Base class of every error facerank raises on purpose (CLI exit code 2)."""

@@ -13,6 +13,8 @@ import torch
 
 from facerank.errors import InputError
 
+__all__ = ["Ranking", "cosine_topk"]
+
 
 @dataclass
 class Ranking:

@@ -16,6 +16,9 @@ import numpy as np
 from facerank._util.registry import Registry
 from facerank.errors import InputError
 
+__all__ = ["Calibrator", "calibrator_names", "check_embeddings", "make_calibrator",
+           "register_calibrator"]
+
 
 def check_embeddings(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
     """x (N, D) finite float embeddings, as float32; a one-line InputError otherwise."""

@@ -18,6 +18,9 @@ from facerank.calibrate.base import Calibrator, make_calibrator
 from facerank.calibrate.probability import SCALE, MatchProbability
 from facerank.errors import InputError
 
+__all__ = ["THRESHOLDS", "build", "thresholds", "verdict"]
+
+
 THRESHOLDS = "thresholds.json"
 
 

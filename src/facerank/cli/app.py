@@ -146,25 +146,52 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turn facerank errors into one line and exit code 2."""
-    import click
+def _click_classes() -> tuple[tuple[type[BaseException], ...], ...]:
+    """(exit, usage/click errors, abort) classes of typer's vendored click and of `click`.
 
+    typer >= 0.29 raises its own `typer._click` exceptions; older typer raises `click`'s. Both
+    are caught so that a usage error is one line plus a usage hint, never a traceback.
+    """
+    exits: list[type[BaseException]] = []
+    errors: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [KeyboardInterrupt]
+    try:
+        import typer.exceptions as typer_exc
+        from typer._click import exceptions as typer_click
+    except ImportError:  # typer before its vendored click
+        pass
+    else:
+        exits.append(typer_exc.Exit)
+        errors.append(typer_click.ClickException)
+        aborts.append(typer_exc.Abort)
+    try:
+        import click
+    except ModuleNotFoundError:
+        pass
+    else:
+        exits.append(click.exceptions.Exit)
+        errors.append(click.ClickException)
+        aborts.append(click.exceptions.Abort)
+    return tuple(exits), tuple(errors), tuple(aborts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turn facerank and usage errors into one line and exit code 2."""
+    exits, errors, aborts = _click_classes()
     try:
         rv = app(args=argv, prog_name="facerank", standalone_mode=False)
     except FacerankError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
+    except exits as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except errors as e:
+        e.show()  # type: ignore[attr-defined]
         return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except aborts:
         err.print("interrupted")
         return 130
     return rv if isinstance(rv, int) else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,9 @@ from facerank._util.paths import DLIB_MMOD, DLIB_SHAPE5, DLIB_SHAPE68, bundled_m
 from facerank.errors import InputError, MultipleFacesError, NoFaceError
 from facerank.face.align.dlib_chip import dlib5_from_points5
 
+__all__ = ["METHODS", "Detection", "FaceDetector", "points5_from_68", "probe_label"]
+
+
 Method = Literal["hog", "mmod", "yunet"]
 Policy = Literal["largest", "center", "strict"]
 Fallback = Literal["none", "whole", "center"]
@@ -72,6 +75,16 @@ def points5_from_68(landmarks68: np.ndarray) -> np.ndarray:
 
 def _shape_to_array(shape) -> np.ndarray:  # noqa: ANN001 - dlib type
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+
+
+def _plausible_yunet_rows(faces: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Mask (F,) of YuNet rows (F, 15) that are finite, with a positive box size, and with box
+    and points within one image side of the (h, w) image. A corrupted photo can make YuNet
+    return NaN or huge coordinates; such rows are no face."""
+    side = float(max(h, w))
+    coords = faces[:, :14]
+    return (np.isfinite(faces).all(axis=1) & (faces[:, 2] > 0) & (faces[:, 3] > 0)
+            & (np.abs(coords) <= 3 * side).all(axis=1))
 
 
 class FaceDetector:
@@ -174,7 +187,7 @@ class FaceDetector:
         out = faces.astype(np.float64)
         out[:, :14] /= s
         out[:, [0, 1, *range(4, 14)]] -= border  # x, y and the points; not w, h
-        return out
+        return out[_plausible_yunet_rows(out, h, w)]
 
     def _detect_yunet(self, image: np.ndarray) -> list[Detection]:
         faces = self._yunet_raw(image, 0.0)

@@ -25,6 +25,10 @@ from facerank.face.detect import Detection, FaceDetector
 from facerank.face.imageio import load_image
 from facerank.models.backbone import Backbone, make_backbone
 
+__all__ = ["CHIP_PADDING", "CHIP_SIZE", "FEATURES_VERSION", "Aligned", "FaceFeatures",
+           "FeatureExtractor", "FeatureSet", "file_digest", "l2_normalize", "make_extractor"]
+
+
 FEATURES_VERSION = 1  # bump when the extracted features change (not on every release)
 CHIP_SIZE = 150  # dlib's chip; each backbone has its own geometry (models/backbone.py)
 CHIP_PADDING = 0.25

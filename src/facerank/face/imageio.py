@@ -11,6 +11,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facerank.errors import ImageError, InputError
 
+__all__ = ["ALLOWED_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "expand_images",
+           "list_images", "load_image", "save_image"]
+
+
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompression bombs)
 MIN_SIDE = 32  # smaller images cannot hold a detectable face
 ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"}

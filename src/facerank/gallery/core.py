@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from facerank.calibrate.base import Calibrator
     from facerank.rerank.base import Reranker
 
+__all__ = ["CANDIDATES", "DEFAULT_BATCH", "IdentityFrom", "IndexKind", "SearchResult",
+           "StoredGallery", "batch_size_from_env", "identity_of"]
+
+
 CANDIDATES = 100  # Stage-1 candidates a calibrated search re-scores (facerank.calibrate)
 # a batch's faces -> a reason per face to leave it out (None: keep), e.g. a URL confidence floor
 Refuse = Callable[[list[FaceFeatures]], list[str | None]]

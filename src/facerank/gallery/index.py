@@ -25,6 +25,9 @@ from facerank.errors import InputError
 from facerank.face.features import l2_normalize
 from facerank.gallery.store import FeatureStore, Snapshot
 
+__all__ = ["INDEX_KINDS", "FaissIndex", "VectorIndex", "open_index"]
+
+
 FaissKind = Literal["flat", "hnsw"]
 INDEX_KINDS = ("flat", "hnsw", "milvus")
 

@@ -28,6 +28,10 @@ from facerank.errors import GalleryError, InputError
 from facerank.face.features import l2_normalize
 from facerank.gallery.store import FeatureStore, Snapshot
 
+__all__ = ["DEFAULT_COLLECTION", "MilvusIndex", "connect", "disconnect", "normalise_uri",
+           "scale_extra_missing"]
+
+
 DEFAULT_COLLECTION = "facerank_faces"
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix://")
 

@@ -45,6 +45,10 @@ from facerank._util.progress import progress_bar
 from facerank.errors import GalleryError, InputError
 from facerank.face.features import FaceFeatures, FeatureExtractor, FeatureSet, file_digest
 
+__all__ = ["ARRAYS", "DB_NAME", "FORMAT_VERSION", "AddReport", "FeatureStore", "Snapshot",
+           "extractor_meta", "fsync_dir"]
+
+
 FORMAT_VERSION = 1
 DB_NAME = "gallery.db"
 ARRAYS = "arrays"

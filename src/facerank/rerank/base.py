@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from facerank.rerank.gate import PreGate, QualityGate
 
 
+__all__ = ["GatedBlendReranker", "Reranker", "gated_blend", "make_stage2", "register_stage2",
+           "rerank_depth", "reorder_sent", "stage2_names"]
+
+
 class Reranker(Protocol):
     """Stage 2: re-order the top-k of a Stage-1 ranking."""
 

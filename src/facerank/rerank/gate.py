@@ -27,6 +27,10 @@ import torch
 
 from facerank.errors import InputError, ModelFileError
 
+__all__ = ["BACKBONE_GATE_PREFIX", "BUNDLED", "FEATURES", "LIST_FEATURES", "QUERY_FEATURES",
+           "QualityGate", "bundled_gate", "bundled_gate_path", "gate_features", "query_features"]
+
+
 LIST_FEATURES = ("cos_std", "cos_top1", "cos_peak", "cos_gap10", "cos_mean", "emd_std",
                  "emd_max", "emd_mean", "emd_at_cos_top1", "agree")
 QUERY_FEATURES = ("q_norm", "q_grid_mean", "q_grid_std", "q_grid_active", "q_grid_spatial_std")

@@ -16,6 +16,10 @@ import numpy as np
 
 from facerank.errors import InputError
 
+__all__ = ["ARCFACE_FACE_BOX", "ARCFACE_SIZE", "ARCFACE_TEMPLATE", "arcface_chip",
+           "arcface_chip_transform", "arcface_matrix"]
+
+
 ARCFACE_SIZE = 112
 # The ArcFace template (insightface `arcface_dst`) as OpenCV writes it, float32.
 ARCFACE_TEMPLATE = np.array(

@@ -27,6 +27,11 @@ from facerank.errors import InputError
 
 # dlib's 5-point template (right eye outer, right eye inner, left eye outer, left eye inner, nose)
 # in units of the unpadded face box.
+__all__ = ["ARCFACE112", "ChipDetails", "check_landmarks", "chip_details", "chip_transform",
+           "dlib5_from_points5", "extract_chip", "landmarks_to_chip", "mean_face_points5",
+           "pyramid_down2"]
+
+
 _MEAN_FACE5 = np.array(
     [
         [0.8595674595992, 0.2134981538014],

@@ -29,6 +29,9 @@ from facerank.face.align.dlib_chip import (
 )
 from facerank.face.detect import Detection, FaceDetector
 
+__all__ = ["ALIGNED", "aligned_detection", "aligned_kind", "check_aligned"]
+
+
 ALIGNED = ("none", "auto", "dlib150", "arcface112")
 _AUTO_SIZES = {150: "dlib150", 112: "arcface112"}
 

@@ -129,6 +129,7 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module in ("facerank.cli.eval", "facerank.cli.explain", "facerank.cli.gallery",
+                   "facerank.cli.cluster",
                    "facerank.cli.serve", "facerank.cli.train"):
         try:
             mod = importlib.import_module(module)

@@ -199,3 +199,58 @@ def test_api_exposes_cluster() -> None:
     import facerank
 
     assert callable(facerank.cluster)
+
+
+@pytest.fixture(scope="module")
+def small_gallery(lfw_root: Path, backbone: object, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Path:
+    """3 people x 3 LFW images in a gallery (HOG, centre face)."""
+    from facerank.face.detect import FaceDetector
+    from facerank.face.features import FeatureExtractor
+    from facerank.gallery import StoredGallery
+
+    fx = FeatureExtractor(backbone=backbone, detector=FaceDetector(policy="center",
+                                                                   fallback="none"),
+                          cache=tmp_path_factory.mktemp("cl-cache"))
+    folder = tmp_path_factory.mktemp("cl") / "gallery"
+    files = []
+    for name in ("George_W_Bush", "Colin_Powell", "Tony_Blair"):
+        files += sorted((lfw_root / "images" / name).glob("*.jpg"))[:3]
+    with StoredGallery.create(folder, fx) as g:
+        g.add_files(files, [f.parent.name for f in files], progress=False)
+    return folder
+
+
+def test_web_clusters_view_and_corrections(small_gallery: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from facerank.gallery import StoredGallery
+    from facerank.web.app import create_app
+
+    with StoredGallery.open(small_gallery) as g:
+        fx = g.extractor
+    client = TestClient(create_app(small_gallery, stage2="none", extractor=fx))
+    assert client.get("/clusters").status_code == 200
+    d = client.get("/api/clusters").json()
+    assert sum(c["size"] for c in d["clusters"]) + len(d["unassigned"]) == 9
+    first = d["clusters"][0]
+    why = client.get(f"/api/clusters/why/{first['images'][0]}").json()
+    assert why["cluster"] == first["id"] and all(0 <= n["probability"] <= 1
+                                                 for n in why["nearest"])
+    assert client.post(f"/api/clusters/merge?into={first['id']}&other={first['id']}"
+                       ).status_code == 400
+    if len(d["clusters"]) > 1:
+        other = d["clusters"][1]
+        assert client.post(f"/api/clusters/merge?into={first['id']}&other={other['id']}"
+                           ).status_code == 200
+        d2 = client.get("/api/clusters").json()
+        assert d2["clusters"][0]["size"] == first["size"] + other["size"]
+    assert client.get("/api/clusters/why/999999").status_code == 400
+
+
+def test_cli_gallery_cluster(small_gallery: Path, capsys: pytest.CaptureFixture) -> None:
+    from facerank.cli.app import main
+
+    assert main(["gallery", "cluster", str(small_gallery)]) == 0
+    assert "9 face(s)" in capsys.readouterr().out
+    assert (small_gallery / "clusters" / "clusters.json").is_file()

@@ -2,6 +2,8 @@
 
 Endpoints
     GET  /                     the page (static/index.html + app.js + app.css, no CDN)
+    GET  /clusters             the clusters view (static/clusters.html); /api/clusters[/why/ID],
+                               POST /api/clusters/{merge,split,not-this,rename}
     GET  /api/info             gallery size, Stage-2 method, upload limit
     POST /api/search?k=5       multipart `file` -> probe (box, 68 landmarks, detector score),
                                ranked results with per-stage scores, top-1 flow explanation
@@ -127,6 +129,52 @@ def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = D
         jpeg = await run_in_threadpool(service.thumbnail, int(image_id))
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
+
+    from facerank.web.clusters import ClusterView
+
+    view = ClusterView(service.gallery)
+
+    async def _call(fn: Callable[..., Any], *args: Any) -> Any:  # noqa: ANN401
+        try:
+            return await run_in_threadpool(fn, *args)
+        except InputError as e:
+            raise HTTPProblem(400, str(e)) from None
+
+    @app.get("/clusters", include_in_schema=False)
+    async def clusters_page() -> FileResponse:
+        return FileResponse(STATIC / "clusters.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/clusters")
+    async def clusters() -> JSONResponse:
+        return JSONResponse(await _call(view.clusters))
+
+    @app.get("/api/clusters/why/{image_id}")
+    async def cluster_why(image_id: int) -> JSONResponse:
+        return JSONResponse(await _call(view.why, image_id))
+
+    @app.post("/api/clusters/merge")
+    async def cluster_merge(into: int, other: int) -> JSONResponse:
+        await _call(view.merge, into, other)
+        return JSONResponse({"ok": True})
+
+    @app.post("/api/clusters/split")
+    async def cluster_split(cluster: int, images: str) -> JSONResponse:
+        try:
+            ids = [int(v) for v in images.split(",") if v.strip()]
+        except ValueError:
+            raise HTTPProblem(400, "images: comma-separated image ids") from None
+        return JSONResponse({"new": await _call(view.split, cluster, ids)})
+
+    @app.post("/api/clusters/not-this")
+    async def cluster_not_this(image: int, cluster: int) -> JSONResponse:
+        await _call(view.not_this, image, cluster)
+        return JSONResponse({"ok": True})
+
+    @app.post("/api/clusters/rename")
+    async def cluster_rename(cluster: int, name: str) -> JSONResponse:
+        await _call(view.rename, cluster, name)
+        return JSONResponse({"ok": True})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -105,9 +105,10 @@ def run(backbone: str, edited: int, synthetic: int, seed: int = 0) -> dict:
                                              "bcubed_f1": round(best[0], 2)},
                      "selection": [[round(a, 2), b, f] for a, b, f in sel],
                      "fold_false": {}, "all": {}}
-        methods = [*baselines(backbone), ours]
-        for m in methods:
-            for part, rows in (("fold_false", te), ("all", np.arange(len(y)))):
+        methods = [ours, *baselines(backbone)]
+        out["variants"][name] = res
+        for part, rows in (("fold_false", te), ("all", np.arange(len(y)))):
+            for m in methods:
                 t0 = time.perf_counter()
                 if m is ours:
                     lab = m.fit(x[rows], None if cv is None else cv[rows])
@@ -116,11 +117,11 @@ def run(backbone: str, edited: int, synthetic: int, seed: int = 0) -> dict:
                 dt = time.perf_counter() - t0
                 res[part][m.name] = {**M.summary(lab, y[rows]), "seconds": round(dt, 2)}
                 print(backbone, name, part, m.name, res[part][m.name], flush=True)
+                write_result(f"cluster-{backbone}", {**out, "partial": True})
         # ours without the confidence floor, for the ablation
         if best[2] is not None:
             lab = A.ProbabilityCluster(prob, p_link=best[1]).fit(x[te])
             res["fold_false"]["probability-no-url"] = M.summary(lab, y[te])
-        out["variants"][name] = res
     if synthetic:
         rng = np.random.default_rng(seed)
         d = variants["clean"].shape[1]

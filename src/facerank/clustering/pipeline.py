@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # fitted on LFW identity fold True (benchmarks/cluster.py; results in benchmarks/results/)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "dlib": {"prob": LogisticProb(219.18, -206.26), "p_link": 0.6, "min_confidence": 0.7},
-    "sface": {"prob": LogisticProb(47.83, -23.66), "p_link": 0.6, "min_confidence": None},
+    "sface": {"prob": LogisticProb(47.83, -23.66), "p_link": 0.5, "min_confidence": None},
 }
 
 

@@ -4,12 +4,13 @@ Stage 1 ranks a gallery by cosine of global embeddings; Stage 2 re-ranks the top
 (DeepFace-EMD); calibration and uncertainty plug in after it.
 
 One-line API (loaded on first use, so `import facerank` stays light):
-`facerank.embed(x)`, `facerank.compare(a, b)`, `facerank.Gallery.open(folder).search(x, k)`.
+`facerank.embed(x)`, `facerank.compare(a, b)`, `facerank.cluster(paths)`,
+`facerank.Gallery.open(folder).search(x, k)`.
 """
 
 __version__ = "0.1.0"
 
-_API = ("embed", "compare", "Gallery", "Comparison")
+_API = ("embed", "compare", "cluster", "Gallery", "Comparison")
 __all__ = ["__version__", *_API]
 
 

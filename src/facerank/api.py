@@ -4,6 +4,7 @@
     v = facerank.embed("photo.jpg")                 # (128,) unit-length embedding
     r = facerank.compare("a.jpg", "b.jpg")          # r.same, r.distance, r.cosine
     hits = facerank.Gallery.open("my-gallery").search("probe.jpg", k=5)
+    groups = facerank.cluster(["photos/"]).groups()  # cluster id -> photo paths
 
 Every function takes a path (str or Path), the file's bytes, a PIL image or a uint8 numpy array
 (H, W, 3) RGB or (H, W) grey. The default chain is the CLI's: YuNet detection, the largest face,
@@ -24,6 +25,7 @@ import numpy as np
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
+    from facerank.clustering.pipeline import Clusters
     from facerank.face.features import FaceFeatures, FeatureExtractor
     from facerank.gallery import SearchResult, StoredGallery
 
@@ -147,6 +149,19 @@ def with_probability(cmp: Comparison, fa: FaceFeatures, fb: FaceFeatures, model_
     prob = None if model is None else float(model(np.array([score]))[0])
     return replace(cmp, calibrator=calibrate, calibrated=None if cal is None else score,
                    probability=prob, verdict_far=None if model is None else model.verdict(score))
+
+
+def cluster(paths: Any, backbone: str = "dlib", detector: str = "yunet",  # noqa: ANN401
+            store: str | Path | None = None) -> Clusters:
+    """Group photos (paths or folders; one face per photo, the largest) into people.
+    `.labels` (N,) cluster ids (-1 = unassigned), `.groups()` id -> paths, `.failures` the
+    photos without a face. store: a folder that keeps the clusters and the user's corrections,
+    so a later call adds new photos without re-clustering the rest."""
+    from facerank.clustering.pipeline import cluster_paths
+
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    return cluster_paths(list(paths), backbone=backbone, detector=detector, store=store)
 
 
 class Gallery:

@@ -132,8 +132,9 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (added as they exist)."""
     import importlib
 
-    for module in ("facerank.cli.calibrate", "facerank.cli.eval", "facerank.cli.explain",
-                   "facerank.cli.gallery", "facerank.cli.serve", "facerank.cli.train"):
+    for module in ("facerank.cli.calibrate", "facerank.cli.cluster", "facerank.cli.eval",
+                   "facerank.cli.explain", "facerank.cli.gallery", "facerank.cli.serve",
+                   "facerank.cli.train"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -2,6 +2,8 @@
 
 Endpoints
     GET  /                     the page (static/index.html + app.js + app.css, no CDN)
+    GET  /clusters             the clusters view (static/clusters.html); /api/clusters[/why/ID],
+                               POST /api/clusters/{merge,split,not-this,rename}
     GET  /api/info             gallery size, Stage-2 method, upload limit
     POST /api/search?k=5       multipart `file` -> probe (box, 68 landmarks, detector score),
                                ranked results with per-stage scores, top-1 flow explanation
@@ -31,7 +33,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facerank.errors import FacerankError, GalleryError, InputError
+from facerank.errors import (
+    FacerankError,
+    GalleryError,
+    ImageError,
+    InputError,
+    MultipleFacesError,
+    NoFaceError,
+)
 from facerank.face.features import FeatureExtractor
 from facerank.web.service import DEFAULT_K, MAX_K, SearchService
 from facerank.web.upload import DEFAULT_MAX_UPLOAD, HTTPProblem, format_bytes, read_upload
@@ -101,7 +110,12 @@ def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = D
 
     @app.exception_handler(FacerankError)
     async def facerank_error(_: Request, exc: FacerankError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=500)
+        # what the request sent is at fault (a bad photo or field: 422; a gallery state that
+        # refuses the change: 409); a server-side model or data problem stays a 500
+        status = (422 if isinstance(exc, ImageError | NoFaceError | MultipleFacesError
+                                    | InputError)
+                  else 409 if isinstance(exc, GalleryError) else 500)
+        return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -128,6 +142,52 @@ def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = D
         jpeg = await run_in_threadpool(service.thumbnail, int(image_id))
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
+
+    from facerank.web.clusters import ClusterView
+
+    view = ClusterView(service.gallery)
+
+    async def _call(fn: Callable[..., Any], *args: Any) -> Any:  # noqa: ANN401
+        try:
+            return await run_in_threadpool(fn, *args)
+        except InputError as e:
+            raise HTTPProblem(400, str(e)) from None
+
+    @app.get("/clusters", include_in_schema=False)
+    async def clusters_page() -> FileResponse:
+        return FileResponse(STATIC / "clusters.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/clusters")
+    async def clusters() -> JSONResponse:
+        return JSONResponse(await _call(view.clusters))
+
+    @app.get("/api/clusters/why/{image_id}")
+    async def cluster_why(image_id: int) -> JSONResponse:
+        return JSONResponse(await _call(view.why, image_id))
+
+    @app.post("/api/clusters/merge")
+    async def cluster_merge(into: int, other: int) -> JSONResponse:
+        await _call(view.merge, into, other)
+        return JSONResponse({"ok": True})
+
+    @app.post("/api/clusters/split")
+    async def cluster_split(cluster: int, images: str) -> JSONResponse:
+        try:
+            ids = [int(v) for v in images.split(",") if v.strip()]
+        except ValueError:
+            raise HTTPProblem(400, "images: comma-separated image ids") from None
+        return JSONResponse({"new": await _call(view.split, cluster, ids)})
+
+    @app.post("/api/clusters/not-this")
+    async def cluster_not_this(image: int, cluster: int) -> JSONResponse:
+        await _call(view.not_this, image, cluster)
+        return JSONResponse({"ok": True})
+
+    @app.post("/api/clusters/rename")
+    async def cluster_rename(cluster: int, name: str) -> JSONResponse:
+        await _call(view.rename, cluster, name)
+        return JSONResponse({"ok": True})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

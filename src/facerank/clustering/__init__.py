@@ -1,0 +1,1 @@
+"""Grouping unlabelled faces into people: algorithms, metrics, incremental store, pipeline."""

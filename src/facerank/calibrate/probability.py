@@ -69,7 +69,7 @@ def _pav(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.nd
     return kx, np.asarray(vals)
 
 
-def _logistic(s: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
+def logistic_fit(s: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
               ) -> tuple[float, float, float, float]:
     """Weighted Platt fit on standardised scores -> (a, b) on the raw scale, plus (mu, sd)."""
     mu, sd = float(np.average(s, weights=w)), float(np.sqrt(np.cov(s, aweights=w)) or 1.0)
@@ -125,7 +125,7 @@ class MatchProbability:
         w = np.where(y, prior / n_pos, (1 - prior) / n_neg) * len(s)
         yf = y.astype(np.float64)
         if kind == "logistic":
-            a, b, _, _ = _logistic(s, yf, w)
+            a, b, _, _ = logistic_fit(s, yf, w)
             params: dict = {"a": a, "b": b}
         elif kind == "isotonic":
             order = np.argsort(s, kind="stable")

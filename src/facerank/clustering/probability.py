@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facerank.calibrate.probability import logistic_fit
 from facerank.errors import InputError
 
 
@@ -32,24 +33,13 @@ class LogisticProb:
         return {"a": self.a, "b": self.b}
 
 
-def fit_logistic(scores: np.ndarray, same: np.ndarray, iterations: int = 100) -> LogisticProb:
-    """Maximum-likelihood logistic fit (Newton) of same (N,) bool on scores (N,)."""
+def fit_logistic(scores: np.ndarray, same: np.ndarray) -> LogisticProb:
+    """Maximum-likelihood logistic fit of same (N,) bool on scores (N,), unweighted
+    (`facerank.calibrate.probability.logistic_fit`)."""
     s = np.asarray(scores, np.float64)
     y = np.asarray(same, np.float64)
     if s.ndim != 1 or s.shape != y.shape or len(s) < 2 or y.min() == y.max():
         raise InputError("the probability fit needs (N,) scores with both same and different "
                          "pairs")
-    mu, sd = s.mean(), max(s.std(), 1e-6)
-    z = (s - mu) / sd
-    w = np.zeros(2)
-    for _ in range(iterations):
-        p = 1 / (1 + np.exp(-np.clip(w[0] * z + w[1], -50, 50)))
-        g = np.array([((p - y) * z).sum(), (p - y).sum()])
-        h = p * (1 - p)
-        hess = np.array([[(h * z * z).sum(), (h * z).sum()], [(h * z).sum(), h.sum()]])
-        step = np.linalg.solve(hess + 1e-6 * np.eye(2), g)
-        w -= step
-        if np.abs(step).max() < 1e-9:
-            break
-    a = w[0] / sd
-    return LogisticProb(float(a), float(w[1] - a * mu))
+    a, b, _, _ = logistic_fit(s, y, np.ones_like(s))
+    return LogisticProb(a, b)

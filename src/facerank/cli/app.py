@@ -46,7 +46,7 @@ def extract(
     model: Model = None,
     strict: Annotated[bool, typer.Option(help="Exit 2 if any file fails.")] = False,
     aligned: Aligned = "none",
-    backbone: Backbone = "dlib",
+    backbone: Backbone = "sface",
 ) -> None:
     """Extract face features (embedding, patch grids, landmarks) into one .npz file."""
     from facerank.face.features import make_extractor
@@ -81,7 +81,7 @@ def compare(
     calibrate: Calibrate = "none",
     calibrate_with: CalibrateWith = None,
     aligned: Aligned = "none",
-    backbone: Backbone = "dlib",
+    backbone: Backbone = "sface",
 ) -> None:
     """Compare two faces: cosine, dlib distance, and same/different at dlib's 0.6 rule
     (with --calibrate: the calibrated score and its verdict at LFW's FAR 1e-3 threshold)."""

@@ -117,11 +117,13 @@ def compare(
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
+    backbone: Backbone = "sface",
 ) -> None:
-    """End-to-end demo on bundled LFW: enrol, search a cropped and a masked query, explain."""
+    """End-to-end demo on bundled LFW: enrol, search a cropped and a masked query with the
+    backbone's default chain, explain."""
     from facerank.cli.demo import run_demo
 
-    run_demo(console=out, out=out_dir)
+    run_demo(console=out, out=out_dir, backbone=backbone)
 
 
 def _register_optional_commands() -> None:

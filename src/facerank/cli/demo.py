@@ -3,10 +3,11 @@
 1. Build (or reopen) a gallery of LFW — every image except two held-out queries — in
    `demo-out/gallery` (features cached after the first run, so a re-run takes seconds).
 2. Make a cropped and a masked query from the held-out images (people who still have other
-   images in the gallery), search each with Stage 1 and with the product chain (IDA-R
-   calibrated Stage 1, then the shipped Stage 2, `STAGE2`), print the tables with the
-   calibrated score, each face's URL confidence and the verdict at the bundled FAR 1e-3
-   threshold.
+   images in the gallery), search each with Stage 1 and with the backbone's default chain
+   (`facerank search`'s `--stage2 auto`: SFace's cosine with Stage 2 abstaining; on dlib,
+   IDA-R calibrated Stage 1 then the shipped Stage 2, `STAGE2`), print the tables with each
+   face's URL confidence (and, where the backbone has bundled calibration, the calibrated
+   score and the verdict at the bundled FAR 1e-3 threshold).
 3. Write the flow explanation of each top-1 match and print where it is.
 """
 
@@ -27,16 +28,18 @@ from facerank.face.imageio import load_image, save_image
 from facerank.gallery import StoredGallery
 from facerank.rerank.base import make_stage2
 
-STAGE2 = "vit+emd"  # the shipped Stage 2 (docs/results.md, "Face-ViT Stage 2": what ships)
+BACKBONE = "sface"  # the default backbone (`--backbone dlib` elsewhere for dlib's chain)
+STAGE2 = "vit+emd"  # dlib's shipped Stage 2 (docs/results.md, "Face-ViT Stage 2": what ships)
 
 # Held-out queries (their originals are not enrolled). Picked from the LFW-crop / LFW-mask
 # evaluation as cases Stage 2 fixes; docs/results.md has the averages over all 9,164 queries.
 QUERIES = ("Andre_Agassi/Andre_Agassi_0008.jpg", "Amelie_Mauresmo/Amelie_Mauresmo_0015.jpg")
 
 
-def _gallery(out: Path, paths: list[Path], names: list[str], console: Console) -> StoredGallery:
-    folder = out / "gallery"
-    fx = lfw_extractor()
+def _gallery(out: Path, paths: list[Path], names: list[str], console: Console,
+             backbone: str = BACKBONE) -> StoredGallery:
+    folder = out / ("gallery" if backbone == "dlib" else f"gallery-{backbone}")
+    fx = lfw_extractor(backbone=backbone)
     try:
         gallery = StoredGallery.open(folder, fx)
     except GalleryError:
@@ -66,8 +69,10 @@ def _probe(fx, chip: np.ndarray, name: str) -> FeatureSet:  # noqa: ANN001
                       det_sources=["edited chip"])
 
 
-def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> None:
-    """Enrol LFW, search a cropped and a masked query, explain the top matches."""
+def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
+             backbone: str = BACKBONE) -> None:
+    """Enrol LFW, search a cropped and a masked query with `backbone`'s default chain, explain
+    the top matches."""
     from facerank.explain.flow import render_pair
 
     console = console or Console()
@@ -75,14 +80,22 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
     held = {lfw.root / "images" / q for q in QUERIES}
     paths = [p for p in lfw.paths if p not in held]
     names = [p.parent.name for p in paths]
-    gallery = _gallery(out, paths, names, console)
+    gallery = _gallery(out, paths, names, console, backbone)
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
-    stage2 = make_stage2(STAGE2)  # gated by its bundled gate
     from facerank.calibrate.factory import build, verdict
+    from facerank.rerank.emd.reranker import Stage2EMD
     from facerank.uncertainty.confidence import attach_results
 
-    cal = build("ida-r", None, fx.model_id)  # bundled anchors of LFW identity half A
+    if backbone == "dlib":
+        stage2 = make_stage2(STAGE2)  # gated by its bundled gate
+        cal = build("ida-r", None, fx.model_id)  # bundled anchors of LFW identity half A
+        chain_name = f"IDA-R + {STAGE2}"
+    else:  # SFace's default chain: Stage 2 abstains (`--stage2 auto`), no bundled calibration
+        stage2 = make_stage2("auto", backbone=backbone)
+        cal = None
+        chain_name = "default chain (Stage 2 " + ("abstains" if stage2 is None else "on") + ")"
+    flows = getattr(stage2, "emd", stage2) or Stage2EMD(backbone=backbone)  # for the figure
     gfeats = gallery.features()
     for (query, kind) in zip(QUERIES, ("crop", "mask"), strict=True):
         path = lfw.root / "images" / query
@@ -98,27 +111,31 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
         probe_conf, chain = attach_results(gallery, probe, gallery.search(
             probe, k=5, stage2=stage2, calibrate=cal))
         table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
-        for col in ("rank", "Stage 1 identity", "cosine", f"IDA-R + {STAGE2} identity",
-                    "IDA-R score", "final", "URL conf."):
+        for col in ("rank", "Stage 1 identity", "cosine", f"{chain_name} identity",
+                    *(("IDA-R score",) if cal is not None else ()), "final", "URL conf."):
             table.add_column(col)
         for r1, r2 in zip(first, chain, strict=True):
             conf = "-" if r2.confidence is None else f"{r2.confidence:.2f}"
+            calibrated = (f"{r2.stage_scores['calibrated']:.4f}",) if cal is not None else ()
             table.add_row(str(r1.rank), _mark(r1.identity, path.parent.name),
                           f"{r1.stage1:.3f}", _mark(r2.identity, path.parent.name),
-                          f"{r2.stage_scores['calibrated']:.4f}", f"{r2.score:.3f}", conf)
+                          *calibrated, f"{r2.score:.3f}", conf)
         console.print(table)
         top = chain[0]
-        score = top.stage_scores["calibrated"]
-        said, thr = verdict("ida-r", score, False)
-        line = f"top-1 {top.identity}: IDA-R score {score:.4f} -> {said}"
-        line += "" if thr is None else f" (threshold {thr:.4f} at FAR 1e-3)"
+        if cal is not None:
+            score = top.stage_scores["calibrated"]
+            said, thr = verdict("ida-r", score, False)
+            line = f"top-1 {top.identity}: IDA-R score {score:.4f} -> {said}"
+            line += "" if thr is None else f" (threshold {thr:.4f} at FAR 1e-3)"
+        else:
+            line = f"top-1 {top.identity}: {backbone} cosine {top.stage1:.4f}"
         if probe_conf is not None:
             line += f"; query URL confidence {probe_conf['confidence']:.2f}"
         console.print(line)
         explain = out / f"{stem}_{kind}_explained.png"
         cand = gfeats.take([int(top.row)])
-        render_pair(probe, cand, explain, getattr(stage2, "emd", stage2), query_chip=chip,
-                    labels=(f"{kind} query", f"top-1: {top.identity}"))
+        render_pair(probe, cand, explain, flows, query_chip=chip,
+                    labels=(f"{kind} query", f"top-1: {top.identity}"), backbone=fx.backbone)
         console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")
 
 

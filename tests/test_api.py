@@ -62,13 +62,24 @@ def test_compare_matches_cli(env: None, lfw_root: Path,
     b = lfw_root / "images" / "Colin_Powell" / "Colin_Powell_0002.jpg"
     c = lfw_root / "images" / "Ariel_Sharon" / "Ariel_Sharon_0001.jpg"
     for x, y in ((a, b), (a, c)):
-        assert main(["compare", str(x), str(y)]) == 0
+        assert main(["compare", str(x), str(y), "--backbone", "dlib"]) == 0
         printed = capsys.readouterr().out
         cos, dist = (float(v) for v in re.findall(r"│ (-?\d\.\d{4}) ", printed)[:2])
-        r = facerank.compare(x, y)
+        r = facerank.compare(x, y, backbone="dlib")
         assert round(r.cosine, 4) == cos and round(r.distance, 4) == dist
         assert r.decision.split()[0] in printed and r.sources == ("yunet", "yunet")
-    assert facerank.compare(a, b).same and not facerank.compare(a, c).same
+    assert facerank.compare(a, b, backbone="dlib").same
+    assert not facerank.compare(a, c, backbone="dlib").same
+    cosines = []
+    for x, y in ((a, b), (a, c)):  # the default backbone is SFace: its cosine, as the CLI's
+        assert main(["compare", str(x), str(y)]) == 0
+        printed = capsys.readouterr().out
+        assert "cosine (sface)" in printed and "dlib distance" not in printed
+        r = facerank.compare(x, y)
+        assert r.distance is None and round(r.cosine, 4) == float(
+            re.findall(r"│ (-?\d\.\d{4}) ", printed)[0])
+        cosines.append(r.cosine)
+    assert cosines[0] > cosines[1]
 
 
 def test_gallery_search_matches_cli(env: None, lfw_root: Path, tmp_path: Path,

@@ -150,7 +150,7 @@ def test_cli_round_trip_and_resume(people: tuple[Path, list[Path]], extractor: F
     root, held_out = people
     g = tmp_path / "g"
     assert main(["gallery", "create", str(g), "--detector", "hog", "--faces", "center",
-                 "--no-face", "center"]) == 0
+                 "--no-face", "center", "--backbone", "dlib"]) == 0
     assert main(["gallery", "add", str(g), str(root)]) == 0
     assert "added 15 image(s) of 5 identities" in capsys.readouterr().out
     # resume: nothing new the second time

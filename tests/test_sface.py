@@ -194,7 +194,7 @@ def test_dlib_gallery_refused_with_sface_backbone(tmp_path: Path, lfw_images,
     from facerank.cli.app import main
 
     folder = tmp_path / "g"
-    assert main(["gallery", "create", str(folder)]) == 0
+    assert main(["gallery", "create", str(folder), "--backbone", "dlib"]) == 0
     capsys.readouterr()
     probe = str(lfw_images[0])
     for argv in (["search", probe, "--gallery", str(folder), "--backbone", "sface"],

@@ -65,7 +65,8 @@ def test_search_and_min_confidence(lfw_root: Path, extractor, tmp_path: Path, en
     floor = (c_clean + c_bad) / 2
 
     g = tmp_path / "g"
-    assert main(["gallery", "create", str(g), "--faces", "center", "--no-face", "center"]) == 0
+    assert main(["gallery", "create", str(g), "--faces", "center", "--no-face", "center",
+                 "--backbone", "dlib"]) == 0  # the URL head ships for dlib
     assert main(["gallery", "add", str(g), str(root), "--min-confidence", "0"]) == 0
     # the tiny copy is refused and reported, the clean image is enrolled
     assert main(["gallery", "add", str(g), str(bad_dir.parent), str(clean),

@@ -2,13 +2,14 @@
 
     import facerank
     v = facerank.embed("photo.jpg")                 # (128,) unit-length embedding
-    r = facerank.compare("a.jpg", "b.jpg")          # r.same, r.distance, r.cosine
+    r = facerank.compare("a.jpg", "b.jpg")          # r.cosine (r.same, r.distance with dlib)
     hits = facerank.Gallery.open("my-gallery").search("probe.jpg", k=5)
     groups = facerank.cluster(["photos/"]).groups()  # cluster id -> photo paths
 
 Every function takes a path (str or Path), the file's bytes, a PIL image or a uint8 numpy array
 (H, W, 3) RGB or (H, W) grey. The default chain is the CLI's: YuNet detection, the largest face,
-no fallback (a photo without a face is a `NoFaceError`), dlib-exact alignment, the dlib ResNet.
+no fallback (a photo without a face is a `NoFaceError`), the SFace network on the ArcFace 112
+crop (`backbone="dlib"` for the dlib ResNet on its 150 chip).
 Paths go through the same on-disk feature cache as the CLI, so both return the same numbers.
 Models load once per process and detector setting.
 """
@@ -36,10 +37,11 @@ DLIB_THRESHOLD = 0.6  # dlib's same-person rule on the descriptor distance (as `
 
 
 @lru_cache(maxsize=8)
-def _extractor(detector: str, faces: str, no_face: str, aligned: str) -> FeatureExtractor:
+def _extractor(detector: str, faces: str, no_face: str, aligned: str,
+               backbone: str = "sface") -> FeatureExtractor:
     from facerank.face.features import make_extractor
 
-    return make_extractor(detector, faces, no_face, aligned=aligned)
+    return make_extractor(detector, faces, no_face, aligned=aligned, backbone=backbone)
 
 
 def _image_array(x: Any, name: str) -> np.ndarray:  # noqa: ANN401 - any image-like input
@@ -73,16 +75,16 @@ def _features(fx: FeatureExtractor, x: Any, name: str = "<image>") -> FaceFeatur
 
 
 def features(x: Any, detector: str = "yunet", faces: str = "largest",  # noqa: ANN401
-             no_face: str = "none", aligned: str = "none") -> FaceFeatures:
+             no_face: str = "none", aligned: str = "none", backbone: str = "sface") -> FaceFeatures:
     """Everything facerank keeps about the one face in `x` (embedding, grids, landmarks, how the
     face was found: `det_source`, e.g. "yunet", "fallback-center", "aligned-arcface112")."""
-    return _features(_extractor(detector, faces, no_face, aligned), x)
+    return _features(_extractor(detector, faces, no_face, aligned, backbone), x)
 
 
 def embed(x: Any, detector: str = "yunet", faces: str = "largest",  # noqa: ANN401
-          no_face: str = "none", aligned: str = "none") -> np.ndarray:
-    """The (128,) L2-normalised embedding of the one face in `x`."""
-    return features(x, detector, faces, no_face, aligned).embedding
+          no_face: str = "none", aligned: str = "none", backbone: str = "sface") -> np.ndarray:
+    """The (128,) L2-normalised embedding of the one face in `x` ("sface" or "dlib")."""
+    return features(x, detector, faces, no_face, aligned, backbone).embedding
 
 
 @dataclass(frozen=True)
@@ -118,15 +120,17 @@ class Comparison:
 
 
 def compare(a: Any, b: Any, detector: str = "yunet", faces: str = "largest",  # noqa: ANN401
-            no_face: str = "none", aligned: str = "none", calibrate: str = "none",
+            no_face: str = "none", aligned: str = "none", backbone: str = "sface",
+            calibrate: str = "none",
             calibrate_with: str | Path | None = None,
             probability_with: str | Path | None = None) -> Comparison:
-    """Cosine, dlib distance and same/different (distance < 0.6) of the faces in `a` and `b`,
-    plus the match probability P(same person) of the pair (from the cosine, or from the score
-    of `calibrate` = asnorm / ida-r / ida-l) when a model ships for it."""
-    fx = _extractor(detector, faces, no_face, aligned)
+    """Cosine of the faces in `a` and `b` (with backbone="dlib" also dlib's distance and
+    same/different at distance < 0.6), plus the match probability P(same person) of the pair
+    (from the cosine, or from the score of `calibrate` = asnorm / ida-r / ida-l) when a model
+    ships for it."""
+    fx = _extractor(detector, faces, no_face, aligned, backbone)
     fa, fb = _features(fx, a, "<image a>"), _features(fx, b, "<image b>")
-    return with_probability(Comparison.of(fa, fb), fa, fb, fx.model_id, calibrate,
+    return with_probability(Comparison.of(fa, fb, backbone), fa, fb, fx.model_id, calibrate,
                             calibrate_with, probability_with)
 
 
@@ -151,7 +155,7 @@ def with_probability(cmp: Comparison, fa: FaceFeatures, fb: FaceFeatures, model_
                    probability=prob, verdict_far=None if model is None else model.verdict(score))
 
 
-def cluster(paths: Any, backbone: str = "dlib", detector: str = "yunet",  # noqa: ANN401
+def cluster(paths: Any, backbone: str = "sface", detector: str = "yunet",  # noqa: ANN401
             store: str | Path | None = None) -> Clusters:
     """Group photos (paths or folders; one face per photo, the largest) into people.
     `.labels` (N,) cluster ids (-1 = unassigned), `.groups()` id -> paths, `.failures` the
@@ -179,7 +183,7 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.stored)
 
-    def search(self, x: Any, k: int = 10, stage2: str = "emd",  # noqa: ANN401
+    def search(self, x: Any, k: int = 10, stage2: str = "auto",  # noqa: ANN401
                gate: str = "auto", aligned: str = "none", calibrate: str = "none",
                calibrate_with: str | Path | None = None,
                probability_with: str | Path | None = None) -> list[SearchResult]:
@@ -205,7 +209,11 @@ class Gallery:
                                           None if probability_with is None
                                           else Path(probability_with))
         probe = FeatureSet.stack([_features(fx, x, "<probe>")])
-        results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, gate=gate),
+        from facerank.models.backbone import backbone_name
+
+        built = backbone_name(self.stored.meta().get("model_id", ""))
+        opts = {"gate": gate, **({"backbone": built} if built != "dlib" else {})}
+        results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, **opts),
                                      calibrate=cal)
         return factory.attach_probability(attach_results(self.stored, probe, results)[1], model)
 

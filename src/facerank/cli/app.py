@@ -47,7 +47,7 @@ def extract(
     model: Model = None,
     strict: Annotated[bool, typer.Option(help="Exit 2 if any file fails.")] = False,
     aligned: Aligned = "none",
-    backbone: Backbone = "dlib",
+    backbone: Backbone = "sface",
 ) -> None:
     """Extract face features (embedding, patch grids, landmarks) into one .npz file."""
     from facerank.face.features import make_extractor
@@ -82,7 +82,7 @@ def compare(
     calibrate: Calibrate = "none",
     calibrate_with: CalibrateWith = None,
     aligned: Aligned = "none",
-    backbone: Backbone = "dlib",
+    backbone: Backbone = "sface",
     probability_with: ProbabilityWith = None,
 ) -> None:
     """Compare two faces: cosine, dlib distance and same/different at dlib's 0.6 rule, and
@@ -121,11 +121,13 @@ def compare(
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
+    backbone: Backbone = "sface",
 ) -> None:
-    """End-to-end demo on LFW: enrol, search a cropped and a masked query, explain."""
+    """End-to-end demo on LFW: enrol, search a cropped and a masked query with the
+    backbone's default chain, explain."""
     from facerank.cli.demo import run_demo
 
-    run_demo(console=out, out=out_dir)
+    run_demo(console=out, out=out_dir, backbone=backbone)
 
 
 def _register_optional_commands() -> None:

@@ -3,10 +3,12 @@
 1. Build (or reopen) a gallery of LFW — every image except two held-out queries — in
    `demo-out/gallery` (features cached after the first run, so a re-run takes seconds).
 2. Make a cropped and a masked query from the held-out images (people who still have other
-   images in the gallery), search each with Stage 1 and with the product chain (IDA-R
-   calibrated Stage 1, then the shipped Stage 2, `STAGE2`), print the tables with the
-   calibrated score, each pair's match probability (from its calibrated Stage-1 score, not
-   Stage 2's blend), each face's URL confidence and the verdict at the FAR 1e-3 threshold.
+   images in the gallery), search each with Stage 1 and with the backbone's default chain
+   (`facerank search`'s `--stage2 auto`: SFace's cosine with Stage 2 abstaining; on dlib,
+   IDA-R calibrated Stage 1 then the shipped Stage 2, `STAGE2`), print the tables with each
+   pair's match probability (from its Stage-1 score, calibrated where the backbone has bundled
+   calibration, never Stage 2's blend), each face's URL confidence and the verdict at the
+   FAR 1e-3 threshold.
 3. Write the flow explanation of each top-1 match and print where it is.
 """
 
@@ -27,19 +29,21 @@ from facerank.face.imageio import load_image, save_image
 from facerank.gallery import StoredGallery
 from facerank.rerank.base import make_stage2
 
-STAGE2 = "vit+emd"  # the shipped Stage 2 (docs/results.md, "Face-ViT Stage 2": what ships)
+BACKBONE = "sface"  # the default backbone (`--backbone dlib` elsewhere for dlib's chain)
+STAGE2 = "vit+emd"  # dlib's shipped Stage 2 (docs/results.md, "Face-ViT Stage 2": what ships)
 
 # Held-out queries (their originals are not enrolled). Picked from the LFW-crop / LFW-mask
 # evaluation as cases Stage 2 fixes; docs/results.md has the averages over all 9,164 queries.
 QUERIES = ("Andre_Agassi/Andre_Agassi_0008.jpg", "Amelie_Mauresmo/Amelie_Mauresmo_0015.jpg")
 
 
-def _gallery(out: Path, paths: list[Path], names: list[str], console: Console) -> StoredGallery:
+def _gallery(out: Path, paths: list[Path], names: list[str], console: Console,
+             backbone: str = BACKBONE) -> StoredGallery:
     from facerank.cli.options import LANDMARKS68_NOTE
 
-    folder = out / "gallery"
+    folder = out / ("gallery" if backbone == "dlib" else f"gallery-{backbone}")
     console.print(LANDMARKS68_NOTE.format(why="the masked query (LFW evaluation set-up)"))
-    fx = lfw_extractor()
+    fx = lfw_extractor(backbone=backbone)
     try:
         gallery = StoredGallery.open(folder, fx)
     except GalleryError:
@@ -69,8 +73,10 @@ def _probe(fx, chip: np.ndarray, name: str) -> FeatureSet:  # noqa: ANN001
                       det_sources=["edited chip"])
 
 
-def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> None:
-    """Enrol LFW, search a cropped and a masked query, explain the top matches."""
+def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
+             backbone: str = BACKBONE) -> None:
+    """Enrol LFW, search a cropped and a masked query with `backbone`'s default chain, explain
+    the top matches."""
     from facerank.explain.flow import render_pair
 
     console = console or Console()
@@ -78,17 +84,25 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
     held = {lfw.root / "images" / q for q in QUERIES}
     paths = [p for p in lfw.paths if p not in held]
     names = [p.parent.name for p in paths]
-    gallery = _gallery(out, paths, names, console)
+    gallery = _gallery(out, paths, names, console, backbone)
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
-    stage2 = make_stage2(STAGE2)  # gated by its bundled gate
     from facerank.calibrate.factory import attach_probability, build, probability_model
     from facerank.calibrate.probability import SCALE
-    from facerank.models.backbone import backbone_name
+    from facerank.rerank.emd.reranker import Stage2EMD
     from facerank.uncertainty.confidence import attach_results
 
-    cal = build("ida-r", None, fx.model_id)  # bundled anchors of LFW identity half A
-    prob = probability_model("ida-r", backbone_name(fx.model_id))
+    if backbone == "dlib":
+        stage2 = make_stage2(STAGE2)  # gated by its bundled gate
+        calibrator = "ida-r"
+        cal = build(calibrator, None, fx.model_id)  # bundled anchors of LFW identity half A
+        chain_name = f"IDA-R + {STAGE2}"
+    else:  # SFace's default chain: Stage 2 abstains (`--stage2 auto`), no bundled calibration
+        stage2 = make_stage2("auto", backbone=backbone)
+        calibrator, cal = "none", None
+        chain_name = "default chain (Stage 2 " + ("abstains" if stage2 is None else "on") + ")"
+    prob = probability_model(calibrator, backbone)
+    flows = getattr(stage2, "emd", stage2) or Stage2EMD(backbone=backbone)  # for the figure
     gfeats = gallery.features()
     for (query, kind) in zip(QUERIES, ("crop", "mask"), strict=True):
         path = lfw.root / "images" / query
@@ -105,17 +119,18 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
             probe, k=5, stage2=stage2, calibrate=cal))
         chain = attach_probability(chain, prob)  # each pair's calibrated Stage-1 score
         table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
-        for col in ("rank", "Stage 1 identity", "cosine", f"IDA-R + {STAGE2} identity",
-                    "IDA-R score", SCALE, "URL conf."):
+        for col in ("rank", "Stage 1 identity", "cosine", f"{chain_name} identity",
+                    *(("IDA-R score",) if cal is not None else ()), SCALE, "URL conf."):
             table.add_column(col)
         for r1, r2 in zip(first, chain, strict=True):
             conf = "-" if r2.confidence is None else f"{r2.confidence:.2f}"
+            calibrated = (f"{r2.stage_scores['calibrated']:.4f}",) if cal is not None else ()
             table.add_row(str(r1.rank), _mark(r1.identity, path.parent.name),
                           f"{r1.stage1:.3f}", _mark(r2.identity, path.parent.name),
-                          f"{r2.stage_scores['calibrated']:.4f}", _pct(r2.probability), conf)
+                          *calibrated, _pct(r2.probability), conf)
         console.print(table)
         top = chain[0]
-        score = top.stage_scores["calibrated"]
+        score = top.stage_scores["calibrated"] if cal is not None else top.stage1
         said = None if prob is None else prob.verdict(score)
         line = f"top-1 {top.identity}: {SCALE} {_pct(top.probability)}"
         line += "" if said is None else f" -> {said} at FAR 1e-3"
@@ -124,8 +139,8 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out")) -> No
         console.print(line)
         explain = out / f"{stem}_{kind}_explained.png"
         cand = gfeats.take([int(top.row)])
-        render_pair(probe, cand, explain, getattr(stage2, "emd", stage2), query_chip=chip,
-                    labels=(f"{kind} query", f"top-1: {top.identity}"))
+        render_pair(probe, cand, explain, flows, query_chip=chip,
+                    labels=(f"{kind} query", f"top-1: {top.identity}"), backbone=fx.backbone)
         console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")
 
 

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _extractor(detector: str, faces: str, no_face: str, model: Path | None,
-               backbone: str = "dlib") -> FeatureExtractor:
+               backbone: str = "sface") -> FeatureExtractor:
     from facerank.face.features import make_extractor
 
     return make_extractor(detector, faces, no_face, model, backbone=backbone)
@@ -92,7 +92,7 @@ def create_command(
     faces: Faces = "largest",
     no_face: NoFace = "none",
     model: Model = None,
-    backbone: Backbone = "dlib",
+    backbone: Backbone = "sface",
     index: Annotated[str, typer.Option(
         "--index", help="Stage-1 engine: flat (exact faiss), hnsw (approximate faiss) or milvus "
         "(embeddings in a Milvus collection; needs --milvus-uri).")] = "flat",
@@ -245,7 +245,8 @@ def search_command(
     probe: Annotated[Path, typer.Argument(help="Probe image.")],
     gallery: Annotated[Path, typer.Option("--gallery", help="Gallery folder.")],
     stage2: Annotated[str, typer.Option(
-        help="Stage-2 re-ranker: emd, vit, vit+emd or none.")] = "emd",
+        help="Stage-2 re-ranker: emd, vit, vit+emd, none, or auto (the gallery backbone's "
+        "default: gated emd on dlib, none on sface).")] = "auto",
     top: Annotated[int, typer.Option(help="Results to show.")] = 10,
     grid: Annotated[str | None, typer.Option(help="Stage-2 patch grid (l2, l1, l2p4 ...).")]
     = None,

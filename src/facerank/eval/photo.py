@@ -3,6 +3,9 @@
     lfw-mask-photo        the 9,164 LFW-1680 photos with the seeded face mask of `lfw-mask`
     lfw-sunglasses-photo  ... with the seeded sunglasses of `lfw-sunglasses`
 
+`photo_queries` also makes the harder variants of `eval.photo_variants` (hands, scarves, caps,
+shaded masks, low light, low resolution and their combinations) by name.
+
 The chip-level protocols draw the occluder on the aligned chip after the clean face was found,
 so they never test the detector. Here the same generators (`eval.occlusion`, same seed and image
 id, so the same colour, shape and pattern draws) paint on the photo itself, placed by the 68
@@ -36,6 +39,10 @@ def occlude_photo(kind: str, image: np.ndarray, landmarks68: np.ndarray, seed: i
     landmarks (68, 2) in image pixels, with the stream of (seed, kind, image_id)."""
     from facerank.eval.occlusion import OCCLUSIONS, occlusion_rng
 
+    if kind not in OCCLUSIONS:  # the harder photo variants (`eval.photo_variants`)
+        from facerank.eval.photo_variants import photo_variant_image
+
+        return photo_variant_image(kind, image, landmarks68, seed, image_id)
     return OCCLUSIONS[kind](image, landmarks68, occlusion_rng(seed, kind, image_id))
 
 
@@ -47,8 +54,10 @@ def photo_queries(data, kind: str, query_index: np.ndarray, seed: int,  # noqa: 
     `data`, an `EvalData`); landmarks68 (N_lfw, 68, 2) / boxes (N_lfw, 4) of the clean photos
     place the occluder and define `found`. Cached per (kind, seed, queries, landmarks,
     extractor configuration). The extractor needs a no-face fallback: every query is ranked."""
-    from facerank.eval.occlusion import VERSION
+    from facerank.eval.occlusion import OCCLUSIONS, VERSION
+    from facerank.eval.photo_variants import VARIANTS_VERSION
 
+    version = VERSION if kind in OCCLUSIONS else f"{VERSION}.{VARIANTS_VERSION}"
     fx = extractor or data.extractor
     if fx.detector.fallback == "none":
         raise InputError("photo-level protocols rank every query: use a detector with a "
@@ -58,7 +67,7 @@ def photo_queries(data, kind: str, query_index: np.ndarray, seed: int,  # noqa: 
         h = hashlib.sha1(query_index.astype(np.int64).tobytes())
         h.update(np.ascontiguousarray(landmarks68[query_index], dtype=np.float64).tobytes())
         cache = fx.cache_dir.parent.parent / "protocols" / fx.config_digest / (
-            f"photo-{kind}-v{VERSION}-seed{seed}-n{len(query_index)}-{h.hexdigest()[:12]}.npz")
+            f"photo-{kind}-v{version}-seed{seed}-n{len(query_index)}-{h.hexdigest()[:12]}.npz")
         if cache.is_file():
             return FeatureSet.load(cache)
     lfw = data.lfw

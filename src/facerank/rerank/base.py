@@ -207,8 +207,25 @@ def stage2_names() -> list[str]:
     return _STAGE2.names()
 
 
+# The Stage 2 each backbone runs by default. On dlib, gated EMD never lost P@1 on any set
+# measured; on SFace, gated EMD lost 4.5 P@1 on real masked photos and 0.45 on celebrity
+# photos against SFace's own cosine, so SFace's default chain stops at Stage 1 (abstains).
+DEFAULT_STAGE2 = {"dlib": "emd", "sface": "none"}
+
+
+def default_stage2(backbone: str) -> str:
+    """The Stage-2 method `--stage2 auto` means for `backbone` ("dlib" -> "emd", "sface" ->
+    "none"); unknown backbones get "none" (Stage 1 only)."""
+    return DEFAULT_STAGE2.get(backbone, "none")
+
+
 def make_stage2(name: str, **options: object) -> Reranker | None:
-    """Build a registered re-ranker ("none" -> None); unknown options are an InputError."""
+    """Build a registered re-ranker ("none" -> None); unknown options are an InputError.
+    "auto" is the default of the backbone given as option `backbone` (dlib if none)."""
+    if name == "auto":
+        name = default_stage2(str(options.get("backbone") or "dlib"))
+        if name == "none":
+            return None
     return _STAGE2.make(name, **options)
 
 

@@ -58,3 +58,37 @@ def load_training_data(extractor: FeatureExtractor | None = None,
     labels = data.lfw.labels
     return TrainingData(data, variants, labels, identity_fold(labels, split_seed), split_seed,
                         variant_seed)
+
+
+def variant_queries(labels: np.ndarray, n: int = 1000, seed: int = 0, split_seed: int = 0,
+                    train_fold: bool = False) -> np.ndarray:
+    """(min(n, M),) sorted LFW rows: a seeded subset of the M images of one identity half
+    (`identity_fold(labels, split_seed) == train_fold`) whose person has >= 2 images, so each
+    has a mate left in the gallery once its own original is excluded."""
+    labels = np.asarray(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    rows = np.flatnonzero((identity_fold(labels, split_seed) == train_fold)
+                          & (counts[inverse] >= 2))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
+
+
+def photo_variant(name: str, rows: np.ndarray, seed: int = TRAIN_VARIANT_SEED,
+                  extractor: FeatureExtractor | None = None, data: EvalData | None = None,
+                  progress: bool = True) -> FeatureSet:
+    """Features (len(rows) faces, row j = LFW image rows[j]) of the photo variant `name`
+    (`facerank.eval.photo_variants.PHOTO_VARIANTS`: shaded masks, hands, scarves, caps, low
+    light, low resolution and their combinations), drawn on the photo before detection and
+    placed by the clean photo's landmarks under the evaluation set-up, then detected and
+    embedded by `extractor` (default: the evaluation set-up, dlib; pass
+    `lfw_extractor(backbone="sface")` for SFace). Cached in FACERANK_CACHE per (variant,
+    seed, rows, extractor)."""
+    from facerank.eval.photo import photo_queries
+    from facerank.eval.protocols import _is_lfw_setup, lfw_extractor
+
+    data = data or EvalData.load(extractor, progress=progress)
+    clean = data if _is_lfw_setup(data.extractor) else EvalData.load(
+        lfw_extractor(data.extractor.cache_dir is not None), progress=progress)
+    return photo_queries(data, name, np.asarray(rows, dtype=np.int64), seed,
+                         clean.features.landmarks68, clean.features.boxes, data.extractor,
+                         progress=progress)

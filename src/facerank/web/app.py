@@ -57,12 +57,13 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(gallery_dir: Path, stage2: str = "emd", max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+def create_app(gallery_dir: Path, stage2: str = "auto", max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
                extractor: FeatureExtractor | None = None, calibrate: str = "none",
                calibrate_with: Path | None = None) -> FastAPI:
     """The web app for the gallery in `gallery_dir`.
 
-    stage2: a registered Stage-2 method or "none" ("emd" falls back to none if unavailable).
+    stage2: a registered Stage-2 method, "none", or "auto" (the gallery backbone's default:
+        gated emd on dlib, none on sface); "emd" falls back to none if unavailable.
     max_upload_bytes: the largest probe photo accepted (413 above it).
     extractor: reuse a loaded FeatureExtractor (must match the gallery's model); default:
     the gallery's stored settings.

@@ -68,6 +68,11 @@ class SearchService:
         self.gallery_dir = Path(gallery_dir)
         self.gallery = StoredGallery.open(self.gallery_dir, extractor=extractor)
         self.extractor = self.gallery.extractor  # the gallery's own model and detector settings
+        if stage2 == "auto":  # the backbone's default chain (SFace: Stage 1 only)
+            from facerank.models.backbone import backbone_name
+            from facerank.rerank.base import default_stage2
+
+            stage2 = default_stage2(backbone_name(self.extractor.model_id))
         self.reranker, self.stage2_note = self._stage2(stage2)
         from facerank.calibrate import factory
         from facerank.models.backbone import backbone_name

@@ -25,6 +25,25 @@ def lfw_images(lfw_root: Path) -> list[Path]:
     return sorted((lfw_root / "images").glob("*/*.jpg"))
 
 
+def small_gallery(root: Path, lfw_root: Path, extractor, people: list[str]):  # noqa: ANN001, ANN201
+    """A gallery in `root / "g"` of two images per person (copied under `root / "in"`), and
+    each person's sixth image, held out as a probe: (StoredGallery, [held-out paths])."""
+    import shutil
+
+    from facerank.gallery import StoredGallery
+
+    held_out = []
+    for name in people:
+        files = sorted((lfw_root / "images" / name).glob("*.jpg"))
+        (root / "in" / name).mkdir(parents=True)
+        for f in files[:2]:
+            shutil.copy(f, root / "in" / name / f.name)
+        held_out.append(files[5])
+    g = StoredGallery.create(root / "g", extractor, load_grids=False)
+    g.add_folder(root / "in", progress=False)
+    return g, held_out
+
+
 def sample_every(items: list, n: int) -> list:
     """n items spread evenly over a sorted list (deterministic)."""
     step = max(1, len(items) // n)

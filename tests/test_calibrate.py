@@ -12,6 +12,7 @@ from facerank.calibrate.asnorm import ASNorm
 from facerank.calibrate.base import calibrator_names, make_calibrator
 from facerank.calibrate.ida import IDAL, IDAR, dao, log_dao, log_density
 from facerank.errors import InputError, ModelFileError
+from tests.conftest import small_gallery
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -240,20 +241,10 @@ def test_gallery_terms_are_stored_once_and_follow_the_row_set(tmp_path) -> None:
 
 
 def test_calibrated_gallery_search(lfw_root, extractor, tmp_path) -> None:
-    import shutil
 
-    from facerank.gallery import StoredGallery
 
     people = ["Ariel_Sharon", "Colin_Powell", "Tony_Blair"]
-    held_out = []
-    for name in people:
-        files = sorted((lfw_root / "images" / name).glob("*.jpg"))
-        (tmp_path / "in" / name).mkdir(parents=True)
-        for f in files[:2]:
-            shutil.copy(f, tmp_path / "in" / name / f.name)
-        held_out.append(files[5])
-    g = StoredGallery.create(tmp_path / "g", extractor, load_grids=False)
-    g.add_folder(tmp_path / "in", progress=False)
+    g, held_out = small_gallery(tmp_path, lfw_root, extractor, people)
     probes = extractor.extract_paths(held_out, progress=False)
     anchors, _ = clustered(300, d=probes.embeddings.shape[1], seed=7)
     cal = IDAR(AnchorSet(anchors, extractor.model_id), k=5, tau=30.0)

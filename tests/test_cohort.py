@@ -15,6 +15,7 @@ from facerank.calibrate.cohort import (
 )
 from facerank.calibrate.ida import IDAR
 from facerank.errors import InputError
+from tests.conftest import small_gallery
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -80,22 +81,12 @@ def test_small_gallery_falls_back() -> None:
 
 def test_gallery_search_uses_its_own_cohort_and_follows_renames(lfw_root, extractor,  # noqa: ANN001
                                                                 tmp_path, monkeypatch) -> None:
-    import shutil
 
     from facerank.calibrate import cohort as C
     from facerank.calibrate.factory import attach_probability, build, probability_model
-    from facerank.gallery import StoredGallery
 
     people = ["Ariel_Sharon", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
-    held_out = []
-    for name in people:
-        files = sorted((lfw_root / "images" / name).glob("*.jpg"))
-        (tmp_path / "in" / name).mkdir(parents=True)
-        for f in files[:2]:
-            shutil.copy(f, tmp_path / "in" / name / f.name)
-        held_out.append(files[5])
-    g = StoredGallery.create(tmp_path / "g", extractor, load_grids=False)
-    g.add_folder(tmp_path / "in", progress=False)
+    g, held_out = small_gallery(tmp_path, lfw_root, extractor, people)
     probe = extractor.extract_paths(held_out[:1], progress=False)
     cal = build("ida-r", None, extractor.model_id)  # bundled anchors: a gallery may use its own
     cal.k = 2  # 4 identities: a support of 2 others (the shipped k is 10, minimum 200 people)
@@ -144,13 +135,13 @@ def test_cli_bad_anchor_and_probability_files_fail_in_one_line(lfw_root, tmp_pat
     assert "at least 2" in capsys.readouterr().err and not out.exists()
     emb, labels = _data(n_ids=1, d=128)
     AnchorSet(emb, "dlib_resnet_v1@facerank-features-1", labels).save(out)
-    assert main(["compare", str(img), str(img), "--calibrate", "ida-r",
+    assert main(["compare", str(img), str(img), "--backbone", "dlib", "--calibrate", "ida-r",
                  "--calibrate-with", str(out)]) == 2
     assert "a cohort needs at least 2" in capsys.readouterr().err
     m = MatchProbability.fit(np.r_[np.zeros(5), np.ones(5)], np.r_[np.zeros(5), np.ones(5)] > 0,
                              calibrator="none", backbone="dlib")
     m.save(tmp_path / "p.json")
-    assert main(["compare", str(img), str(img), "--calibrate", "ida-r",
+    assert main(["compare", str(img), str(img), "--backbone", "dlib", "--calibrate", "ida-r",
                  "--probability-with", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err
     assert "fitted for calibrator 'none', not 'ida-r'" in err and len(err.splitlines()) == 1

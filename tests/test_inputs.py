@@ -75,7 +75,8 @@ def test_bad_model_file_cli(tmp_path: Path, face_jpg: Path,
 
     bad = tmp_path / "cut.dat"
     bad.write_bytes(bundled_model(DLIB_RESNET).read_bytes()[:100_000])
-    code = main(["compare", str(face_jpg), str(face_jpg), "--model", str(bad)])
+    code = main(["compare", str(face_jpg), str(face_jpg), "--backbone", "dlib", "--model",
+                 str(bad)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "cut.dat" in err and "truncated" in err
 

@@ -109,7 +109,7 @@ def eval_command(
     from facerank.cli.options import LANDMARKS68_NOTE
 
     typer.echo(LANDMARKS68_NOTE.format(why="the LFW evaluation set-up (occlusion generators, "
-                                       "lmk weighting)"), err=True)
+                                       "lmk weighting)"))
     fx = P.lfw_extractor(backbone=backbone)
     data = P.EvalData.load(fx, extract=ray_extractor(ray, fx, ray_batch_size, ray_concurrency))
     qx = P.chain_extractor(detector, align5, backbone=backbone) if detector != "lfw" else None

@@ -111,7 +111,7 @@ class FaceDetector:
         fallback: Fallback = "none",
         upsample: int = 0,
         retry_upsample: bool = True,
-        landmarks68: bool = False,
+        landmarks68: bool = True,
         align5: Align5 = "dlib",
     ) -> None:
         import dlib

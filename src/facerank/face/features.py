@@ -462,8 +462,11 @@ def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str
     from facerank.face.features import FeatureExtractor
     from facerank.models.backbone import make_backbone
 
+    # SFace's ArcFace crop needs 5 points that only YuNet finds itself; HOG/MMOD detections and
+    # fallback boxes take them from the 68 landmarks (a non-default path)
+    needs68 = landmarks68 or (backbone != "dlib" and (detector != "yunet" or no_face != "none"))
     det = FaceDetector(method=detector, policy=faces, fallback=no_face,  # type: ignore[arg-type]
-                       landmarks68=landmarks68)
+                       landmarks68=needs68)
     if backbone == "dlib":
         from facerank.models.dlib_resnet import DlibResNet
 

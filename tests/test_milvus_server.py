@@ -84,13 +84,19 @@ def test_server_gallery_matches_faiss(milvus_server: MilvusServer, people,  # no
     faiss_g.close()
 
 
+def _start_add(server: MilvusServer, folder: Path, extractor: FeatureExtractor,
+               tmp_path: Path) -> tuple[Path, dict, subprocess.Popen]:
+    """A new gallery on the server and a `gallery add` of `folder` running into it."""
+    g = tmp_path / "g"
+    StoredGallery.create(g, extractor, index="milvus", milvus_uri=server.uri,
+                         milvus_collection=_name(tmp_path)).close()
+    env = _env(tmp_path)
+    return g, env, _add(g, folder, env)
+
+
 def test_kill_add_on_server_loses_nothing(milvus_server: MilvusServer, folder: Path,
                                           extractor: FeatureExtractor, tmp_path: Path) -> None:
-    g = tmp_path / "g"
-    StoredGallery.create(g, extractor, index="milvus", milvus_uri=milvus_server.uri,
-                                    milvus_collection=_name(tmp_path)).close()
-    env = _env(tmp_path)
-    proc = _add(g, folder, env)
+    g, env, proc = _start_add(milvus_server, folder, extractor, tmp_path)
     try:
         _wait_committed(g, proc, 12)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -115,11 +121,7 @@ def test_kill_server_mid_add_then_restart(milvus_server: MilvusServer, folder: P
                                           extractor: FeatureExtractor, tmp_path: Path) -> None:
     """SIGKILL of the server while `gallery add` runs; after a restart the journal replay makes
     SQLite and the collection hold the same ids, and a second add completes."""
-    g = tmp_path / "g"
-    StoredGallery.create(g, extractor, index="milvus", milvus_uri=milvus_server.uri,
-                                    milvus_collection=_name(tmp_path)).close()
-    env = _env(tmp_path)
-    proc = _add(g, folder, env)
+    g, env, proc = _start_add(milvus_server, folder, extractor, tmp_path)
     try:
         _wait_committed(g, proc, 12)
         milvus_server.kill()

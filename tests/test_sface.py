@@ -202,3 +202,22 @@ def test_dlib_gallery_refused_with_sface_backbone(tmp_path: Path, lfw_images,
         assert main(argv) == 2
         msg = capsys.readouterr().err.strip()
         assert msg.count("\n") == 0 and "built with the dlib backbone" in msg, msg
+
+
+def test_sface_path_skips_dlib_landmarks_with_equal_features(lfw_images) -> None:
+    """The product's SFace extractor runs no dlib shape model on YuNet faces (it aligns on
+    YuNet's own points), and its features equal those of a detector that runs dlib's 5-point
+    model, with the same cache key."""
+    from facerank.face.detect import FaceDetector
+    from facerank.face.features import FeatureExtractor, make_extractor
+
+    fx = make_extractor(backbone="sface", cache=False)
+    assert fx.detector.landmarks5 is False and fx.detector._sp68 is None
+    with_dlib = FeatureExtractor(backbone=fx.backbone, cache=False,
+                                 detector=FaceDetector(method="yunet", landmarks68=False))
+    assert with_dlib.config_digest == fx.config_digest
+    paths = sample_every(lfw_images, 4)
+    a, b = fx.extract_paths(paths, progress=False), with_dlib.extract_paths(paths, progress=False)
+    assert fx.detector._sp5_model is None  # never loaded
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_array_equal(a.landmarks5, b.landmarks5)

@@ -113,6 +113,7 @@ class FaceDetector:
         retry_upsample: bool = True,
         landmarks68: bool = True,
         align5: Align5 = "dlib",
+        landmarks5: bool = True,
     ) -> None:
         import dlib
 
@@ -139,7 +140,11 @@ class FaceDetector:
                                                     YUNET_SCORE, YUNET_NMS, 50)
         else:
             self._mmod = dlib.cnn_face_detection_model_v1(str(bundled_model(DLIB_MMOD)))
-        self._sp5 = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE5)))
+        # dlib's 5-point model (dlib chips, HOG / MMOD boxes, fallback boxes) loads on first
+        # use; landmarks5=False skips it for YuNet faces, whose landmarks5 then come from
+        # YuNet's own points (backbones that align on those points never read dlib's)
+        self.landmarks5 = landmarks5
+        self._sp5_model: object | None = None
         # dlib's 68-point model is licensed for non-commercial use only: it loads only when a
         # caller asks for it (LMK patch weighting, occlusion generators, pose bins)
         self.landmarks68 = landmarks68
@@ -161,8 +166,16 @@ class FaceDetector:
             return list(zip(rects, scores, strict=True))
         return [(d.rect, float(d.confidence)) for d in self._mmod(image, upsample)]
 
+    @property
+    def _sp5(self) -> object:
+        if self._sp5_model is None:
+            import dlib
+
+            self._sp5_model = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE5)))
+        return self._sp5_model
+
     def _landmarks(self, image: np.ndarray, rect: object) -> tuple[np.ndarray, np.ndarray | None]:
-        l5 = _shape_to_array(self._sp5(image, rect))
+        l5 = _shape_to_array(self._sp5(image, rect))  # type: ignore[operator]
         l68 = _shape_to_array(self._sp68(image, rect)) if self._sp68 is not None else None
         return l5, l68
 
@@ -205,8 +218,11 @@ class FaceDetector:
             cx, cy, side = x + w * (0.5 + dx), y + h * (0.5 + dy), (kw * w + kh * h) / 2
             rect = self._rect(int(round(cx - side / 2)), int(round(cy - side / 2)),
                               int(round(cx + side / 2)) - 1, int(round(cy + side / 2)) - 1)
-            l5, l68 = self._landmarks(image, rect)
-            if self.align5 == "points":
+            if self.landmarks5 or self._sp68 is not None:
+                l5, l68 = self._landmarks(image, rect)
+            else:  # neither dlib model is needed: skip both
+                l5, l68 = dlib5_from_points5(points5), None
+            if self.align5 == "points" or not self.landmarks5:
                 l5 = dlib5_from_points5(points5)
             out.append(Detection(np.array([x, y, x + w, y + h]), float(f[14]), l5, l68, source,
                                  points5))

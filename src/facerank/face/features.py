@@ -466,7 +466,7 @@ def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str
     # fallback boxes take them from the 68 landmarks (a non-default path)
     needs68 = landmarks68 or (backbone != "dlib" and (detector != "yunet" or no_face != "none"))
     det = FaceDetector(method=detector, policy=faces, fallback=no_face,  # type: ignore[arg-type]
-                       landmarks68=needs68)
+                       landmarks68=needs68, landmarks5=backbone == "dlib")
     if backbone == "dlib":
         from facerank.models.dlib_resnet import DlibResNet
 

@@ -221,3 +221,18 @@ def test_sface_path_skips_dlib_landmarks_with_equal_features(lfw_images) -> None
     assert fx.detector._sp5_model is None  # never loaded
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
     np.testing.assert_array_equal(a.landmarks5, b.landmarks5)
+
+
+def test_gallery_search_extractor_runs_no_dlib_landmark_model(tmp_path: Path) -> None:
+    """A stored gallery rebuilds its extractor from its settings; on the default path (YuNet)
+    that extractor loads neither of dlib's landmark models for SFace, nor the 68-point model
+    (non-commercial licence) for dlib."""
+    from facerank.face.features import make_extractor
+    from facerank.gallery import StoredGallery
+
+    for backbone, sp5 in (("sface", False), ("dlib", True)):
+        folder = tmp_path / backbone
+        StoredGallery.create(folder, make_extractor(backbone=backbone, cache=False)).close()
+        with StoredGallery.open(folder) as g:
+            det = g.extractor.detector
+            assert det._sp68 is None and det.landmarks5 is sp5, backbone

@@ -451,6 +451,18 @@ class FeatureExtractor:
         tmp.replace(path)
 
 
+def landmark_models(backbone: str, detector: str, no_face: str) -> tuple[bool, bool]:
+    """(dlib 68-point model, dlib 5-point model on YuNet faces) that extraction needs.
+
+    dlib's chip is cut from its 5 points; SFace's ArcFace crop needs 5 points that only YuNet
+    finds itself, so HOG/MMOD detections and fallback boxes take them from the 68 landmarks
+    (a non-default path). Anything else that reads the 68 landmarks (the lmk patch weighting)
+    asks for them itself.
+    """
+    need68 = backbone != "dlib" and (detector != "yunet" or no_face != "none")
+    return need68, backbone == "dlib"
+
+
 def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str = "none",
                    model: Path | None = None, cache: bool = True, aligned: str = "none",
                    backbone: str = "dlib", landmarks68: bool = False) -> FeatureExtractor:
@@ -462,11 +474,9 @@ def make_extractor(detector: str = "yunet", faces: str = "largest", no_face: str
     from facerank.face.features import FeatureExtractor
     from facerank.models.backbone import make_backbone
 
-    # SFace's ArcFace crop needs 5 points that only YuNet finds itself; HOG/MMOD detections and
-    # fallback boxes take them from the 68 landmarks (a non-default path)
-    needs68 = landmarks68 or (backbone != "dlib" and (detector != "yunet" or no_face != "none"))
+    need68, need5 = landmark_models(backbone, detector, no_face)
     det = FaceDetector(method=detector, policy=faces, fallback=no_face,  # type: ignore[arg-type]
-                       landmarks68=needs68, landmarks5=backbone == "dlib")
+                       landmarks68=landmarks68 or need68, landmarks5=need5)
     if backbone == "dlib":
         from facerank.models.dlib_resnet import DlibResNet
 

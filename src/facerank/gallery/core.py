@@ -252,11 +252,15 @@ class StoredGallery:
         with self._lock:
             if self._extractor is None:
                 from facerank.face.detect import FaceDetector
-
-                meta = self.meta()
-                det = FaceDetector(**json.loads(meta["detector"]))
+                from facerank.face.features import landmark_models
                 from facerank.models.backbone import backbone_name
 
+                meta = self.meta()
+                cfg = json.loads(meta["detector"])
+                need68, need5 = landmark_models(backbone_name(meta.get("model_id", "")),
+                                                cfg.get("method", "hog"),
+                                                cfg.get("fallback", "none"))
+                det = FaceDetector(**cfg, landmarks68=need68, landmarks5=need5)
                 self._extractor = FeatureExtractor(  # the backbone the gallery was built with
                     backbone=backbone_name(meta.get("model_id", "")), detector=det,
                     grids=json.loads(meta["grids"]))

@@ -107,10 +107,19 @@ def _float_graph(data: bytes, outputs: dict[str, tuple[int, ...]]) -> bytes:
     return model.SerializeToString()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (taskset, a container's cpuset) where
+    the platform reports one, else `os.cpu_count()`."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    """onnxruntime threads for SFace: one per core, at most 4 (a 112x112 face gains little
-    beyond that)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """onnxruntime threads for SFace: one per usable core, at most 4 (a 112x112 face gains
+    little beyond that)."""
+    return min(4, usable_cores())
 
 
 class SFace:

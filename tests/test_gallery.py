@@ -407,3 +407,27 @@ def test_explain_unavailable_is_one_message(people: tuple[Path, list[Path]],
     assert gallery_cli._explain(fs, fs, tmp_path / "x.png", None, ("a", "b")) is None
     assert "explanations are unavailable" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_small_faiss_searches_run_on_one_thread_with_identical_results() -> None:
+    """One probe against a small gallery runs faiss on one OpenMP thread (its thread team
+    costs more than it saves there); the ranking is the same, and the thread count is restored."""
+    faiss = pytest.importorskip("faiss")
+    from facerank.gallery import index as gi
+
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(3000, 64)).astype(np.float32)
+    q = rng.normal(size=(2, 64)).astype(np.float32)
+    flat = faiss.IndexFlatIP(64)
+    flat.add(db)
+    faiss.omp_set_num_threads(2)
+    seen = []
+    with gi._threads_for(q.shape[0] * 3000 * 64):
+        seen.append(faiss.omp_get_max_threads())
+        one = flat.search(q, 10)
+    with gi._threads_for(gi.SMALL_SEARCH_MACS + 1):
+        seen.append(faiss.omp_get_max_threads())
+    assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
+    team = flat.search(q, 10)
+    np.testing.assert_array_equal(one[1], team[1])
+    np.testing.assert_allclose(one[0], team[0], rtol=1e-6)

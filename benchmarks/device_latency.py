@@ -12,7 +12,7 @@ The kit (nothing of it is committed):
   enrolled from the cached features without grids (the default chain on SFace reads none);
 - `probes/`: 60 LFW JPEGs of people the gallery holds (`benchmarks.latency.pick_images`);
 - `enrol/`: 300 other LFW JPEGs, enrolled into a fresh gallery to time enrolment;
-- `dlib600.npz`: dlib features with grids of 600 LFW faces, for one-probe Stage 2 timings.
+- `dlib200.npz`: dlib features with grids of 200 LFW faces, for one-probe Stage 2 timings.
 
 `cpu` times, per probe and alternately: "before" (SFace on one onnxruntime thread and dlib's
 5-point model run on every YuNet face, as the chain shipped) and "after" (today's defaults):
@@ -118,19 +118,22 @@ def make_kit(out: Path) -> None:
     print(f"gallery: {rep.added} faces in {time.perf_counter() - t0:.0f} s", flush=True)
     g.close()
     zd = np.load(_packed(make_extractor(backbone="dlib")), allow_pickle=False)
-    pick = np.sort(rng.choice(len(zd["paths"]), 600, replace=False))
+    pick = np.sort(rng.choice(len(zd["paths"]), 200, replace=False))
     n = len(pick)
     FeatureSet(paths=[str(p) for p in zd["paths"][pick]], descriptors=zd["descriptors"][pick],
                grids={k[5:]: zd[k][pick] for k in zd.files if k.startswith("grid_")},
                landmarks5=zd["landmarks5"][pick], landmarks68=zd["landmarks68"][pick],
                chip_landmarks68=zd["chip_landmarks68"][pick], boxes=zd["boxes"][pick],
                det_scores=zd["det_scores"][pick],
-               det_sources=[str(x) for x in zd["det_sources"][pick]]).save(out / "dlib600.npz")
+               det_sources=[str(x) for x in zd["det_sources"][pick]]).save(out / "dlib200.npz")
     print(f"kit in {out}: gallery {rep.added} faces, {len(probes)} probes, 300 enrol images, "
           f"{n} dlib faces for Stage 2")
 
 
 # ---- cpu (pinned) -------------------------------------------------------------------------
+
+SKIP_5POINT_BEFORE = os.environ.get("FACERANK_DEVICE_NO_DLIB5") == "1"  # model not carried
+
 
 def _extractors(gallery: object) -> dict[str, object]:
     """"before": one SFace thread + dlib's 5-point model on YuNet faces; "after": defaults."""
@@ -142,7 +145,8 @@ def _extractors(gallery: object) -> dict[str, object]:
     after.cache_dir = None
     before = FeatureExtractor(backbone=SFaceBackbone(threads=1), cache=False,
                               grids=after.grid_names,
-                              detector=FaceDetector(method="yunet", landmarks68=False))
+                              detector=FaceDetector(method="yunet", landmarks68=False,
+                                                    landmarks5=not SKIP_5POINT_BEFORE))
     return {"before": before, "after": after}
 
 
@@ -217,40 +221,28 @@ def enrolment(kit: Path, limit: int | None = None) -> dict:
 
 
 def stage2_one_probe(kit: Path, device: str, probes: int = 30) -> dict:
-    """One probe's Stage 2 on k = 100 candidates: EMD, Face-ViT (pairs from precomputed face
-    halves) and Face-ViT through the full two-image pass, alternately, on `device`."""
+    """One probe's Stage 2 on k = 100 candidates, EMD and Face-ViT alternately, on `device`."""
     import torch
 
     from facerank.face.features import FeatureSet
     from facerank.ranking import cosine_topk
     from facerank.rerank.base import make_stage2
 
-    fs = FeatureSet.load(kit / "dlib600.npz")
+    fs = FeatureSet.load(kit / "dlib200.npz")
     emd = make_stage2("emd", gate="none", device=device)
     vit = make_stage2("vit", gate="none", device=device)
-    fast_pairs = vit._pairs
-
-    @torch.no_grad()
-    def full_pairs(ta, tb, ia, ib):  # noqa: ANN001, ANN202
-        return vit.model.pair_score(ta[ia], tb[ib])
-
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    t: dict[str, list[float]] = {"emd": [], "vit": [], "vit_full_pass": []}
+    t: dict[str, list[float]] = {"emd": [], "vit": []}
     for i in range(probes + 3):
         probe = fs.take(np.array([i]))
         cand = cosine_topk(probe.embeddings, fs.embeddings, k=100).indices
-        for name in t:
+        for name, fn in (("emd", emd.emd_scores), ("vit", vit.vit_scores)):
             sync()
             t0 = time.perf_counter()
-            if name == "emd":
-                emd.emd_scores(probe, fs, cand)
-            else:
-                vit._pairs = fast_pairs if name == "vit" else full_pairs
-                vit.vit_scores(probe, fs, cand)
+            fn(probe, fs, cand)
             sync()
             if i >= 3:
                 t[name].append(1000 * (time.perf_counter() - t0))
-    vit._pairs = fast_pairs
     out = {n: _pct(v) for n, v in t.items()}
     out["emd_over_vit_p50"] = out["emd"]["p50_ms"] / out["vit"]["p50_ms"]
     out["describe"] = {"emd": emd.describe(), "vit": vit.describe()}
@@ -258,14 +250,14 @@ def stage2_one_probe(kit: Path, device: str, probes: int = 30) -> dict:
 
 
 def stage2_batched(kit: Path, device: str) -> dict:
-    """All 600 faces as queries against the 600 (k = 100): 60,000 pairs, us per pair."""
+    """All 200 faces as queries against the 200 (k = 100): 20,000 pairs, us per pair."""
     import torch
 
     from facerank.face.features import FeatureSet
     from facerank.ranking import cosine_topk
     from facerank.rerank.base import make_stage2
 
-    fs = FeatureSet.load(kit / "dlib600.npz")
+    fs = FeatureSet.load(kit / "dlib200.npz")
     cand = cosine_topk(fs.embeddings, fs.embeddings, k=100).indices
     out = {}
     for name in ("emd", "vit"):

@@ -71,23 +71,6 @@ def test_shapes_of_every_variant_depth_and_heads(variant: str, depth: int, heads
     assert s.shape == (5,) and bool((s.abs() <= 1 + 1e-5).all())
 
 
-@pytest.mark.parametrize("variant", ["h2l", "h2"])
-@pytest.mark.parametrize("depth", [1, 3])
-def test_indexed_pairs_from_face_halves_equal_pair_score(variant: str, depth: int) -> None:
-    """Re-ranking scores pairs from each face's precomputed half (states and first-block
-    q, k, v); the scores equal the full two-image forward pass of every pair."""
-    m = _model(variant, depth, heads=2, width=16, seed=depth)
-    ta, tb = m.tokens(torch.rand(3, *GRID)), m.tokens(torch.rand(6, *GRID))
-    ia, ib = torch.tensor([0, 0, 1, 2, 2, 1, 0]), torch.tensor([5, 1, 1, 0, 3, 4, 2])
-    with torch.no_grad():
-        fast = m.pair_score_indexed(m.side(ta, False), m.side(tb, True), ia, ib)
-        full = m.pair_score(ta[ia], tb[ib])
-    assert torch.allclose(fast, full, atol=1e-5)
-    assert not torch.allclose(fast, fast.roll(1), atol=1e-3)  # distinct pairs, distinct scores
-    with pytest.raises(InputError, match="two-image"):
-        _model("h1").side(ta, False)
-
-
 def test_bad_configs_and_grids_are_refused() -> None:
     with pytest.raises(InputError, match="variant"):
         ViTConfig(variant="h3")

@@ -117,24 +117,6 @@ class Block(nn.Module):
         x = x + self.drop(self.proj(o.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
-    def qkv_of(self, x: torch.Tensor) -> torch.Tensor:
-        """Token-wise q, k, v of states x (B, T, d) -> (3, B, heads, T, d/heads)."""
-        b, t, d = x.shape
-        return self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(
-            2, 0, 3, 1, 4)
-
-    def from_qkv(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 rows: slice | torch.Tensor | None = None) -> torch.Tensor:
-        """`forward` from precomputed q, k, v (B, heads, T, d/heads), returning only the
-        output rows `rows` (all when None): (B, R, d). Equal to forward(x)[:, rows]."""
-        if rows is not None:
-            x, q = x[:, rows], q[:, :, rows]
-        b, r, d = x.shape
-        o = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(o.transpose(1, 2).reshape(b, r, d)))
-        return x + self.drop(self.mlp(self.ln2(x)))
-
 
 class FaceViT(nn.Module):
     """Hybrid ViT on CNN patch tokens; `ViTConfig.variant` picks H2L, H2 or H1."""
@@ -215,50 +197,6 @@ class FaceViT(nn.Module):
         """H1: one face's tokens (B, N, d) -> unit embedding (B, e)."""
         z = self.encode(t, None, keep_attn)
         return F.normalize(self.ln_f(self.head(z[:, 0])), dim=1)
-
-    def side(self, t: torch.Tensor, second: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One face's half of the two-image input, computed once per face: the states
-        z = [CLS or SEP, tokens] + E_pos + E_seg (B, N+1, d) of face a (second=False) or
-        face b, and the first block's q, k, v of them (3, B, heads, N+1, d/heads).
-
-        Every operation before the first attention is token-wise, so a pair's input is the
-        concatenation of its two faces' halves; `pair_score_indexed` scores many pairs of
-        the same faces without recomputing them (re-ranking: one query, k candidates).
-        """
-        if not self.cfg.two_image:
-            raise InputError("side() is for two-image Face-ViTs (H2L, H2)")
-        n, b = self.cfg.n_patches, t.shape[0]
-        lead = (self.sep if second else self.cls).expand(b, -1, -1)
-        span = slice(n + 1, 2 * n + 2) if second else slice(0, n + 1)
-        z = torch.cat([lead, t], dim=1) + self.pos[:, span] + self.seg[int(second)]
-        return z, self.blocks[0].qkv_of(z)
-
-    def pair_score_indexed(self, sa: tuple[torch.Tensor, torch.Tensor],
-                           sb: tuple[torch.Tensor, torch.Tensor], ia: torch.Tensor,
-                           ib: torch.Tensor) -> torch.Tensor:
-        """`pair_score` of the pairs (face ia[p] of `sa`, face ib[p] of `sb`) -> (P,), from
-        the faces' halves (`side`). Equal to pair_score(ta[ia], tb[ib]) up to float rounding;
-        the last block computes only the output rows the head reads (H2L: the patch tokens,
-        H2: [CLS])."""
-        (za, qa), (zb, qb) = sa, sb
-        z = torch.cat([za[ia], zb[ib]], dim=1)  # (P, T, d)
-        q, k, v = torch.cat([qa[:, ia], qb[:, ib]], dim=3)  # each (P, heads, T, d/heads)
-        n, last = self.cfg.n_patches, len(self.blocks) - 1
-        if self.cfg.variant == "h2l":
-            keep: slice | torch.Tensor = torch.cat([torch.arange(1, n + 1),
-                                                    torch.arange(n + 2, 2 * n + 2)])
-        else:
-            keep = slice(0, 1)
-        for i, blk in enumerate(self.blocks):
-            if i:
-                q, k, v = blk.qkv_of(z)
-            z = blk.from_qkv(z, q, k, v, keep if i == last else None)
-        z = self.norm(z)
-        if self.cfg.variant == "h2":
-            return torch.tanh(self.head(z[:, 0]).squeeze(1) / 2)
-        f1 = F.normalize(self.ln_f1(self.head1(z[:, :n].flatten(1))), dim=1)
-        f2 = F.normalize(self.ln_f2(self.head2(z[:, n:].flatten(1))), dim=1)
-        return (f1 * f2).sum(dim=1)
 
     def pair_score(self, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
         """(B,) similarity in [-1, 1] of pairs of token sets (face a first)."""

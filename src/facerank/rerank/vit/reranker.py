@@ -118,10 +118,9 @@ class Stage2ViT(GatedBlendReranker):
                ib: torch.Tensor) -> torch.Tensor:
         """ViT score of pairs (ta[ia[p]], tb[ib[p]]) -> (P,), chunk_pairs at a time."""
         out = torch.empty(len(ia), device=self.device)
-        sa, sb = self.model.side(ta, False), self.model.side(tb, True)  # once per face
         for s in range(0, len(ia), self.chunk_pairs):
             e = min(s + self.chunk_pairs, len(ia))
-            out[s:e] = self.model.pair_score_indexed(sa, sb, ia[s:e], ib[s:e])
+            out[s:e] = self.model.pair_score(ta[ia[s:e]], tb[ib[s:e]])
         return out
 
     @torch.no_grad()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,12 +104,13 @@ def replace_rows(base: FeatureSet, edits: dict[str, tuple[np.ndarray, FeatureSet
 @dataclass
 class Variant:
     """One set of faces to cluster: vectors (N, D), URL confidence, which rows take part
-    (`keep`), and the features Stage 2 reads (None: no Stage 2)."""
+    (`keep`), and a maker of the features Stage 2 reads (None: no Stage 2; made when needed,
+    as SFace's grids take 1.3 GB per variant)."""
 
     x: np.ndarray
     confidence: np.ndarray | None
     keep: np.ndarray
-    features: FeatureSet | None = None
+    features: Callable[[], FeatureSet] | None = None
     info: dict = field(default_factory=dict)
 
 
@@ -164,7 +166,7 @@ def make_variants(data: EvalData, edited: int, photo_fraction: float, stage2_gri
     x0 = feats.descriptors.astype(np.float32)
     c0 = confidence_of(feats, mid)
     out = {"clean": Variant(x0, c0, np.ones(n, bool),
-                            replace_rows(feats, {}, grids) if grids else None,
+                            (lambda: replace_rows(feats, {}, grids)) if grids else None,
                             {"fallback_faces": int(sum(s.startswith("fallback")
                                                        for s in feats.det_sources))})}
     if edited:
@@ -212,8 +214,8 @@ def _edited_variant(data: EvalData, edits: dict[str, tuple[np.ndarray, FeatureSe
         if c is not None:
             ce = confidence_of(fs, data.extractor.model_id)
             c[rows] = np.nan if ce is None else ce
-    fs_all = replace_rows(data.features, edits, grids) if grids else None
-    return Variant(x, c, keep, fs_all)
+    return Variant(x, c, keep,
+                   (lambda: replace_rows(data.features, edits, grids)) if grids else None)
 
 
 def _fit(m: A.ProbabilityCluster, x: np.ndarray, conf: np.ndarray | None,
@@ -269,7 +271,7 @@ def _stage2_method(ours: A.ProbabilityCluster, stage2: object, v: Variant, x: np
                    tr: np.ndarray) -> tuple[A.ProbabilityCluster, dict]:
     """Ours with the borderline edges re-scored: map fitted and p_link chosen on fold True."""
     assert v.features is not None
-    rescorer = EdgeRescorer(stage2, v.features, tr)
+    rescorer = EdgeRescorer(stage2, v.features(), tr)
     r, c, p = ours.graph(x[tr])
     lo, hi = ours.border
     b = np.flatnonzero((p >= lo) & (p <= hi))

@@ -233,7 +233,8 @@ def shipped(backbone: str) -> A.ProbabilityCluster:
 
 def add_shipped(backbone: str, seed: int = 0) -> dict:
     """Add `shipped(backbone)` to fold_false / all of every variant of the backbone's last
-    result JSON (same variants, rebuilt from the cache), without re-running the rest."""
+    result JSON (same variants, rebuilt from the cache), and what ours' largest cluster holds
+    (`largest_cluster`), without re-running the rest."""
     import json
 
     from benchmarks.common import RESULTS
@@ -251,13 +252,34 @@ def add_shipped(backbone: str, seed: int = 0) -> dict:
             t0 = time.perf_counter()
             lab = _fit(m, v.x, v.confidence, rows)
             r = {**M.summary(lab, y[rows]), "seconds": round(time.perf_counter() - t0, 2)}
-            out["variants"][name][part] = {"probability": out["variants"][name][part][
-                "probability"], m.name: r, **out["variants"][name][part]}
+            old = {k: x for k, x in out["variants"][name][part].items() if k != m.name}
+            out["variants"][name][part] = {"probability": old["probability"], m.name: r, **old}
             print(backbone, name, part, m.name, r, flush=True)
+        out["variants"][name]["largest_cluster_all"] = largest_cluster(
+            out["variants"][name], v, y, photo_edit_rows(len(y), out["photo_edited_fraction"],
+                                                         seed) if "photo" in name else {})
+        print(name, out["variants"][name]["largest_cluster_all"], flush=True)
     out["shipped_added"] = {"loadavg": os.getloadavg()}
     out.pop("benchmark", None), out.pop("machine", None)
     when = out.pop("when", None)
     return {**out, "main_run_when": when}
+
+
+def largest_cluster(res: dict, v: Variant, y: np.ndarray,
+                    edits: dict[str, np.ndarray]) -> dict:
+    """What the largest cluster of ours (the variant's chosen settings, all its faces) holds:
+    size, people, faces of its most frequent person, and faces per photo edit."""
+    ch = res["chosen_on_fold_true"]
+    m = A.ProbabilityCluster(LogisticProb(**res["probability"]), p_link=ch["p_link"],
+                             min_confidence=ch["min_confidence"])
+    rows = np.flatnonzero(v.keep)
+    lab = _fit(m, v.x, v.confidence, rows)
+    big = int(np.argmax(np.bincount(lab[lab >= 0])))
+    members = rows[lab == big]
+    _, counts = np.unique(y[members], return_counts=True)
+    return {"size": int(len(members)), "people": int(len(counts)),
+            "top_person_faces": int(counts.max()),
+            "edited": {k: int(np.isin(members, r).sum()) for k, r in edits.items()}}
 
 
 def _fit(m: A.ProbabilityCluster, x: np.ndarray, conf: np.ndarray | None,
@@ -386,6 +408,22 @@ def run(backbone: str, edited: int, photo_fraction: float, synthetic: int,
     return out
 
 
+def summary(result: dict) -> str:
+    """Markdown: held-out (fold False) BCubed F1 and clusters of each method per variant."""
+    names = ("probability", "probability-shipped", "probability+emd", "agglomerative",
+             "chinese-whispers", "dbscan")
+    lines = ["| variant | faces | " + " | ".join(names) + " | ours - best baseline |",
+             "|---|---:|" + "---:|" * (len(names) + 1)]
+    for name, res in result["variants"].items():
+        ff = res["fold_false"]
+        cells = [f"{ff[m]['bcubed_f1']} ({ff[m]['clusters']})" if m in ff else "" for m in names]
+        best = max(ff[m]["bcubed_f1"] for m in names[3:] if m in ff)
+        truth = next(iter(ff.values()))["true_clusters"]
+        lines.append(f"| {name} | {res['faces']} ({truth} people held out) | "
+                     + " | ".join(cells) + f" | {ff['probability']['bcubed_f1'] - best:+.2f} |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     """Markdown rows of a result JSON (docs/results.md)."""
     cols = ("pairwise_precision", "pairwise_recall", "pairwise_f1", "bcubed_precision",
@@ -421,7 +459,8 @@ def main() -> None:
 
         from benchmarks.common import RESULTS
 
-        print(table(json.loads((RESULTS / f"cluster-{a.backbone}.json").read_text())))
+        result = json.loads((RESULTS / f"cluster-{a.backbone}.json").read_text())
+        print(summary(result) + "\n\n" + table(result))
         return
     if a.add_shipped:
         print(write_result(f"cluster-{a.backbone}", add_shipped(a.backbone, a.seed)))

@@ -262,7 +262,7 @@ def add_shipped(backbone: str, seed: int = 0) -> dict:
     out["shipped_added"] = {"loadavg": os.getloadavg()}
     out.pop("benchmark", None), out.pop("machine", None)
     when = out.pop("when", None)
-    return {**out, "main_run_when": when}
+    return {**out, "main_run_when": out.get("main_run_when", when)}
 
 
 def largest_cluster(res: dict, v: Variant, y: np.ndarray,

@@ -248,9 +248,38 @@ def test_web_clusters_view_and_corrections(small_gallery: Path) -> None:
     assert client.get("/api/clusters/why/999999").status_code == 400
 
 
-def test_cli_gallery_cluster(small_gallery: Path, capsys: pytest.CaptureFixture) -> None:
-    from facerank.cli.app import main
+def test_cli_gallery_cluster_unlabelled_by_default(small_gallery: Path, lfw_root: Path,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    import json
+    import shutil
 
-    assert main(["gallery", "cluster", str(small_gallery)]) == 0
+    from facerank.cli.app import main
+    from facerank.gallery import is_unlabelled
+
+    assert is_unlabelled(" Unknown ") and is_unlabelled("unlabelled")
+    assert not is_unlabelled("George_W_Bush")
+    g = tmp_path / "g"
+    shutil.copytree(small_gallery, g)
+    # every face carries a name: nothing to cluster unless --all
+    assert main(["gallery", "cluster", str(g)]) == 2
+    assert "--all" in capsys.readouterr().err
+    assert main(["gallery", "cluster", str(g), "--all", "--out", str(tmp_path / "all")]) == 0
     assert "9 face(s)" in capsys.readouterr().out
-    assert (small_gallery / "clusters" / "clusters.json").is_file()
+    assert (tmp_path / "all" / "clusters.json").is_file()
+    # two photos enrolled without a name, one under a folder called "unknown"
+    extra = sorted((lfw_root / "images" / "Tony_Blair").glob("*.jpg"))[3:5]
+    (tmp_path / "unknown").mkdir()
+    shutil.copy(extra[1], tmp_path / "unknown" / extra[1].name)
+    assert main(["gallery", "add", str(g), str(extra[0]), "--unlabelled"]) == 0
+    assert main(["gallery", "add", str(g), str(tmp_path / "unknown")]) == 0
+    assert main(["gallery", "add", str(g), str(extra[0]), "--unlabelled", "--identity", "x"]) == 2
+    capsys.readouterr()
+    assert main(["gallery", "cluster", str(g), "--out", str(tmp_path / "un")]) == 0
+    assert "2 face(s)" in capsys.readouterr().out
+    d = json.loads((tmp_path / "un" / "clusters.json").read_text())
+    paths = {Path(f["path"]).name for c in d["clusters"] for f in c["faces"]}
+    paths |= {Path(f["path"]).name for f in d["unassigned"]}
+    assert paths == {extra[0].name, extra[1].name}
+    assert main(["gallery", "cluster", str(g), "--all", "--out", str(tmp_path / "all")]) == 0
+    assert "11 face(s)" in capsys.readouterr().out

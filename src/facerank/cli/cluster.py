@@ -96,17 +96,30 @@ def gallery_cluster_command(
     merge: Merge = None,
     rename: Rename = None,
     not_this: NotThis = None,
+    every: Annotated[bool, typer.Option(
+        "--all", help="Cluster every face of the gallery, also those enrolled under a "
+        "person's name.")] = False,
 ) -> None:
-    """Group a gallery's faces into people; the clusters and corrections are kept in the
-    gallery folder (clusters.sqlite), so later runs only place newly added faces."""
+    """Group a gallery's unlabelled faces into people (enrolled with `gallery add
+    --unlabelled`, or under the name unknown / unlabelled / unnamed); --all groups every face.
+    The clusters and corrections are kept in the gallery folder (clusters.sqlite), so later
+    runs only place newly added faces."""
     from facerank.clustering.pipeline import cluster_features, write_outputs
     from facerank.clustering.store import ClusterStore
-    from facerank.gallery import StoredGallery
+    from facerank.gallery import StoredGallery, is_unlabelled
 
     with StoredGallery.open(folder) as g:
         fs = g.features(grids=False)
-        keys = [f"img{int(i)}" for i in g.image_ids()]
+        ids = g.image_ids()
         model_id = g.extractor.model_id
+        if not every:
+            rows = [i for i, name in enumerate(g.labels()) if is_unlabelled(name)]
+            if not rows:
+                raise InputError(f"{folder}: no unlabelled faces to cluster (enrol them with "
+                                 "`facerank gallery add G PHOTOS --unlabelled`), or pass --all "
+                                 "to cluster every face")
+            fs, ids = fs.take(rows), ids[rows]
+        keys = [f"img{int(i)}" for i in ids]
     with ClusterStore.open(folder) as store:
         _corrections(store, merge, rename, not_this)
         result = cluster_features(fs, model_id, keys, store=store)

@@ -122,6 +122,10 @@ def add_command(
     = "folder",
     identity: Annotated[str | None, typer.Option(
         "--identity", help="Enrol every image under this one name instead.")] = None,
+    unlabelled: Annotated[bool, typer.Option(
+        "--unlabelled", help="Enrol the images without a name (for `gallery cluster` to group "
+        "into people); faces under a folder named unknown or unlabelled count as unlabelled "
+        "too.")] = False,
     aligned: Aligned = "none",
     min_confidence: Annotated[float | None, typer.Option(
         "--min-confidence", help="Refuse faces whose URL confidence is below this (1.0 = a "
@@ -133,10 +137,14 @@ def add_command(
 ) -> None:
     """Enrol images (resumable: files already in the gallery are skipped)."""
     from facerank.face.imageio import expand_images
-    from facerank.gallery import identity_of
+    from facerank.gallery import UNLABELLED, identity_of
 
     if identity_from not in ("folder", "filename"):
         raise InputError(f"--identity-from {identity_from!r}: use folder or filename")
+    if unlabelled:
+        if identity:
+            raise InputError("--unlabelled and --identity exclude each other: give one")
+        identity = UNLABELLED
     files = expand_images(images)
     if not files:
         raise InputError(f"no image files found in {', '.join(map(str, images))}")

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from facerank.calibrate.base import Calibrator
     from facerank.rerank.base import Reranker
 
-__all__ = ["CANDIDATES", "DEFAULT_BATCH", "IdentityFrom", "IndexKind", "SearchResult",
-           "StoredGallery", "batch_size_from_env", "identity_of"]
+__all__ = ["CANDIDATES", "DEFAULT_BATCH", "UNLABELLED", "UNLABELLED_NAMES", "IdentityFrom",
+           "IndexKind", "SearchResult", "StoredGallery", "batch_size_from_env", "identity_of",
+           "is_unlabelled"]
 
 
 CANDIDATES = 100  # Stage-1 candidates a calibrated search re-scores (facerank.calibrate)
@@ -45,6 +46,16 @@ Refuse = Callable[[list[FaceFeatures]], list[str | None]]
 DEFAULT_BATCH = 64
 IndexKind = Literal["flat", "hnsw", "milvus"]
 IdentityFrom = Literal["folder", "filename"]
+# A face enrolled under one of these placeholder names (any case) carries no identity label:
+# `gallery add --unlabelled` uses UNLABELLED; a folder of photos called "unknown" counts too.
+UNLABELLED = "unlabelled"
+UNLABELLED_NAMES = frozenset({"unlabelled", "unlabeled", "unknown", "unnamed"})
+
+
+def is_unlabelled(name: str) -> bool:
+    """Whether an identity name is a placeholder (`UNLABELLED_NAMES`, any case) rather than a
+    person's name."""
+    return str(name).strip().lower() in UNLABELLED_NAMES
 
 
 def batch_size_from_env() -> int:

@@ -248,6 +248,26 @@ def test_web_clusters_view_and_corrections(small_gallery: Path) -> None:
     assert client.get("/api/clusters/why/999999").status_code == 400
 
 
+def test_web_clusters_view_groups_only_unlabelled_faces(small_gallery: Path,
+                                                        tmp_path: Path) -> None:
+    """Like `facerank gallery cluster`: once a gallery holds unlabelled faces, the clusters
+    view groups those only."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from facerank.gallery import StoredGallery
+    from facerank.web.app import create_app
+
+    folder = tmp_path / "g"
+    shutil.copytree(small_gallery, folder)
+    with StoredGallery.open(folder) as g:
+        g.rename_identity("Tony_Blair", "unknown")
+        fx = g.extractor
+    d = TestClient(create_app(folder, stage2="none", extractor=fx)).get("/api/clusters").json()
+    assert sum(c["size"] for c in d["clusters"]) + len(d["unassigned"]) == 3
+
+
 def test_cli_gallery_cluster_unlabelled_by_default(small_gallery: Path, lfw_root: Path,
                                                   tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:

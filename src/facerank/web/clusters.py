@@ -15,7 +15,7 @@ from facerank.clustering.incremental import explain
 from facerank.clustering.pipeline import cluster_features, default_method
 from facerank.clustering.store import ClusterStore
 from facerank.errors import InputError
-from facerank.gallery import StoredGallery
+from facerank.gallery import StoredGallery, is_unlabelled
 
 
 class ClusterView:
@@ -26,8 +26,13 @@ class ClusterView:
         self.lock = threading.Lock()
 
     def _run(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+        """The unlabelled faces (as `facerank gallery cluster`), or every face when the
+        gallery holds none."""
         fs = self.gallery.features(grids=False)
         ids = self.gallery.image_ids()
+        rows = np.flatnonzero([is_unlabelled(n) for n in self.gallery.labels()])
+        if len(rows):
+            fs, ids = fs.take(rows), ids[rows]
         with ClusterStore.open(self.gallery.store.folder) as st:
             res = cluster_features(fs, self.gallery.extractor.model_id,
                                    [f"img{int(i)}" for i in ids], store=st)

@@ -44,7 +44,7 @@ def _pct(ms: list[float]) -> dict[str, float]:
 def _where() -> dict:
     import torch
 
-    from facerank.models.sface import usable_cores
+    from facerank._util.cores import usable_cores
 
     return {"usable_cores": usable_cores(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
@@ -198,25 +198,45 @@ def chain(kit: Path, repeats: int, limit: int | None = None) -> dict:
                                       for n in names}}
 
 
-def enrolment(kit: Path, limit: int | None = None) -> dict:
+def enrolment(kit: Path, limit: int | None = None, copies: int = 1) -> dict:
     from facerank.gallery import StoredGallery
 
     files = sorted((kit / "enrol").glob("*.jpg"))[:limit]
     ids = [f.name.split("__")[0] for f in files]
+    if copies > 1:  # the same photos with k trailing bytes: new files to the gallery, same faces
+        extra = Path(tempfile.mkdtemp())
+        more = []
+        for k in range(1, copies):
+            for f in files:
+                more.append(extra / f"{k}-{f.name}")
+                more[-1].write_bytes(f.read_bytes() + b"\0" * k)
+        files, ids = files + more, ids * copies
     probe_gallery = StoredGallery.open(kit / "gallery")
     fxs = _extractors(probe_gallery)
     probe_gallery.close()
     out = {}
-    for v in ("after", "before", "after"):  # after twice: the second is reported
+    # after: today's default (a worker process per core for 4+ batches); one_process: the
+    # same extractor in this process (threads per core); before: one process, one thread.
+    # after runs twice: the second is reported.
+    from facerank.gallery import core
+
+    core.PARALLEL_BY_DEFAULT = True  # as the `facerank` command sets it
+    for v in ("after", "before", "one_process", "after"):
+        os.environ["FACERANK_WORKERS"] = "1" if v != "after" else ""
         with tempfile.TemporaryDirectory() as tmp:
-            g = StoredGallery.create(Path(tmp) / "g", fxs[v])
+            os.environ["FACERANK_CACHE"] = tmp  # a cold feature cache for every run
+            g = StoredGallery.create(Path(tmp) / "g", fxs["before" if v == "before" else
+                                                         "after"])
             t0 = time.perf_counter()
             rep = g.add_files(files, ids, progress=False)
             sec = time.perf_counter() - t0
             g.close()
         out[v] = {"images": len(files), "added": rep.added, "seconds": sec,
                   "images_per_s": len(files) / sec}
+    os.environ.pop("FACERANK_WORKERS", None)
     out["after_over_before"] = out["after"]["images_per_s"] / out["before"]["images_per_s"]
+    out["after_over_one_process"] = (out["after"]["images_per_s"]
+                                     / out["one_process"]["images_per_s"])
     return out
 
 
@@ -283,6 +303,10 @@ def main() -> None:
     ap.add_argument("--kit", type=Path, default=Path(".devkit"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default=None, help="run only this part (chain, stage2_one_probe, "
+                    "enrolment)")
+    ap.add_argument("--copies", type=int, default=1, help="enrol each JPEG this many times "
+                    "(copies with trailing bytes)")
     ap.add_argument("--limit", type=int, default=None, help="first N probes / enrol images "
                     "(a quick check of the script)")
     args = ap.parse_args()
@@ -297,7 +321,9 @@ def main() -> None:
         for name, fn in (("chain", lambda: chain(args.kit, args.repeats, args.limit)),
                          ("stage2_one_probe", lambda: stage2_one_probe(args.kit, "cpu",
                                                                       args.limit or 30)),
-                         ("enrolment", lambda: enrolment(args.kit, args.limit))):
+                         ("enrolment", lambda: enrolment(args.kit, args.limit, args.copies))):
+            if args.only and name != args.only:
+                continue
             t0 = time.perf_counter()
             result[name] = fn()
             print(name, f"{time.perf_counter() - t0:.0f} s", json.dumps(result[name])[:1500],

@@ -4,4 +4,5 @@ import sys
 
 from facerank.cli.app import main
 
-sys.exit(main())
+if __name__ == "__main__":  # enrolment's worker processes import this module again
+    sys.exit(main())

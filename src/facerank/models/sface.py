@@ -26,11 +26,11 @@ benchmarks/extract.py for the backbone ratio.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from facerank._util.cores import usable_cores
 from facerank.errors import InputError, ModelFileError
 from facerank.face.align.arcface import ARCFACE_SIZE
 
@@ -105,15 +105,6 @@ def _float_graph(data: bytes, outputs: dict[str, tuple[int, ...]]) -> bytes:
         g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
                                                            ["N", *shape]))
     return model.SerializeToString()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity (taskset, a container's cpuset) where
-    the platform reports one, else `os.cpu_count()`."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def default_threads() -> int:

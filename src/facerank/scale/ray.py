@@ -39,13 +39,36 @@ def _ray() -> Any:
 
 
 def extractor_config(fx: FeatureExtractor) -> dict[str, Any]:
-    """What an actor needs to rebuild `fx` (plain JSON: no pickled model)."""
+    """What a worker needs to rebuild `fx` (plain JSON: no pickled model), including which of
+    dlib's landmark models it runs, so workers compute exactly what `fx` computes."""
     d = fx.detector
     return {"detector": {"method": d.method, "policy": d.policy, "fallback": d.fallback,
-                         "upsample": d.upsample, "retry_upsample": d.retry_upsample},
+                         "upsample": d.upsample, "retry_upsample": d.retry_upsample,
+                         "landmarks68": d.landmarks68, "landmarks5": d.landmarks5},
             "grids": list(fx.grid_names), "model_id": fx.model_id,
             "backbone": fx.backbone.name, "aligned": fx.aligned,
             "align5": getattr(d, "align5", None)}
+
+
+def build_extractor(config: dict[str, Any], cache: bool, threads: int) -> FeatureExtractor:
+    """The extractor `extractor_config` describes, its networks on `threads` threads."""
+    import torch
+
+    from facerank.face.detect import FaceDetector
+    from facerank.models.backbone import SFaceBackbone, make_backbone
+
+    torch.set_num_threads(max(1, threads))
+    det = dict(config["detector"])
+    if config.get("align5") is not None:
+        det["align5"] = config["align5"]
+    backbone = (SFaceBackbone(threads=max(1, threads)) if config["backbone"] == "sface"
+                else make_backbone(config["backbone"]))
+    fx = FeatureExtractor(backbone=backbone, detector=FaceDetector(**det),
+                          grids=config["grids"], cache=cache, aligned=config["aligned"])
+    if fx.model_id != config["model_id"]:
+        raise FacerankError(f"a worker builds model {fx.model_id}, the driver "
+                            f"{config['model_id']}: install the same facerank everywhere")
+    return fx
 
 
 def start(address: str | None, num_cpus: int | None = None) -> Any:
@@ -79,20 +102,7 @@ class _ExtractActor:
     """A Ray actor: one FeatureExtractor, many batches of paths."""
 
     def __init__(self, config: dict[str, Any], cache: bool, threads: int) -> None:
-        import torch
-
-        from facerank.face.detect import FaceDetector
-
-        torch.set_num_threads(max(1, threads))
-        det = dict(config["detector"])
-        if config.get("align5") is not None:
-            det["align5"] = config["align5"]
-        self.fx = FeatureExtractor(backbone=config["backbone"], detector=FaceDetector(**det),
-                                   grids=config["grids"], cache=cache,
-                                   aligned=config["aligned"])
-        if self.fx.model_id != config["model_id"]:
-            raise FacerankError(f"Ray worker builds model {self.fx.model_id}, the driver "
-                                f"{config['model_id']}: install the same facerank everywhere")
+        self.fx = build_extractor(config, cache, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]

@@ -215,28 +215,19 @@ def enrolment(kit: Path, limit: int | None = None, copies: int = 1) -> dict:
     fxs = _extractors(probe_gallery)
     probe_gallery.close()
     out = {}
-    # after: today's default (a worker process per core for 4+ batches); one_process: the
-    # same extractor in this process (threads per core); before: one process, one thread.
-    # after runs twice: the second is reported.
-    from facerank.gallery import core
-
-    core.PARALLEL_BY_DEFAULT = True  # as the `facerank` command sets it
-    for v in ("after", "before", "one_process", "after"):
-        os.environ["FACERANK_WORKERS"] = "1" if v != "after" else ""
+    # after: today's default; before: SFace on one thread. after runs twice: the second
+    # is reported.
+    for v in ("after", "before", "after"):
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["FACERANK_CACHE"] = tmp  # a cold feature cache for every run
-            g = StoredGallery.create(Path(tmp) / "g", fxs["before" if v == "before" else
-                                                         "after"])
+            g = StoredGallery.create(Path(tmp) / "g", fxs[v])
             t0 = time.perf_counter()
             rep = g.add_files(files, ids, progress=False)
             sec = time.perf_counter() - t0
             g.close()
         out[v] = {"images": len(files), "added": rep.added, "seconds": sec,
                   "images_per_s": len(files) / sec}
-    os.environ.pop("FACERANK_WORKERS", None)
     out["after_over_before"] = out["after"]["images_per_s"] / out["before"]["images_per_s"]
-    out["after_over_one_process"] = (out["after"]["images_per_s"]
-                                     / out["one_process"]["images_per_s"])
     return out
 
 

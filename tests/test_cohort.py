@@ -186,6 +186,44 @@ def test_gallery_cohort_is_stored_and_cannot_go_stale(lfw_root, extractor, tmp_p
     g.close()
 
 
+def test_auto_calibration_abstains_below_the_cohort_minimum(lfw_root, extractor,  # noqa: ANN001
+                                                            tmp_path, monkeypatch) -> None:
+    """`--calibrate auto`: cosine (and the cosine's probability model) on a gallery too small
+    for its own cohort and for a pair; IDA-R with the gallery's cohort once it is large enough;
+    SFace: cosine."""
+    from facerank.calibrate import cohort as C
+    from facerank.calibrate import factory
+
+    assert factory.build("auto", None, "sface_2021dec_int8bq@facerank-features-1") is None
+    assert factory.resolve_pair("auto", extractor.model_id) == "none"
+    with pytest.raises(InputError, match="not auto"):
+        factory.build("auto", tmp_path / "a.npz", extractor.model_id)
+    with pytest.raises(InputError, match="not auto"):
+        factory.probability_model("auto", "dlib", tmp_path / "p.json")
+    people = ["Ariel_Sharon", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
+    g, held_out = small_gallery(tmp_path, lfw_root, extractor, people)
+    probe = extractor.extract_paths(held_out[:1], progress=False)
+    cal = factory.build("auto", None, extractor.model_id)
+    assert cal is not None and cal.name == factory.AUTO_CALIBRATOR["dlib"]
+    cal.k = 2
+    model = factory.probability_model("auto", "dlib")
+    plain = g.search(probe, k=6)
+    res = g.search(probe, k=6, calibrate=cal)
+    assert all("calibrated" not in r.stage_scores for r in res)
+    assert [r.row for r in res] == [r.row for r in plain]
+    assert g.cohort_used(cal)["calibrator"] == "none" and g.calibration_used(cal) is None
+    shown = factory.attach_probability(res, model)
+    cosine_model = factory.probability_model("none", "dlib")
+    if cosine_model is not None:
+        np.testing.assert_allclose([r.probability for r in shown],
+                                   cosine_model(np.array([r.stage1 for r in res])))
+    monkeypatch.setattr(C, "MIN_IDENTITIES", 3)
+    res = g.search(probe, k=6, calibrate=cal)
+    assert all("calibrated" in r.stage_scores for r in res)
+    assert g.cohort_used(cal)["cohort"] == "gallery" and g.calibration_used(cal) is cal
+    g.close()
+
+
 def test_cli_bad_anchor_and_probability_files_fail_in_one_line(lfw_root, tmp_path,  # noqa: ANN001
                                                                capsys) -> None:
     import shutil

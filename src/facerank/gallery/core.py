@@ -449,6 +449,8 @@ class StoredGallery:
                 memo["checked"].append(cal)
             emb = memo["emb"]
             cohort = self._cohort(loaded, cal)
+            if cohort is None and getattr(cal, "auto", False):
+                return ranking  # --calibrate auto abstains: too few identities for a cohort
             if cohort is not None:
                 labels = np.asarray(loaded.labels)
             else:
@@ -469,10 +471,19 @@ class StoredGallery:
             kind = "anchors file" if cal.name in ("ida-r", "asnorm") else "none"
             return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": None}
         kind = choose_cohort(n)
+        if getattr(cal, "auto", False):
+            return {"cohort": "gallery" if kind == "gallery" else "none", "identities": n,
+                    "minimum": MIN_IDENTITIES, "calibrator": cal.name if kind == "gallery"
+                    else "none", "note": None}
         note = None if kind == "gallery" else (
             f"the gallery has {n} identities, fewer than the {MIN_IDENTITIES} its own cohort "
             "needs; using the bundled LFW anchors")
         return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": note}
+
+    def calibration_used(self, cal: Calibrator | None) -> Calibrator | None:
+        """`cal`, or None where `--calibrate auto` abstains on this gallery (cosine)."""
+        used = self.cohort_used(cal)
+        return None if used is None or used.get("calibrator") == "none" else cal
 
     def _cohort(self, loaded: Snapshot, cal: Calibrator) -> Any:
         """The gallery's identity cohort, None to use the calibrator's own anchors. Read from

@@ -42,6 +42,7 @@ from facerank.calibrate.probability import (
     KINDS,
     MatchProbability,
     expected_calibration_error,
+    quality_features,
 )
 from facerank.eval.protocols import EvalData, lfw_extractor, occluded_queries
 from facerank.eval.studies.calibration_protocols import pick_per_identity
@@ -160,6 +161,7 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
     variant (same pairs all, impostors subsampled)."""
     rng = np.random.default_rng(0)
     clean = desc["clean"]
+    qc = quality_features(clean, centroid)  # per face, then indexed by pair
     ii, jj = off_diagonal(len(fit_rows))
     parts = []
     for g, (v, d) in enumerate(desc.items()):
@@ -168,7 +170,8 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
         sc, y = pair_scores(cal, e_a.astype(np.float32), e_b.astype(np.float32), names, cohort)
         keep = np.ones(len(sc), bool) if v == "clean" else y | (rng.random(len(sc))
                                                                 < fit_impostors)
-        parts.append((sc[keep], y[keep], clean[ii[keep]], d[jj[keep]], np.full(keep.sum(), g)))
+        qv = quality_features(d, centroid)
+        parts.append((sc[keep], y[keep], qc[ii[keep]], qv[jj[keep]], np.full(keep.sum(), g)))
     s, y, da, db, g = (np.concatenate(c) for c in zip(*parts, strict=True))
     return MatchProbability.fit_quality(s, y, da, db, g, centroid, calibrator=cal,
                                         backbone=backbone, meta=meta)

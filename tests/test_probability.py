@@ -10,6 +10,7 @@ import pytest
 from facerank.calibrate.probability import (
     MatchProbability,
     expected_calibration_error,
+    quality_features,
 )
 from facerank.errors import InputError, ModelFileError
 
@@ -107,8 +108,9 @@ def _quality_pairs(n: int = 4000, seed: int = 0):  # noqa: ANN202
 
 def test_quality_model_calibrates_degraded_pairs_and_falls_back(tmp_path) -> None:
     (s, y, da, db, g), centroid = _quality_pairs()
-    m = MatchProbability.fit_quality(s, y, da, db, g, centroid, calibrator="none",
-                                     backbone="sface")
+    m = MatchProbability.fit_quality(s, y, quality_features(da, centroid),
+                                     quality_features(db, centroid), g, centroid,
+                                     calibrator="none", backbone="sface")
     qa, qb = m.face_quality(da), m.face_quality(db)
     deg = g == 1
     w = np.where(y, 0.5 / y[deg].sum(), 0.5 / (~y[deg]).sum())

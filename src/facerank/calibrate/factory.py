@@ -197,5 +197,6 @@ def describe_probability(model: MatchProbability | AutoProbability | None,
     return {"scale": SCALE, "calibrator": model.calibrator, "backbone": model.backbone,
             "kind": model.kind, "prior": model.meta.get("prior", 0.5),
             "threshold_far_1e-3": thr.get("probability"),
+            "threshold_far_1e-3_with_quality": thr.get("probability_quality"),
             "fitted_on": model.meta.get("fit"),
             "quality": None if model.quality is None else model.quality["features"]}

@@ -129,7 +129,7 @@ def logistic_fit_matrix(X: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int 
     by Newton's method on standardised columns -> weights (C,) on the raw columns."""
     mu = np.average(X, axis=0, weights=w)
     sd = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=w))
-    const = sd < 1e-12
+    const = np.ptp(X, axis=0) == 0
     if not const.any():
         raise InputError("logistic_fit_matrix: X needs a constant column")
     mu[const], sd[const] = 0.0, 1.0
@@ -248,14 +248,15 @@ class MatchProbability:
         return (quality_features(d, centroid, feats) - mean) / sd
 
     @classmethod
-    def fit_quality(cls, scores: np.ndarray, same: np.ndarray, desc_a: np.ndarray,
-                    desc_b: np.ndarray, group: np.ndarray, centroid: np.ndarray,
+    def fit_quality(cls, scores: np.ndarray, same: np.ndarray, feats_a: np.ndarray,
+                    feats_b: np.ndarray, group: np.ndarray, centroid: np.ndarray,
                     calibrator: str = "none", backbone: str = "dlib",
                     features: tuple[str, ...] = QUALITY_FEATURES, fars: tuple = FARS,
                     meta: dict | None = None) -> MatchProbability:
-        """Fit P(same | score, quality) on pairs (P,) of faces with raw descriptors desc_a,
-        desc_b (P, D); group (P,) int: 0 = clean pairs, k > 0 = pairs with a degraded face
-        (each group weighted equally, same and different pairs 50/50 within a group).
+        """Fit P(same | score, quality) on pairs (P,) whose faces have the quality features
+        feats_a, feats_b (P, F) (`quality_features(descriptors, centroid, features)` of each
+        face, indexed by pair); group (P,) int: 0 = clean pairs, k > 0 = pairs with a degraded
+        face (each group weighted equally, same and different pairs 50/50 within a group).
 
         The score-only fallback (`params`) is fitted on the same weighted pairs; the
         thresholds are chosen on the clean (group 0) impostor pairs: the score threshold and
@@ -264,8 +265,12 @@ class MatchProbability:
         s = _scores(scores, "scores").ravel()
         y = np.asarray(same, dtype=bool).ravel()
         g = np.asarray(group).ravel()
-        if not (len(s) == len(y) == len(g) == len(desc_a) == len(desc_b)):
-            raise InputError("scores, same, group and descriptors must have one row per pair")
+        fa = np.asarray(feats_a, np.float64)
+        fb = np.asarray(feats_b, np.float64)
+        if not (len(s) == len(y) == len(g) == len(fa) == len(fb)) or fa.shape != fb.shape \
+                or fa.ndim != 2 or fa.shape[1] != len(features):
+            raise InputError("scores, same, group and quality features must have one row per "
+                             "pair, one column per feature")
         w = np.zeros(len(s))
         groups = np.unique(g)
         for k in groups:
@@ -276,8 +281,6 @@ class MatchProbability:
             w[sel] = np.where(y[sel], 0.5 / n_pos, 0.5 / n_neg)
         w *= len(s) / w.sum()
         yf = y.astype(np.float64)
-        fa = quality_features(desc_a, centroid, features)
-        fb = quality_features(desc_b, centroid, features)
         clean = g == groups.min()
         ref = np.concatenate([fa[clean], fb[clean]])
         mean, sd = ref.mean(axis=0), np.maximum(ref.std(axis=0), 1e-12)

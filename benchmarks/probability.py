@@ -27,6 +27,7 @@ written (its score-only fallback inside it).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -206,7 +207,8 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             t0 = time.perf_counter()
             var_desc[v] = occluded_queries(data, v, test_rows, VARIANT_SEED, False).descriptors
-            if args.quality:
+            if args.quality and (args.fit_variants is None
+                                 or v in args.fit_variants.split(",")):
                 fit_desc[v] = occluded_queries(data, v, fit_rows, VARIANT_SEED,
                                                False).descriptors
             console.print(f"{v}: {len(test_rows)} variant features "
@@ -263,10 +265,8 @@ def run(args: argparse.Namespace) -> dict:
             run_out[cal] = res
             if args.write_defaults and fit_half == "A":
                 m = models["quality" if args.quality else args.kind]
-                m.meta["command"] = (f"python -m benchmarks.probability --backbone "
-                                     f"{args.backbone} --write-defaults"
-                                     + (f" --quality --variants {args.variants}"
-                                        if args.quality else ""))
+                m.meta["command"] = "python -m benchmarks.probability " + " ".join(
+                    sys.argv[1:])
                 m.meta["fit"] = (f"all ordered pairs of {len(fit_rows)} seeded images of LFW "
                                  "identity half A (people with >= 2 images), cohort: one image "
                                  "per person of half A, own identity left out"
@@ -297,6 +297,9 @@ def main() -> None:
     p.add_argument("--quality", action="store_true",
                    help="also fit / report the quality-aware model (written by "
                    "--write-defaults)")
+    p.add_argument("--fit-variants", default=None,
+                   help="variants the quality fit sees (default: all of --variants); the "
+                   "others are held out, to test a variant it never saw")
     p.add_argument("--fit-impostors", type=float, default=0.05,
                    help="share of the variants' impostor pairs used by the quality fit")
     p.add_argument("--openset", action="store_true",

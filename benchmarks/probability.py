@@ -324,7 +324,8 @@ def main() -> None:
 
 
 def plot(paths: list[str], out: str = "docs/img/probability_reliability.png") -> None:
-    """Reliability diagram (15 bins) of the cosine model, fit A -> test B, per backbone and
+    """Reliability diagram (15 bins) of the cosine models, fit A -> test B, per backbone
+    (rows) and model (columns: score only, and with quality where the results have it) and
     variant, from results JSON written by `run`."""
     import json
 
@@ -333,21 +334,26 @@ def plot(paths: list[str], out: str = "docs/img/probability_reliability.png") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 4.6), squeeze=False)
-    for ax, p in zip(axes[0], paths, strict=True):
-        d = json.loads(Path(p).read_text())
+    data = [json.loads(Path(p).read_text()) for p in paths]
+    kinds = [k for k in ("logistic", "quality")
+             if any(k in d["runs"]["fit A -> test B"]["none"]["own/clean"] for d in data)]
+    fig, axes = plt.subplots(len(paths), len(kinds), figsize=(5 * len(kinds), 4.6 * len(paths)),
+                             squeeze=False)
+    for row_axes, d in zip(axes, data, strict=True):
         res = d["runs"]["fit A -> test B"]["none"]
-        for key, row in res.items():
-            if not key.startswith("own/"):
-                continue
-            bins = [b for b in row["logistic"]["reliability"] if b["mean_prob"] is not None]
-            ax.plot([b["mean_prob"] for b in bins], [b["share_same"] for b in bins], "o-",
-                    ms=3, label=f"{key[4:]} (ECE {100 * row['logistic']['ece']:.1f} %)")
-        ax.plot([0, 1], [0, 1], "k:", lw=1)
-        ax.set(title=f"{d['backbone']}: cosine -> match probability (LFW half B)",
-               xlabel="predicted match probability", ylabel="share of same-person pairs",
-               xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=8, loc="upper left")
+        for ax, kind in zip(row_axes, kinds, strict=True):
+            for key, row in res.items():
+                if not key.startswith("own/") or kind not in row:
+                    continue
+                bins = [b for b in row[kind]["reliability"] if b["mean_prob"] is not None]
+                ax.plot([b["mean_prob"] for b in bins], [b["share_same"] for b in bins], "o-",
+                        ms=3, label=f"{key[4:]} (ECE {100 * row[kind]['ece']:.1f} %)")
+            ax.plot([0, 1], [0, 1], "k:", lw=1)
+            what = "score only" if kind == "logistic" else "score + quality"
+            ax.set(title=f"{d['backbone']}: cosine, {what} (LFW half B)",
+                   xlabel="predicted match probability", ylabel="share of same-person pairs",
+                   xlim=(0, 1), ylim=(0, 1))
+            ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     console.print(f"wrote {out}")

@@ -249,3 +249,10 @@ def test_cli_bad_anchor_and_probability_files_fail_in_one_line(lfw_root, tmp_pat
                  "--probability-with", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err
     assert "fitted for calibrator 'none', not 'ida-r'" in err and len(err.splitlines()) == 1
+
+
+def test_eval_refuses_auto_in_one_line(capsys) -> None:
+    from facerank.cli.app import main
+
+    assert main(["eval", "lfw-pairs", "--calibrate", "auto"]) == 2
+    assert "eval needs a named calibrator" in capsys.readouterr().err

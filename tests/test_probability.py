@@ -10,6 +10,7 @@ import pytest
 from facerank.calibrate.probability import (
     MatchProbability,
     expected_calibration_error,
+    quality_features,
 )
 from facerank.errors import InputError, ModelFileError
 
@@ -85,3 +86,57 @@ def test_ece_of_a_perfect_and_a_wrong_forecaster() -> None:
     y = rng.random(20000) < p
     assert expected_calibration_error(p, y)["ece"] < 0.02
     assert expected_calibration_error(1 - p, y)["ece"] > 0.25
+
+
+def _quality_pairs(n: int = 4000, seed: int = 0):  # noqa: ANN202
+    """Synthetic pairs: clean (group 0, long descriptors) and degraded (group 1, short
+    descriptors, whose same-person scores drop): a score alone cannot be calibrated on both."""
+    rng = np.random.default_rng(seed)
+    d = 8
+    centroid = np.eye(d)[0]
+    rows = []
+    for g, length, shift in ((0, 10.0, 0.0), (1, 4.0, 0.3)):
+        y = rng.random(n) < 0.3
+        s = np.where(y, rng.normal(0.7 - shift, 0.1, n), rng.normal(0.1, 0.1, n))
+        da = rng.normal(size=(n, d))
+        da *= length / np.linalg.norm(da, axis=1, keepdims=True)
+        db = rng.normal(size=(n, d))
+        db *= 10.0 / np.linalg.norm(db, axis=1, keepdims=True)
+        rows.append((s, y, da, db, np.full(n, g)))
+    return [np.concatenate(c) for c in zip(*rows, strict=True)], centroid
+
+
+def test_quality_model_calibrates_degraded_pairs_and_falls_back(tmp_path) -> None:
+    (s, y, da, db, g), centroid = _quality_pairs()
+    m = MatchProbability.fit_quality(s, y, quality_features(da, centroid),
+                                     quality_features(db, centroid), g, centroid,
+                                     calibrator="none", backbone="sface")
+    qa, qb = m.face_quality(da), m.face_quality(db)
+    deg = g == 1
+    w = np.where(y, 0.5 / y[deg].sum(), 0.5 / (~y[deg]).sum())
+    with_q = expected_calibration_error(m(s, qa, qb)[deg], y[deg], weights=w[deg])["ece"]
+    score_only = expected_calibration_error(m(s)[deg], y[deg], weights=w[deg])["ece"]
+    assert with_q < 0.03 < score_only
+    # the clean FAR threshold holds on clean impostors, by score and by probability
+    t = m.thresholds["1e-02"]
+    clean_imp = (g == 0) & ~y
+    assert abs((m(s, qa, qb)[clean_imp] >= t["probability_quality"]).mean() - 0.01) < 0.003
+    # no quality input (a bare score, another dimension, NaN): the score-only model answers
+    np.testing.assert_allclose(m(s[:5], None, None), m(s[:5]))
+    assert m.face_quality(np.ones((2, 3))) is None and m.face_quality(np.full((1, 8), np.nan)) \
+        is None
+    np.testing.assert_allclose(m(s[:2], m.face_quality(np.ones((2, 3))), qb[:2]), m(s[:2]))
+    assert m.verdict(float(s[0])) in ("same person", "different people")
+    assert m.verdict(float(s[0]), qa=qa[:1], qb=qb[:1]) in ("same person", "different people")
+    # JSON round trip keeps the quality block; another backbone / calibrator is refused
+    path = tmp_path / "q.json"
+    m.save(path)
+    back = MatchProbability.load(path, calibrator="none", backbone="sface")
+    np.testing.assert_allclose(back(s, qa, qb), m(s, qa, qb))
+    with pytest.raises(InputError, match="not 'dlib'"):
+        MatchProbability.load(path, calibrator="none", backbone="dlib")
+    d = m.to_dict()
+    d["quality"]["weights"] = [1.0]
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="quality block"):
+        MatchProbability.load(tmp_path / "bad.json")

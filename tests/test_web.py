@@ -242,7 +242,7 @@ def test_serve_command(web_gallery: tuple[Path, dict[str, Path]],
                                       "--stage2", "none"])
     assert result.exit_code == 0, result.output
     assert calls["app"] == ((web_gallery[0],), {"stage2": "none", "max_upload_bytes": 8 * 2**20,
-                                                "calibrate": "none",
+                                                "calibrate": "auto",
                                                 "calibrate_with": None})
     assert calls["run"] == ("APP", {"host": "127.0.0.1", "port": 8000, "log_level": "warning"})
     result = CliRunner().invoke(cli, ["serve", "--gallery", "g", "--port", "0"])

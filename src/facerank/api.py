@@ -143,6 +143,7 @@ def with_probability(cmp: Comparison, fa: FaceFeatures, fb: FaceFeatures, model_
     from facerank.calibrate import factory
     from facerank.models.backbone import backbone_name
 
+    calibrate = factory.resolve_pair(calibrate, model_id)  # auto: cosine outside a gallery
     cal = factory.build(calibrate, None if calibrate_with is None else Path(calibrate_with),
                         model_id)
     score = cmp.cosine if cal is None else float(
@@ -150,9 +151,14 @@ def with_probability(cmp: Comparison, fa: FaceFeatures, fb: FaceFeatures, model_
     model = factory.probability_model(calibrate, backbone_name(model_id),
                                       None if probability_with is None
                                       else Path(probability_with))
-    prob = None if model is None else float(model(np.array([score]))[0])
+    assert not isinstance(model, factory.AutoProbability)
+    qa = qb = None
+    if model is not None:  # both faces' quality (a quality-aware model; else score only)
+        qa, qb = model.face_quality(fa.descriptor), model.face_quality(fb.descriptor)
+    prob = None if model is None else float(model(np.array([score]), qa, qb)[0])
     return replace(cmp, calibrator=calibrate, calibrated=None if cal is None else score,
-                   probability=prob, verdict_far=None if model is None else model.verdict(score))
+                   probability=prob,
+                   verdict_far=None if model is None else model.verdict(score, qa=qa, qb=qb))
 
 
 def cluster(paths: Any, backbone: str = "sface", detector: str = "yunet",  # noqa: ANN401
@@ -184,12 +190,13 @@ class Gallery:
         return len(self.stored)
 
     def search(self, x: Any, k: int = 10, stage2: str = "auto",  # noqa: ANN401
-               gate: str = "auto", aligned: str = "none", calibrate: str = "none",
+               gate: str = "auto", aligned: str = "none", calibrate: str = "auto",
                calibrate_with: str | Path | None = None,
                probability_with: str | Path | None = None) -> list[SearchResult]:
         """The best k matches of the face in `x`, as `facerank search` ranks them (the gallery's
-        own detector settings; Stage 1 calibrated by `calibrate` = asnorm / ida-r / ida-l or
-        "none"; Stage 2 "emd" behind the bundled quality gate, or "none"), each with the
+        own detector settings; Stage 1 calibrated by `calibrate` = asnorm / ida-r / ida-l, "none",
+        or "auto": IDA-R with the gallery's own cohort on a dlib gallery of 200+ identities,
+        else cosine; Stage 2 "emd" behind the bundled quality gate, or "none"), each with the
         gallery face's URL confidence and the pair's match probability (from its Stage-1
         score) as the CLI shows them."""
         from facerank.calibrate import factory
@@ -215,7 +222,9 @@ class Gallery:
         opts = {"gate": gate, **({"backbone": built} if built != "dlib" else {})}
         results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, **opts),
                                      calibrate=cal)
-        return factory.attach_probability(attach_results(self.stored, probe, results)[1], model)
+        return factory.attach_probability(attach_results(self.stored, probe, results)[1], model,
+                                          probe.descriptors[0],
+                                          self.stored.features().descriptors)
 
     def close(self) -> None:
         self.stored.close()

@@ -22,7 +22,9 @@ from facerank.errors import InputError, ModelFileError
 
 HNSW_ABOVE = 100_000
 SMALL_BATCH = 16  # up to this many faces, exact search is a numpy matmul (see search)
-DEFAULT_ANCHORS = "lfw-halfA-anchors.npz"
+DEFAULT_ANCHORS = {"dlib": "lfw-halfA-anchors.npz", "sface": "lfw-halfA-anchors-sface.npz"}
+"""Bundled anchors per backbone; each `.npz` has a `.json` beside it with the command that
+made it (`facerank train ida-l --backbone B --save-anchors ...`)."""
 
 
 @dataclass
@@ -81,11 +83,14 @@ class AnchorSet:
         return cls(emb, str(meta["model_id"]), labels, meta)
 
     @classmethod
-    def default(cls) -> AnchorSet:
-        """The bundled anchors: one dlib embedding per person of LFW identity half A
-        (`identity_fold` True)."""
+    def default(cls, backbone: str = "dlib") -> AnchorSet:
+        """The bundled anchors of `backbone` (dlib or sface): one embedding per person of LFW
+        identity half A (`identity_fold` True)."""
+        if backbone not in DEFAULT_ANCHORS:
+            raise InputError(f"no bundled anchors for backbone {backbone!r}; choose "
+                             f"{', '.join(DEFAULT_ANCHORS)} or pass --calibrate-with")
         with resources.as_file(resources.files("facerank.calibrate") / "defaults"
-                               / DEFAULT_ANCHORS) as p:
+                               / DEFAULT_ANCHORS[backbone]) as p:
             return cls.load(p)
 
 

@@ -18,15 +18,49 @@ from facerank.calibrate.base import Calibrator, make_calibrator
 from facerank.calibrate.probability import SCALE, MatchProbability
 from facerank.errors import InputError
 
-__all__ = ["THRESHOLDS", "build", "thresholds", "verdict"]
+__all__ = ["AUTO_CALIBRATOR", "THRESHOLDS", "AutoProbability", "build", "thresholds",
+           "verdict"]
 
 
 THRESHOLDS = "thresholds.json"
 
+AUTO_CALIBRATOR = {"dlib": "ida-r", "sface": "none"}
+"""What `--calibrate auto` does per backbone: IDA-R with the gallery's own cohort on a gallery of
+at least `cohort.MIN_IDENTITIES` identities, plain cosine otherwise (and always for SFace, for
+a pair outside a gallery, and for a gallery too small for its own cohort: the bundled LFW
+anchors lost 5-16 TPIR@FPIR 1 % points to cosine on galleries from other sources). Chosen by
+the open-set measurement of `python -m benchmarks.probability --openset-only`
+(docs/results.md): on dlib the own cohort never lost to cosine from 200 people enrolled, on
+clean or degraded probes; on SFace it did not gain."""
+
+
+def auto_calibrator(model_id: str | None) -> str:
+    """The calibrator `auto` stands for on a large enough gallery of `model_id` features."""
+    if model_id is None:
+        return "none"
+    from facerank.models.backbone import backbone_name
+
+    return AUTO_CALIBRATOR.get(backbone_name(model_id), "none")
+
 
 def build(name: str, path: Path | None = None, model_id: str | None = None
           ) -> Calibrator | None:
-    """A calibrator from CLI options (None for "none"), checked against the feature model."""
+    """A calibrator from CLI options (None for "none"), checked against the feature model.
+
+    "auto": `AUTO_CALIBRATOR` of the backbone, marked `auto` so that a gallery too small for
+    its own cohort abstains (cosine) instead of using the bundled anchors; None when the
+    backbone's choice is cosine. A pair outside a gallery uses `resolve_pair` (cosine)."""
+    if name == "auto":
+        if path is not None:
+            raise InputError("--calibrate-with needs --calibrate asnorm, ida-r or ida-l, not "
+                             "auto")
+        choice = auto_calibrator(model_id)
+        if choice == "none":
+            return None
+        cal = build(choice, None, model_id)
+        if cal is not None:
+            cal.auto = True  # type: ignore[attr-defined]
+        return cal
     if name == "none":
         if path is not None:
             raise InputError("--calibrate-with needs --calibrate asnorm, ida-r or ida-l")
@@ -39,6 +73,11 @@ def build(name: str, path: Path | None = None, model_id: str | None = None
         options["anchors"] = check_anchor_file(AnchorSet.load(path), model_id)
     elif path is not None:
         options["checkpoint"] = path
+    elif name in ("ida-r", "asnorm") and model_id is not None:
+        from facerank.calibrate.anchors import AnchorSet
+        from facerank.models.backbone import backbone_name
+
+        options["anchors"] = AnchorSet.default(backbone_name(model_id))  # that backbone's
     if name == "ida-l" and model_id is not None:
         options["backbone"] = model_id
     cal = make_calibrator(name, **options)
@@ -71,14 +110,43 @@ def verdict(name: str, score: float, custom: bool) -> tuple[str, float | None]:
     return ("same person" if score >= thr else "different people"), thr
 
 
+class AutoProbability:
+    """`--calibrate auto`'s models: that of the calibrated score where a search calibrated,
+    that of the cosine where it abstained (`pick` by the results' score name)."""
+
+    def __init__(self, backbone: str) -> None:
+        choice = AUTO_CALIBRATOR.get(backbone, "none")
+        self.by_key = {"stage1": MatchProbability.default("none", backbone),
+                       "calibrated": MatchProbability.default(choice, backbone)}
+
+    def pick(self, key: str) -> MatchProbability | None:
+        return self.by_key.get(key)
+
+
 def probability_model(name: str, backbone: str, path: Path | None = None
-                      ) -> MatchProbability | None:
+                      ) -> MatchProbability | AutoProbability | None:
     """The match probability model for `--calibrate NAME` on `backbone` features: the file at
     `path` (refused if made for another calibrator or backbone), else the bundled one (None
-    if none ships)."""
+    if none ships). "auto": an `AutoProbability` (a file is refused: name the calibrator)."""
+    if name == "auto":
+        if path is not None:
+            raise InputError("--probability-with needs the --calibrate its model was fitted "
+                             "for (none, asnorm, ida-r or ida-l), not auto")
+        return AutoProbability(backbone)
     if path is not None:
         return MatchProbability.load(path, calibrator=name, backbone=backbone)
     return MatchProbability.default(name, backbone)
+
+
+def resolve_pair(name: str, model_id: str | None) -> str:
+    """The calibrator a single pair (compare, outside a gallery) uses: "auto" -> "none" (no
+    gallery cohort to use; the bundled anchors are not trusted off LFW), others unchanged."""
+    return "none" if name == "auto" else name
+
+
+def _pick(model: MatchProbability | AutoProbability | None, key: str
+          ) -> MatchProbability | None:
+    return model.pick(key) if isinstance(model, AutoProbability) else model
 
 
 def pair_score_name(stage_scores: dict) -> str:
@@ -87,25 +155,48 @@ def pair_score_name(stage_scores: dict) -> str:
     return "calibrated" if "calibrated" in stage_scores else "stage1"
 
 
-def attach_probability(results: list, model: MatchProbability | None) -> list:
+def attach_probability(results: list, model: MatchProbability | AutoProbability | None,
+                       probe_descriptor: np.ndarray | None = None,
+                       gallery_descriptors: np.ndarray | None = None) -> list:
     """Search results with `probability` = P(same person) of each (probe, gallery face) pair,
-    from its Stage-1 (calibrated) score, whatever order Stage 2 gave them."""
+    from its Stage-1 (calibrated) score, whatever order Stage 2 gave them.
+
+    probe_descriptor (D,) and gallery_descriptors (G, D) (rows as `SearchResult.row`), both
+    raw: the quality of both faces for a quality-aware model; without them (or when they do
+    not fit the model) the model's score-only form answers."""
     if model is None or not results:
         return results
     from dataclasses import replace
 
     key = pair_score_name(results[0].stage_scores)
-    probs = model(np.array([r.stage_scores[key] for r in results], dtype=np.float64))
+    model = _pick(model, key)
+    if model is None:
+        return results
+    scores = np.array([r.stage_scores[key] for r in results], dtype=np.float64)
+    qa = qb = None
+    if model.quality is not None and probe_descriptor is not None \
+            and gallery_descriptors is not None:
+        rows = np.array([r.row for r in results])
+        if rows.min() >= 0 and rows.max() < len(gallery_descriptors):
+            qb = model.face_quality(np.asarray(gallery_descriptors)[rows])
+            qp = model.face_quality(np.asarray(probe_descriptor).reshape(1, -1))
+            qa = None if qp is None or qb is None else np.repeat(qp, len(rows), axis=0)
+    probs = model(scores, qa, qb)
     return [replace(r, probability=None if not np.isfinite(p) else float(p))
             for r, p in zip(results, probs, strict=True)]
 
 
-def describe_probability(model: MatchProbability | None) -> dict | None:
-    """JSON block naming the scale and where its model came from (None: no model)."""
+def describe_probability(model: MatchProbability | AutoProbability | None,
+                         results: list | None = None) -> dict | None:
+    """JSON block naming the scale and where its model came from (None: no model); for
+    "auto", the model of the score the `results` carry."""
+    model = _pick(model, pair_score_name(results[0].stage_scores) if results else "stage1")
     if model is None:
         return None
     thr = model.thresholds.get("1e-03", {})
     return {"scale": SCALE, "calibrator": model.calibrator, "backbone": model.backbone,
             "kind": model.kind, "prior": model.meta.get("prior", 0.5),
             "threshold_far_1e-3": thr.get("probability"),
-            "fitted_on": model.meta.get("fit")}
+            "threshold_far_1e-3_with_quality": thr.get("probability_quality"),
+            "fitted_on": model.meta.get("fit"),
+            "quality": None if model.quality is None else model.quality["features"]}

@@ -10,6 +10,22 @@ different pairs; `prior` records it). Two fitted forms:
 It also carries the score thresholds at stated false accept rates (chosen on the impostor
 pairs it was fitted on), so `compare` / `search` can say "same person at FAR 1e-3".
 
+Quality. A logistic model may also carry a `quality` block: P(same | score, quality of both
+faces), where a face's quality is read from its raw descriptor alone, so it exists for every
+face at search time (gallery rows store their descriptors):
+
+    log_norm   log of the descriptor's length before normalisation (SFace's shrinks on
+               low-resolution, blurred and occluded faces)
+    centroid   cosine of the face to the mean face of the fit half (dlib's masked faces move
+               towards it)
+
+    p = 1 / (1 + exp(-(w_s s + w_1 + sum_f (c_f + d_f s) Q_f)))   Q_f = z_f(a) + z_f(b)
+
+z_f is the feature standardised on the fit half's clean faces. Without the descriptors of
+both faces (a bare score) the model answers with its score-only form `a s + b`, fitted on the
+same pairs; the decision at a FAR compares the probability with that FAR's probability
+threshold (`probability_quality`, chosen on the clean impostor pairs of the fit half).
+
 A model file is a small JSON: the form, its parameters, the calibrator and backbone it was
 made for (a file for another calibrator or backbone is refused), the thresholds, and the
 command that made it. Bundled files live in `calibrate/defaults/prob-<backbone>-<cal>.json`.
@@ -88,6 +104,61 @@ def logistic_fit(s: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
     return float(a), float(theta[1] - a * mu), mu, sd
 
 
+QUALITY_FEATURES = ("log_norm", "centroid")
+
+
+def quality_features(descriptors: np.ndarray, centroid: np.ndarray,
+                     features: tuple[str, ...] | list[str] = QUALITY_FEATURES) -> np.ndarray:
+    """(N, D) raw descriptors -> (N, F) per-face quality features (see the module doc)."""
+    d = np.asarray(descriptors, np.float64)
+    if d.ndim == 1:
+        d = d[None]
+    n = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
+    cols = {"log_norm": lambda: np.log(n),
+            "centroid": lambda: (d / n[:, None]) @ np.asarray(centroid, np.float64)}
+    try:
+        return np.stack([cols[f]() for f in features], axis=1)
+    except KeyError as e:
+        raise ModelFileError(f"unknown quality feature {e}; known: "
+                             f"{', '.join(QUALITY_FEATURES)}") from None
+
+
+def logistic_fit_matrix(X: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
+                        ) -> np.ndarray:
+    """Weighted logistic regression on the columns of X (P, C) (one must be the constant)
+    by Newton's method on standardised columns -> weights (C,) on the raw columns."""
+    mu = np.average(X, axis=0, weights=w)
+    sd = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=w))
+    const = np.ptp(X, axis=0) == 0
+    if not const.any():
+        raise InputError("logistic_fit_matrix: X needs a constant column")
+    mu[const], sd[const] = 0.0, 1.0
+    Z = (X - mu) / sd
+    theta = np.zeros(X.shape[1])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(Z @ theta, -40, 40)))
+        g = Z.T @ (w * (p - y)) + 1e-6 * theta
+        h = (Z * (w * p * (1 - p))[:, None]).T @ Z + 1e-6 * np.eye(len(theta))
+        step = np.linalg.solve(h, g)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    raw = theta / sd
+    shift = float((theta * mu / sd).sum())
+    raw[np.flatnonzero(const)[0]] -= shift  # fold the standardisation into the constant
+    return raw
+
+
+def _quality_design(s: np.ndarray, qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
+    """scores (P,), standardised qualities (P, F) of both faces -> design (P, 2 + 2F):
+    [s, 1, Q_1, s Q_1, ..., Q_F, s Q_F] with Q = qa + qb."""
+    q = qa + qb
+    cols = [s, np.ones_like(s)]
+    for f in range(q.shape[1]):
+        cols += [q[:, f], s * q[:, f]]
+    return np.stack(cols, axis=1)
+
+
 class MatchProbability:
     """P(same person | score) for one (backbone, calibrator); `__call__(scores) -> probs`.
 
@@ -95,13 +166,30 @@ class MatchProbability:
     """
 
     def __init__(self, kind: str, params: dict, calibrator: str, backbone: str,
-                 thresholds: dict | None = None, meta: dict | None = None) -> None:
+                 thresholds: dict | None = None, meta: dict | None = None,
+                 quality: dict | None = None) -> None:
         if kind not in KINDS:
             raise InputError(f"unknown probability model {kind!r}; choose {', '.join(KINDS)}")
         self.kind, self.params = kind, params
         self.calibrator, self.backbone = calibrator, backbone
         self.thresholds = dict(thresholds or {})  # {"1e-03": {"score", "probability", ...}}
         self.meta = dict(meta or {})
+        self.quality = None if quality is None else dict(quality)
+        if self.quality is not None:
+            try:
+                feats = tuple(str(f) for f in self.quality["features"])
+                self._q = (feats, np.asarray(self.quality["centroid"], np.float64),
+                           np.asarray(self.quality["mean"], np.float64),
+                           np.asarray(self.quality["sd"], np.float64),
+                           np.asarray(self.quality["weights"], np.float64))
+            except (KeyError, TypeError, ValueError):
+                raise ModelFileError("quality block: needs features, centroid, mean, sd and "
+                                     "weights") from None
+            f = len(feats)
+            if kind != "logistic" or self._q[2].shape != (f,) or self._q[3].shape != (f,) \
+                    or self._q[4].shape != (2 + 2 * f,) or self._q[1].ndim != 1:
+                raise ModelFileError("quality block: sizes of mean/sd/weights do not match "
+                                     "its features (logistic models only)")
         if kind == "isotonic":
             self._kx = np.asarray(params["x"], np.float64)
             self._ky = np.asarray(params["y"], np.float64)
@@ -146,9 +234,92 @@ class MatchProbability:
                 "tar": float((s[y] >= thr).mean()), "n_impostor": n_neg}
         return model
 
-    def __call__(self, scores: np.ndarray) -> np.ndarray:
-        """scores (any shape) -> P(same person) of the same shape, float64 in [0, 1]."""
+    def face_quality(self, descriptors: np.ndarray) -> np.ndarray | None:
+        """(N, D) raw descriptors -> (N, F) standardised quality features; None when the
+        model has no quality block or the descriptors do not fit its centroid."""
+        if self.quality is None:
+            return None
+        feats, centroid, mean, sd, _ = self._q
+        d = np.asarray(descriptors, np.float64)
+        if d.ndim == 1:
+            d = d[None]
+        if d.ndim != 2 or d.shape[1] != len(centroid) or not np.isfinite(d).all():
+            return None
+        return (quality_features(d, centroid, feats) - mean) / sd
+
+    @classmethod
+    def fit_quality(cls, scores: np.ndarray, same: np.ndarray, feats_a: np.ndarray,
+                    feats_b: np.ndarray, group: np.ndarray, centroid: np.ndarray,
+                    calibrator: str = "none", backbone: str = "dlib",
+                    features: tuple[str, ...] = QUALITY_FEATURES, fars: tuple = FARS,
+                    meta: dict | None = None) -> MatchProbability:
+        """Fit P(same | score, quality) on pairs (P,) whose faces have the quality features
+        feats_a, feats_b (P, F) (`quality_features(descriptors, centroid, features)` of each
+        face, indexed by pair); group (P,) int: 0 = clean pairs, k > 0 = pairs with a degraded
+        face (each group weighted equally, same and different pairs 50/50 within a group).
+
+        The score-only fallback (`params`) is fitted on the same weighted pairs; the
+        thresholds are chosen on the clean (group 0) impostor pairs: the score threshold and
+        the quality-aware probability threshold at each FAR.
+        """
+        s = _scores(scores, "scores").ravel()
+        y = np.asarray(same, dtype=bool).ravel()
+        g = np.asarray(group).ravel()
+        fa = np.asarray(feats_a, np.float64)
+        fb = np.asarray(feats_b, np.float64)
+        if not (len(s) == len(y) == len(g) == len(fa) == len(fb)) or fa.shape != fb.shape \
+                or fa.ndim != 2 or fa.shape[1] != len(features):
+            raise InputError("scores, same, group and quality features must have one row per "
+                             "pair, one column per feature")
+        w = np.zeros(len(s))
+        groups = np.unique(g)
+        for k in groups:
+            sel = g == k
+            n_pos, n_neg = int((y & sel).sum()), int((~y & sel).sum())
+            if n_pos < 2 or n_neg < 2:
+                raise InputError(f"pair group {k}: needs at least 2 same and 2 different pairs")
+            w[sel] = np.where(y[sel], 0.5 / n_pos, 0.5 / n_neg)
+        w *= len(s) / w.sum()
+        yf = y.astype(np.float64)
+        clean = g == groups.min()
+        ref = np.concatenate([fa[clean], fb[clean]])
+        mean, sd = ref.mean(axis=0), np.maximum(ref.std(axis=0), 1e-12)
+        qa, qb = (fa - mean) / sd, (fb - mean) / sd
+        weights = logistic_fit_matrix(_quality_design(s, qa, qb), yf, w)
+        a, b, _, _ = logistic_fit(s, yf, w)
+        quality = {"features": list(features), "centroid": np.asarray(centroid).tolist(),
+                   "mean": mean.tolist(), "sd": sd.tolist(), "weights": weights.tolist(),
+                   "pair_quality": "Q_f = z_f(a) + z_f(b)"}
+        model = cls("logistic", {"a": a, "b": b}, calibrator, backbone,
+                    meta={"prior": 0.5, "n_same": int(y.sum()), "n_different": int((~y).sum()),
+                          "groups": int(len(groups)), **(meta or {})}, quality=quality)
+        imp = clean & ~y
+        s_imp = np.sort(s[imp])
+        p_imp = np.sort(model(s[imp], qa[imp], qb[imp]))
+        p_all = model(s, qa, qb)
+        for far in fars:
+            idx = min(len(s_imp) - 1, int(np.ceil((1 - far) * len(s_imp))))
+            thr, pthr = float(s_imp[idx]), float(p_imp[idx])
+            model.thresholds[_far_key(far)] = {
+                "far": far, "score": thr, "probability": float(model(np.array([thr]))[0]),
+                "probability_quality": pthr,
+                "tar": float((s[y & clean] >= thr).mean()),
+                "tar_quality": float((p_all[y & clean] >= pthr).mean()),
+                "n_impostor": int(imp.sum())}
+        return model
+
+    def __call__(self, scores: np.ndarray, qa: np.ndarray | None = None,
+                 qb: np.ndarray | None = None) -> np.ndarray:
+        """scores (P,) or any shape -> P(same person) of the same shape, float64 in [0, 1].
+
+        qa, qb: (P, F) `face_quality` of each pair's two faces (flat scores only); without
+        them (or for a model without quality) the score-only form answers."""
         s = np.asarray(scores, dtype=np.float64)
+        if self.quality is not None and qa is not None and qb is not None \
+                and s.ndim == 1 and np.shape(qa) == np.shape(qb) == (len(s), len(self._q[0])):
+            z = np.clip(_quality_design(s, np.asarray(qa), np.asarray(qb)) @ self._q[4],
+                        -40, 40)
+            return np.where(np.isfinite(s), 1.0 / (1.0 + np.exp(-z)), np.nan)
         if self.kind == "logistic":
             z = np.clip(self.params["a"] * s + self.params["b"], -40, 40)
             p = 1.0 / (1.0 + np.exp(-z))
@@ -161,12 +332,19 @@ class MatchProbability:
         t = self.thresholds.get(_far_key(far))
         return None if t is None else float(t["score"])
 
-    def verdict(self, score: float, far: float = 1e-3) -> str | None:
-        """"same person" / "different people" at the FAR threshold, None without one."""
-        thr = self.threshold(far)
-        if thr is None:
+    def verdict(self, score: float, far: float = 1e-3, qa: np.ndarray | None = None,
+                qb: np.ndarray | None = None) -> str | None:
+        """"same person" / "different people" at the FAR threshold, None without one.
+        With both faces' quality (qa, qb (1, F)) the pair's quality-aware probability is
+        compared with the FAR's probability threshold."""
+        t = self.thresholds.get(_far_key(far))
+        if t is None:
             return None
-        return "same person" if float(score) >= thr else "different people"
+        if qa is not None and qb is not None and "probability_quality" in t:
+            p = self(np.array([float(score)]), qa, qb)[0]
+            if self.quality is not None and np.shape(qa) == (1, len(self._q[0])):
+                return "same person" if p >= t["probability_quality"] else "different people"
+        return "same person" if float(score) >= float(t["score"]) else "different people"
 
     def check(self, calibrator: str, backbone: str | None = None) -> None:
         """Refuse use with another calibrator / backbone than the model was fitted for."""
@@ -179,9 +357,12 @@ class MatchProbability:
                              f"features, not {backbone!r}; use the model of the same backbone")
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "scale": SCALE, "kind": self.kind, "params": self.params,
-                "calibrator": self.calibrator, "backbone": self.backbone,
-                "thresholds": self.thresholds, "meta": self.meta}
+        d = {"format": FORMAT, "scale": SCALE, "kind": self.kind, "params": self.params,
+             "calibrator": self.calibrator, "backbone": self.backbone,
+             "thresholds": self.thresholds, "meta": self.meta}
+        if self.quality is not None:
+            d["quality"] = self.quality
+        return d
 
     def save(self, path: str | Path) -> None:
         import os
@@ -194,9 +375,10 @@ class MatchProbability:
     @classmethod
     def from_dict(cls, d: dict, where: str = "probability model") -> MatchProbability:
         try:
+            q = d.get("quality")
             return cls(str(d["kind"]), dict(d["params"]), str(d["calibrator"]),
                        str(d["backbone"]), dict(d.get("thresholds", {})),
-                       dict(d.get("meta", {})))
+                       dict(d.get("meta", {})), None if q is None else dict(q))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"{where}: not a match probability model ({e}); make one "
                                  "with python -m benchmarks.probability fit") from None

@@ -97,7 +97,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         calibrator = "ida-r"
         cal = build(calibrator, None, fx.model_id)  # bundled anchors of LFW identity half A
         chain_name = f"IDA-R + {STAGE2}"
-    else:  # SFace's default chain: Stage 2 abstains (`--stage2 auto`), no bundled calibration
+    else:  # SFace's default chain: Stage 2 abstains (`--stage2 auto`), `--calibrate auto`: cosine
         stage2 = make_stage2("auto", backbone=backbone)
         calibrator, cal = "none", None
         chain_name = "default chain (Stage 2 " + ("abstains" if stage2 is None else "on") + ")"
@@ -117,7 +117,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         first = gallery.search(probe, k=5)
         probe_conf, chain = attach_results(gallery, probe, gallery.search(
             probe, k=5, stage2=stage2, calibrate=cal))
-        chain = attach_probability(chain, prob)  # each pair's calibrated Stage-1 score
+        chain = attach_probability(chain, prob, probe.descriptors[0], gfeats.descriptors)
         table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
         for col in ("rank", "Stage 1 identity", "cosine", f"{chain_name} identity",
                     *(("IDA-R score",) if cal is not None else ()), SCALE, "URL conf."):
@@ -131,7 +131,9 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         console.print(table)
         top = chain[0]
         score = top.stage_scores["calibrated"] if cal is not None else top.stage1
-        said = None if prob is None else prob.verdict(score)
+        said = None if prob is None else prob.verdict(
+            score, qa=prob.face_quality(probe.descriptors[:1]),
+            qb=prob.face_quality(gfeats.descriptors[[top.row]]))
         line = f"top-1 {top.identity}: {SCALE} {_pct(top.probability)}"
         line += "" if said is None else f" -> {said} at FAR 1e-3"
         if probe_conf is not None:

@@ -82,6 +82,9 @@ def eval_command(
     console = Console()
     from facerank.eval.external import split_target
 
+    if calibrate == "auto":
+        raise InputError("--calibrate auto picks per gallery (searches); eval needs a named "
+                         "calibrator: none, asnorm, ida-r or ida-l")
     target = split_target(protocol)
     if target is not None:
         _eval_external(console, *target, out_dir=out_dir, stage2=stage2, grid=grid,

@@ -271,7 +271,7 @@ def search_command(
     explain: Annotated[Path | None, typer.Option(
         "--explain", help="Write a PNG explaining the top match.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
-    calibrate: Calibrate = "none",
+    calibrate: Calibrate = "auto",
     calibrate_with: CalibrateWith = None,
     backbone: GalleryBackbone = None,
     probability_with: ProbabilityWith = None,
@@ -321,7 +321,8 @@ def search_command(
     from facerank.uncertainty.confidence import attach_results
 
     probe_conf, results = attach_results(g, probe_fs, results)
-    results = factory.attach_probability(results, prob_model)
+    results = factory.attach_probability(results, prob_model, probe_fs.descriptors[0],
+                                         g.features().descriptors)
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
@@ -337,9 +338,10 @@ def search_command(
                                 "score": float(probe_fs.det_scores[0]),
                                 "fallback": probe_fs.det_sources[0].startswith("fallback")},
             "stage2": reranker.describe() if reranker is not None else "none",
-            "calibrate": cal.describe() if cal is not None else "none",
+            "calibrate": (used.describe() if (used := g.calibration_used(cal)) is not None
+                          else "none"),
             "cohort": cohort,
-            "match_probability": factory.describe_probability(prob_model),
+            "match_probability": factory.describe_probability(prob_model, results),
             "explanation": str(explained) if explained else None,
             "probe_confidence": probe_conf,
             "results": [r.to_dict() for r in results]}, indent=2) + "\n")

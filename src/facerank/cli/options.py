@@ -20,8 +20,11 @@ Gate = Annotated[str, typer.Option(
     "--gate", help="Stage-2 quality gate: auto (the bundled gate for this grid and weighting, "
     "if one ships), none (re-rank every query), or a gate JSON file.")]
 Calibrate = Annotated[str, typer.Option(
-    "--calibrate", help="Score calibration: none (cosine), asnorm, ida-r (IDA with the bundled "
-    "LFW anchors) or ida-l (IDA's learned regressor, no anchors); see facerank.calibrate.")]
+    "--calibrate", help="Score calibration: auto (searches: IDA-R with the gallery's own "
+    "cohort where it was measured to help - dlib, 200+ identities - else cosine; pairs: "
+    "cosine), none (cosine), asnorm, ida-r (IDA; the gallery's own cohort from 200 identities, "
+    "else the bundled LFW anchors of the backbone) or ida-l (IDA's learned regressor, no "
+    "anchors); see facerank.calibrate.")]
 CalibrateWith = Annotated[Path | None, typer.Option(
     "--calibrate-with", help="Anchors .npz (asnorm, ida-r) or IDA-L checkpoint .pt to use "
     "instead of the bundled one.")]

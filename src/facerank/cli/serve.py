@@ -41,7 +41,7 @@ def serve_command(
     = "auto",
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", help="Largest probe photo accepted, in MiB.")] = 8.0,
-    calibrate: Calibrate = "none",
+    calibrate: Calibrate = "auto",
     calibrate_with: CalibrateWith = None,
 ) -> None:
     """Serve a web page to search the gallery with an uploaded photo."""

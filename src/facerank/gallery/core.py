@@ -337,6 +337,8 @@ class StoredGallery:
                     report.batches += 1
                     self._sync_index()
                 advance(len(batch))
+        if report.added:
+            self.refresh_cohort()
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -359,20 +361,26 @@ class StoredGallery:
         """Remove an identity and all its images; returns the number of images removed."""
         n = self.store.remove_identity(name)
         self._sync_index()
+        self.refresh_cohort()
         return n
 
     def remove_image(self, image_id: int) -> None:
         """Remove one image (its identity goes too when it was the last one)."""
         self.store.remove_image(image_id)
         self._sync_index()
+        self.refresh_cohort()
 
     def rename_identity(self, old: str, new: str, merge: bool = False) -> None:
         """Rename an identity; with `merge`, an existing `new` absorbs the images of `old`."""
         self.store.rename_identity(old, new, merge)
+        self.refresh_cohort()
 
     def compact(self, min_live_fraction: float = 0.5) -> int:
         """Drop empty shards and rewrite sparse ones into one new shard; returns shards freed."""
-        return self.store.compact(min_live_fraction)
+        freed = self.store.compact(min_live_fraction)
+        if freed:
+            self.refresh_cohort()
+        return freed
 
     def reextract(self, progress: bool = True, drop_failed: bool = False) -> AddReport:
         """Recompute every image's features with the current extractor, atomically.
@@ -392,6 +400,7 @@ class StoredGallery:
             self._calib_terms.clear()
             self._calib_memo.clear()
         self._sync_index()
+        self.refresh_cohort()
         return report
 
     # ---- reading -------------------------------------------------------------------------
@@ -455,6 +464,8 @@ class StoredGallery:
                 memo["checked"].append(cal)
             emb = memo["emb"]
             cohort = self._cohort(loaded, cal)
+            if cohort is None and getattr(cal, "auto", False):
+                return ranking  # --calibrate auto abstains: too few identities for a cohort
             if cohort is not None:
                 labels = np.asarray(loaded.labels)
             else:
@@ -475,30 +486,49 @@ class StoredGallery:
             kind = "anchors file" if cal.name in ("ida-r", "asnorm") else "none"
             return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": None}
         kind = choose_cohort(n)
+        if getattr(cal, "auto", False):
+            return {"cohort": "gallery" if kind == "gallery" else "none", "identities": n,
+                    "minimum": MIN_IDENTITIES, "calibrator": cal.name if kind == "gallery"
+                    else "none", "note": None}
         note = None if kind == "gallery" else (
             f"the gallery has {n} identities, fewer than the {MIN_IDENTITIES} its own cohort "
             "needs; using the bundled LFW anchors")
         return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": note}
 
+    def calibration_used(self, cal: Calibrator | None) -> Calibrator | None:
+        """`cal`, or None where `--calibrate auto` abstains on this gallery (cosine)."""
+        used = self.cohort_used(cal)
+        return None if used is None or used.get("calibrator") == "none" else cal
+
     def _cohort(self, loaded: Snapshot, cal: Calibrator) -> Any:
-        """The gallery's identity cohort (memoised per row set and names), None to use the
-        calibrator's own anchors. Derived from the stored rows, so it follows add / remove /
-        rename and a crash cannot leave it out of date."""
+        """The gallery's identity cohort, None to use the calibrator's own anchors. Read from
+        the `cohort-<digest>.npz` stored beside the gallery (`facerank.gallery.cohort`) when its
+        digest matches the current rows, else rebuilt from the rows and stored again, so a
+        crash between a commit and the cohort write cannot leave it out of date."""
         if not getattr(cal, "gallery_cohort", False):
             return None
-        from facerank.calibrate.cohort import choose_cohort, identity_cohort
+        from facerank.calibrate.cohort import choose_cohort
+        from facerank.gallery.cohort import cohort_digest, stored_cohort
 
-        names = sorted(set(loaded.labels))
-        if choose_cohort(len(names)) != "gallery":
+        if choose_cohort(len(set(loaded.labels))) != "gallery":
             return None
-        import hashlib
-
-        key = "cohort-" + hashlib.sha1("\n".join(loaded.labels).encode()).hexdigest()[:16]
+        model_id = self.meta().get("model_id", "")
+        key = "cohort-" + cohort_digest(loaded, model_id)
         if key not in self._calib_memo:
-            self._calib_memo[key] = identity_cohort(
-                loaded.features.embeddings, np.asarray(loaded.labels),
-                self.meta().get("model_id", ""))
+            self._calib_memo[key] = stored_cohort(self.folder, loaded, model_id)
         return self._calib_memo[key]
+
+    def refresh_cohort(self) -> Path | None:
+        """Store the cohort of the current rows (after add / remove / rename / compact /
+        reextract); returns its file, None for fewer than 2 identities."""
+        from facerank.gallery.cohort import cohort_digest, cohort_path, stored_cohort
+
+        with self._lock:
+            loaded = self.store.snapshot(False, None)
+            model_id = self.meta().get("model_id", "")
+            if stored_cohort(self.folder, loaded, model_id) is None:
+                return None
+            return cohort_path(self.folder, cohort_digest(loaded, model_id))
 
     def stage1(self, probes: FeatureSet, k: int) -> Ranking:
         """Top-k gallery rows by cosine for each probe; k is clipped to the gallery."""

@@ -5,6 +5,7 @@ Layout of a gallery folder:
     gallery.db                 SQLite (WAL): identities, images, shards, meta, index journal
     arrays/shard-000001.npz    per-batch arrays (descriptors float32, grids float16, landmarks)
     index-hnsw-<stamp>.faiss   optional persisted HNSW index (the flat index lives in memory)
+    cohort-<digest>.npz        the identity cohort of the rows with that digest (`cohort.py`)
 
 Crash safety. Every batch of images becomes one new shard file, never modified afterwards:
 

@@ -58,7 +58,7 @@ SECURITY_HEADERS = {
 
 
 def create_app(gallery_dir: Path, stage2: str = "auto", max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-               extractor: FeatureExtractor | None = None, calibrate: str = "none",
+               extractor: FeatureExtractor | None = None, calibrate: str = "auto",
                calibrate_with: Path | None = None) -> FastAPI:
     """The web app for the gallery in `gallery_dir`.
 

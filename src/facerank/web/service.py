@@ -64,7 +64,7 @@ class SearchService:
     """The gallery, the probe extractor and Stage 2, shared by all requests (one at a time)."""
 
     def __init__(self, gallery_dir: Path, stage2: str, extractor: FeatureExtractor | None,
-                 calibrate: str = "none", calibrate_with: Path | None = None) -> None:
+                 calibrate: str = "auto", calibrate_with: Path | None = None) -> None:
         self.gallery_dir = Path(gallery_dir)
         self.gallery = StoredGallery.open(self.gallery_dir, extractor=extractor)
         self.extractor = self.gallery.extractor  # the gallery's own model and detector settings
@@ -110,14 +110,15 @@ class SearchService:
             "identities": len(self.gallery.identities()), "model": meta.get("model_id"),
             "stage2": self.reranker.describe() if self.reranker is not None else "none",
             "stage2_note": self.stage2_note, "default_k": DEFAULT_K, "max_k": MAX_K,
-            "calibrate": self.calibrator.describe() if self.calibrator is not None else "none",
+            "calibrate": (used.describe() if (used := self.gallery.calibration_used(
+                self.calibrator)) is not None else "none"),
             "match_probability": self._describe_probability(),
         }
 
-    def _describe_probability(self) -> dict | None:
+    def _describe_probability(self, results: list | None = None) -> dict | None:
         from facerank.calibrate.factory import describe_probability
 
-        return describe_probability(self.probability)
+        return describe_probability(self.probability, results)
 
     # ---- gallery images ------------------------------------------------------------------
 
@@ -192,7 +193,9 @@ class SearchService:
             probe_conf, results = attach_results(self.gallery, probe, results)
             from facerank.calibrate.factory import attach_probability
 
-            results = attach_probability(results, self.probability)  # the pair's Stage-1 score
+            results = attach_probability(  # the pair's Stage-1 score and both faces' quality
+                results, self.probability, probe.descriptors[0],
+                self.gallery.features().descriptors)
             t3 = time.perf_counter()
             explanation, explain_note = None, None
             if explain and results:
@@ -226,7 +229,7 @@ class SearchService:
                 "confidence": r.confidence, "confidences": r.confidences,
                 "match_probability": r.probability,
             } for r in results],
-            "match_probability": self._describe_probability(),
+            "match_probability": self._describe_probability(results),
             "explanation": explanation, "explanation_note": explain_note,
             "explanation_vit": explanation_vit,
             "timings_ms": {"decode": round(1e3 * (t1 - t0), 1),

@@ -260,6 +260,34 @@ def stage2_one_probe(kit: Path, device: str, probes: int = 30) -> dict:
     return out
 
 
+def emd_chunks(kit: Path, probes: int = 30, sizes: tuple[int, ...] = (8, 32, 64, 128)
+               ) -> dict:
+    """One probe's EMD (100 candidates, CPU) with each smallest chunk a worker takes,
+    alternately: p50 / p95 ms, and the largest score difference to the first setting."""
+    from facerank.face.features import FeatureSet
+    from facerank.ranking import cosine_topk
+    from facerank.rerank.base import make_stage2
+    from facerank.rerank.emd import solver
+
+    fs = FeatureSet.load(kit / "dlib200.npz")
+    emd = make_stage2("emd", gate="none")
+    t: dict[int, list[float]] = {n: [] for n in sizes}
+    diff = dict.fromkeys(sizes, 0.0)
+    for i in range(probes + 3):
+        probe = fs.take(np.array([i]))
+        cand = cosine_topk(probe.embeddings, fs.embeddings, k=100).indices
+        ref = None
+        for n in sizes:
+            solver.MIN_CHUNK_PAIRS = n
+            t0 = time.perf_counter()
+            sc = emd.emd_scores(probe, fs, cand)
+            if i >= 3:
+                t[n].append(1000 * (time.perf_counter() - t0))
+            ref = sc if ref is None else ref
+            diff[n] = max(diff[n], float(np.abs(sc - ref).max()))
+    return {str(n): {**_pct(t[n]), "max_abs_score_diff": diff[n]} for n in sizes}
+
+
 def stage2_batched(kit: Path, device: str) -> dict:
     """All 200 faces as queries against the 200 (k = 100): 20,000 pairs, us per pair."""
     import torch
@@ -290,7 +318,7 @@ def stage2_batched(kit: Path, device: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["kit", "cpu", "gpu"])
+    ap.add_argument("mode", choices=["kit", "cpu", "gpu", "emd-chunks"])
     ap.add_argument("--kit", type=Path, default=Path(".devkit"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--repeats", type=int, default=3)
@@ -307,6 +335,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     where = _where()
     print(json.dumps(where))
+    if args.mode == "emd-chunks":
+        result = {"where": where, "emd_chunks": emd_chunks(args.kit)}
+        print(json.dumps(result), flush=True)
+        name = f"device_latency_emd_chunks_{where['usable_cores']}cores.json"
+        (args.out / name).write_text(json.dumps(result, indent=1))
+        return
     if args.mode == "cpu":
         result = {"where": where}
         for name, fn in (("chain", lambda: chain(args.kit, args.repeats, args.limit)),

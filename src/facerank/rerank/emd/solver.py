@@ -50,6 +50,12 @@ OMEGA = 1.5  # default over-relaxation of the Sinkhorn steps (1 = plain; see _it
 CHUNK_BYTES = 4 << 20  # default chunk: 4 MiB of kernels (256 pairs of 64 x 64 float32) on the CPU;
 # on an accelerator GPU_CHUNK_PAIRS pairs (facerank.rerank.device)
 _EXP_RANGE = 50.0  # largest (row cost spread) / eps solved in the exp domain (e^-50 ~ 2e-22)
+# fewest pairs a CPU worker takes: smaller chunks run each Sinkhorn step as many tiny
+# operations from many threads at once, which costs more than it shares out. One probe's 100
+# candidates, 16 cores: 56.0 ms with 8, 11.6 ms with 64, 14.1 with 128 (4 cores: 19.8 / 12.5 /
+# 14.1; 2 cores of the loaded development machine: within noise); scores identical
+# (benchmarks/results/device_latency_emd_chunks_*.json)
+MIN_CHUNK_PAIRS = 64
 _WORKERS: int | None = None  # chunks iterated at once on the CPU (None: torch.get_num_threads())
 _SAFEGUARD_SPAN = 10  # iterations over which an over-relaxed pair's error must shrink
 _TINY = 1e-30  # floor of over-relaxed ratios (far below any weight, above float32's minimum)
@@ -345,8 +351,8 @@ def _solve_chunks(n_pairs: int, chunk_size: int | None, gain_of: Callable[[int, 
         chunk_size = GPU_CHUNK_PAIRS  # H200: 1.3 us/pair vs 38.6 with CHUNK_BYTES chunks
     if chunk_size is None:  # CHUNK_BYTES of kernels, but at least one chunk per worker
         pair_bytes = a.shape[1] * b.shape[1] * a.element_size()
-        chunk_size = max(8, min(4096, CHUNK_BYTES // max(pair_bytes, 1),
-                                -(-n_pairs // workers)))
+        chunk_size = max(MIN_CHUNK_PAIRS, min(4096, CHUNK_BYTES // max(pair_bytes, 1),
+                                              -(-n_pairs // workers)))
     ranges = [(s, min(s + chunk_size, n_pairs)) for s in range(0, n_pairs, chunk_size)]
 
     def solve(s: int, e: int) -> int:

@@ -197,8 +197,9 @@ PHOTO_SEED = 1  # the variant seed of `benchmarks.photo_variants`' cached probes
 
 
 def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[str]
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """{set name: (LFW rows (Q,), raw probe descriptors (Q, D), share detected)}, every probe
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{set name: (LFW rows (Q,), raw probe descriptors (Q, D), detected (Q,) bool: a real
+    detection, not the no-face fallback crop)}, every probe
     of identity half B (`identity_fold(labels, 0)` False): a clean-probe reference, the
     `n` seeded half-B probes of each variant (seed `PHOTO_SEED`), and the half-B rows of the
     seeded third edited by `benchmarks.cluster` (seed 0) for the variants in `third`."""
@@ -207,12 +208,12 @@ def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[st
 
     labels = data.lfw.labels
     half_b = ~identity_fold(labels, 0)
-    sets: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def add(key: str, rows: np.ndarray, fs) -> None:  # noqa: ANN001
         keep = half_b[rows]
         det = np.array([not x.startswith("fallback") for x in fs.det_sources])[keep]
-        sets[key] = (rows[keep], fs.descriptors[keep], float(det.mean()))
+        sets[key] = (rows[keep], fs.descriptors[keep], det)
 
     rows = variant_queries(labels, n, 0)
     if variants:
@@ -309,7 +310,7 @@ def run_photo(args: argparse.Namespace) -> dict:
     out: dict = {"backbone": args.backbone, "model": data.extractor.model_id,
                  "gallery": f"all {len(g_rows)} clean images of LFW identity half B "
                             "(identity_fold(labels, 0) False), a probe's own original left out",
-                 "probe_sets": {k: {"probes": int(len(r)), "detected": round(d, 4)}
+                 "probe_sets": {k: {"probes": int(len(r)), "detected": int(d.sum())}
                                 for k, (r, _, d) in sets.items()},
                  "results": {}}
     for cal in split(args.calibrators):
@@ -321,7 +322,11 @@ def run_photo(args: argparse.Namespace) -> dict:
                                              "fit": model.meta.get("fit"),
                                              "command": model.meta.get("command")}
         for cname, ch in ((("-", "A"),) if cal == "none" else (("own", "B"), ("other", "A"))):
-            for key, (rows, desc, _) in sets.items():
+            runs = [(k, r, d) for k, (r, d, _) in sets.items()]
+            if args.photo_detected:  # also the probes with a real detection only
+                runs += [(f"{k} detected", r[m], d[m]) for k, (r, d, m) in sets.items()
+                         if 0 < m.sum() < len(m)]
+            for key, rows, desc in runs:
                 r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc)
                 out["results"][f"{cal}/{cname}/{key}"] = r
                 far3 = {k: r[k]["far"]["1e-03"] for k in ("score only", "with quality")}
@@ -471,6 +476,8 @@ def main() -> None:
     p.add_argument("--photo-third", default="",
                    help="photo variants also read from the seeded third of all images edited "
                    "by benchmarks.cluster (mask-shaded,lowres), half-B rows")
+    p.add_argument("--photo-detected", action="store_true",
+                   help="also report each photo probe set on its probes with a real detection")
     args = p.parse_args()
     if args.photo_variants is not None:
         out = run_photo(args)

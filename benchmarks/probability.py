@@ -22,6 +22,21 @@ clean pairs plus the pairs of a clean and a degraded face of every variant (impo
 the variants subsampled to `--fit-impostors`, each group weighted equally), and reports it on
 half B beside the score-only model; with `--write-defaults` the quality model is what is
 written (its score-only fallback inside it).
+
+`--photo-variants cap,hand,...` measures the bundled models (`MatchProbability.default`,
+fitted on identity half A; nothing is refitted) on photo-level variants
+(`facerank.eval.photo_variants`, drawn on the photo before detection, features cached by
+`facerank.train.data.photo_variant`): pairs of a clean gallery face and a variant probe, both
+of identity half B, every probe against every clean half-B image but its own original.
+Probes: `--photo-queries` seeded half-B images (variant seed 1, the `benchmarks.photo_variants`
+set) of each named variant, and, for `--photo-third` variants, the half-B rows of the seeded
+third of all LFW images that `benchmarks.cluster` edits (variant seed 0). Reported per
+(calibrator, cohort, probe set), for the bundled model's score-only form and its
+quality-aware form: ECE (15 bins, 50/50), and the FAR / TAR at its 1e-2/1e-3/1e-4 decision
+(score threshold, or the quality probability threshold), with the false-accept count and a
+95 % interval from a bootstrap over probes (impostor pairs of one probe are not independent).
+
+    python -m benchmarks.probability --backbone sface --photo-variants cap,dark,hand
 """
 
 from __future__ import annotations
@@ -178,6 +193,149 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
                                         backbone=backbone, meta=meta)
 
 
+PHOTO_SEED = 1  # the variant seed of `benchmarks.photo_variants`' cached probes
+
+
+def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[str]
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{set name: (LFW rows (Q,), raw probe descriptors (Q, D), detected (Q,) bool: a real
+    detection, not the no-face fallback crop)}, every probe
+    of identity half B (`identity_fold(labels, 0)` False): a clean-probe reference, the
+    `n` seeded half-B probes of each variant (seed `PHOTO_SEED`), and the half-B rows of the
+    seeded third edited by `benchmarks.cluster` (seed 0) for the variants in `third`."""
+    from benchmarks.cluster import photo_edit_rows
+    from facerank.train.data import photo_variant, variant_queries
+
+    labels = data.lfw.labels
+    half_b = ~identity_fold(labels, 0)
+    sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def add(key: str, rows: np.ndarray, fs) -> None:  # noqa: ANN001
+        keep = half_b[rows]
+        det = np.array([not x.startswith("fallback") for x in fs.det_sources])[keep]
+        sets[key] = (rows[keep], fs.descriptors[keep], det)
+
+    rows = variant_queries(labels, n, 0)
+    if variants:
+        add(f"clean (n{n})", rows, data.features.take(rows))
+    for v in variants:
+        add(f"{v} (n{n})", rows, photo_variant(v, rows, PHOTO_SEED, data=data,
+                                               progress=False))
+    edits = photo_edit_rows(len(labels), 1 / 3, 0, tuple(third)) if third else {}
+    for v, r in edits.items():
+        add(f"{v} (third)", r, photo_variant(v, r, 0, data=data, progress=False))
+    return sets
+
+
+def _far_interval(fa: np.ndarray, imp: np.ndarray, reps: int = 2000) -> list[float]:
+    """95 % bootstrap interval (over probes) of sum(fa) / sum(imp); fa, imp (Q,) per probe."""
+    idx = np.random.default_rng(0).integers(0, len(fa), (reps, len(fa)))
+    r = fa[idx].sum(axis=1) / np.maximum(imp[idx].sum(axis=1), 1)
+    return [float(x) for x in np.quantile(r, [0.025, 0.975])]
+
+
+def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: EvalData,
+                g_rows: np.ndarray, probe_rows: np.ndarray, probe_desc: np.ndarray,
+                chunk: int = 128) -> dict:
+    """The bundled `model` on every (clean gallery face of g_rows, probe) pair but a probe's
+    own original: ECE and FAR / TAR of its score-only and quality-aware forms."""
+    labels, names = data.lfw.labels, np.asarray(data.lfw.names)
+    g_emb = data.features.embeddings[g_rows].astype(np.float64)
+    p_emb = probe_desc / np.linalg.norm(probe_desc, axis=1, keepdims=True)
+    g_lab, p_lab = labels[g_rows], labels[probe_rows]
+    tg = cohort_terms(cal, g_emb.astype(np.float32), names[g_lab], cohort)
+    tp = cohort_terms(cal, p_emb.astype(np.float32), names[p_lab], cohort)
+    qg, qp = model.face_quality(data.features.descriptors[g_rows]), model.face_quality(
+        probe_desc)
+    thr = {f: (model.threshold(f), model.thresholds[f"{f:.0e}"]["probability_quality"])
+           for f in FARS}
+    forms = ("score only", "with quality")
+    probs: dict[str, list] = {k: [] for k in forms}
+    same: list[np.ndarray] = []
+    # per probe: impostor / same pairs, and per (form, far) false / true accepts
+    n_imp, n_same = np.zeros(len(probe_rows)), np.zeros(len(probe_rows))
+    acc = {(k, f, w): np.zeros(len(probe_rows)) for k in forms for f in FARS
+           for w in ("fa", "ta")}
+    for c in range(0, len(probe_rows), chunk):
+        sl = slice(c, c + chunk)
+        s = combine(cal, p_emb[sl] @ g_emb.T, tp[sl][:, None, :], tg[None, :, :])
+        valid = g_rows[None, :] != probe_rows[sl, None]
+        ii, jj = np.nonzero(valid)
+        s = s[valid]
+        y = (p_lab[sl, None] == g_lab[None, :])[valid]
+        p = {"score only": model(s), "with quality": model(s, qp[sl][ii], qg[jj])}
+        q = ii + c
+        n_imp += np.bincount(q, weights=~y, minlength=len(probe_rows))
+        n_same += np.bincount(q, weights=y, minlength=len(probe_rows))
+        for f, (ts, tq) in thr.items():
+            for k, dec in (("score only", s >= ts), ("with quality", p["with quality"] >= tq)):
+                acc[k, f, "fa"] += np.bincount(q, weights=dec & ~y, minlength=len(probe_rows))
+                acc[k, f, "ta"] += np.bincount(q, weights=dec & y, minlength=len(probe_rows))
+        for k in forms:
+            probs[k].append(p[k].astype(np.float32))
+        same.append(y)
+    y = np.concatenate(same)
+    w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
+    out: dict = {"n_probes": int(len(probe_rows)), "n_same": int(y.sum()),
+                 "n_different": int((~y).sum())}
+    for k in forms:
+        ece = expected_calibration_error(np.concatenate(probs[k]), y, 15, w)
+        out[k] = {"ece": ece["ece"], "reliability": ece["bins"], "far": {}, "tar": {}}
+        for f in FARS:
+            fa = acc[k, f, "fa"]
+            out[k]["far"][f"{f:.0e}"] = {
+                "far": float(fa.sum() / n_imp.sum()), "ratio": float(fa.sum() / n_imp.sum() / f),
+                "false_accepts": int(fa.sum()),
+                "ci95": _far_interval(fa, n_imp)}
+            out[k]["tar"][f"{f:.0e}"] = float(acc[k, f, "ta"].sum() / n_same.sum())
+    return out
+
+
+def run_photo(args: argparse.Namespace) -> dict:
+    """The bundled models on photo-level variants of identity half B (see the docstring)."""
+    data = EvalData.load(lfw_extractor(backbone=args.backbone), progress=False)
+    labels, names = data.lfw.labels, np.asarray(data.lfw.names)
+    emb = data.features.embeddings
+    fold = identity_fold(labels, 0)
+    halves = {"A": np.flatnonzero(fold), "B": np.flatnonzero(~fold)}
+    cohorts = {h: AnchorSet(emb[pick_per_identity(r, labels, 1, 0)], data.extractor.model_id,
+                            names[labels[pick_per_identity(r, labels, 1, 0)]])
+               for h, r in halves.items()}
+    split = lambda x: [v.strip() for v in x.split(",") if v.strip()]  # noqa: E731
+    t0 = time.perf_counter()
+    sets = photo_probe_sets(data, split(args.photo_variants), args.photo_queries,
+                            split(args.photo_third))
+    console.print(f"{len(sets)} probe sets loaded ({time.perf_counter() - t0:.0f} s)")
+    g_rows = halves["B"]
+    out: dict = {"backbone": args.backbone, "model": data.extractor.model_id,
+                 "gallery": f"all {len(g_rows)} clean images of LFW identity half B "
+                            "(identity_fold(labels, 0) False), a probe's own original left out",
+                 "probe_sets": {k: {"probes": int(len(r)), "detected": int(d.sum())}
+                                for k, (r, _, d) in sets.items()},
+                 "results": {}}
+    for cal in split(args.calibrators):
+        model = MatchProbability.default(cal, args.backbone)
+        if model is None:
+            console.print(f"no bundled model for {args.backbone} / {cal}: skipped")
+            continue
+        out.setdefault("models", {})[cal] = {"file": f"prob-{args.backbone}-{cal}.json",
+                                             "fit": model.meta.get("fit"),
+                                             "command": model.meta.get("command")}
+        for cname, ch in ((("-", "A"),) if cal == "none" else (("own", "B"), ("other", "A"))):
+            runs = [(k, r, d) for k, (r, d, _) in sets.items()]
+            if args.photo_detected:  # also the probes with a real detection only
+                runs += [(f"{k} detected", r[m], d[m]) for k, (r, d, m) in sets.items()
+                         if 0 < m.sum() < len(m)]
+            for key, rows, desc in runs:
+                r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc)
+                out["results"][f"{cal}/{cname}/{key}"] = r
+                far3 = {k: r[k]["far"]["1e-03"] for k in ("score only", "with quality")}
+                console.print(f"{cal:6s} {cname:5s} {key:28s} " + "  ".join(
+                    f"{k}: ECE {100 * r[k]['ece']:.2f} FAR@1e-3 {f['ratio']:.2f}x "
+                    f"({f['false_accepts']})" for k, f in far3.items()))
+    return out
+
+
 def subset(labels: np.ndarray, rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     multi = rows[np.bincount(labels[rows], minlength=labels.max() + 1)[labels[rows]] >= 2]
     return np.sort(np.random.default_rng(seed).choice(multi, min(n, len(multi)), False))
@@ -310,7 +468,22 @@ def main() -> None:
                    help="enrolled gallery sizes (people) of the open set")
     p.add_argument("--plot", nargs="+", metavar="JSON",
                    help="only draw the reliability diagram from these results files")
+    p.add_argument("--photo-variants", default=None,
+                   help="comma-separated photo variants (facerank.eval.photo_variants): report "
+                   "the bundled models on (clean, photo-variant) pairs of half B instead")
+    p.add_argument("--photo-queries", type=int, default=200,
+                   help="seeded half-B probes per photo variant (cached: 200)")
+    p.add_argument("--photo-third", default="",
+                   help="photo variants also read from the seeded third of all images edited "
+                   "by benchmarks.cluster (mask-shaded,lowres), half-B rows")
+    p.add_argument("--photo-detected", action="store_true",
+                   help="also report each photo probe set on its probes with a real detection")
     args = p.parse_args()
+    if args.photo_variants is not None:
+        out = run_photo(args)
+        out["command"] = "python -m benchmarks.probability " + " ".join(sys.argv[1:])
+        write_result(f"probability_{args.backbone}_photo{args.suffix}", out)
+        return
     if args.plot:
         plot(args.plot)
         return

@@ -128,6 +128,11 @@ def test_quality_model_calibrates_degraded_pairs_and_falls_back(tmp_path) -> Non
     np.testing.assert_allclose(m(s[:2], m.face_quality(np.ones((2, 3))), qb[:2]), m(s[:2]))
     assert m.verdict(float(s[0])) in ("same person", "different people")
     assert m.verdict(float(s[0]), qa=qa[:1], qb=qb[:1]) in ("same person", "different people")
+    # quality makes a verdict stricter, never looser than the score threshold alone
+    by_score = np.array([m.verdict(float(x), far=1e-2) == "same person" for x in s[:400]])
+    by_both = np.array([m.verdict(float(x), far=1e-2, qa=qa[i:i + 1], qb=qb[i:i + 1])
+                        == "same person" for i, x in enumerate(s[:400])])
+    assert not (by_both & ~by_score).any() and (by_score & ~by_both).any()
     # JSON round trip keeps the quality block; another backbone / calibrator is refused
     path = tmp_path / "q.json"
     m.save(path)

@@ -291,16 +291,24 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
     return out
 
 
-def run_photo(args: argparse.Namespace) -> dict:
-    """The bundled models on photo-level variants of identity half B (see the docstring)."""
-    data = EvalData.load(lfw_extractor(backbone=args.backbone), progress=False)
+def _halves(backbone: str) -> tuple[EvalData, dict[str, np.ndarray], dict[str, AnchorSet]]:
+    """LFW features, the rows of identity halves A / B (`identity_fold(labels, 0)`), and a
+    cohort of one image per identity of each half."""
+    data = EvalData.load(lfw_extractor(backbone=backbone), progress=False)
     labels, names = data.lfw.labels, np.asarray(data.lfw.names)
     emb = data.features.embeddings
     fold = identity_fold(labels, 0)
     halves = {"A": np.flatnonzero(fold), "B": np.flatnonzero(~fold)}
-    cohorts = {h: AnchorSet(emb[pick_per_identity(r, labels, 1, 0)], data.extractor.model_id,
-                            names[labels[pick_per_identity(r, labels, 1, 0)]])
-               for h, r in halves.items()}
+    cohorts = {}
+    for h, r in halves.items():
+        pick = pick_per_identity(r, labels, 1, 0)
+        cohorts[h] = AnchorSet(emb[pick], data.extractor.model_id, names[labels[pick]])
+    return data, halves, cohorts
+
+
+def run_photo(args: argparse.Namespace) -> dict:
+    """The bundled models on photo-level variants of identity half B (see the docstring)."""
+    data, halves, cohorts = _halves(args.backbone)
     split = lambda x: [v.strip() for v in x.split(",") if v.strip()]  # noqa: E731
     t0 = time.perf_counter()
     sets = photo_probe_sets(data, split(args.photo_variants), args.photo_queries,
@@ -342,15 +350,9 @@ def subset(labels: np.ndarray, rows: np.ndarray, n: int, seed: int = 0) -> np.nd
 
 
 def run(args: argparse.Namespace) -> dict:
-    data = EvalData.load(lfw_extractor(backbone=args.backbone), progress=False)
-    labels = data.lfw.labels
-    names = np.asarray(data.lfw.names)
+    data, halves, cohorts = _halves(args.backbone)
+    labels, names = data.lfw.labels, np.asarray(data.lfw.names)
     emb = data.features.embeddings
-    fold = identity_fold(labels, 0)
-    halves = {"A": np.flatnonzero(fold), "B": np.flatnonzero(~fold)}
-    cohorts = {h: AnchorSet(emb[pick_per_identity(r, labels, 1, 0)], data.extractor.model_id,
-                            names[labels[pick_per_identity(r, labels, 1, 0)]])
-               for h, r in halves.items()}
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     out: dict = {"backbone": args.backbone, "images_per_half": args.images, "runs": {}}
     for fit_half, test_half in (("A", "B"), ("B", "A"))[: 1 if args.one_direction else 2]:

@@ -185,3 +185,59 @@ def vit_command(
                     f"{m['history'][-1]['val_auc']:.4f} (cosine "
                     f"{m['val_auc_stage1_cosine']:.4f}); alpha {res['config']['alpha']:g}"
                     f" -> wrote {out}")
+
+
+@train_app.command("gate")
+def gate_command(
+    out: Annotated[Path, typer.Option("--out", help="Gate JSON to write (--bundle: the "
+                                      "bundled gate of this backbone).")] = Path("gate.json"),
+    bundle: Annotated[bool, typer.Option(help="Write it where `--gate auto` finds it, and only "
+                                         "if it sends queries and loses no held-out P@1.")
+                      ] = False,
+    n: Annotated[int, typer.Option("--n", help="Photo-variant queries per identity half.")
+                 ] = 300,
+    protocol_limit: Annotated[int, typer.Option(help="Seeded queries per LFW protocol.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the query subsets.")] = 0,
+    max_loss: Annotated[float, typer.Option(help="P@1 points any group may lose on the fitting "
+                                            "half at the chosen threshold.")] = 0.0,
+    report: Annotated[Path | None, typer.Option(help="Also write the per-group table (JSON).")
+                      ] = None,
+    backbone: Backbone = "sface",
+) -> None:
+    """Fit a Stage-2 EMD gate on what EMD does to each query (identity half A; abstains if it
+    never helps) and report Stage 1 vs gated EMD per protocol and variant on half B."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from facerank.rerank.gate import bundled_gate_path
+    from facerank.train.gate import train_gate
+
+    if n < 10 or protocol_limit < 10:
+        raise InputError(f"--n and --protocol-limit must be at least 10, got {n} and "
+                         f"{protocol_limit}")
+    gate, res = train_gate(backbone, n=n, seed=seed, protocol_limit=protocol_limit,
+                           max_loss=max_loss)
+    table = Table(title=f"held-out identity half ({backbone}): P@1 %")
+    for col in ("group", "queries", "sent", "Stage 1", "EMD", "gated", "change"):
+        table.add_column(col)
+    for r in res["held_out_half"]:
+        table.add_row(r["group"], str(r["queries"]), f"{100 * r['sent']:.1f} %",
+                      f"{r['p1_stage1']:.2f}", f"{r['p1_emd']:.2f}", f"{r['p1_gated']:.2f}",
+                      f"{r['change']:+.2f}")
+    console = Console()
+    console.print(table)
+    if report is not None:
+        report.write_text(json.dumps({"gate_meta": gate.meta, "threshold": gate.threshold,
+                                      **res}, indent=2))
+    worst = min(r["change"] for r in res["held_out_half"])
+    sends = any(r["sent"] > 0 for r in res["held_out_half"])
+    if bundle:
+        if not sends or worst < -0.3:
+            console.print(f"not bundled: the gate {'abstains' if not sends else 'loses'} "
+                          f"(worst held-out change {worst:+.2f} P@1)")
+            return
+        out = bundled_gate_path("l2", "apc", backbone)
+    console.print(f"threshold {gate.threshold:.4f} ({'abstains' if not sends else 'sends'}); "
+                  f"wrote {gate.save(out)}")

@@ -52,6 +52,7 @@ class GateGroup:
 
     name: str
     fold: np.ndarray  # (Q,) bool, identity_fold of the query's person
+    person: np.ndarray  # (Q,) the query's identity label
     s1_ok: np.ndarray  # (Q,) bool
     s2_ok: np.ndarray  # (Q,) bool
     x: np.ndarray  # (Q, F) GATE_FEATURES
@@ -60,11 +61,11 @@ class GateGroup:
     def concat(parts: list[GateGroup]) -> GateGroup:
         """One group from parts of the same name (queries in order)."""
         return GateGroup(parts[0].name, *(np.concatenate([getattr(p, f) for p in parts])
-                                          for f in ("fold", "s1_ok", "s2_ok", "x")))
+                                          for f in ("fold", "person", "s1_ok", "s2_ok", "x")))
 
     def take(self, mask: np.ndarray) -> GateGroup:
-        return GateGroup(self.name, self.fold[mask], self.s1_ok[mask], self.s2_ok[mask],
-                         self.x[mask])
+        return GateGroup(self.name, self.fold[mask], self.person[mask], self.s1_ok[mask],
+                         self.s2_ok[mask], self.x[mask])
 
     def p_at_1(self, sent: np.ndarray | None = None) -> tuple[float, float]:
         """(Stage 1, gated EMD) P@1 in %; sent (Q,) bool: the queries blended (None: all)."""
@@ -102,7 +103,8 @@ def score_group(name: str, queries: FeatureSet, q_labels: np.ndarray, gallery: F
     cos = ranking.stage_scores.get("stage1", ranking.scores)[:, : rr.k]
     x = np.concatenate([plain.gate_features(queries, cos, emd),
                         extra_features(EXTRA_FEATURES, cos, queries.det_scores)], axis=1)
-    return GateGroup(name, np.asarray(fold, bool), g_labels[ranking.indices[:, 0]] == q_labels,
+    return GateGroup(name, np.asarray(fold, bool), np.asarray(q_labels),
+                     g_labels[ranking.indices[:, 0]] == q_labels,
                      g_labels[blended.indices[:, 0]] == q_labels, x)
 
 
@@ -139,42 +141,72 @@ def gate_groups(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_l
 
 
 def choose_threshold(p: list[np.ndarray], groups: list[GateGroup], max_loss: float = 0.0,
-                     min_gain: float = 0.0) -> tuple[float, float]:
+                     z: float = 2.0) -> tuple[float, float]:
     """(threshold, summed P@1 gain in points) over `groups` with gate probabilities p[i] (Q_i,):
     the threshold with the largest summed gain such that no group's gated P@1 is more than
-    `max_loss` points under its Stage 1; `ABSTAIN` when none gains more than `min_gain`."""
+    `max_loss` points under its Stage 1 and the queries fixed minus those broken among the
+    sent ones reach `z` times the square root of their sum (a sign test: a gain that a coin
+    could have made is not a gain); `ABSTAIN` when no threshold qualifies."""
     cands = np.unique(np.concatenate(p))
-    best, best_gain = ABSTAIN, min_gain
+    best, best_gain = ABSTAIN, 0.0
+    helps = [g.s2_ok & ~g.s1_ok for g in groups]
+    hurts = [g.s1_ok & ~g.s2_ok for g in groups]
     for t in cands[:-1]:  # p > t; the largest value would send nothing
-        gains = [g.p_at_1(pi > t)[1] - g.p_at_1()[0] for pi, g in zip(p, groups, strict=True)]
-        if min(gains) >= -max_loss and sum(gains) > best_gain + 1e-9:
-            best, best_gain = float(t), float(sum(gains))
-    return best, (best_gain if best != ABSTAIN else 0.0)
+        sent = [pi > t for pi in p]
+        fixed = np.array([(h & s).sum() for h, s in zip(helps, sent, strict=True)])
+        broke = np.array([(h & s).sum() for h, s in zip(hurts, sent, strict=True)])
+        gains = 100.0 * (fixed - broke) / np.array([len(g.fold) for g in groups])
+        net, total = int(fixed.sum() - broke.sum()), int(fixed.sum() + broke.sum())
+        if (gains.min() >= -max_loss and net > 0 and net >= z * np.sqrt(total)
+                and gains.sum() > best_gain + 1e-9):
+            best, best_gain = float(t), float(gains.sum())
+    return best, best_gain
 
 
-def fit_benefit_gate(groups: list[GateGroup], l2: float = 1e-2, max_loss: float = 0.0,
-                     meta: dict | None = None) -> QualityGate:
-    """A `QualityGate` on GATE_FEATURES fitted on `groups` (the fitting half's queries):
-    logistic P(EMD helps | EMD and Stage 1 disagree), threshold by `choose_threshold`."""
+def _fit_logistic(groups: list[GateGroup], l2: float, meta: dict | None = None
+                  ) -> QualityGate:
+    """Logistic P(EMD helps | EMD and Stage 1 disagree) on the queries of `groups`."""
     x = np.concatenate([g.x for g in groups])
     s1 = np.concatenate([g.s1_ok for g in groups])
     s2 = np.concatenate([g.s2_ok for g in groups])
     disagree = s1 != s2
     helps = (s2 & ~s1)[disagree]
+    if helps.sum() < 2 or (~helps).sum() < 2:
+        raise InputError(f"gate fitting needs queries EMD fixed and queries it broke; got "
+                         f"{int(helps.sum())} and {int((~helps).sum())}")
     info = {"features": list(GATE_FEATURES), "label": "EMD's blend right where Stage 1 was "
             "wrong (fitted on the queries where the two disagree)",
             "fit_queries": int(len(x)), "fit_helps": int(helps.sum()),
             "fit_hurts": int((~helps).sum()), **(meta or {})}
-    if helps.sum() < 2 or (~helps).sum() < 2:
-        raise InputError(f"gate fitting needs queries EMD fixed and queries it broke; got "
-                         f"{int(helps.sum())} and {int((~helps).sum())}")
-    gate = QualityGate.fit(x[disagree], helps, l2=l2, clean_budget=0.5, meta=info)
-    probs = [gate.probability(g.x) for g in groups]
-    threshold, gain = choose_threshold(probs, groups, max_loss)
+    return QualityGate.fit(x[disagree], helps, l2=l2, clean_budget=0.5, meta=info)
+
+
+def fit_benefit_gate(groups: list[GateGroup], l2: float = 1e-2, max_loss: float = 0.0,
+                     meta: dict | None = None, inner_seed: int = 1) -> QualityGate:
+    """A `QualityGate` on GATE_FEATURES fitted on `groups` (the fitting half's queries):
+    logistic P(EMD helps | EMD and Stage 1 disagree) on all of them; its threshold is chosen by
+    `choose_threshold` on out-of-fold probabilities (the fitting half's people split in two
+    by `identity_fold(person, inner_seed)`, each half scored by a regression fitted on the
+    other), so a threshold that only fits noise of the fitting queries is not picked."""
+    gate = _fit_logistic(groups, l2, meta)
+    inner = [identity_fold(g.person, inner_seed) for g in groups]
+    oof = [np.zeros(len(g.fold)) for g in groups]
+    for side in (False, True):
+        try:
+            part = _fit_logistic([g.take(f != side) for g, f in zip(groups, inner, strict=True)],
+                                 l2)
+        except InputError:  # too few disagreements in one inner half: nothing to choose from
+            oof = None
+            break
+        for o, g, f in zip(oof, groups, inner, strict=True):
+            o[f == side] = part.probability(g.x[f == side])
+    threshold, gain = (ABSTAIN, 0.0) if oof is None else choose_threshold(oof, groups,
+                                                                          max_loss)
     gate = replace(gate, threshold=threshold)
-    gate.meta.update(threshold_rule=f"largest summed P@1 gain on the fitting half with no "
-                     f"group losing more than {max_loss:g} points; {ABSTAIN} = abstain",
-                     fit_gain_points=gain, abstains=threshold >= ABSTAIN)
+    gate.meta.update(threshold_rule=f"largest summed P@1 gain over the groups, with no group "
+                     f"losing more than {max_loss:g} points, on out-of-fold probabilities of "
+                     f"the fitting half (inner identity split seed {inner_seed}); {ABSTAIN} = "
+                     "abstain", fit_gain_points=gain, abstains=threshold >= ABSTAIN)
     gate.meta.pop("clean_budget", None)
     return gate
 

@@ -95,7 +95,8 @@ def url_command(
     k: Annotated[int, typer.Option("--k", help="Number of sub-embeddings.")] = 16,
     width: Annotated[int, typer.Option(help="Total embedding width (multiple of K).")] = 512,
     grid: Annotated[str, typer.Option(help="Grid the head reads besides the descriptor "
-                                            "('none': descriptor only).")] = "l1",
+                                            "('none': descriptor only; auto: l1 (4x4) on dlib, "
+                                            "l2 (7x7) on sface).")] = "auto",
     edits: Annotated[str, typer.Option(help="Comma-separated edited copies to train on "
                                             f"(any of {', '.join(EDITS)}).")
                      ] = URL_EDITS,
@@ -105,6 +106,7 @@ def url_command(
         help="Edit only this many LFW images per edit kind (disjoint seeded subsets; 0: every "
         "image, as the shared harness caches them).")] = URL_PER_EDIT,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    backbone: Backbone = "dlib",
 ) -> None:
     """Train URL confidence-aware sub-embeddings (backbone frozen)."""
     from facerank._util.checkpoint import save_checkpoint
@@ -121,8 +123,11 @@ def url_command(
     unknown = sorted(set(kinds) - set(EDITS))
     if unknown:
         raise InputError(f"unknown edit(s) {unknown}; choose from {', '.join(EDITS)}")
+    if grid == "auto":
+        grid = "l1" if backbone == "dlib" else "l2"
     g = None if grid == "none" else grid
-    ud = load_url_data(kinds, per_edit or None, split_seed, progress=progress)
+    ud = load_url_data(kinds, per_edit or None, split_seed, progress=progress,
+                       backbone=backbone)
     samples = build_samples(ud, fold, g)
     config = default_config(ud, g, k, width)
     head, stats = train_url(samples, config, epochs=epochs, seed=seed, progress=progress)

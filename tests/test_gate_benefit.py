@@ -97,3 +97,10 @@ def test_fit_needs_both_outcomes() -> None:
     g = _group("only-helps", 200, 1.0, 6, 0.0)
     with pytest.raises(InputError, match="fixed and queries it broke"):
         fit_benefit_gate([g])
+
+
+def test_train_gate_cli_refuses_bad_sizes_before_loading_data(capsys) -> None:  # noqa: ANN001
+    from facerank.cli.app import main
+
+    assert main(["train", "gate", "--n", "5"]) == 2
+    assert "--n and --protocol-limit must be at least 10" in capsys.readouterr().err

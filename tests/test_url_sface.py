@@ -52,3 +52,11 @@ def test_tiny_sface_url_run_retrains_bit_for_bit_and_reloads(tmp_path: Path) -> 
     assert meta["seed"] == 3 and stats["samples"] == len(s)
     with pytest.raises(ModelFileError):
         load_url_head(path, "dlib_resnet_v1@facerank-features-1")
+
+
+def test_train_vit_on_sface_refuses_unknown_variants_before_loading_data(capsys) -> None:  # noqa: ANN001
+    from facerank.cli.app import main
+
+    assert main(["train", "vit", "--backbone", "sface", "--grid", "l2", "--variants",
+                 "crop,bogus"]) == 2
+    assert "unknown variants ['bogus']" in capsys.readouterr().err

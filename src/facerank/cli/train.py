@@ -152,8 +152,8 @@ def vit_command(
     out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + "
                                       "NAME.json).")] = Path("vit-h2l.pt"),
     variant: Annotated[str, typer.Option(help="h2l (ships), h2 or h1.")] = "h2l",
-    grid: Annotated[str, typer.Option(help="Backbone grid: l1 (4x4), l2 (8x8), l2p4.")
-                    ] = "l1",
+    grid: Annotated[str, typer.Option(help="Backbone grid: dlib l1 (4x4), l2 (8x8), l2p4; "
+                                            "sface l2 (7x7).")] = "l1",
     width: Annotated[int, typer.Option(help="Token width d (the bundled model: 128).")
                      ] = 128,
     depth: Annotated[int, typer.Option(help="Transformer blocks (1-8).")] = 1,
@@ -169,6 +169,7 @@ def vit_command(
                     ] = 0,
     variants: Annotated[str, typer.Option(help="Occluded variants to train on, comma-"
                                           "separated.")] = "crop,mask,sunglasses",
+    backbone: Backbone = "dlib",
 ) -> None:
     """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
     import torch
@@ -181,10 +182,19 @@ def vit_command(
                          f"positive; got {train_fold}, {epochs}, {batch}, {lr}")
     torch.manual_seed(seed)
     command = "facerank train vit " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    kinds = tuple(v.strip() for v in variants.split(",") if v.strip())
+    data = None
+    if backbone != "dlib":  # dlib: train_vit loads the evaluation set-up's features itself
+        from facerank.eval.protocols import lfw_extractor
+        from facerank.train.data import VARIANTS, load_training_data
+
+        unknown = sorted(set(kinds) - set(VARIANTS))
+        if unknown:
+            raise InputError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        data = load_training_data(lfw_extractor(backbone=backbone), kinds=kinds)
     res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
                      "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
-                    seed, out, command,
-                    variants=tuple(v.strip() for v in variants.split(",") if v.strip()))
+                    seed, out, command, data=data, variants=kinds)
     m = res["config"]["measured"]
     Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
                     f"{m['history'][-1]['val_auc']:.4f} (cosine "

@@ -51,7 +51,8 @@ def main() -> None:
     for name, p in prepared.items():
         cos = p.ranking.stage_scores["stage1"][:, : args.k]
         pre_x[name] = rr.pre_gate_features(p.st.queries, cos)
-        sent[name] = gate.use_stage2(p.feats)
+        # a gate fitted with extra inputs (`facerank train gate`) reads them after the 15
+        sent[name] = gate.use_stage2(gate.inputs(p.feats, cos, p.st.queries.det_scores))
     folds = {n: p.fold for n, p in prepared.items()}
     pres = {}
     for test_fold in (False, True):

@@ -95,7 +95,8 @@ def url_command(
     k: Annotated[int, typer.Option("--k", help="Number of sub-embeddings.")] = 16,
     width: Annotated[int, typer.Option(help="Total embedding width (multiple of K).")] = 512,
     grid: Annotated[str, typer.Option(help="Grid the head reads besides the descriptor "
-                                            "('none': descriptor only).")] = "l1",
+                                            "('none': descriptor only; auto: l1 (4x4) on dlib, "
+                                            "l2 (7x7) on sface).")] = "auto",
     edits: Annotated[str, typer.Option(help="Comma-separated edited copies to train on "
                                             f"(any of {', '.join(EDITS)}).")
                      ] = URL_EDITS,
@@ -105,6 +106,7 @@ def url_command(
         help="Edit only this many LFW images per edit kind (disjoint seeded subsets; 0: every "
         "image, as the shared harness caches them).")] = URL_PER_EDIT,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    backbone: Backbone = "dlib",
 ) -> None:
     """Train URL confidence-aware sub-embeddings (backbone frozen)."""
     from facerank._util.checkpoint import save_checkpoint
@@ -121,8 +123,11 @@ def url_command(
     unknown = sorted(set(kinds) - set(EDITS))
     if unknown:
         raise InputError(f"unknown edit(s) {unknown}; choose from {', '.join(EDITS)}")
+    if grid == "auto":
+        grid = "l1" if backbone == "dlib" else "l2"
     g = None if grid == "none" else grid
-    ud = load_url_data(kinds, per_edit or None, split_seed, progress=progress)
+    ud = load_url_data(kinds, per_edit or None, split_seed, progress=progress,
+                       backbone=backbone)
     samples = build_samples(ud, fold, g)
     config = default_config(ud, g, k, width)
     head, stats = train_url(samples, config, epochs=epochs, seed=seed, progress=progress)
@@ -147,8 +152,8 @@ def vit_command(
     out: Annotated[Path, typer.Option("--out", help="Checkpoint path (NAME.pt + "
                                       "NAME.json).")] = Path("vit-h2l.pt"),
     variant: Annotated[str, typer.Option(help="h2l (ships), h2 or h1.")] = "h2l",
-    grid: Annotated[str, typer.Option(help="Backbone grid: l1 (4x4), l2 (8x8), l2p4.")
-                    ] = "l1",
+    grid: Annotated[str, typer.Option(help="Backbone grid: dlib l1 (4x4), l2 (8x8), l2p4; "
+                                            "sface l2 (7x7).")] = "l1",
     width: Annotated[int, typer.Option(help="Token width d (the bundled model: 128).")
                      ] = 128,
     depth: Annotated[int, typer.Option(help="Transformer blocks (1-8).")] = 1,
@@ -164,6 +169,7 @@ def vit_command(
                     ] = 0,
     variants: Annotated[str, typer.Option(help="Occluded variants to train on, comma-"
                                           "separated.")] = "crop,mask,sunglasses",
+    backbone: Backbone = "dlib",
 ) -> None:
     """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
     import torch
@@ -176,12 +182,77 @@ def vit_command(
                          f"positive; got {train_fold}, {epochs}, {batch}, {lr}")
     torch.manual_seed(seed)
     command = "facerank train vit " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    kinds = tuple(v.strip() for v in variants.split(",") if v.strip())
+    data = None
+    if backbone != "dlib":  # dlib: train_vit loads the evaluation set-up's features itself
+        from facerank.eval.protocols import lfw_extractor
+        from facerank.train.data import VARIANTS, load_training_data
+
+        unknown = sorted(set(kinds) - set(VARIANTS))
+        if unknown:
+            raise InputError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        data = load_training_data(lfw_extractor(backbone=backbone), kinds=kinds)
     res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
                      "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
-                    seed, out, command,
-                    variants=tuple(v.strip() for v in variants.split(",") if v.strip()))
+                    seed, out, command, data=data, variants=kinds)
     m = res["config"]["measured"]
     Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
                     f"{m['history'][-1]['val_auc']:.4f} (cosine "
                     f"{m['val_auc_stage1_cosine']:.4f}); alpha {res['config']['alpha']:g}"
                     f" -> wrote {out}")
+
+
+@train_app.command("gate")
+def gate_command(
+    out: Annotated[Path, typer.Option("--out", help="Gate JSON to write (--bundle: the "
+                                      "bundled gate of this backbone).")] = Path("gate.json"),
+    bundle: Annotated[bool, typer.Option(help="Write it where `--gate auto` finds it, and only "
+                                         "if it sends queries and loses no held-out P@1.")
+                      ] = False,
+    n: Annotated[int, typer.Option("--n", help="Photo-variant queries per identity half.")
+                 ] = 300,
+    protocol_limit: Annotated[int, typer.Option(help="Seeded queries per LFW protocol.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the query subsets.")] = 0,
+    max_loss: Annotated[float, typer.Option(help="P@1 points any group may lose on the fitting "
+                                            "half at the chosen threshold.")] = 0.0,
+    report: Annotated[Path | None, typer.Option(help="Also write the per-group table (JSON).")
+                      ] = None,
+    backbone: Backbone = "sface",
+) -> None:
+    """Fit a Stage-2 EMD gate on what EMD does to each query (identity half A; abstains if it
+    never helps) and report Stage 1 vs gated EMD per protocol and variant on half B."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from facerank.rerank.gate import bundled_gate_path
+    from facerank.train.gate import train_gate
+
+    if n < 10 or protocol_limit < 10:
+        raise InputError(f"--n and --protocol-limit must be at least 10, got {n} and "
+                         f"{protocol_limit}")
+    gate, res = train_gate(backbone, n=n, seed=seed, protocol_limit=protocol_limit,
+                           max_loss=max_loss)
+    table = Table(title=f"held-out identity half ({backbone}): P@1 %")
+    for col in ("group", "queries", "sent", "Stage 1", "EMD", "gated", "change"):
+        table.add_column(col)
+    for r in res["held_out_half"]:
+        table.add_row(r["group"], str(r["queries"]), f"{100 * r['sent']:.1f} %",
+                      f"{r['p1_stage1']:.2f}", f"{r['p1_emd']:.2f}", f"{r['p1_gated']:.2f}",
+                      f"{r['change']:+.2f}")
+    console = Console()
+    console.print(table)
+    if report is not None:
+        report.write_text(json.dumps({"gate_meta": gate.meta, "threshold": gate.threshold,
+                                      **res}, indent=2))
+    worst = min(r["change"] for r in res["held_out_half"])
+    sends = any(r["sent"] > 0 for r in res["held_out_half"])
+    if bundle:
+        if not sends or worst < -0.3:
+            console.print(f"not bundled: the gate {'abstains' if not sends else 'loses'} "
+                          f"(worst held-out change {worst:+.2f} P@1)")
+            return
+        out = bundled_gate_path("l2", "apc", backbone)
+    console.print(f"threshold {gate.threshold:.4f} ({'abstains' if not sends else 'sends'}); "
+                  f"wrote {gate.save(out)}")

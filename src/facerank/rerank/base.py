@@ -210,6 +210,8 @@ def stage2_names() -> list[str]:
 # The Stage 2 each backbone runs by default. On dlib, gated EMD never lost P@1 on any set
 # measured; on SFace, gated EMD lost 4.5 P@1 on real masked photos and 0.45 on celebrity
 # photos against SFace's own cosine, so SFace's default chain stops at Stage 1 (abstains).
+# A gate fitted on where EMD helps SFace (`facerank train gate`) gained only on LFW-crop and
+# lost one query on a held-out photo variant (docs/results.md, "SFace heads"): still Stage 1.
 DEFAULT_STAGE2 = {"dlib": "emd", "sface": "none"}
 
 

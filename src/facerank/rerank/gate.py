@@ -14,6 +14,11 @@ queries (the clean budget, 1 % by default) is sent to Stage 2; stored as a small
     query features (the query's raw descriptor and its patch grid):
       q_norm (descriptor length), q_grid_mean, q_grid_std, q_grid_active (share > 0),
       q_grid_spatial_std (spread of the channel-mean map over the grid)
+    extra features a gate may also use (`EXTRA_FEATURES`, listed in its meta "features"):
+      cos_margin (Stage-1 top1 - top2), det_score (the detector's score, capped at 1)
+
+A gate fitted on what Stage 2 does to each query rather than on clean vs occluded is made by
+`facerank.train.gate` (`facerank train gate`); its threshold may be 1.0: it sends nothing.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import torch
 
 from facerank.errors import InputError, ModelFileError
 
-__all__ = ["BACKBONE_GATE_PREFIX", "BUNDLED", "FEATURES", "LIST_FEATURES", "QUERY_FEATURES",
-           "QualityGate", "bundled_gate", "bundled_gate_path", "gate_features", "query_features"]
+__all__ = ["BACKBONE_GATE_PREFIX", "BUNDLED", "EXTRA_FEATURES", "FEATURES", "LIST_FEATURES",
+           "QUERY_FEATURES", "QualityGate", "bundled_gate", "bundled_gate_path", "extra_features",
+           "gate_features", "query_features"]
 
 
 LIST_FEATURES = ("cos_std", "cos_top1", "cos_peak", "cos_gap10", "cos_mean", "emd_std",
                  "emd_max", "emd_mean", "emd_at_cos_top1", "agree")
 QUERY_FEATURES = ("q_norm", "q_grid_mean", "q_grid_std", "q_grid_active", "q_grid_spatial_std")
 FEATURES = LIST_FEATURES + QUERY_FEATURES
+EXTRA_FEATURES = ("cos_margin", "det_score")  # a gate may append these (in this order)
 PRE_FEATURES = LIST_FEATURES[:5] + QUERY_FEATURES  # no Stage-2 score: known before any OT
 BUNDLED = Path(__file__).resolve().parent / "gates"
 
@@ -76,6 +83,23 @@ def gate_features(cos: np.ndarray, emd: np.ndarray, query: np.ndarray) -> np.nda
     ], axis=1)
 
 
+def extra_features(names: tuple[str, ...] | list[str], cos: np.ndarray,
+                   det_scores: np.ndarray) -> np.ndarray:
+    """cos (Q, k>=2) Stage-1 scores best first, det_scores (Q,) -> (Q, len(names)) columns of
+    `EXTRA_FEATURES`: cos_margin = top1 - top2, det_score = min(score, 1) (YuNet scores lie in
+    [0, 1]; HOG's unbounded margins are capped so a clear HOG face reads like a clear YuNet one).
+    """
+    unknown = [n for n in names if n not in EXTRA_FEATURES]
+    if unknown:
+        raise InputError(f"unknown gate feature(s) {unknown}; known extras: {EXTRA_FEATURES}")
+    if cos.ndim != 2 or cos.shape[1] < 2 or np.shape(det_scores) != (len(cos),):
+        raise InputError(f"extra gate features need (Q, k>=2) scores and (Q,) detector scores, "
+                         f"got {cos.shape} and {np.shape(det_scores)}")
+    cols = {"cos_margin": cos[:, 0].astype(np.float64) - cos[:, 1],
+            "det_score": np.minimum(np.asarray(det_scores, dtype=np.float64), 1.0)}
+    return np.stack([cols[n] for n in names], axis=1) if names else np.zeros((len(cos), 0))
+
+
 def pre_gate_features(cos: np.ndarray, query: np.ndarray) -> np.ndarray:
     """cos (Q, k>=2) Stage-1 scores best first, query (Q, 5) -> (Q, 10) `PRE_FEATURES`:
     the gate's inputs that need no Stage-2 score."""
@@ -113,6 +137,18 @@ class QualityGate:
     bias: float
     threshold: float = 0.5
     meta: dict = field(default_factory=dict)
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The `EXTRA_FEATURES` this gate reads after `FEATURES` (in its meta "features")."""
+        return tuple(self.meta.get("features", FEATURES))[len(FEATURES):]
+
+    def inputs(self, base: np.ndarray, cos: np.ndarray, det_scores: np.ndarray) -> np.ndarray:
+        """base (Q, 15) `gate_features`, plus this gate's extras from cos (Q, k) and the
+        queries' detector scores (Q,) -> (Q, F)."""
+        if not self.extras:
+            return base
+        return np.concatenate([base, extra_features(self.extras, cos, det_scores)], axis=1)
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """(Q,) probability that each query is a hard one that Stage 2 should re-rank."""
@@ -194,9 +230,14 @@ class QualityGate:
                                  "a gate") from None
         except (json.JSONDecodeError, TypeError) as e:
             raise ModelFileError(f"{path}: not a facerank gate file ({e})") from None
-        if len(gate.coef) != len(FEATURES) or len(gate.mean) != len(FEATURES):
-            raise ModelFileError(f"{path}: gate has {len(gate.coef)} weights, expected "
-                                 f"{len(FEATURES)}; retrain it with this facerank version")
+        names = tuple(gate.meta.get("features", FEATURES))
+        if (names[: len(FEATURES)] != FEATURES
+                or any(n not in EXTRA_FEATURES for n in names[len(FEATURES):])
+                or len(gate.coef) != len(names) or len(gate.mean) != len(names)):
+            raise ModelFileError(f"{path}: gate has {len(gate.coef)} weights for features "
+                                 f"{list(names)}, expected {len(FEATURES)} + any of "
+                                 f"{list(EXTRA_FEATURES)}; retrain it with this facerank "
+                                 "version")
         gate.meta["_path"] = str(path)
         return gate
 

@@ -75,20 +75,43 @@ def variant_queries(labels: np.ndarray, n: int = 1000, seed: int = 0, split_seed
 
 def photo_variant(name: str, rows: np.ndarray, seed: int = TRAIN_VARIANT_SEED,
                   extractor: FeatureExtractor | None = None, data: EvalData | None = None,
-                  progress: bool = True) -> FeatureSet:
+                  progress: bool = True, queries: FeatureExtractor | None = None) -> FeatureSet:
     """Features (len(rows) faces, row j = LFW image rows[j]) of the photo variant `name`
     (`facerank.eval.photo_variants.PHOTO_VARIANTS`: shaded masks, hands, scarves, caps, low
-    light, low resolution and their combinations), drawn on the photo before detection and
-    placed by the clean photo's landmarks under the evaluation set-up, then detected and
-    embedded by `extractor` (default: the evaluation set-up, dlib; pass
-    `lfw_extractor(backbone="sface")` for SFace). Cached in FACERANK_CACHE per (variant,
-    seed, rows, extractor)."""
+    light, low resolution and their combinations; "clean": the unedited photo), drawn on the
+    photo before detection and placed by the clean photo's landmarks under the evaluation
+    set-up, then detected and embedded by `queries` (default: the extractor of `data`, which is
+    `extractor` or the evaluation set-up, dlib; pass `lfw_extractor(backbone="sface")` for
+    SFace, or `query_extractor("yunet", "sface")` for the product's detector). Cached in
+    FACERANK_CACHE per (variant, seed, rows, extractor)."""
     from facerank.eval.photo import photo_queries
     from facerank.eval.protocols import _is_lfw_setup, lfw_extractor
 
     data = data or EvalData.load(extractor, progress=progress)
+    fx = queries or data.extractor
+    rows = np.asarray(rows, dtype=np.int64)
+    if name == "clean":
+        if fx is data.extractor:
+            return data.features.take(rows)
+        return fx.extract_paths([data.lfw.paths[i] for i in rows], progress=progress,
+                                raise_errors=True)
     clean = data if _is_lfw_setup(data.extractor) else EvalData.load(
         lfw_extractor(data.extractor.cache_dir is not None), progress=progress)
-    return photo_queries(data, name, np.asarray(rows, dtype=np.int64), seed,
-                         clean.features.landmarks68, clean.features.boxes, data.extractor,
-                         progress=progress)
+    return photo_queries(data, name, rows, seed, clean.features.landmarks68,
+                         clean.features.boxes, fx, progress=progress)
+
+
+def query_extractor(detector: str = "yunet", backbone: str = "sface",
+                    cache: bool = True) -> FeatureExtractor:
+    """The product's query chain for LFW photo variants: `detector` (YuNet by default), the
+    largest face, and a central box where no face is found (`det_sources` "fallback...") so
+    every query still ranks; `found_face(q)` tells the two apart."""
+    from facerank.face.features import make_extractor
+
+    return make_extractor(detector=detector, faces="largest", no_face="center",
+                          backbone=backbone, cache=cache)
+
+
+def found_face(q: FeatureSet) -> np.ndarray:
+    """(Q,) bool: the detector found a face (not the no-face fallback box)."""
+    return np.array([not s.startswith("fallback") for s in q.det_sources], dtype=bool)

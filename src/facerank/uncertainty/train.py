@@ -76,21 +76,24 @@ def edit_subsets(n_images: int, kinds: tuple[str, ...], per_edit: int | None, se
 
 
 def load_url_data(kinds: tuple[str, ...], per_edit: int | None = None, split_seed: int = 0,
-                  variant_seed: int = 1, progress: bool = True) -> URLData:
-    """Cached features for URL training.  per_edit None: the shared harness's full variant
-    sets (`load_training_data`); otherwise `edit_subsets` through the same cached builder
-    (`occluded_queries`, training seed 1), which is what a shared 2-core machine affords."""
-    from facerank.eval.protocols import EvalData, occluded_queries
+                  variant_seed: int = 1, progress: bool = True, backbone: str = "dlib"
+                  ) -> URLData:
+    """Cached features of `backbone` ("dlib" or "sface") for URL training.  per_edit None:
+    the shared harness's full variant sets (`load_training_data`); otherwise `edit_subsets`
+    through the same cached builder (`occluded_queries`, training seed 1), which is what a
+    shared 2-core machine affords."""
+    from facerank.eval.protocols import EvalData, lfw_extractor, occluded_queries
     from facerank.train.data import load_training_data
     from facerank.train.split import identity_fold
 
     if per_edit is None:
-        td = load_training_data(kinds=kinds, split_seed=split_seed, variant_seed=variant_seed,
+        td = load_training_data(lfw_extractor(backbone=backbone), kinds=kinds,
+                                split_seed=split_seed, variant_seed=variant_seed,
                                 progress=progress)
         n = len(td.labels)
         return URLData(td.data, td.variants, edit_subsets(n, kinds, None), td.labels, td.fold,
                        {**td.describe(), "per_edit": None})
-    data = EvalData.load(progress=progress)
+    data = EvalData.load(lfw_extractor(backbone=backbone), progress=progress)
     rows = edit_subsets(len(data.lfw), kinds, per_edit, variant_seed)
     variants = {k: occluded_queries(data, k, rows[k], variant_seed, progress) for k in kinds}
     labels = data.lfw.labels

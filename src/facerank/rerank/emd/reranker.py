@@ -256,8 +256,9 @@ class Stage2EMD(GatedBlendReranker):
         """(Q, F) gate inputs: Stage-1 cos (Q, k) and emd (Q, k) of the same candidates."""
         if self.grid_name not in queries.grids:
             raise InputError(f"query features have no grid {self.grid_name!r}")
-        return gate_features(cos, emd, query_features(queries.descriptors,
+        base = gate_features(cos, emd, query_features(queries.descriptors,
                                                       queries.grids[self.grid_name]))
+        return base if self.gate is None else self.gate.inputs(base, cos, queries.det_scores)
 
     def pre_gate_features(self, queries: FeatureSet, cos: np.ndarray) -> np.ndarray:
         """(Q, 10) the pre-gate's inputs: Stage-1 cos (Q, k) and the query statistics."""

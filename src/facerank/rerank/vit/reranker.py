@@ -180,8 +180,9 @@ class Stage2ViT(GatedBlendReranker):
     def gate_features(self, queries: FeatureSet, cos: np.ndarray, vit: np.ndarray
                       ) -> np.ndarray:
         """(Q, F) gate inputs: EMD's gate features with the ViT's scores in EMD's place."""
-        return gate_features(cos, vit, query_features(queries.descriptors,
+        base = gate_features(cos, vit, query_features(queries.descriptors,
                                                       queries.grids[self.grid_name]))
+        return base if self.gate is None else self.gate.inputs(base, cos, queries.det_scores)
 
     def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
                     progress: bool = False) -> np.ndarray:

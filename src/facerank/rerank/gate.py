@@ -303,3 +303,12 @@ class PreGate:
             raise ModelFileError(f"{path}: pre-gate has {len(pre.coef)} weights, expected "
                                  f"{len(PRE_FEATURES)}")
         return pre if pre.for_gate == gate.digest() else None
+
+
+def gate_inputs(gate: object, base: np.ndarray, cos: np.ndarray, det_scores: np.ndarray
+                ) -> np.ndarray:
+    """A gate's inputs: the 15 base features (Q, 15), plus the extra ones a gate fitted with
+    them reads (`QualityGate.inputs`); any other gate (None, or one with only `use_stage2`)
+    gets the base features."""
+    inputs = getattr(gate, "inputs", None)
+    return base if inputs is None else inputs(base, cos, det_scores)

@@ -32,6 +32,7 @@ from facerank.rerank.gate import (
     QualityGate,
     bundled_gate,
     gate_features,
+    gate_inputs,
     pre_gate_features,
     query_features,
 )
@@ -258,7 +259,7 @@ class Stage2EMD(GatedBlendReranker):
             raise InputError(f"query features have no grid {self.grid_name!r}")
         base = gate_features(cos, emd, query_features(queries.descriptors,
                                                       queries.grids[self.grid_name]))
-        return base if self.gate is None else self.gate.inputs(base, cos, queries.det_scores)
+        return gate_inputs(self.gate, base, cos, queries.det_scores)
 
     def pre_gate_features(self, queries: FeatureSet, cos: np.ndarray) -> np.ndarray:
         """(Q, 10) the pre-gate's inputs: Stage-1 cos (Q, k) and the query statistics."""

@@ -54,13 +54,14 @@ def _same_results(a: StoredGallery, b: StoredGallery, probes, k: int = 10) -> No
         np.testing.assert_allclose([r.score for r in qa], [r.score for r in qb], atol=1e-5)
 
 
-def test_milvus_gallery_matches_faiss(people: tuple[Path, list[Path]],
-                                      extractor: FeatureExtractor, tmp_path: Path) -> None:
+def milvus_parity(people: tuple[Path, list[Path]], extractor: FeatureExtractor,
+                  tmp_path: Path, **milvus: str) -> None:
+    """A Milvus gallery (`milvus`: milvus_uri, milvus_collection) gives faiss's answers after
+    adding a folder, after remove / rename, and after reopening the persisted collection."""
     root, probe_files = people
     probes = extractor.extract_paths(probe_files, progress=False)
     faiss_g = StoredGallery.create(tmp_path / "faiss", extractor)
-    milvus_g = StoredGallery.create(tmp_path / "milvus", extractor, index="milvus",
-                              milvus_uri=str(tmp_path / "faces.db"))
+    milvus_g = StoredGallery.create(tmp_path / "milvus", extractor, index="milvus", **milvus)
     for g in (faiss_g, milvus_g):
         g.add_folder(root, progress=False)
     assert milvus_g.index.count() == len(milvus_g) == len(faiss_g) == 32
@@ -83,6 +84,11 @@ def test_milvus_gallery_matches_faiss(people: tuple[Path, list[Path]],
     _same_results(faiss_g, again, probes)
     again.close()
     faiss_g.close()
+
+
+def test_milvus_gallery_matches_faiss(people: tuple[Path, list[Path]],
+                                      extractor: FeatureExtractor, tmp_path: Path) -> None:
+    milvus_parity(people, extractor, tmp_path, milvus_uri=str(tmp_path / "faces.db"))
 
 
 def test_milvus_kill_during_add_loses_nothing(lfw_root: Path, extractor: FeatureExtractor,

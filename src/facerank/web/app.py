@@ -118,10 +118,14 @@ def create_app(gallery_dir: Path, stage2: str = "auto", max_upload_bytes: int = 
                   else 409 if isinstance(exc, GalleryError) else 500)
         return JSONResponse({"error": str(exc)}, status_code=status)
 
+    def page(name: str) -> FileResponse:
+        """A static HTML page, always revalidated (it changes with the package)."""
+        return FileResponse(STATIC / name, media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html",
-                            headers={"Cache-Control": "no-cache"})
+        return page("index.html")
 
     @app.get("/api/info")
     async def info() -> JSONResponse:
@@ -156,8 +160,7 @@ def create_app(gallery_dir: Path, stage2: str = "auto", max_upload_bytes: int = 
 
     @app.get("/clusters", include_in_schema=False)
     async def clusters_page() -> FileResponse:
-        return FileResponse(STATIC / "clusters.html", media_type="text/html",
-                            headers={"Cache-Control": "no-cache"})
+        return page("clusters.html")
 
     @app.get("/api/clusters")
     async def clusters() -> JSONResponse:

@@ -218,12 +218,11 @@ class FaceDetector:
             cx, cy, side = x + w * (0.5 + dx), y + h * (0.5 + dy), (kw * w + kh * h) / 2
             rect = self._rect(int(round(cx - side / 2)), int(round(cy - side / 2)),
                               int(round(cx + side / 2)) - 1, int(round(cy + side / 2)) - 1)
-            if self.landmarks5 or self._sp68 is not None:
-                l5, l68 = self._landmarks(image, rect)
-            else:  # neither dlib model is needed: skip both
-                l5, l68 = dlib5_from_points5(points5), None
-            if self.align5 == "points" or not self.landmarks5:
-                l5 = dlib5_from_points5(points5)
+            # dlib's 5 points only where they are used; else they follow YuNet's own points
+            l5 = (_shape_to_array(self._sp5(image, rect))  # type: ignore[operator]
+                  if self.landmarks5 and self.align5 != "points"
+                  else dlib5_from_points5(points5))
+            l68 = _shape_to_array(self._sp68(image, rect)) if self._sp68 is not None else None
             out.append(Detection(np.array([x, y, x + w, y + h]), float(f[14]), l5, l68, source,
                                  points5))
         return out

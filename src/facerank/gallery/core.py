@@ -267,14 +267,13 @@ class StoredGallery:
                 from facerank.models.backbone import backbone_name
 
                 meta = self.meta()
+                built = backbone_name(meta.get("model_id", ""))  # the gallery's backbone
                 cfg = json.loads(meta["detector"])
-                need68, need5 = landmark_models(backbone_name(meta.get("model_id", "")),
-                                                cfg.get("method", "hog"),
+                need68, need5 = landmark_models(built, cfg.get("method", "hog"),
                                                 cfg.get("fallback", "none"))
                 det = FaceDetector(**cfg, landmarks68=need68, landmarks5=need5)
-                self._extractor = FeatureExtractor(  # the backbone the gallery was built with
-                    backbone=backbone_name(meta.get("model_id", "")), detector=det,
-                    grids=json.loads(meta["grids"]))
+                self._extractor = FeatureExtractor(backbone=built, detector=det,
+                                                   grids=json.loads(meta["grids"]))
                 if self._check:
                     self.store.check_model(meta, self._extractor)
             return self._extractor
@@ -479,9 +478,9 @@ class StoredGallery:
         "anchors file" | "none", "identities": n, "minimum": m, "note": ...}."""
         if cal is None:
             return None
-        from facerank.calibrate import cohort as C
+        from facerank.calibrate.cohort import MIN_IDENTITIES, choose_cohort
 
-        n, choose_cohort, MIN_IDENTITIES = len(self.identities()), C.choose_cohort, C.MIN_IDENTITIES
+        n = len(self.identities())
         if not getattr(cal, "gallery_cohort", False):
             kind = "anchors file" if cal.name in ("ida-r", "asnorm") else "none"
             return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": None}

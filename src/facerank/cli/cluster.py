@@ -106,15 +106,15 @@ def gallery_cluster_command(
     runs only place newly added faces."""
     from facerank.clustering.pipeline import cluster_features, write_outputs
     from facerank.clustering.store import ClusterStore
-    from facerank.gallery import StoredGallery, is_unlabelled
+    from facerank.gallery import StoredGallery
 
     with StoredGallery.open(folder) as g:
         fs = g.features(grids=False)
         ids = g.image_ids()
         model_id = g.extractor.model_id
         if not every:
-            rows = [i for i, name in enumerate(g.labels()) if is_unlabelled(name)]
-            if not rows:
+            rows = g.unlabelled_rows()
+            if not len(rows):
                 raise InputError(f"{folder}: no unlabelled faces to cluster (enrol them with "
                                  "`facerank gallery add G PHOTOS --unlabelled`), or pass --all "
                                  "to cluster every face")

@@ -427,6 +427,10 @@ class StoredGallery:
         """Identity name of each row of `features()`."""
         return list(self._load(None).labels)
 
+    def unlabelled_rows(self) -> np.ndarray:
+        """(U,) rows of `features()` enrolled without an identity (`is_unlabelled` names)."""
+        return np.flatnonzero([is_unlabelled(n) for n in self.labels()]).astype(np.int64)
+
     def image_ids(self) -> np.ndarray:
         """Image id of each row of `features()`."""
         return self._load(None).image_ids.copy()

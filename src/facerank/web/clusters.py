@@ -15,7 +15,7 @@ from facerank.clustering.incremental import explain
 from facerank.clustering.pipeline import cluster_features, default_method
 from facerank.clustering.store import ClusterStore
 from facerank.errors import InputError
-from facerank.gallery import StoredGallery, is_unlabelled
+from facerank.gallery import StoredGallery
 
 
 class ClusterView:
@@ -30,7 +30,7 @@ class ClusterView:
         gallery holds none."""
         fs = self.gallery.features(grids=False)
         ids = self.gallery.image_ids()
-        rows = np.flatnonzero([is_unlabelled(n) for n in self.gallery.labels()])
+        rows = self.gallery.unlabelled_rows()
         if len(rows):
             fs, ids = fs.take(rows), ids[rows]
         with ClusterStore.open(self.gallery.store.folder) as st:

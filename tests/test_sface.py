@@ -236,3 +236,29 @@ def test_gallery_search_extractor_runs_no_dlib_landmark_model(tmp_path: Path) ->
         with StoredGallery.open(folder) as g:
             det = g.extractor.detector
             assert det._sp68 is None and det.landmarks5 is sp5, backbone
+
+
+def test_overlapped_embedding_keeps_order_failures_and_features(lfw_images, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """With aligning overlapped with embedding (small backbone batches in a worker thread),
+    features come back in input order, equal to one serial pass, and a corrupt file among
+    them is listed as a failure without losing its neighbours."""
+    import facerank.face.features as features
+    from facerank.face.features import make_extractor
+
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    paths = [str(p) for p in sample_every(lfw_images, 1200)[:10]]
+    paths.insert(4, str(bad))
+    fx = make_extractor(backbone="sface", cache=False)
+    monkeypatch.setattr(features, "PIPELINE_BATCH", 0)
+    serial = fx.extract_paths(paths, progress=False)
+    monkeypatch.setattr(features, "PIPELINE_BATCH", 3)  # four backbone calls, overlapped
+    calls = []
+    embed = fx.embed_chips
+    monkeypatch.setattr(fx, "embed_chips", lambda chips: calls.append(len(chips)) or embed(chips))
+    over = fx.extract_paths(paths, progress=False)
+    assert calls == [3, 3, 3, 1]
+    assert over.paths == serial.paths == [p for p in paths if p != str(bad)]
+    assert [p for p, _ in over.failures] == [str(bad)]
+    np.testing.assert_allclose(over.embeddings, serial.embeddings, atol=1e-5)

@@ -57,11 +57,8 @@ def latency(threads: list[int], probes: int, warm: int = 3) -> dict:
     out: dict = {}
     for n_threads in threads:
         torch.set_num_threads(n_threads)
-        vits = {r: make_stage2("vit", gate="none", runtime=r) for r in RUNTIMES}
-        for r in ("onnx", "onnx-int8"):  # sessions with this many threads
-            from facerank.rerank.vit.fast import OnnxPairScorer
-
-            vits[r]._onnx = OnnxPairScorer(vits[r].model, r, threads=n_threads)
+        vits = {r: make_stage2("vit", gate="none", runtime=r, threads=n_threads)
+                for r in RUNTIMES}
         fns = {"emd": emd.emd_scores, **{f"vit_{r}": v.vit_scores for r, v in vits.items()}}
         t: dict[str, list[float]] = {n: [] for n in fns}
         diff = dict.fromkeys(RUNTIMES, 0.0)

@@ -178,8 +178,7 @@ def test_rerank_scores_all_pairs_in_batches(variant: str, runtime: str) -> None:
     assert "vit" in out.stage_scores
 
 
-@pytest.mark.parametrize("variant", ["h2l", "h2"])
-@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("variant,depth", [("h2l", 1), ("h2", 2)])
 def test_fast_runtimes_give_the_models_scores(variant: str, depth: int) -> None:
     """The restructured scorer and its float32 ONNX graph equal `FaceViT.pair_score` within
     float rounding; int8 weights stay close; a runtime is chosen once and is deterministic."""

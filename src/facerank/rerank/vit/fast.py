@@ -23,7 +23,6 @@ activations quantised per call), which is deterministic for a given checkpoint.
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import tempfile
@@ -155,7 +154,9 @@ class OnnxPairScorer:
         if runtime not in ("onnx", "onnx-int8"):
             raise InputError(f"unknown ONNX runtime {runtime!r}; choose onnx or onnx-int8")
         c = model.cfg
-        graph = _export(PairScorer(copy.deepcopy(model).float()), c.in_channels, c.grid_h, c.grid_w)
+        twin = FaceViT(c)  # a float32 copy on the CPU: exporting leaves `model` as it is
+        twin.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+        graph = _export(PairScorer(twin), c.in_channels, c.grid_h, c.grid_w)
         if runtime == "onnx-int8":
             graph = _int8(graph)
         opts = ort.SessionOptions()

@@ -9,8 +9,8 @@ scores within about 0.013 of the torch model's on LFW, see docs/results.md); run
 runs the model itself, "onnx" the same graph in float32 (equal to torch within 1e-6).
 
 With runtime "torch", each query's and each distinct candidate's patch tokens are projected
-once per chunk; the pairs then run through the transformer `chunk_pairs` at a time (1,024 on the CPU,
-32,768 on an accelerator: `device.default_chunk_pairs`). An optional quality gate (the same
+once per chunk; the pairs then run through the transformer `chunk_pairs` at a time (1,024 on
+the CPU, 32,768 on an accelerator: `device.default_chunk_pairs`). An optional quality gate (the same
 logistic gate as EMD's, on the ViT's score list instead of EMD's) keeps clean queries in their
 Stage-1 order.
 """
@@ -66,9 +66,10 @@ class Stage2ViT(GatedBlendReranker):
     def __init__(self, model: FaceViT, grid: str = "l2", alpha: float = 0.5, k: int = 100,
                  gate: QualityGate | str | None = None, device: str = "cpu",
                  chunk_pairs: int | None = None, meta: dict | None = None,
-                 runtime: str = "auto") -> None:
+                 runtime: str = "auto", threads: int | None = None) -> None:
         """runtime: how pair scores run - "onnx-int8", "onnx" (CPU only), "torch", or "auto"
-        (onnx-int8 for a two-image model on the CPU, else torch)."""
+        (onnx-int8 for a two-image model on the CPU, else torch). threads: onnxruntime's
+        intra-op threads (None: one per usable core, at most 4)."""
         self._set_blend(alpha, k, gate)
         self.grid = grid
         self.grid_name, self.pool = parse_grid(grid)
@@ -78,8 +79,8 @@ class Stage2ViT(GatedBlendReranker):
                                                                   CPU_VIT_CHUNK_PAIRS))
         self.meta = meta or {}
         self.runtime = self._pick_runtime(runtime)
-        self._onnx = (fast.OnnxPairScorer(self.model, self.runtime)
-                      if self.runtime != "torch" else None)
+        self.threads = threads
+        self._onnx: fast.OnnxPairScorer | None = None  # built at the first onnx score
 
     def _pick_runtime(self, runtime: str) -> str:
         if runtime not in ("auto", *fast.RUNTIMES):
@@ -153,7 +154,9 @@ class Stage2ViT(GatedBlendReranker):
                     ib: torch.Tensor) -> torch.Tensor:
         """ViT score of pairs (ga[ia[p]], gb[ib[p]]) of grids (A|B, C, H, W) -> (P,), by the
         chosen runtime (face a first)."""
-        if self._onnx is not None:
+        if self.runtime != "torch":
+            if self._onnx is None:  # export (+ quantise) once, ~1 s
+                self._onnx = fast.OnnxPairScorer(self.model, self.runtime, self.threads)
             return torch.from_numpy(self._onnx.score(ga.numpy(), gb.numpy(), ia.numpy(),
                                                      ib.numpy()))
         return self._pairs(self.model.tokens(ga), self.model.tokens(gb), ia, ib)

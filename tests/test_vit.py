@@ -246,8 +246,8 @@ def test_heatmaps(variant: str, method: str, tmp_path) -> None:
     from facerank.rerank.vit.reranker import explain_pairs
 
     a, b = _features(3, 5), _features(3, 6)
-    rr = Stage2ViT(_model(variant, depth=2), grid="l1", alpha=0.5)
-    heat = explain_pairs(rr, a, b, method)
+    rr = Stage2ViT(_model(variant, depth=2), grid="l1", alpha=0.5, runtime="torch")
+    heat = explain_pairs(rr, a, b, method)  # explains (and shows) the torch model's score
     assert heat.heat_a.shape == (3, 4, 4) and heat.heat_b.shape == (3, 4, 4)
     assert np.allclose(heat.heat_a.max(axis=(1, 2)), 1.0)
     assert np.all(heat.heat_a >= 0)

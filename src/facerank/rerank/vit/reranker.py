@@ -263,7 +263,8 @@ def explain_pairs(scorer: Stage2ViT, a: FeatureSet, b: FeatureSet,
     R += mean_heads(relu(dscore/dA * A)) R, with A that block's attention. rollout (Abnar &
     Zuidema): R = prod_blocks (0.5 A_mean + 0.5 I), rows renormalised; no gradients. A face's
     heatmap is the relevance its patch tokens receive from the tokens the score is read from
-    (H2L: all patch outputs, minus the identity; H2 and H1: the [CLS] output).
+    (H2L: all patch outputs, minus the identity; H2 and H1: the [CLS] output). Gradients,
+    attention and the score shown all come from the torch model, whatever the scorer's runtime.
     """
     if method not in EXPLAIN_METHODS:
         raise InputError(f"unknown explanation method {method!r}; choose from "
@@ -293,8 +294,8 @@ def explain_pairs(scorer: Stage2ViT, a: FeatureSet, b: FeatureSet,
                 m.zero_grad(set_to_none=True)
                 score.sum().backward()
             heats.append(_relevance(m, method, len(idx), g2 is None))
-    with torch.no_grad():
-        vit = torch.from_numpy(scorer.vit_pair_scores(a, b, symmetric=False))
+    with torch.no_grad():  # the torch model's score, which the heatmaps explain
+        vit = m.pair_score(m.tokens(ga), m.tokens(gb))
     n = cfg.n_patches
     if cfg.two_image:
         rel = heats[0]  # (B, T)
@@ -347,8 +348,9 @@ class Stage2ViTEMD:
     clean / crop / mask / sunglasses / low-res vs the gated EMD's 96.20 / 22.76 / 54.28 /
     61.48 / 75.89; gated by the ViT's own gate instead it was 0.15 lower on clean queries.
     No weight here is fitted on test queries. EMD scores every query (its gate reads them);
-    the ViT, ~3.3x EMD's cost per pair on a CPU, only the queries the gate sends on: the
-    others' "vit" stage scores are NaN.
+    the ViT (through torch ~3.3x EMD's cost per pair on a CPU, about EMD's with the default
+    onnx-int8 runtime) only the queries the gate sends on: the others' "vit" stage scores
+    are NaN.
     """
 
     name = "vit+emd"

@@ -4,7 +4,8 @@
     python -m benchmarks.vit_runtime accuracy [--protocols lfw-1680 ...] [--limit N]
 
 `latency` times one probe against its 100 Stage-1 candidates (k = 100, no gate), as
-`benchmarks.device_latency stage2_one_probe` does: EMD (l2, APC), the Face-ViT through torch
+`benchmarks.device_latency stage2_one_probe` does on its kit (which needs no LFW cache, for a
+lent machine): EMD (l2, APC), the Face-ViT through torch
 (`runtime="torch"`, the reference) and through onnxruntime (`onnx`: float32, `onnx-int8`),
 alternately per probe, for each thread count asked (torch and onnxruntime threads; EMD runs
 one probe's 100 pairs on one worker either way). Faces: 200 seeded LFW dlib features with
@@ -28,13 +29,9 @@ import time
 import numpy as np
 
 from benchmarks.common import write_result
+from benchmarks.device_latency import _pct
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
-
-
-def _pct(ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "n": len(ms)}
 
 
 def _faces(n: int = 200, seed: int = 0):  # noqa: ANN202 - a FeatureSet

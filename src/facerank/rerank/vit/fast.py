@@ -77,16 +77,17 @@ class PairScorer(nn.Module):
         specials = torch.arange(2, device=ia.device).expand(p, 2)
         take = torch.cat([ia[:, None] * n + patches, (a + ib[:, None]) * n + patches,
                           specials], dim=1)  # (P, 2N+2)
+        depth, d = len(m.blocks), m.cfg.width
+        rows = 2 * n if depth == 1 and m.cfg.variant == "h2l" else 2 * n + 2
         first = m.blocks[0]
-        qkv = first.qkv(first.ln1(h))[take]  # (P, 2N+2, 3d): each face projected once
-        z = h[take]  # (P, 2N+2, d)
-        depth = len(m.blocks)
-        for i, blk in enumerate(m.blocks):
-            last = i == depth - 1
-            rows = 2 * n if last and m.cfg.variant == "h2l" else z.shape[1]
-            if i > 0:
-                qkv = blk.qkv(blk.ln1(z))
-            z = _block_rest(blk, z, qkv, rows)
+        # each face projected once (rows of h, d) x 3, then gathered into the pairs: q only
+        # for the tokens whose output is read
+        q, k, v = first.qkv(first.ln1(h)).split(d, dim=1)
+        z = _block_rest(first, h[take[:, :rows]], q[take[:, :rows]], k[take], v[take])
+        for i, blk in enumerate(m.blocks[1:], start=1):
+            rows = 2 * n if i == depth - 1 and m.cfg.variant == "h2l" else 2 * n + 2
+            q, k, v = blk.qkv(blk.ln1(z)).split(d, dim=-1)
+            z = _block_rest(blk, z[:, :rows], q[:, :rows], k, v)
         if m.cfg.variant == "h2":  # [CLS] sits at row 2N here
             return torch.tanh(m.head(m.norm(z[:, 2 * n])).squeeze(1) / 2)
         z = m.norm(z)  # (P, 2N, d)
@@ -97,15 +98,18 @@ class PairScorer(nn.Module):
         return (f1 * f2).sum(dim=1)
 
 
-def _block_rest(blk: Block, z: torch.Tensor, qkv: torch.Tensor, rows: int) -> torch.Tensor:
-    """A pre-norm block given its qkv (P, T, 3d), for the first `rows` tokens -> (P, rows, d)."""
-    p, t, d = z.shape
-    h = blk.heads
-    qkv = qkv.view(p, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (3, P, h, T, d/h)
-    q, k, v = qkv[0][:, :, :rows], qkv[1], qkv[2]
-    att = torch.softmax(q @ k.transpose(-1, -2) * (d // h) ** -0.5, dim=-1)  # (P, h, rows, T)
-    o = (att @ v).transpose(1, 2).reshape(p, rows, d)
-    x = z[:, :rows] + blk.proj(o)
+def _block_rest(blk: Block, z: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor) -> torch.Tensor:
+    """A pre-norm block after its q/k/v projection: z, q (P, R, d) of the R tokens whose
+    output is wanted, k, v (P, T, d) of all T tokens -> (P, R, d)."""
+    p, r, d = q.shape
+    t, h = k.shape[1], blk.heads
+    q = q.reshape(p, r, h, d // h).transpose(1, 2)  # (P, h, R, d/h)
+    kt = k.reshape(p, t, h, d // h).permute(0, 2, 3, 1)  # (P, h, d/h, T)
+    v = v.reshape(p, t, h, d // h).transpose(1, 2)  # (P, h, T, d/h)
+    att = torch.softmax(q @ kt * (d // h) ** -0.5, dim=-1)  # (P, h, R, T)
+    o = (att @ v).transpose(1, 2).reshape(p, r, d)
+    x = z + blk.proj(o)
     return x + blk.mlp(blk.ln2(x))
 
 

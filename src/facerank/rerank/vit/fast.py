@@ -15,10 +15,11 @@ tokens enter every pair's sequence, and the [CLS] and [SEP] tokens are the same 
   and segment embedding added.
 
 Equal to `FaceViT.pair_score` within float rounding (tested). `OnnxPairScorer` exports it to
-ONNX in memory when a re-ranker loads (nothing is written to disk but a temporary file for
-the quantiser) and runs it with onnxruntime, optionally with the Linear layers' weights
-quantised to int8 (`onnxruntime.quantization.quantize_dynamic`: per-channel weights,
-activations quantised per call), which is deterministic for a given checkpoint.
+ONNX in memory the first time a re-ranker scores (nothing is written to disk but a temporary
+file for the quantiser) and runs it with onnxruntime, optionally with the Linear layers'
+weights quantised to int8 (`onnxruntime.quantization.quantize_dynamic`: per-channel weights,
+deterministic for a given checkpoint). int8 activations are quantised per call with one scale
+per tensor, so a pair's score can move by about 0.01 with the other pairs of the same call.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ class OnnxPairScorer:
 
     def score(self, ga: np.ndarray, gb: np.ndarray, ia: np.ndarray, ib: np.ndarray
               ) -> np.ndarray:
+        """(P,) float32 scores of the pairs (ga[ia[p]], gb[ib[p]]), face a first."""
         feed = {"ga": np.ascontiguousarray(ga, dtype=np.float32),
                 "gb": np.ascontiguousarray(gb, dtype=np.float32),
                 "ia": np.ascontiguousarray(ia, dtype=np.int64),

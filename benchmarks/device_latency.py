@@ -18,7 +18,9 @@ The kit (nothing of it is committed):
 5-point model run on every YuNet face, as the chain shipped) and "after" (today's defaults):
 decode, detect, align, embed, search (Stage 1 + `--stage2 auto` + match probability), and the
 whole `facerank.Gallery.search(path)` call (first pass, so the feature cache is cold). Then
-enrolment in images/s for both (and "after" without overlapping aligning and embedding), and one-probe Stage 2 (k = 100) for EMD and Face-ViT.
+enrolment in images/s for both (and "after" without overlapping aligning and embedding), and
+one-probe Stage 2 (k = 100) for EMD and Face-ViT (on the CPU: the default onnx-int8 runtime and
+the torch model, `stage2_one_probe`; run it alone with `--only stage2_one_probe`).
 `gpu` times the one-probe and batched Stage 2 on the GPU beside the CPU. Times are p50 / p95 in
 milliseconds; each JSON records the cores it was allowed and the load average.
 """
@@ -246,13 +248,17 @@ def stage2_one_probe(kit: Path, device: str, probes: int = 30) -> dict:
 
     fs = FeatureSet.load(kit / "dlib200.npz")
     emd = make_stage2("emd", gate="none", device=device)
-    vit = make_stage2("vit", gate="none", device=device)
+    vit = make_stage2("vit", gate="none", device=device)  # the device's default runtime
+    scorers = {"emd": emd.emd_scores, "vit": vit.vit_scores}
+    if vit.runtime != "torch":  # on the CPU: the torch model beside the default runtime
+        vit_torch = make_stage2("vit", gate="none", device=device, runtime="torch")
+        scorers["vit_torch"] = vit_torch.vit_scores
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    t: dict[str, list[float]] = {"emd": [], "vit": []}
+    t: dict[str, list[float]] = {n: [] for n in scorers}
     for i in range(probes + 3):
         probe = fs.take(np.array([i]))
         cand = cosine_topk(probe.embeddings, fs.embeddings, k=100).indices
-        for name, fn in (("emd", emd.emd_scores), ("vit", vit.vit_scores)):
+        for name, fn in scorers.items():
             sync()
             t0 = time.perf_counter()
             fn(probe, fs, cand)
@@ -261,6 +267,8 @@ def stage2_one_probe(kit: Path, device: str, probes: int = 30) -> dict:
                 t[name].append(1000 * (time.perf_counter() - t0))
     out = {n: _pct(v) for n, v in t.items()}
     out["emd_over_vit_p50"] = out["emd"]["p50_ms"] / out["vit"]["p50_ms"]
+    if "vit_torch" in out:
+        out["emd_over_vit_torch_p50"] = out["emd"]["p50_ms"] / out["vit_torch"]["p50_ms"]
     out["describe"] = {"emd": emd.describe(), "vit": vit.describe()}
     return out
 

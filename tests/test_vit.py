@@ -155,9 +155,15 @@ def test_wrong_checkpoints_are_refused_in_one_line(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("variant", ["h2l", "h2", "h1"])
-def test_rerank_scores_all_pairs_in_batches(variant: str) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_rerank_scores_all_pairs_in_batches(variant: str, runtime: str) -> None:
     gallery, queries = _features(30, 3), _features(7, 4)
-    rr = Stage2ViT(_model(variant), grid="l1", alpha=1.0, k=10, chunk_pairs=16)
+    if variant == "h1" and runtime != "torch":
+        with pytest.raises(InputError, match="runtime"):
+            Stage2ViT(_model(variant), grid="l1", runtime=runtime)
+        return
+    rr = Stage2ViT(_model(variant), grid="l1", alpha=1.0, k=10, chunk_pairs=16,
+                   runtime=runtime)
     ranking = cosine_topk(queries.embeddings, gallery.embeddings, 15)
     vit = rr.vit_scores(queries, gallery, ranking.indices[:, :10])
     qi = np.repeat(np.arange(7), 10)
@@ -170,6 +176,37 @@ def test_rerank_scores_all_pairs_in_batches(variant: str) -> None:
     assert np.all(np.diff(out.scores[:, :10], axis=1) <= 1e-6)  # alpha 1: ordered by ViT
     assert np.array_equal(out.indices[:, 10:], ranking.indices[:, 10:])
     assert "vit" in out.stage_scores
+
+
+@pytest.mark.parametrize("variant,depth", [("h2l", 1), ("h2", 2)])
+def test_fast_runtimes_give_the_models_scores(variant: str, depth: int) -> None:
+    """The restructured scorer and its float32 ONNX graph equal `FaceViT.pair_score` within
+    float rounding; int8 weights stay close; a runtime is chosen once and is deterministic."""
+    from facerank.rerank.vit.fast import OnnxPairScorer, PairScorer
+
+    m = _model(variant, depth=depth, heads=2)
+    a, b = _features(6, 5), _features(9, 6)
+    ga = torch.from_numpy(a.grids["l1"].astype(np.float32))
+    gb = torch.from_numpy(b.grids["l1"].astype(np.float32))
+    ia = torch.tensor([0, 0, 0, 5, 2, 3, 4, 1, 1, 0, 2])  # one face in many pairs, as a probe
+    ib = torch.tensor([0, 1, 8, 7, 2, 3, 4, 5, 6, 3, 2])
+    with torch.no_grad():
+        ref = m.pair_score(m.tokens(ga)[ia], m.tokens(gb)[ib]).numpy()
+        assert np.allclose(PairScorer(m)(ga, gb, ia, ib).numpy(), ref, atol=1e-5)
+    args = (ga.numpy(), gb.numpy(), ia.numpy(), ib.numpy())
+    assert np.allclose(OnnxPairScorer(m, "onnx", threads=1).score(*args), ref, atol=1e-5)
+    int8 = OnnxPairScorer(m, "onnx-int8", threads=1).score(*args)
+    assert np.abs(int8 - ref).max() < 0.05 and not np.array_equal(int8, ref)
+    assert np.array_equal(OnnxPairScorer(m, "onnx-int8", threads=1).score(*args), int8)
+    assert not m.training  # exporting a copy leaves the model as it was
+
+
+def test_runtime_choice() -> None:
+    rr = Stage2ViT(_model("h2l"), grid="l1")
+    assert rr.runtime == "onnx-int8" and "onnx-int8" in rr.describe()
+    assert Stage2ViT(_model("h1"), grid="l1").runtime == "torch"  # one-image: torch only
+    with pytest.raises(InputError, match="runtime"):
+        Stage2ViT(_model("h2l"), grid="l1", runtime="tensorrt")
 
 
 def test_registry_and_device_chunks(tmp_path) -> None:
@@ -209,8 +246,8 @@ def test_heatmaps(variant: str, method: str, tmp_path) -> None:
     from facerank.rerank.vit.reranker import explain_pairs
 
     a, b = _features(3, 5), _features(3, 6)
-    rr = Stage2ViT(_model(variant, depth=2), grid="l1", alpha=0.5)
-    heat = explain_pairs(rr, a, b, method)
+    rr = Stage2ViT(_model(variant, depth=2), grid="l1", alpha=0.5, runtime="torch")
+    heat = explain_pairs(rr, a, b, method)  # explains (and shows) the torch model's score
     assert heat.heat_a.shape == (3, 4, 4) and heat.heat_b.shape == (3, 4, 4)
     assert np.allclose(heat.heat_a.max(axis=(1, 2)), 1.0)
     assert np.all(heat.heat_a >= 0)

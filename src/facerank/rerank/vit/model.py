@@ -159,7 +159,7 @@ class FaceViT(nn.Module):
     def tokens(self, grids: torch.Tensor) -> torch.Tensor:
         """grids (B, C, H, W) -> patch tokens (B, N, d); computed once per face."""
         self.check_grids(grids)
-        x = grids.to(self.embed.weight.dtype).flatten(2).transpose(1, 2)  # (B, N, C)
+        x = grids.to(self.norm_in.weight.dtype).flatten(2).transpose(1, 2)  # (B, N, C)
         return self.embed(self.norm_in(x))
 
     # ---- encoder --------------------------------------------------------------------------

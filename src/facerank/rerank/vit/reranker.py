@@ -3,9 +3,14 @@
     final = alpha * ViT-score + (1 - alpha) * cosine       (as Face-ViT re-uses EMD's blend)
 
 alpha is the one the checkpoint's training fitted on held-out training identities (its JSON
-records it). Each query's and each distinct candidate's patch tokens are projected once per
-chunk; the pairs then run through the transformer `chunk_pairs` at a time (1,024 on the CPU,
-32,768 on an accelerator: `device.default_chunk_pairs`). An optional quality gate (the same
+records it). On the CPU the pair scores run by default through `fast.OnnxPairScorer`
+(runtime "onnx-int8": each face's share of the work done once, onnxruntime, int8 weights;
+scores within about 0.013 of the torch model's on LFW, see docs/results.md); runtime="torch"
+runs the model itself, "onnx" the same graph in float32 (equal to torch within 1e-6).
+
+With runtime "torch", each query's and each distinct candidate's patch tokens are projected
+once per chunk; the pairs then run through the transformer `chunk_pairs` at a time (1,024 on
+the CPU, 32,768 on an accelerator: `device.default_chunk_pairs`). An optional quality gate (the same
 logistic gate as EMD's, on the ViT's score list instead of EMD's) keeps clean queries in their
 Stage-1 order.
 """
@@ -33,6 +38,7 @@ from facerank.rerank.device import CPU_VIT_CHUNK_PAIRS, default_chunk_pairs, pic
 from facerank.rerank.emd.reranker import parse_grid
 from facerank.rerank.emd.solver import pool_grid
 from facerank.rerank.gate import QualityGate, gate_features, gate_inputs, query_features
+from facerank.rerank.vit import fast
 from facerank.rerank.vit.model import FaceViT, ViTConfig
 
 KIND = "vit"
@@ -59,7 +65,11 @@ class Stage2ViT(GatedBlendReranker):
 
     def __init__(self, model: FaceViT, grid: str = "l2", alpha: float = 0.5, k: int = 100,
                  gate: QualityGate | str | None = None, device: str = "cpu",
-                 chunk_pairs: int | None = None, meta: dict | None = None) -> None:
+                 chunk_pairs: int | None = None, meta: dict | None = None,
+                 runtime: str = "auto", threads: int | None = None) -> None:
+        """runtime: how pair scores run - "onnx-int8", "onnx" (CPU only), "torch", or "auto"
+        (onnx-int8 for a two-image model on the CPU, else torch). threads: onnxruntime's
+        intra-op threads (None: one per usable core, at most 4)."""
         self._set_blend(alpha, k, gate)
         self.grid = grid
         self.grid_name, self.pool = parse_grid(grid)
@@ -68,6 +78,21 @@ class Stage2ViT(GatedBlendReranker):
         self.chunk_pairs = int(chunk_pairs or default_chunk_pairs(self.device,
                                                                   CPU_VIT_CHUNK_PAIRS))
         self.meta = meta or {}
+        self.runtime = self._pick_runtime(runtime)
+        self.threads = threads
+        self._onnx: fast.OnnxPairScorer | None = None  # built at the first onnx score
+
+    def _pick_runtime(self, runtime: str) -> str:
+        if runtime not in ("auto", *fast.RUNTIMES):
+            raise InputError(f"unknown Face-ViT runtime {runtime!r}; choose from auto, "
+                             f"{', '.join(fast.RUNTIMES)}")
+        on_cpu = self.device.type == "cpu"
+        if runtime == "auto":
+            return "onnx-int8" if on_cpu and fast.supports(self.model) else "torch"
+        if runtime != "torch" and not (on_cpu and fast.supports(self.model)):
+            raise InputError(f"runtime {runtime!r} runs two-image Face-ViTs on the CPU; use "
+                             "runtime=\"torch\" for this model or device")
+        return runtime
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_CHECKPOINT, backbone: str | None = None,
@@ -95,8 +120,9 @@ class Stage2ViT(GatedBlendReranker):
     def describe(self) -> str:
         c = self.model.cfg
         gated = ", gated" if self.gate is not None else ""
+        run = "" if self.runtime == "torch" else f", {self.runtime}"
         return (f"Stage 2 Face-ViT {c.variant.upper()} ({self.grid}, depth {c.depth}, "
-                f"{c.heads} heads, width {c.width}, alpha={self.alpha:g}, k={self.k}{gated})")
+                f"{c.heads} heads, width {c.width}, alpha={self.alpha:g}, k={self.k}{gated}{run})")
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -124,6 +150,18 @@ class Stage2ViT(GatedBlendReranker):
         return out
 
     @torch.no_grad()
+    def _grid_pairs(self, ga: torch.Tensor, gb: torch.Tensor, ia: torch.Tensor,
+                    ib: torch.Tensor) -> torch.Tensor:
+        """ViT score of pairs (ga[ia[p]], gb[ib[p]]) of grids (A|B, C, H, W) -> (P,), by the
+        chosen runtime (face a first)."""
+        if self.runtime != "torch":
+            if self._onnx is None:  # export (+ quantise) once, ~1 s
+                self._onnx = fast.OnnxPairScorer(self.model, self.runtime, self.threads)
+            return torch.from_numpy(self._onnx.score(ga.numpy(), gb.numpy(), ia.numpy(),
+                                                     ib.numpy()))
+        return self._pairs(self.model.tokens(ga), self.model.tokens(gb), ia, ib)
+
+    @torch.no_grad()
     def vit_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
                    progress: bool = False) -> np.ndarray:
         """ViT score of each query with its candidates: cand (Q, k) -> (Q, k)."""
@@ -135,15 +173,16 @@ class Stage2ViT(GatedBlendReranker):
             for s in range(0, n_q, per_chunk):
                 rows = np.arange(s, min(n_q, s + per_chunk))
                 uniq, inverse = np.unique(cand[rows], return_inverse=True)
-                tq = self.model.tokens(self.grids(queries, rows))  # (Qc, N, d)
-                tc = self.model.tokens(self.grids(gallery, uniq))  # (U, N, d)
+                gq = self.grids(queries, rows)  # (Qc, C, H, W)
+                gc = self.grids(gallery, uniq)  # (U, C, H, W)
                 inv = torch.from_numpy(inverse.reshape(len(rows), k)).to(self.device)
                 if h1:  # one embedding per face, then cosines
-                    eq, ec = self.model.embed_one(tq), self.model.embed_one(tc)
+                    eq = self.model.embed_one(self.model.tokens(gq))
+                    ec = self.model.embed_one(self.model.tokens(gc))
                     sc = torch.einsum("qe,qke->qk", eq, ec[inv])
                 else:
                     iq = torch.arange(len(rows), device=self.device).repeat_interleave(k)
-                    sc = self._pairs(tq, tc, iq, inv.reshape(-1)).reshape(len(rows), k)
+                    sc = self._grid_pairs(gq, gc, iq, inv.reshape(-1)).reshape(len(rows), k)
                 out[rows] = sc.float().cpu().numpy()
                 advance(len(rows))
         return out
@@ -158,11 +197,14 @@ class Stage2ViT(GatedBlendReranker):
         step = max(1, self.chunk_pairs)
         for s in range(0, len(a), step):
             idx = np.arange(s, min(len(a), s + step))
-            ta = self.model.tokens(self.grids(a, idx))
-            tb = self.model.tokens(self.grids(b, idx))
-            sc = self.model.pair_score(ta, tb)
-            if symmetric and self.model.cfg.variant != "h1":
-                sc = 0.5 * (sc + self.model.pair_score(tb, ta))
+            ga, gb = self.grids(a, idx), self.grids(b, idx)
+            if self.model.cfg.variant == "h1":
+                sc = self.model.pair_score(self.model.tokens(ga), self.model.tokens(gb))
+            else:
+                same = torch.arange(len(idx), device=self.device)
+                sc = self._grid_pairs(ga, gb, same, same)
+                if symmetric:
+                    sc = 0.5 * (sc + self._grid_pairs(gb, ga, same, same))
             out[idx] = sc.float().cpu().numpy()
         return out
 
@@ -196,6 +238,7 @@ def _make(checkpoint: str | None = None, k: int = 100, alpha: float | None = Non
           **kw: object) -> Stage2ViT:
     """The product's Face-ViT re-ranker: the bundled H2L checkpoint unless one is given.
     gate: "auto" = the gate stored in the checkpoint (if any), "none", or a gate JSON file.
+    runtime (keyword): "auto" (onnx-int8 on the CPU), "onnx-int8", "onnx" or "torch".
     grid and weighting are EMD options that the CLI passes to every method: a Face-ViT's grid
     is the one it was trained on (its checkpoint's) and it has no patch weighting."""
     del grid, weighting
@@ -220,7 +263,8 @@ def explain_pairs(scorer: Stage2ViT, a: FeatureSet, b: FeatureSet,
     R += mean_heads(relu(dscore/dA * A)) R, with A that block's attention. rollout (Abnar &
     Zuidema): R = prod_blocks (0.5 A_mean + 0.5 I), rows renormalised; no gradients. A face's
     heatmap is the relevance its patch tokens receive from the tokens the score is read from
-    (H2L: all patch outputs, minus the identity; H2 and H1: the [CLS] output).
+    (H2L: all patch outputs, minus the identity; H2 and H1: the [CLS] output). Gradients,
+    attention and the score shown all come from the torch model, whatever the scorer's runtime.
     """
     if method not in EXPLAIN_METHODS:
         raise InputError(f"unknown explanation method {method!r}; choose from "
@@ -250,8 +294,8 @@ def explain_pairs(scorer: Stage2ViT, a: FeatureSet, b: FeatureSet,
                 m.zero_grad(set_to_none=True)
                 score.sum().backward()
             heats.append(_relevance(m, method, len(idx), g2 is None))
-    with torch.no_grad():
-        vit = torch.from_numpy(scorer.vit_pair_scores(a, b, symmetric=False))
+    with torch.no_grad():  # the torch model's score, which the heatmaps explain
+        vit = m.pair_score(m.tokens(ga), m.tokens(gb))
     n = cfg.n_patches
     if cfg.two_image:
         rel = heats[0]  # (B, T)
@@ -304,8 +348,9 @@ class Stage2ViTEMD:
     clean / crop / mask / sunglasses / low-res vs the gated EMD's 96.20 / 22.76 / 54.28 /
     61.48 / 75.89; gated by the ViT's own gate instead it was 0.15 lower on clean queries.
     No weight here is fitted on test queries. EMD scores every query (its gate reads them);
-    the ViT, ~3.3x EMD's cost per pair on a CPU, only the queries the gate sends on: the
-    others' "vit" stage scores are NaN.
+    the ViT (through torch ~3.3x EMD's cost per pair on a CPU, about EMD's with the default
+    onnx-int8 runtime) only the queries the gate sends on: the others' "vit" stage scores
+    are NaN.
     """
 
     name = "vit+emd"

@@ -262,3 +262,16 @@ def test_overlapped_embedding_keeps_order_failures_and_features(lfw_images, tmp_
     assert over.paths == serial.paths == [p for p in paths if p != str(bad)]
     assert [p for p, _ in over.failures] == [str(bad)]
     np.testing.assert_allclose(over.embeddings, serial.embeddings, atol=1e-5)
+
+
+def test_sface_yunet_path_does_not_import_dlib(lfw_images) -> None:
+    """The default chain (YuNet + SFace) runs no dlib model, so it does not import dlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from facerank.face.features import make_extractor; "
+            "fx = make_extractor(backbone='sface', cache=False); "
+            f"fx.extract_file({str(lfw_images[0])!r}); print('dlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

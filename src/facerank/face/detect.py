@@ -115,8 +115,6 @@ class FaceDetector:
         align5: Align5 = "dlib",
         landmarks5: bool = True,
     ) -> None:
-        import dlib
-
         if method not in METHODS:
             raise InputError(f"unknown detector {method!r}; use yunet, hog or mmod")
         if align5 not in ("dlib", "points"):
@@ -132,6 +130,8 @@ class FaceDetector:
         self.retry_upsample = retry_upsample
         self.align5 = align5
         if method == "hog":
+            import dlib
+
             self._hog = dlib.get_frontal_face_detector()
         elif method == "yunet":
             import cv2
@@ -139,6 +139,8 @@ class FaceDetector:
             self._yunet = cv2.FaceDetectorYN.create(str(yunet_model()), "", (320, 320),
                                                     YUNET_SCORE, YUNET_NMS, 50)
         else:
+            import dlib
+
             self._mmod = dlib.cnn_face_detection_model_v1(str(bundled_model(DLIB_MMOD)))
         # dlib's 5-point model (dlib chips, HOG / MMOD boxes, fallback boxes) loads on first
         # use; landmarks5=False skips it for YuNet faces, whose landmarks5 then come from
@@ -148,8 +150,18 @@ class FaceDetector:
         # dlib's 68-point model is licensed for non-commercial use only: it loads only when a
         # caller asks for it (LMK patch weighting, occlusion generators, pose bins)
         self.landmarks68 = landmarks68
-        self._sp68 = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE68))) if landmarks68 else None
-        self._rect = dlib.rectangle
+        self._sp68: object | None = None
+        if landmarks68:
+            import dlib
+
+            self._sp68 = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE68)))
+
+    @staticmethod
+    def _rect(left: int, top: int, right: int, bottom: int) -> object:
+        """A dlib rectangle (dlib is imported only by the paths that run a dlib model)."""
+        import dlib
+
+        return dlib.rectangle(left, top, right, bottom)
 
     @property
     def config_id(self) -> str:
@@ -216,13 +228,15 @@ class FaceDetector:
             eyes, mouth = pts[:2][np.argsort(pts[:2, 0])], pts[3:][np.argsort(pts[3:, 0])]
             points5 = np.concatenate([eyes, pts[2:3], mouth])  # image left to right
             cx, cy, side = x + w * (0.5 + dx), y + h * (0.5 + dy), (kw * w + kh * h) / 2
+            dlib5 = self.landmarks5 and self.align5 != "points"
             rect = self._rect(int(round(cx - side / 2)), int(round(cy - side / 2)),
-                              int(round(cx + side / 2)) - 1, int(round(cy + side / 2)) - 1)
+                              int(round(cx + side / 2)) - 1, int(round(cy + side / 2)) - 1
+                              ) if dlib5 or self._sp68 is not None else None
             # dlib's 5 points only where they are used; else they follow YuNet's own points
             l5 = (_shape_to_array(self._sp5(image, rect))  # type: ignore[operator]
-                  if self.landmarks5 and self.align5 != "points"
-                  else dlib5_from_points5(points5))
-            l68 = _shape_to_array(self._sp68(image, rect)) if self._sp68 is not None else None
+                  if dlib5 else dlib5_from_points5(points5))
+            l68 = (_shape_to_array(self._sp68(image, rect))  # type: ignore[operator]
+                   if self._sp68 is not None else None)
             out.append(Detection(np.array([x, y, x + w, y + h]), float(f[14]), l5, l68, source,
                                  points5))
         return out

@@ -275,3 +275,16 @@ def test_sface_yunet_path_does_not_import_dlib(lfw_images) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_ort_spinning_switch(monkeypatch) -> None:
+    """FACERANK_ORT_SPIN=0 turns off onnxruntime's spin-waiting threads; the default keeps it."""
+    from facerank._util.cores import ort_session_options
+
+    key = "session.intra_op.allow_spinning"
+    monkeypatch.setenv("FACERANK_ORT_SPIN", "0")
+    opts = ort_session_options(2)
+    assert opts.get_session_config_entry(key) == "0" and opts.intra_op_num_threads == 2
+    monkeypatch.delenv("FACERANK_ORT_SPIN")
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # not set: spins
+        ort_session_options(1).get_session_config_entry(key)

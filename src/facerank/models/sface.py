@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank._util.cores import usable_cores
+from facerank._util.cores import ort_session_options, usable_cores
 from facerank.errors import InputError, ModelFileError
 from facerank.face.align.arcface import ARCFACE_SIZE
 
@@ -130,11 +130,7 @@ class SFace:
         names = {SFACE_GRIDS[g]: SFACE_GRID_SHAPES[g] for g in SFACE_GRIDS}
         try:
             graph = _float_graph(data, names)
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            opts.intra_op_num_threads = int(threads or default_threads())
-            opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts = ort_session_options(threads or default_threads())
             self._session = ort.InferenceSession(graph, opts,
                                                  providers=["CPUExecutionProvider"])
         except (ValueError, KeyError, RuntimeError) as e:  # onnx / onnxruntime parse errors

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facerank._util.cores import usable_cores
+from facerank._util.cores import ort_session_options, usable_cores
 from facerank.errors import InputError
 from facerank.rerank.vit.model import Block, FaceViT
 
@@ -164,11 +164,7 @@ class OnnxPairScorer:
         graph = _export(PairScorer(twin), c.in_channels, c.grid_h, c.grid_w)
         if runtime == "onnx-int8":
             graph = _int8(graph)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = int(threads or min(MAX_THREADS, usable_cores()))
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = ort_session_options(threads or min(MAX_THREADS, usable_cores()))
         self.runtime = runtime
         # onnxruntime's fused residual + LayerNorm (SkipLayerNormalization) was the slowest node
         # of this graph; unfused, one probe's 100 pairs took 0.87x the time (int8, one thread)

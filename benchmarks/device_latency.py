@@ -18,9 +18,9 @@ The kit (nothing of it is committed):
 5-point model run on every YuNet face, as the chain shipped) and "after" (today's defaults):
 decode, detect, align, embed, search (Stage 1 + `--stage2 auto` + match probability), and the
 whole `facerank.Gallery.search(path)` call (first pass, so the feature cache is cold). Then
-enrolment in images/s for both (and "after" without overlapping aligning and embedding), and
-one-probe Stage 2 (k = 100) for EMD and Face-ViT (on the CPU: the default onnx-int8 runtime and
-the torch model, `stage2_one_probe`; run it alone with `--only stage2_one_probe`).
+enrolment in images/s for both, and one-probe Stage 2 (k = 100) for EMD and Face-ViT (on the
+CPU: the default onnx-int8 runtime and the torch model, `stage2_one_probe`; run it alone with
+`--only stage2_one_probe`).
 `gpu` times the one-probe and batched Stage 2 on the GPU beside the CPU. Times are p50 / p95 in
 milliseconds; each JSON records the cores it was allowed and the load average.
 """
@@ -201,7 +201,6 @@ def chain(kit: Path, repeats: int, limit: int | None = None) -> dict:
 
 
 def enrolment(kit: Path, limit: int | None = None, copies: int = 1) -> dict:
-    from facerank.face import features
     from facerank.gallery import StoredGallery
 
     files = sorted((kit / "enrol").glob("*.jpg"))[:limit]
@@ -218,23 +217,19 @@ def enrolment(kit: Path, limit: int | None = None, copies: int = 1) -> dict:
     fxs = _extractors(probe_gallery)
     probe_gallery.close()
     out = {}
-    # after: today's default; serial: the same without overlapping aligning and embedding;
-    # before: SFace on one thread, serial. after runs twice: the second is reported.
-    overlap = features.PIPELINE_BATCH
-    for v in ("after", "serial", "before", "after"):
-        features.PIPELINE_BATCH = overlap if v == "after" else 0
+    # after: today's default; before: SFace on one thread. after runs twice: the second
+    # is reported.
+    for v in ("after", "before", "after"):
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["FACERANK_CACHE"] = tmp  # a cold feature cache for every run
-            g = StoredGallery.create(Path(tmp) / "g", fxs["before" if v == "before" else "after"])
+            g = StoredGallery.create(Path(tmp) / "g", fxs[v])
             t0 = time.perf_counter()
             rep = g.add_files(files, ids, progress=False)
             sec = time.perf_counter() - t0
             g.close()
         out[v] = {"images": len(files), "added": rep.added, "seconds": sec,
                   "images_per_s": len(files) / sec}
-    features.PIPELINE_BATCH = overlap
     out["after_over_before"] = out["after"]["images_per_s"] / out["before"]["images_per_s"]
-    out["after_over_serial"] = out["after"]["images_per_s"] / out["serial"]["images_per_s"]
     return out
 
 

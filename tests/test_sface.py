@@ -238,32 +238,6 @@ def test_gallery_search_extractor_runs_no_dlib_landmark_model(tmp_path: Path) ->
             assert det._sp68 is None and det.landmarks5 is sp5, backbone
 
 
-def test_overlapped_embedding_keeps_order_failures_and_features(lfw_images, tmp_path: Path,
-                                                                monkeypatch) -> None:
-    """With aligning overlapped with embedding (small backbone batches in a worker thread),
-    features come back in input order, equal to one serial pass, and a corrupt file among
-    them is listed as a failure without losing its neighbours."""
-    import facerank.face.features as features
-    from facerank.face.features import make_extractor
-
-    bad = tmp_path / "corrupt.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    paths = [str(p) for p in sample_every(lfw_images, 1200)[:10]]
-    paths.insert(4, str(bad))
-    fx = make_extractor(backbone="sface", cache=False)
-    monkeypatch.setattr(features, "PIPELINE_BATCH", 0)
-    serial = fx.extract_paths(paths, progress=False)
-    monkeypatch.setattr(features, "PIPELINE_BATCH", 3)  # four backbone calls, overlapped
-    calls = []
-    embed = fx.embed_chips
-    monkeypatch.setattr(fx, "embed_chips", lambda chips: calls.append(len(chips)) or embed(chips))
-    over = fx.extract_paths(paths, progress=False)
-    assert calls == [3, 3, 3, 1]
-    assert over.paths == serial.paths == [p for p in paths if p != str(bad)]
-    assert [p for p, _ in over.failures] == [str(bad)]
-    np.testing.assert_allclose(over.embeddings, serial.embeddings, atol=1e-5)
-
-
 def test_sface_yunet_path_does_not_import_dlib(lfw_images) -> None:
     """The default chain (YuNet + SFace) runs no dlib model, so it does not import dlib."""
     import subprocess
@@ -278,13 +252,13 @@ def test_sface_yunet_path_does_not_import_dlib(lfw_images) -> None:
 
 
 def test_ort_spinning_switch(monkeypatch) -> None:
-    """FACERANK_ORT_SPIN=0 turns off onnxruntime's spin-waiting threads; the default keeps it."""
+    """onnxruntime's threads do not spin-wait by default; FACERANK_ORT_SPIN=1 lets them."""
     from facerank._util.cores import ort_session_options
 
     key = "session.intra_op.allow_spinning"
-    monkeypatch.setenv("FACERANK_ORT_SPIN", "0")
+    monkeypatch.delenv("FACERANK_ORT_SPIN", raising=False)
     opts = ort_session_options(2)
     assert opts.get_session_config_entry(key) == "0" and opts.intra_op_num_threads == 2
-    monkeypatch.delenv("FACERANK_ORT_SPIN")
+    monkeypatch.setenv("FACERANK_ORT_SPIN", "1")
     with pytest.raises(RuntimeError, match="does not have configuration"):  # not set: spins
         ort_session_options(1).get_session_config_entry(key)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +32,6 @@ __all__ = ["CHIP_PADDING", "CHIP_SIZE", "FEATURES_VERSION", "Aligned", "FaceFeat
 FEATURES_VERSION = 1  # bump when the extracted features change (not on every release)
 CHIP_SIZE = 150  # dlib's chip; each backbone has its own geometry (models/backbone.py)
 CHIP_PADDING = 0.25
-# images per backbone call when a run is long enough to overlap aligning with embedding
-# (0: no overlap, one call per `batch_size` images)
-PIPELINE_BATCH = 16
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -375,35 +371,18 @@ class FeatureExtractor:
         results: dict[int, FaceFeatures] = {}
         failures: list[tuple[str, str]] = []
         pending: list[tuple[int, str, Aligned]] = []
-        # the backbone embeds one batch in a worker thread while this thread decodes, detects
-        # and aligns the next (both release the GIL); one batch in flight at a time
-        inflight: list[tuple[Future, list[tuple[int, str, Aligned]]]] = []
-
-        def collect() -> None:
-            if not inflight:
-                return
-            future, items = inflight.pop()
-            desc, grids = future.result()
-            for j, (i, digest, a) in enumerate(items):
-                f = self._features(a, desc[j], {k: v[j] for k, v in grids.items()}, paths[i])
-                results[i] = f
-                self._cache_put(digest, f)
 
         def flush() -> None:
             if not pending:
                 return
-            chips = np.stack([a.chip for _, _, a in pending])
-            future: Future = pool.submit(self.embed_chips, chips) if overlap else Future()
-            if not overlap:
-                future.set_result(self.embed_chips(chips))
-            collect()  # the previous batch
-            inflight.append((future, list(pending)))
+            desc, grids = self.embed_chips(np.stack([a.chip for _, _, a in pending]))
+            for j, (i, digest, a) in enumerate(pending):
+                f = self._features(a, desc[j], {k: v[j] for k, v in grids.items()}, paths[i])
+                results[i] = f
+                self._cache_put(digest, f)
             pending.clear()
 
-        overlap = 0 < PIPELINE_BATCH < len(paths)
-        batch = min(self.batch_size, PIPELINE_BATCH) if overlap else self.batch_size
-        with (ThreadPoolExecutor(1, thread_name_prefix="facerank-embed") as pool,
-              progress_bar(progress, description, len(paths)) as advance):
+        with progress_bar(progress, description, len(paths)) as advance:
             for i, p in enumerate(paths):
                 try:
                     data = read(p)
@@ -420,7 +399,7 @@ class FeatureExtractor:
                         image = load_image(data if data else p, name=p)
                         pending.append((i, digest, self.align(image, p) if known is None
                                         else self.align_points5(image, known[p])))
-                        if len(pending) >= batch:
+                        if len(pending) >= self.batch_size:
                             flush()
                 except FacerankError as e:
                     if raise_errors:
@@ -428,7 +407,6 @@ class FeatureExtractor:
                     failures.append((p, str(e)))
                 advance()
             flush()
-            collect()
         items = [results[i] for i in sorted(results)]
         return FeatureSet.stack(items, failures, self.grid_names)
 

@@ -21,10 +21,24 @@ face at search time (gallery rows store their descriptors):
 
     p = 1 / (1 + exp(-(w_s s + w_1 + sum_f (c_f + d_f s) Q_f)))   Q_f = z_f(a) + z_f(b)
 
-z_f is the feature standardised on the fit half's clean faces. Without the descriptors of
-both faces (a bare score) the model answers with its score-only form `a s + b`, fitted on the
-same pairs; the decision at a FAR compares the probability with that FAR's probability
-threshold (`probability_quality`, chosen on the clean impostor pairs of the fit half).
+z_f is the feature standardised on the fit half's clean faces. The "sum" design above uses
+Q_f; the "minmax" design uses the worse and the better face of each feature and the squared
+shortfall of the worse one, [min_f, max_f, min(min_f, 0)^2] (so a clean gallery face does not
+hide an occluded probe). Without the descriptors of both faces (a bare score) the model
+answers with its score-only form `a s + b`.
+
+Verdicts at a FAR. Without quality: the score reaches the FAR's score threshold (chosen on the
+clean impostor pairs of the fit half). A "minmax" model may also carry the impostor score
+distribution given the pair's quality (mean and log spread linear in the pair terms); with
+both faces' quality the verdict then asks the quality-normalised score (s - mean) / sd to reach
+the threshold that lets through that FAR of the fit half's impostor pairs (clean and degraded,
+each group weighted equally), and the score to reach a floor: the clean score threshold at
+`floor_factor` times the FAR (10 in the bundled files), so quality can lower the score
+threshold, but only that far. Low-quality
+impostor pairs score lower, so one score threshold is too strict on them (SFace let through
+0.05-0.4x of 1e-3 on photo-level variants); the normalised score holds the FAR per quality.
+An older "sum" model asks the score threshold and its quality-aware probability threshold
+both.
 
 A model file is a small JSON: the form, its parameters, the calibrator and backbone it was
 made for (a file for another calibrator or backbone is refused), the thresholds, and the

@@ -33,8 +33,9 @@ set) of each named variant, and, for `--photo-third` variants, the half-B rows o
 third of all LFW images that `benchmarks.cluster` edits (variant seed 0). Reported per
 (calibrator, cohort, probe set), for the bundled model's score-only form and its
 quality-aware form: ECE (15 bins, 50/50), and the FAR / TAR at its 1e-2/1e-3/1e-4 decision
-(score threshold, or the quality probability threshold), with the false-accept count and a
-95 % interval from a bootstrap over probes (impostor pairs of one probe are not independent).
+(score threshold, or the verdict's rule with quality, `MatchProbability.accepts`), with the
+false-accept count and a 95 % interval from a bootstrap over probes (impostor pairs of one
+probe are not independent).
 
     python -m benchmarks.probability --backbone sface --photo-variants cap,dark,hand
 """
@@ -170,11 +171,43 @@ def off_diagonal(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(~np.eye(n, dtype=bool))
 
 
+def probe_weights(probe: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """(P,) pair weights 1 / (pairs of the pair's probe in its class, same or different), so
+    each probe counts once among the same pairs and once among the different pairs (a person
+    with hundreds of images does not decide the fit)."""
+    key = 2 * np.asarray(probe, np.int64) + np.asarray(same, bool)
+    _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+    return 1.0 / cnt[inv]
+
+
+def photo_fit_pairs(cal: str, data: EvalData, cohort: AnchorSet, g_rows: np.ndarray,
+                    probe_rows: np.ndarray, probe_desc: np.ndarray, share: float,
+                    seed: int) -> tuple[np.ndarray, ...]:
+    """(scores, same, probe index, gallery row) of every (probe, clean gallery face of
+    g_rows) pair but a probe's own original, impostor pairs subsampled to `share`."""
+    labels, names = data.lfw.labels, np.asarray(data.lfw.names)
+    g_emb = data.features.embeddings[g_rows].astype(np.float64)
+    p_emb = probe_desc / np.linalg.norm(probe_desc, axis=1, keepdims=True)
+    tg = cohort_terms(cal, g_emb.astype(np.float32), names[labels[g_rows]], cohort)
+    tp = cohort_terms(cal, p_emb.astype(np.float32), names[labels[probe_rows]], cohort)
+    sc = combine(cal, p_emb @ g_emb.T, tp[:, None, :], tg[None, :, :])
+    y = labels[probe_rows][:, None] == labels[g_rows][None, :]
+    keep = (g_rows[None, :] != probe_rows[:, None]) & (
+        y | (np.random.default_rng(seed).random(sc.shape) < share))
+    ii, jj = np.nonzero(keep)
+    return sc[ii, jj], y[ii, jj], ii, g_rows[jj]
+
+
 def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], names: np.ndarray,
                 cohort: AnchorSet, centroid: np.ndarray, backbone: str, fit_impostors: float,
-                meta: dict) -> MatchProbability:
+                meta: dict, photo: dict | None = None, data: EvalData | None = None,
+                g_rows: np.ndarray | None = None, design: str = "sum",
+                per_probe: bool = False, floor_factor: float | None = None
+                ) -> MatchProbability:
     """Quality-aware model on the fit half: clean pairs (all) + (clean, variant) pairs of each
-    variant (same pairs all, impostors subsampled)."""
+    variant (same pairs all, impostors subsampled); `photo` {variant: (probe rows, raw probe
+    descriptors)}: also a group per photo variant, its probes against every clean face of
+    g_rows (`photo_fit_pairs`)."""
     rng = np.random.default_rng(0)
     clean = desc["clean"]
     qc = quality_features(clean, centroid)  # per face, then indexed by pair
@@ -187,27 +220,41 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
         keep = np.ones(len(sc), bool) if v == "clean" else y | (rng.random(len(sc))
                                                                 < fit_impostors)
         qv = quality_features(d, centroid)
-        parts.append((sc[keep], y[keep], qc[ii[keep]], qv[jj[keep]], np.full(keep.sum(), g)))
-    s, y, da, db, g = (np.concatenate(c) for c in zip(*parts, strict=True))
+        parts.append((sc[keep], y[keep], qc[ii[keep]], qv[jj[keep]], np.full(keep.sum(), g),
+                      probe_weights(ii[keep], y[keep])))
+    for k, (rows, d) in enumerate((photo or {}).values()):
+        sc, y, pi, gj = photo_fit_pairs(cal, data, cohort, g_rows, rows, d, fit_impostors, k)
+        parts.append((sc, y, quality_features(d, centroid)[pi],
+                      quality_features(data.features.descriptors[gj], centroid),
+                      np.full(len(sc), len(desc) + k), probe_weights(pi, y)))
+    s, y, da, db, g, pw = (np.concatenate(c) for c in zip(*parts, strict=True))
     return MatchProbability.fit_quality(s, y, da, db, g, centroid, calibrator=cal,
-                                        backbone=backbone, meta=meta)
+                                        backbone=backbone, meta=meta, design=design,
+                                        weights=pw if per_probe else None,
+                                        floor_factor=floor_factor,
+                                        fallback_groups=len(desc) if photo else None)
 
 
 PHOTO_SEED = 1  # the variant seed of `benchmarks.photo_variants`' cached probes
 
 
-def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[str]
+def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[str],
+                     detector: str = "lfw", half: str = "B", backbone: str = "dlib"
                      ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{set name: (LFW rows (Q,), raw probe descriptors (Q, D), detected (Q,) bool: a real
     detection, not the no-face fallback crop)}, every probe
     of identity half B (`identity_fold(labels, 0)` False): a clean-probe reference, the
     `n` seeded half-B probes of each variant (seed `PHOTO_SEED`), and the half-B rows of the
-    seeded third edited by `benchmarks.cluster` (seed 0) for the variants in `third`."""
+    seeded third edited by `benchmarks.cluster` (seed 0) for the variants in `third`.
+    detector "lfw": the probes go through the evaluation set-up (the features' own chain),
+    "yunet": through the product's chain (`train.data.query_extractor`: YuNet, the largest
+    face); half "A": the same of identity half A instead."""
     from benchmarks.cluster import photo_edit_rows
-    from facerank.train.data import photo_variant, variant_queries
+    from facerank.train.data import photo_variant, query_extractor, variant_queries
 
     labels = data.lfw.labels
-    half_b = ~identity_fold(labels, 0)
+    half_b = identity_fold(labels, 0) == (half == "A")
+    qx = None if detector == "lfw" else query_extractor(detector, backbone)
     sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def add(key: str, rows: np.ndarray, fs) -> None:  # noqa: ANN001
@@ -215,15 +262,15 @@ def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[st
         det = np.array([not x.startswith("fallback") for x in fs.det_sources])[keep]
         sets[key] = (rows[keep], fs.descriptors[keep], det)
 
-    rows = variant_queries(labels, n, 0)
+    rows = variant_queries(labels, n, 0, train_fold=half == "A")
     if variants:
         add(f"clean (n{n})", rows, data.features.take(rows))
     for v in variants:
         add(f"{v} (n{n})", rows, photo_variant(v, rows, PHOTO_SEED, data=data,
-                                               progress=False))
+                                               progress=False, queries=qx))
     edits = photo_edit_rows(len(labels), 1 / 3, 0, tuple(third)) if third else {}
     for v, r in edits.items():
-        add(f"{v} (third)", r, photo_variant(v, r, 0, data=data, progress=False))
+        add(f"{v} (third)", r, photo_variant(v, r, 0, data=data, progress=False, queries=qx))
     return sets
 
 
@@ -232,6 +279,19 @@ def _far_interval(fa: np.ndarray, imp: np.ndarray, reps: int = 2000) -> list[flo
     idx = np.random.default_rng(0).integers(0, len(fa), (reps, len(fa)))
     r = fa[idx].sum(axis=1) / np.maximum(imp[idx].sum(axis=1), 1)
     return [float(x) for x in np.quantile(r, [0.025, 0.975])]
+
+
+def _ece_interval(stats: np.ndarray, reps: int = 1000) -> list[float]:
+    """95 % bootstrap interval (over probes) of the 50/50 ECE from per-probe bin sums
+    stats (Q, 4, B): same-pair count, different-pair count, and their probability sums."""
+    idx = np.random.default_rng(0).integers(0, len(stats), (reps, len(stats)))
+    t = stats[idx].sum(axis=1)  # (reps, 4, B)
+    ws = 0.5 / np.maximum(t[:, 0].sum(axis=1, keepdims=True), 1)
+    wd = 0.5 / np.maximum(t[:, 1].sum(axis=1, keepdims=True), 1)
+    wt = t[:, 0] * ws + t[:, 1] * wd
+    gap = np.abs(t[:, 2] * ws + t[:, 3] * wd - t[:, 0] * ws)
+    ece = gap.sum(axis=1) / wt.sum(axis=1)  # sum_b wt_b |mean p_b - share_b|, wt_b > 0
+    return [float(x) for x in np.quantile(ece, [0.025, 0.975])]
 
 
 def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: EvalData,
@@ -247,10 +307,11 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
     tp = cohort_terms(cal, p_emb.astype(np.float32), names[p_lab], cohort)
     qg, qp = model.face_quality(data.features.descriptors[g_rows]), model.face_quality(
         probe_desc)
-    thr = {f: (model.threshold(f), model.thresholds[f"{f:.0e}"]["probability_quality"])
-           for f in FARS}
+    thr = {f: model.threshold(f) for f in FARS}
     forms = ("score only", "with quality")
     probs: dict[str, list] = {k: [] for k in forms}
+    bins = 15  # per probe and bin: same / different counts and probability sums (ECE interval)
+    stats = {k: np.zeros((len(probe_rows), 4, bins)) for k in forms}
     same: list[np.ndarray] = []
     # per probe: impostor / same pairs, and per (form, far) false / true accepts
     n_imp, n_same = np.zeros(len(probe_rows)), np.zeros(len(probe_rows))
@@ -267,12 +328,17 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
         q = ii + c
         n_imp += np.bincount(q, weights=~y, minlength=len(probe_rows))
         n_same += np.bincount(q, weights=y, minlength=len(probe_rows))
-        for f, (ts, tq) in thr.items():
-            for k, dec in (("score only", s >= ts), ("with quality", p["with quality"] >= tq)):
+        for f, ts in thr.items():  # with quality: the verdict's rule (`accepts`)
+            for k, dec in (("score only", s >= ts),
+                           ("with quality", model.accepts(s, qp[sl][ii], qg[jj], f))):
                 acc[k, f, "fa"] += np.bincount(q, weights=dec & ~y, minlength=len(probe_rows))
                 acc[k, f, "ta"] += np.bincount(q, weights=dec & y, minlength=len(probe_rows))
         for k in forms:
             probs[k].append(p[k].astype(np.float32))
+            b = q * bins + np.minimum((p[k] * bins).astype(int), bins - 1)
+            n = len(probe_rows) * bins
+            for col, wts in enumerate((y, ~y, p[k] * y, p[k] * ~y)):
+                stats[k][:, col] += np.bincount(b, weights=wts, minlength=n).reshape(-1, bins)
         same.append(y)
     y = np.concatenate(same)
     w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
@@ -280,7 +346,8 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
                  "n_different": int((~y).sum())}
     for k in forms:
         ece = expected_calibration_error(np.concatenate(probs[k]), y, 15, w)
-        out[k] = {"ece": ece["ece"], "reliability": ece["bins"], "far": {}, "tar": {}}
+        out[k] = {"ece": ece["ece"], "ece_ci95": _ece_interval(stats[k]),
+                  "reliability": ece["bins"], "far": {}, "tar": {}}
         for f in FARS:
             fa = acc[k, f, "fa"]
             out[k]["far"][f"{f:.0e}"] = {
@@ -306,13 +373,18 @@ def _halves(backbone: str) -> tuple[EvalData, dict[str, np.ndarray], dict[str, A
     return data, halves, cohorts
 
 
+def _split(x: str | None) -> list[str]:
+    return [v.strip() for v in (x or "").split(",") if v.strip()]
+
+
 def run_photo(args: argparse.Namespace) -> dict:
     """The bundled models on photo-level variants of identity half B (see the docstring)."""
     data, halves, cohorts = _halves(args.backbone)
     split = lambda x: [v.strip() for v in x.split(",") if v.strip()]  # noqa: E731
     t0 = time.perf_counter()
     sets = photo_probe_sets(data, split(args.photo_variants), args.photo_queries,
-                            split(args.photo_third))
+                            split(args.photo_third), args.photo_detector,
+                            backbone=args.backbone)
     console.print(f"{len(sets)} probe sets loaded ({time.perf_counter() - t0:.0f} s)")
     g_rows = halves["B"]
     out: dict = {"backbone": args.backbone, "model": data.extractor.model_id,
@@ -341,6 +413,23 @@ def run_photo(args: argparse.Namespace) -> dict:
                 console.print(f"{cal:6s} {cname:5s} {key:28s} " + "  ".join(
                     f"{k}: ECE {100 * r[k]['ece']:.2f} FAR@1e-3 {f['ratio']:.2f}x "
                     f"({f['false_accepts']})" for k, f in far3.items()))
+    return out
+
+
+def photo_report(cal: str, model: MatchProbability, data: EvalData,
+                 cohorts: dict[str, AnchorSet], test_half: str, fit_half: str,
+                 g_rows: np.ndarray, sets: dict, tag: str = "") -> dict:
+    """`photo_pairs` of `model` on each probe set of the test half, per cohort."""
+    out: dict = {}
+    for cname, ch in ((("-", fit_half),) if cal == "none" else (("own", test_half),
+                                                                 ("other", fit_half))):
+        for key, (rows, desc, _) in sets.items():
+            r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc)
+            out[f"{cname}/{key}"] = r
+            far3 = {k: r[k]["far"]["1e-03"] for k in ("score only", "with quality")}
+            console.print(f"{tag}{cal:6s} {cname:5s} {key:28s} " + "  ".join(
+                f"{k}: ECE {100 * r[k]['ece']:.2f} FAR@1e-3 {f['ratio']:.2f}x "
+                f"({f['false_accepts']})" for k, f in far3.items()))
     return out
 
 
@@ -380,6 +469,19 @@ def run(args: argparse.Namespace) -> dict:
         centroid /= np.linalg.norm(centroid)
         ti, tj = off_diagonal(len(test_rows))
         run_out: dict = {}
+        photo_fit: dict = {}
+        if args.quality and args.photo_fit:  # photo-variant probes of the fit half
+            fit_sets = photo_probe_sets(data, _split(args.photo_fit), args.photo_queries, [],
+                                        args.photo_detector, fit_half, args.backbone)
+            photo_fit = {k.split(" (")[0]: (r, d) for k, (r, d, _) in fit_sets.items()
+                         if not k.startswith("clean")}
+            test_sets = photo_probe_sets(data, _split(args.photo_variants), args.photo_queries,
+                                         _split(args.photo_third), args.photo_detector,
+                                         test_half, args.backbone)
+            console.print(f"photo variants: {len(photo_fit)} fit sets (half {fit_half}), "
+                          f"{len(test_sets)} test sets (half {test_half})")
+        qkw = {"data": data, "g_rows": halves[fit_half], "design": args.design,
+               "per_probe": args.per_probe, "floor_factor": args.floor_factor}
         for cal in ([] if args.openset_only else args.calibrators.split(",")):
             fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], fit_names,
                                  cohorts[fit_half])
@@ -390,7 +492,8 @@ def run(args: argparse.Namespace) -> dict:
             if args.quality:
                 models["quality"] = fit_quality(
                     cal, fit_rows, fit_desc, fit_names, cohorts[fit_half], centroid,
-                    args.backbone, args.fit_impostors, {"fit": f"LFW half {fit_half}"})
+                    args.backbone, args.fit_impostors, {"fit": f"LFW half {fit_half}"},
+                    photo=photo_fit, **qkw)
             res: dict = {"fit_pairs": {"same": int(fy.sum()), "different": int((~fy).sum())},
                          "thresholds": models["isotonic"].thresholds}
             if args.quality:
@@ -407,21 +510,32 @@ def run(args: argparse.Namespace) -> dict:
                             qa = m.face_quality(var_desc["clean"])[ti]
                             qb = m.face_quality(var_desc[v])[tj]
                             p = m(s, qa, qb)
-                            thr = {f: m.thresholds[f"{f:.0e}"]["probability_quality"]
-                                   for f in FARS}
-                            dec = p
+                            acc = {f: m.accepts(s, qa, qb, f) for f in FARS}
                         else:
-                            p, thr, dec = m(s), {f: m.threshold(f) for f in FARS}, s
+                            p = m(s)
+                            acc = {f: s >= m.threshold(f) for f in FARS}
                         ece = expected_calibration_error(p, y, 15, w)
                         row[k] = {"ece": ece["ece"], "reliability": ece["bins"],
-                                  "far": {f"{f:.0e}": float((dec[~y] >= thr[f]).mean())
-                                          for f in FARS},
-                                  "tar": {f"{f:.0e}": float((dec[y] >= thr[f]).mean())
-                                          for f in FARS}}
+                                  "far": {f"{f:.0e}": float(acc[f][~y].mean()) for f in FARS},
+                                  "tar": {f"{f:.0e}": float(acc[f][y].mean()) for f in FARS}}
                     res[f"{cohort_name}/{v}"] = row
                     console.print(f"fit {fit_half} {cal:7s} {cohort_name:5s} {v:10s} "
                                   + " ".join(f"{k} ECE {row[k]['ece']:.4f} FAR@1e-3 "
                                              f"{row[k]['far']['1e-03']:.5f}" for k in models))
+            if photo_fit:
+                res["photo"] = photo_report(cal, models["quality"], data, cohorts, test_half,
+                                            fit_half, halves[test_half], test_sets)
+            if photo_fit and args.photo_holdout and cal == "none":
+                res["photo_holdout"] = {}
+                for v in photo_fit:  # leave v out of the fit, report on v
+                    m = fit_quality(cal, fit_rows, fit_desc, fit_names, cohorts[fit_half],
+                                    centroid, args.backbone, args.fit_impostors, {},
+                                    photo={k: x for k, x in photo_fit.items() if k != v},
+                                    **qkw)
+                    held = {k: x for k, x in test_sets.items() if k.split(" (")[0] == v}
+                    res["photo_holdout"][v] = photo_report(
+                        cal, m, data, cohorts, test_half, fit_half, halves[test_half], held,
+                        tag=f"without {v}: ")
             run_out[cal] = res
             if args.write_defaults and fit_half == "A":
                 m = models["quality" if args.quality else args.kind]
@@ -432,7 +546,12 @@ def run(args: argparse.Namespace) -> dict:
                                  "per person of half A, own identity left out"
                                  + (f"; plus (clean, degraded) pairs of {args.variants} "
                                     f"(impostors subsampled {args.fit_impostors}), each "
-                                    "group weighted equally" if args.quality else ""))
+                                    "group weighted equally" if args.quality else "")
+                                 + (f"; plus photo-level variants {args.photo_fit} of "
+                                    f"{args.photo_queries} seeded half-A photos "
+                                    f"({args.photo_detector} detector), each against every "
+                                    "clean half-A image" if photo_fit else "")
+                                 + ("; pairs weighted per probe" if args.per_probe else ""))
                 m.save(DEFAULTS / f"prob-{args.backbone}-{cal}.json")
         if args.openset or args.openset_only:
             sizes = [int(x) for x in args.openset_sizes.split(",")]
@@ -478,10 +597,27 @@ def main() -> None:
     p.add_argument("--photo-third", default="",
                    help="photo variants also read from the seeded third of all images edited "
                    "by benchmarks.cluster (mask-shaded,lowres), half-B rows")
+    p.add_argument("--photo-detector", default="lfw", choices=("lfw", "yunet"),
+                   help="the chain photo probes go through: the evaluation set-up (lfw) or the "
+                   "product's (yunet: YuNet, the largest face)")
+    p.add_argument("--photo-fit", default=None,
+                   help="with --quality: also fit on these photo variants of the fit half's "
+                   "--photo-queries seeded photos, and report the fit on --photo-variants of "
+                   "the test half")
+    p.add_argument("--photo-holdout", action="store_true",
+                   help="with --photo-fit: refit without each photo variant, report on it")
+    p.add_argument("--design", default="sum", choices=("sum", "minmax"),
+                   help="pair terms of the quality model (MatchProbability.fit_quality)")
+    p.add_argument("--per-probe", action="store_true",
+                   help="weight the quality fit's pairs 1 / pairs of their probe")
+    p.add_argument("--floor-factor", type=float, default=None,
+                   help="fit the impostor scores given quality: verdicts by the "
+                   "quality-normalised score, floored at the clean score threshold of this "
+                   "many times the FAR (minmax design)")
     p.add_argument("--photo-detected", action="store_true",
                    help="also report each photo probe set on its probes with a real detection")
     args = p.parse_args()
-    if args.photo_variants is not None:
+    if args.photo_variants is not None and not args.photo_fit:
         out = run_photo(args)
         out["command"] = "python -m benchmarks.probability " + " ".join(sys.argv[1:])
         write_result(f"probability_{args.backbone}_photo{args.suffix}", out)

@@ -145,3 +145,68 @@ def test_quality_model_calibrates_degraded_pairs_and_falls_back(tmp_path) -> Non
     (tmp_path / "bad.json").write_text(json.dumps(d))
     with pytest.raises(ModelFileError, match="quality block"):
         MatchProbability.load(tmp_path / "bad.json")
+
+
+def _shifted_impostor_pairs(n: int = 20000, seed: int = 0):  # noqa: ANN202
+    """Clean pairs (group 0) and degraded pairs (group 1, short descriptors) whose impostor
+    scores are lower and tighter as well: one score threshold cannot hold a FAR on both."""
+    rng = np.random.default_rng(seed)
+    d = 8
+    centroid = np.eye(d)[0]
+    rows = []
+    for g, length, (mi, si), (ms, ss) in ((0, 10.0, (0.1, 0.1), (0.7, 0.1)),
+                                          (1, 4.0, (0.06, 0.08), (0.4, 0.15))):
+        y = rng.random(n) < 0.3
+        s = np.where(y, rng.normal(ms, ss, n), rng.normal(mi, si, n))
+        da = rng.normal(size=(n, d))
+        da *= length * np.exp(rng.normal(0, 0.05, (n, 1))) / np.linalg.norm(
+            da, axis=1, keepdims=True)
+        db = rng.normal(size=(n, d))
+        db *= 10.0 * np.exp(rng.normal(0, 0.05, (n, 1))) / np.linalg.norm(db, axis=1,
+                                                                          keepdims=True)
+        rows.append((s, y, da, db, np.full(n, g)))
+    return [np.concatenate(c) for c in zip(*rows, strict=True)], centroid
+
+
+def test_quality_normalised_verdict_holds_the_far_on_each_quality(tmp_path) -> None:
+    (s, y, da, db, g), centroid = _shifted_impostor_pairs()
+    fa, fb = quality_features(da, centroid), quality_features(db, centroid)
+    m = MatchProbability.fit_quality(s, y, fa, fb, g, centroid, calibrator="none",
+                                     backbone="sface", design="minmax", floor_factor=10,
+                                     fallback_groups=1)
+    qa, qb = m.face_quality(da), m.face_quality(db)
+    t = m.thresholds["1e-02"]
+    assert t["score_floor"] < t["score"]
+    for k in (0, 1):
+        imp = (g == k) & ~y
+        by_score = (s[imp] >= t["score"]).mean() / 1e-2
+        acc = m.accepts(s, qa, qb, 1e-2)
+        ratio = acc[imp].mean() / 1e-2
+        assert 0.6 < ratio < 1.6, (k, ratio)
+        if k == 1:  # the clean score threshold alone is far too strict on degraded pairs
+            assert by_score < 0.2
+            w = np.where(y, 0.5 / y[g == 1].sum(), 0.5 / (~y[g == 1]).sum())[g == 1]
+            assert expected_calibration_error(m(s, qa, qb)[g == 1], y[g == 1],
+                                              weights=w)["ece"] < 0.03
+    acc = m.accepts(s, qa, qb, 1e-2)
+    assert not (acc & (s < t["score_floor"])).any()
+    # the string verdict follows the same rule; a bare score falls back to the score threshold
+    for i in range(0, 400, 7):
+        want = "same person" if acc[i] else "different people"
+        assert m.verdict(float(s[i]), far=1e-2, qa=qa[i:i + 1], qb=qb[i:i + 1]) == want
+    np.testing.assert_array_equal(m.accepts(s, far=1e-2), s >= t["score"])
+    # the score-only fallback was fitted on the clean group only: calibrated there
+    w0 = np.where(y, 0.5 / y[g == 0].sum(), 0.5 / (~y[g == 0]).sum())[g == 0]
+    assert expected_calibration_error(m(s[g == 0]), y[g == 0], weights=w0)["ece"] < 0.03
+    # JSON round trip keeps the design and the impostor fit
+    m.save(tmp_path / "m.json")
+    back = MatchProbability.load(tmp_path / "m.json", calibrator="none", backbone="sface")
+    np.testing.assert_array_equal(back.accepts(s, qa, qb, 1e-2), acc)
+    np.testing.assert_allclose(back(s, qa, qb), m(s, qa, qb))
+    d = m.to_dict()
+    d["quality"]["design"] = "cubic"
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="pair design"):
+        MatchProbability.load(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="floor_factor"):
+        MatchProbability.fit_quality(s, y, fa, fb, g, centroid, floor_factor=10)

@@ -40,7 +40,7 @@ def test_photo_pairs_match_a_double_loop() -> None:
     cohort = AnchorSet(data.features.embeddings[::4], "test", np.asarray(data.lfw.names))
     out = photo_pairs("none", model, cohort, data, g_rows, probe_rows, probe_desc, chunk=2)
 
-    s, y, pq = [], [], []
+    s, y, pq, qa, qb = [], [], [], [], []
     qg = model.face_quality(data.features.descriptors)
     qp = model.face_quality(probe_desc)
     for i, r in enumerate(probe_rows):
@@ -52,7 +52,9 @@ def test_photo_pairs_match_a_double_loop() -> None:
             s.append(c)
             y.append(labels[j] == labels[r])
             pq.append(model(np.array([c]), qp[i:i + 1], qg[j:j + 1])[0])
-    s, y, pq = np.array(s), np.array(y), np.array(pq)
+            qa.append(qp[i])
+            qb.append(qg[j])
+    s, y, pq, qa, qb = np.array(s), np.array(y), np.array(pq), np.array(qa), np.array(qb)
     assert out["n_same"] == y.sum() and out["n_different"] == (~y).sum()
     assert out["n_same"] + out["n_different"] == len(probe_rows) * (len(g_rows) - 1)
     w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
@@ -64,7 +66,7 @@ def test_photo_pairs_match_a_double_loop() -> None:
     for f in ("1e-02", "1e-03"):
         t = model.thresholds[f]
         fa_s = int(((s >= t["score"]) & ~y).sum())
-        fa_q = int(((pq >= t["probability_quality"]) & ~y).sum())
+        fa_q = int((model.accepts(s, qa, qb, float(f)) & ~y).sum())  # the verdict's rule
         got_s, got_q = out["score only"]["far"][f], out["with quality"]["far"][f]
         assert got_s["false_accepts"] == fa_s and got_q["false_accepts"] == fa_q
         counted += fa_s + fa_q

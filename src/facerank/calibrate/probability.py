@@ -21,10 +21,24 @@ face at search time (gallery rows store their descriptors):
 
     p = 1 / (1 + exp(-(w_s s + w_1 + sum_f (c_f + d_f s) Q_f)))   Q_f = z_f(a) + z_f(b)
 
-z_f is the feature standardised on the fit half's clean faces. Without the descriptors of
-both faces (a bare score) the model answers with its score-only form `a s + b`, fitted on the
-same pairs; the decision at a FAR compares the probability with that FAR's probability
-threshold (`probability_quality`, chosen on the clean impostor pairs of the fit half).
+z_f is the feature standardised on the fit half's clean faces. The "sum" design above uses
+Q_f; the "minmax" design uses the worse and the better face of each feature and the squared
+shortfall of the worse one, [min_f, max_f, min(min_f, 0)^2] (so a clean gallery face does not
+hide an occluded probe). Without the descriptors of both faces (a bare score) the model
+answers with its score-only form `a s + b`.
+
+Verdicts at a FAR. Without quality: the score reaches the FAR's score threshold (chosen on the
+clean impostor pairs of the fit half). A "minmax" model may also carry the impostor score
+distribution given the pair's quality (mean and log spread linear in the pair terms); with
+both faces' quality the verdict then asks the quality-normalised score (s - mean) / sd to reach
+the threshold that lets through that FAR of the fit half's impostor pairs (clean and degraded,
+each group weighted equally), and the score to reach a floor: the clean score threshold at
+`floor_factor` times the FAR (10 in the bundled files), so quality can lower the score
+threshold, but only that far. Low-quality
+impostor pairs score lower, so one score threshold is too strict on them (SFace let through
+0.05-0.4x of 1e-3 on photo-level variants); the normalised score holds the FAR per quality.
+An older "sum" model asks the score threshold and its quality-aware probability threshold
+both.
 
 A model file is a small JSON: the form, its parameters, the calibrator and backbone it was
 made for (a file for another calibrator or backbone is refused), the thresholds, and the
@@ -149,14 +163,42 @@ def logistic_fit_matrix(X: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int 
     return raw
 
 
-def _quality_design(s: np.ndarray, qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
-    """scores (P,), standardised qualities (P, F) of both faces -> design (P, 2 + 2F):
-    [s, 1, Q_1, s Q_1, ..., Q_F, s Q_F] with Q = qa + qb."""
-    q = qa + qb
+PAIR_DESIGNS = ("sum", "minmax")
+
+
+def pair_terms(qa: np.ndarray, qb: np.ndarray, design: str = "sum") -> np.ndarray:
+    """Standardised qualities (P, F) of both faces of each pair -> pair terms (P, T):
+    "sum": Q_f = qa_f + qb_f (T = F); "minmax": the worse and the better face of each feature
+    and the squared shortfall of the worse one, [min_f, max_f, min(min_f, 0)^2] (T = 3F)."""
+    qa, qb = np.asarray(qa, np.float64), np.asarray(qb, np.float64)
+    if design == "sum":
+        return qa + qb
+    if design == "minmax":
+        lo, hi = np.minimum(qa, qb), np.maximum(qa, qb)
+        return np.concatenate([lo, hi, np.minimum(lo, 0.0) ** 2], axis=1)
+    raise ModelFileError(f"unknown pair design {design!r}; known: {', '.join(PAIR_DESIGNS)}")
+
+
+def _n_terms(n_features: int, design: str) -> int:
+    return n_features * (3 if design == "minmax" else 1)
+
+
+def _quality_design(s: np.ndarray, qa: np.ndarray, qb: np.ndarray, design: str = "sum"
+                    ) -> np.ndarray:
+    """scores (P,), standardised qualities (P, F) of both faces -> design (P, 2 + 2T):
+    [s, 1, T_1, s T_1, ..., T_T, s T_T] with the pair terms T of `pair_terms`."""
+    q = pair_terms(qa, qb, design)
     cols = [s, np.ones_like(s)]
     for f in range(q.shape[1]):
         cols += [q[:, f], s * q[:, f]]
     return np.stack(cols, axis=1)
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    """The smallest x whose weighted share of the x above it is <= 1 - q."""
+    o = np.argsort(x, kind="stable")
+    cw = np.cumsum(w[o]) / w.sum()
+    return float(x[o][min(len(x) - 1, int(np.searchsorted(cw, q, side="left")) + 1)])
 
 
 class MatchProbability:
@@ -182,14 +224,23 @@ class MatchProbability:
                            np.asarray(self.quality["mean"], np.float64),
                            np.asarray(self.quality["sd"], np.float64),
                            np.asarray(self.quality["weights"], np.float64))
+                self._design = str(self.quality.get("design", "sum"))
+                imp = self.quality.get("impostor")
+                self._imp = None if imp is None else (
+                    np.asarray(imp["mean"], np.float64), np.asarray(imp["log_sd"], np.float64))
             except (KeyError, TypeError, ValueError):
                 raise ModelFileError("quality block: needs features, centroid, mean, sd and "
                                      "weights") from None
-            f = len(feats)
+            if self._design not in PAIR_DESIGNS:
+                raise ModelFileError(f"quality block: unknown pair design {self._design!r}; "
+                                     f"known: {', '.join(PAIR_DESIGNS)}")
+            f, t = len(feats), _n_terms(len(feats), self._design)
             if kind != "logistic" or self._q[2].shape != (f,) or self._q[3].shape != (f,) \
-                    or self._q[4].shape != (2 + 2 * f,) or self._q[1].ndim != 1:
-                raise ModelFileError("quality block: sizes of mean/sd/weights do not match "
-                                     "its features (logistic models only)")
+                    or self._q[4].shape != (2 + 2 * t,) or self._q[1].ndim != 1 \
+                    or (self._imp is not None and not self._imp[0].shape
+                        == self._imp[1].shape == (1 + t,)):
+                raise ModelFileError("quality block: sizes of mean/sd/weights/impostor do not "
+                                     "match its features (logistic models only)")
         if kind == "isotonic":
             self._kx = np.asarray(params["x"], np.float64)
             self._ky = np.asarray(params["y"], np.float64)
@@ -252,25 +303,42 @@ class MatchProbability:
                     feats_b: np.ndarray, group: np.ndarray, centroid: np.ndarray,
                     calibrator: str = "none", backbone: str = "dlib",
                     features: tuple[str, ...] = QUALITY_FEATURES, fars: tuple = FARS,
-                    meta: dict | None = None) -> MatchProbability:
+                    meta: dict | None = None, design: str = "sum",
+                    weights: np.ndarray | None = None, floor_factor: float | None = None,
+                    fallback_groups: int | None = None) -> MatchProbability:
         """Fit P(same | score, quality) on pairs (P,) whose faces have the quality features
         feats_a, feats_b (P, F) (`quality_features(descriptors, centroid, features)` of each
         face, indexed by pair); group (P,) int: 0 = clean pairs, k > 0 = pairs with a degraded
-        face (each group weighted equally, same and different pairs 50/50 within a group).
+        face (each group weighted equally, same and different pairs 50/50 within a group;
+        `weights` (P,), optional: relative weights of the pairs within their group and class,
+        e.g. 1 / pairs of the pair's probe so that no person dominates).
 
-        The score-only fallback (`params`) is fitted on the same weighted pairs; the
+        `design` "sum" or "minmax" (`pair_terms`). The score-only fallback (`params`) is fitted
+        on the same weighted pairs (only the groups < `fallback_groups` if given); the
         thresholds are chosen on the clean (group 0) impostor pairs: the score threshold and
         the quality-aware probability threshold at each FAR.
+
+        `floor_factor` (minmax only) also fits the impostor score distribution given the
+        pair's quality (mean and log spread linear in the pair terms, on every group's
+        impostor pairs): the verdict at FAR f then needs the quality-normalised score
+        (`normalised_score`) to reach the threshold that lets through f of the impostor pairs
+        (each group weighted equally), and the score to reach the clean score threshold at
+        FAR `floor_factor` * f (the floor: quality lowers the score threshold at most to it).
         """
         s = _scores(scores, "scores").ravel()
         y = np.asarray(same, dtype=bool).ravel()
         g = np.asarray(group).ravel()
         fa = np.asarray(feats_a, np.float64)
         fb = np.asarray(feats_b, np.float64)
-        if not (len(s) == len(y) == len(g) == len(fa) == len(fb)) or fa.shape != fb.shape \
-                or fa.ndim != 2 or fa.shape[1] != len(features):
-            raise InputError("scores, same, group and quality features must have one row per "
-                             "pair, one column per feature")
+        base = np.ones(len(s)) if weights is None else np.asarray(weights, np.float64).ravel()
+        if not (len(s) == len(y) == len(g) == len(fa) == len(fb) == len(base)) \
+                or fa.shape != fb.shape or fa.ndim != 2 or fa.shape[1] != len(features):
+            raise InputError("scores, same, group, weights and quality features must have one "
+                             "row per pair, one column per feature")
+        if design not in PAIR_DESIGNS:
+            raise InputError(f"unknown pair design {design!r}; choose {', '.join(PAIR_DESIGNS)}")
+        if floor_factor is not None and (design != "minmax" or not floor_factor >= 1):
+            raise InputError("floor_factor needs the minmax design and a value >= 1")
         w = np.zeros(len(s))
         groups = np.unique(g)
         for k in groups:
@@ -278,35 +346,86 @@ class MatchProbability:
             n_pos, n_neg = int((y & sel).sum()), int((~y & sel).sum())
             if n_pos < 2 or n_neg < 2:
                 raise InputError(f"pair group {k}: needs at least 2 same and 2 different pairs")
-            w[sel] = np.where(y[sel], 0.5 / n_pos, 0.5 / n_neg)
+            pos, neg = sel & y, sel & ~y
+            w[pos] = 0.5 * base[pos] / base[pos].sum()
+            w[neg] = 0.5 * base[neg] / base[neg].sum()
         w *= len(s) / w.sum()
         yf = y.astype(np.float64)
         clean = g == groups.min()
         ref = np.concatenate([fa[clean], fb[clean]])
         mean, sd = ref.mean(axis=0), np.maximum(ref.std(axis=0), 1e-12)
         qa, qb = (fa - mean) / sd, (fb - mean) / sd
-        weights = logistic_fit_matrix(_quality_design(s, qa, qb), yf, w)
-        a, b, _, _ = logistic_fit(s, yf, w)
+        coef = logistic_fit_matrix(_quality_design(s, qa, qb, design), yf, w)
+        fb_sel = np.ones(len(s), bool) if fallback_groups is None else g < fallback_groups
+        if not fb_sel.any():
+            raise InputError("fallback_groups leaves no pairs for the score-only fallback")
+        a, b, _, _ = logistic_fit(s[fb_sel], yf[fb_sel], w[fb_sel])
         quality = {"features": list(features), "centroid": np.asarray(centroid).tolist(),
-                   "mean": mean.tolist(), "sd": sd.tolist(), "weights": weights.tolist(),
-                   "pair_quality": "Q_f = z_f(a) + z_f(b)"}
+                   "mean": mean.tolist(), "sd": sd.tolist(), "weights": coef.tolist(),
+                   "design": design,
+                   "pair_quality": "Q_f = z_f(a) + z_f(b)" if design == "sum" else
+                   "[min_f, max_f, min(min_f, 0)^2] of z_f(a), z_f(b)"}
+        imp = ~y
+        if floor_factor is not None:  # impostor score given the pair's quality
+            X = np.concatenate([np.ones((len(s), 1)), pair_terms(qa, qb, design)], axis=1)
+            sw = np.sqrt(w[imp])[:, None]
+            m_coef = np.linalg.lstsq(X[imp] * sw, s[imp] * sw[:, 0], rcond=None)[0]
+            resid = np.log(np.abs(s[imp] - X[imp] @ m_coef) + 1e-6)
+            sd_coef = np.linalg.lstsq(X[imp] * sw, resid * sw[:, 0], rcond=None)[0]
+            quality["impostor"] = {"mean": m_coef.tolist(), "log_sd": sd_coef.tolist(),
+                                   "floor_factor": float(floor_factor)}
         model = cls("logistic", {"a": a, "b": b}, calibrator, backbone,
                     meta={"prior": 0.5, "n_same": int(y.sum()), "n_different": int((~y).sum()),
                           "groups": int(len(groups)), **(meta or {})}, quality=quality)
-        imp = clean & ~y
-        s_imp = np.sort(s[imp])
-        p_imp = np.sort(model(s[imp], qa[imp], qb[imp]))
+        cimp = clean & imp
+        s_imp = np.sort(s[cimp])
+        p_imp = np.sort(model(s[cimp], qa[cimp], qb[cimp]))
         p_all = model(s, qa, qb)
+        z_imp = None if floor_factor is None else model.normalised_score(s[imp], qa[imp],
+                                                                         qb[imp])
         for far in fars:
             idx = min(len(s_imp) - 1, int(np.ceil((1 - far) * len(s_imp))))
             thr, pthr = float(s_imp[idx]), float(p_imp[idx])
-            model.thresholds[_far_key(far)] = {
+            t = model.thresholds[_far_key(far)] = {
                 "far": far, "score": thr, "probability": float(model(np.array([thr]))[0]),
                 "probability_quality": pthr,
                 "tar": float((s[y & clean] >= thr).mean()),
                 "tar_quality": float((p_all[y & clean] >= pthr).mean()),
-                "n_impostor": int(imp.sum())}
+                "n_impostor": int(cimp.sum())}
+            if z_imp is not None:
+                fl = min(1.0, floor_factor * far)
+                t["z"] = _weighted_quantile(z_imp, w[imp], 1 - far)
+                t["score_floor"] = float(s_imp[min(len(s_imp) - 1,
+                                                   int(np.ceil((1 - fl) * len(s_imp))))])
+                t["tar_quality"] = float(model.accepts(s[y & clean], qa[y & clean],
+                                                       qb[y & clean], far).mean())
         return model
+
+    def normalised_score(self, scores: np.ndarray, qa: np.ndarray, qb: np.ndarray
+                         ) -> np.ndarray | None:
+        """(P,) scores and both faces' `face_quality` (P, F) -> (P,) the score in units of the
+        impostor spread at the pair's quality, (s - mean(q)) / sd(q); None for a model
+        without the impostor fit."""
+        if self.quality is None or self._imp is None:
+            return None
+        X = np.concatenate([np.ones((len(qa), 1)), pair_terms(qa, qb, self._design)], axis=1)
+        return (np.asarray(scores, np.float64) - X @ self._imp[0]) / np.exp(X @ self._imp[1])
+
+    def accepts(self, scores: np.ndarray, qa: np.ndarray | None = None,
+                qb: np.ndarray | None = None, far: float = 1e-3) -> np.ndarray:
+        """(P,) bool: the pairs decided "same person" at `far` (the rule of `verdict`)."""
+        t = self.thresholds[_far_key(far)]
+        s = np.asarray(scores, np.float64).ravel()
+        if self.quality is None or qa is None or qb is None \
+                or np.shape(qa) != np.shape(qb) or np.shape(qa) != (len(s), len(self._q[0])):
+            return s >= float(t["score"])
+        if "z" in t and self._imp is not None:
+            return (s >= float(t["score_floor"])) & (self.normalised_score(s, qa, qb)
+                                                     >= float(t["z"]))
+        same = s >= float(t["score"])
+        if "probability_quality" in t:
+            same &= self(s, qa, qb) >= float(t["probability_quality"])
+        return same
 
     def __call__(self, scores: np.ndarray, qa: np.ndarray | None = None,
                  qb: np.ndarray | None = None) -> np.ndarray:
@@ -317,7 +436,8 @@ class MatchProbability:
         s = np.asarray(scores, dtype=np.float64)
         if self.quality is not None and qa is not None and qb is not None \
                 and s.ndim == 1 and np.shape(qa) == np.shape(qb) == (len(s), len(self._q[0])):
-            z = np.clip(_quality_design(s, np.asarray(qa), np.asarray(qb)) @ self._q[4],
+            z = np.clip(_quality_design(s, np.asarray(qa), np.asarray(qb), self._design)
+                        @ self._q[4],
                         -40, 40)
             return np.where(np.isfinite(s), 1.0 / (1.0 + np.exp(-z)), np.nan)
         if self.kind == "logistic":
@@ -336,19 +456,17 @@ class MatchProbability:
                 qb: np.ndarray | None = None) -> str | None:
         """"same person" / "different people" at the FAR threshold, None without one.
 
-        The score must reach the FAR's score threshold. With both faces' quality (qa, qb
-        (1, F)) the pair's quality-aware probability must also reach the FAR's probability
-        threshold, so quality can make a verdict stricter, never looser: on occluders drawn on
-        the photo the quality threshold alone let through 2.5-9x its nominal FAR with SFace
-        (docs/results.md, photo-level variants), the score threshold alone at most 0.41x.
+        Without both faces' quality (qa, qb (1, F)) the score must reach the FAR's score
+        threshold. With them, a model with the impostor fit (`fit_quality(floor_factor=)`)
+        asks the quality-normalised score to reach the FAR's threshold `z` (the impostor
+        pairs of the pair's quality let through about `far`) and the score to reach the floor
+        `score_floor` (the clean score threshold at floor_factor * far), so quality can lower
+        the score threshold only down to the floor. An older model without it asks the score
+        threshold and the quality-aware probability threshold both.
         """
-        t = self.thresholds.get(_far_key(far))
-        if t is None:
+        if self.thresholds.get(_far_key(far)) is None:
             return None
-        same = float(score) >= float(t["score"])
-        if same and qa is not None and qb is not None and "probability_quality" in t \
-                and self.quality is not None and np.shape(qa) == (1, len(self._q[0])):
-            same = bool(self(np.array([float(score)]), qa, qb)[0] >= t["probability_quality"])
+        same = bool(self.accepts(np.array([float(score)]), qa, qb, far)[0])
         return "same person" if same else "different people"
 
     def check(self, calibrator: str, backbone: str | None = None) -> None:

@@ -190,6 +190,10 @@ def test_quality_normalised_verdict_holds_the_far_on_each_quality(tmp_path) -> N
                                               weights=w)["ece"] < 0.03
     acc = m.accepts(s, qa, qb, 1e-2)
     assert not (acc & (s < t["score_floor"])).any()
+    # strict (a search's top-1): quality can only make the verdict stricter
+    strict = m.accepts(s, qa, qb, 1e-2, strict=True)
+    np.testing.assert_array_equal(strict, acc & (s >= t["score"]))
+    assert (acc & ~strict).any()
     # the string verdict follows the same rule; a bare score falls back to the score threshold
     for i in range(0, 400, 7):
         want = "same person" if acc[i] else "different people"

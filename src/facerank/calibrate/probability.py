@@ -412,16 +412,20 @@ class MatchProbability:
         return (np.asarray(scores, np.float64) - X @ self._imp[0]) / np.exp(X @ self._imp[1])
 
     def accepts(self, scores: np.ndarray, qa: np.ndarray | None = None,
-                qb: np.ndarray | None = None, far: float = 1e-3) -> np.ndarray:
-        """(P,) bool: the pairs decided "same person" at `far` (the rule of `verdict`)."""
+                qb: np.ndarray | None = None, far: float = 1e-3,
+                strict: bool = False) -> np.ndarray:
+        """(P,) bool: the pairs decided "same person" at `far` (the rule of `verdict`).
+
+        strict: quality may only make the verdict stricter (the floor is the clean score
+        threshold itself), for a search's top-1, which is the best of many impostor chances."""
         t = self.thresholds[_far_key(far)]
         s = np.asarray(scores, np.float64).ravel()
         if self.quality is None or qa is None or qb is None \
                 or np.shape(qa) != np.shape(qb) or np.shape(qa) != (len(s), len(self._q[0])):
             return s >= float(t["score"])
         if "z" in t and self._imp is not None:
-            return (s >= float(t["score_floor"])) & (self.normalised_score(s, qa, qb)
-                                                     >= float(t["z"]))
+            floor = float(t["score"] if strict else t["score_floor"])
+            return (s >= floor) & (self.normalised_score(s, qa, qb) >= float(t["z"]))
         same = s >= float(t["score"])
         if "probability_quality" in t:
             same &= self(s, qa, qb) >= float(t["probability_quality"])
@@ -453,7 +457,7 @@ class MatchProbability:
         return None if t is None else float(t["score"])
 
     def verdict(self, score: float, far: float = 1e-3, qa: np.ndarray | None = None,
-                qb: np.ndarray | None = None) -> str | None:
+                qb: np.ndarray | None = None, strict: bool = False) -> str | None:
         """"same person" / "different people" at the FAR threshold, None without one.
 
         Without both faces' quality (qa, qb (1, F)) the score must reach the FAR's score
@@ -462,11 +466,11 @@ class MatchProbability:
         pairs of the pair's quality let through about `far`) and the score to reach the floor
         `score_floor` (the clean score threshold at floor_factor * far), so quality can lower
         the score threshold only down to the floor. An older model without it asks the score
-        threshold and the quality-aware probability threshold both.
+        threshold and the quality-aware probability threshold both. `strict`: see `accepts`.
         """
         if self.thresholds.get(_far_key(far)) is None:
             return None
-        same = bool(self.accepts(np.array([float(score)]), qa, qb, far)[0])
+        same = bool(self.accepts(np.array([float(score)]), qa, qb, far, strict)[0])
         return "same person" if same else "different people"
 
     def check(self, calibrator: str, backbone: str | None = None) -> None:

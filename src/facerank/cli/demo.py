@@ -131,9 +131,11 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         console.print(table)
         top = chain[0]
         score = top.stage_scores["calibrated"] if cal is not None else top.stage1
+        # the top-1 of a search is the best of thousands of impostor chances: quality may
+        # only make its verdict stricter than the clean pair threshold
         said = None if prob is None else prob.verdict(
             score, qa=prob.face_quality(probe.descriptors[:1]),
-            qb=prob.face_quality(gfeats.descriptors[[top.row]]))
+            qb=prob.face_quality(gfeats.descriptors[[top.row]]), strict=True)
         line = f"top-1 {top.identity}: {SCALE} {_pct(top.probability)}"
         line += "" if said is None else f" -> {said} at FAR 1e-3"
         if probe_conf is not None:

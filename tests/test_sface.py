@@ -253,8 +253,9 @@ def test_sface_yunet_path_does_not_import_dlib(lfw_images) -> None:
 
 def test_ort_spinning_switch(monkeypatch) -> None:
     """onnxruntime's threads do not spin-wait by default; FACERANK_ORT_SPIN=1 lets them."""
-    from facerank._util.cores import ort_session_options
+    from facerank._util.cores import MAX_ORT_THREADS, ort_session_options, usable_cores
 
+    assert ort_session_options().intra_op_num_threads == min(MAX_ORT_THREADS, usable_cores())
     key = "session.intra_op.allow_spinning"
     monkeypatch.delenv("FACERANK_ORT_SPIN", raising=False)
     opts = ort_session_options(2)

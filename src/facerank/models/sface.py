@@ -17,10 +17,16 @@ and the chosen maps added as graph outputs (the `onnx` package):
     descriptor fc1  (B, 128)
 
 Descriptors equal `cv2.FaceRecognizerSF.feature` on the same crop to 2.5e-7 after L2
-normalisation (tests/test_sface.py). Side by side on this machine (busy 2-core box, batch 32,
-one thread, min of 4 runs, 18:08 UTC): onnxruntime on the dequantised graph 64 ms/face, on the
-int8bq graph 74 ms/face, `FaceRecognizerSF.feature` (OpenCV DNN, no grids) 68 ms/face; see
-benchmarks/extract.py for the backbone ratio.
+normalisation (tests/test_sface.py). onnxruntime's PRelu kernel was the slowest part of the
+graph (46 % of a face's time on one core, by onnxruntime's profiler), so each PRelu runs as
+Max(x, s x) instead (`_prelu_as_max`). The outputs do not change: the largest difference on 64
+LFW chips is 0.0 for the descriptor and every grid. One face, side by side in one run on the
+shared 2-core machine (load 1.5, one other job): 26.1 -> 16.2 ms on one thread (1.61x),
+27.4 -> 17.7 ms on two (1.55x); `python -m benchmarks.sface_prelu`,
+benchmarks/results/sface_prelu.json. Earlier, with PRelu, side by side on this machine (busy
+2-core box, batch 32, one thread, min of 4 runs): onnxruntime on the dequantised graph
+64 ms/face, on the int8bq graph 74 ms/face, `FaceRecognizerSF.feature` (OpenCV DNN, no grids)
+68 ms/face; see benchmarks/extract.py for the backbone ratio.
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ def _float_graph(data: bytes, outputs: dict[str, tuple[int, ...]]) -> bytes:
         w = (q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
         g.initializer.append(nh.from_array(w.astype(np.float32), node.output[0]))
         g.node.remove(node)
+    _fold_weight_reshapes(g)
+    _prelu_as_max(g)
     used = {i for n in g.node for i in n.input}
     for vi in [vi for vi in g.input if vi.name != _INPUT or vi.name not in used]:
         g.input.remove(vi)  # stale float-weight inputs the quantiser left behind
@@ -105,6 +113,87 @@ def _float_graph(data: bytes, outputs: dict[str, tuple[int, ...]]) -> bytes:
         g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
                                                            ["N", *shape]))
     return model.SerializeToString()
+
+
+def _fold_weight_reshapes(g: object) -> None:
+    """Replace each `Reshape` of a constant weight by the reshaped constant (in place)."""
+    from onnx import numpy_helper as nh
+
+    init = {i.name: i for i in g.initializer}
+    for node in [n for n in g.node if n.op_type == "Reshape"]:
+        x, shape = node.input[:2]
+        if x in init and shape in init:
+            w = nh.to_array(init[x]).reshape(nh.to_array(init[shape]))
+            g.initializer.append(nh.from_array(w, node.output[0]))
+            g.node.remove(node)
+
+
+def _input_channel_axis(conv: object, x: str, init: dict, channels: int) -> int | None:
+    """The axis of a Conv's constant weight that indexes its input channels: 1 for a plain
+    Conv, 0 for a depthwise one (group = channels, one filter each); None otherwise (another
+    op, a grouped Conv, a weight that is not constant, `x` not read as the data)."""
+    import onnx
+
+    if conv.op_type != "Conv" or conv.input[0] != x or conv.input[1] not in init:
+        return None
+    group = next((onnx.helper.get_attribute_value(a) for a in conv.attribute
+                  if a.name == "group"), 1)
+    out_ch, in_per_group = list(init[conv.input[1]].dims)[:2]
+    if group == 1 and in_per_group == channels:
+        return 1
+    if group == channels == out_ch and in_per_group == 1:
+        return 0
+    return None
+
+
+def _prelu_as_max(g: object) -> None:
+    """Rewrite PRelu(x) = x if x > 0 else s x (slope s per channel) as Max(x, s x), in place.
+
+    onnxruntime's CPU PRelu is slow: on one core it took 46 % of SFace's run time (12.1 of
+    26.0 ms per face; onnxruntime's profiler, loaded 2-core machine), while Mul + Max run as
+    fast vector kernels. Max(x, s x) equals PRelu for s <= 1 (also for s < 0). A channel with
+    s > 1 is negated on both sides: its BatchNormalization's scale and shift are multiplied by
+    -1, so Max(-x, -s x) = -PRelu(x), and the consuming Convs' weights for that input channel
+    by -1. Negation is exact in float32, so every output is unchanged. A PRelu with s > 1 whose
+    neighbours cannot take the sign (not BatchNormalization -> PRelu -> Conv only, or a graph
+    output) is left as it is."""
+    import onnx
+    from onnx import numpy_helper as nh
+
+    init = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    outputs = {o.name for o in g.output}
+
+    def scale(name: str, sign: np.ndarray, axis: int) -> None:
+        w = nh.to_array(init[name])
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        t = nh.from_array((w * sign.reshape(shape)).astype(w.dtype), name)
+        init[name].CopyFrom(t)
+
+    for node in [n for n in g.node if n.op_type == "PRelu"]:
+        x, slope = node.input
+        if slope not in init:
+            continue
+        s = nh.to_array(init[slope])
+        sign = np.where(s.reshape(-1) > 1, -1.0, 1.0).astype(np.float32)
+        if (sign < 0).any():
+            bn = producer.get(x)
+            users = [n for n in g.node if node.output[0] in n.input]
+            axes = [_input_channel_axis(u, node.output[0], init, sign.size) for u in users]
+            if (bn is None or bn.op_type != "BatchNormalization" or node.output[0] in outputs
+                    or not users or None in axes
+                    or not all(k in init for k in bn.input[1:3])):
+                continue
+            for k in bn.input[1:3]:  # gamma, beta: the BN output changes sign
+                scale(k, sign, 0)
+            for u, axis in zip(users, axes, strict=True):  # the Conv reads -x there
+                scale(u.input[1], sign, axis)
+        sx = node.output[0] + "_slope_x"
+        at = list(g.node).index(node)
+        g.node.insert(at, onnx.helper.make_node("Mul", [x, slope], [sx]))
+        g.node.insert(at + 1, onnx.helper.make_node("Max", [x, sx], [node.output[0]]))
+        g.node.remove(node)
 
 
 class SFace:

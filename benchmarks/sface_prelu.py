@@ -1,0 +1,79 @@
+"""SFace with onnxruntime's PRelu kernel vs the served Max(x, s x) graph, side by side.
+
+    python -m benchmarks.sface_prelu [--n 64] [--probes 40] [--repeats 3] [--threads 1 2]
+
+Both graphs are `facerank.models.sface._float_graph` of the same checked ONNX file; "prelu"
+keeps the PRelu nodes (as served before), "max" is the served graph (`_prelu_as_max`). On the
+YuNet chips of `--n` LFW images (every len/n-th file): the largest absolute difference of the
+descriptors and of each grid between the two graphs. Then one face per call, alternately,
+`--repeats` passes over `--probes` chips, for each thread count: p50 ms and the ratio.
+Writes benchmarks/results/sface_prelu.json with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from benchmarks.common import write_result
+from facerank._util.paths import lfw_root
+from facerank.face.features import make_extractor
+from facerank.face.imageio import load_image
+from facerank.models import sface
+
+
+def _net(threads: int | None, prelu: bool) -> sface.SFace:
+    keep = sface._prelu_as_max
+    if prelu:
+        sface._prelu_as_max = lambda g: None
+    try:
+        return sface.SFace(threads=threads)
+    finally:
+        sface._prelu_as_max = keep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--probes", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    files = sorted((lfw_root() / "images").glob("*/*.jpg"))
+    files = files[:: len(files) // args.n][: args.n]
+    fx = make_extractor(backbone="sface", cache=False)
+    chips = np.stack([fx.align(load_image(f), str(f)).chip for f in files])
+    grids = tuple(sface.SFACE_GRIDS)
+    d0, g0 = _net(1, True).embed_chips(chips, grids=grids)
+    d1, g1 = _net(1, False).embed_chips(chips, grids=grids)
+    diff = {"descriptor": float(np.abs(d1 - d0).max()),
+            **{g: float(np.abs(g1[g] - g0[g]).max()) for g in grids}}
+    print("largest |max - prelu|:", diff)
+    load = [os.getloadavg()]
+    timing = {}
+    for th in args.threads:
+        nets = {"prelu": _net(th, True), "max": _net(th, False)}
+        ms: dict[str, list[float]] = {k: [] for k in nets}
+        for net in nets.values():
+            net.embed_chips(chips[:1])
+        for _ in range(args.repeats):
+            for i in range(min(args.probes, len(chips))):
+                for k, net in nets.items():
+                    t = time.perf_counter()
+                    net.embed_chips(chips[i : i + 1])
+                    ms[k].append(1000 * (time.perf_counter() - t))
+        p50 = {k: float(np.median(v)) for k, v in ms.items()}
+        timing[str(th)] = {"p50_ms": p50, "prelu_over_max": p50["prelu"] / p50["max"],
+                           "n": len(ms["max"])}
+        print(f"threads {th}: PRelu {p50['prelu']:.2f} ms, Max {p50['max']:.2f} ms, "
+              f"{p50['prelu'] / p50['max']:.2f}x")
+    load.append(os.getloadavg())
+    write_result("sface_prelu", {"images": len(files), "max_abs_difference": diff,
+                                 "one_face": timing, "loadavg_before_after": load})
+
+
+if __name__ == "__main__":
+    main()

@@ -15,8 +15,9 @@ The kit (nothing of it is committed):
 - `dlib200.npz`: dlib features with grids of 200 LFW faces, for one-probe Stage 2 timings.
 
 `cpu` times, per probe and alternately: "before" (by default the same chain with SFace's
-PRelu nodes kept; `FACERANK_DEVICE_BEFORE=one-thread`: SFace on one onnxruntime thread and
-dlib's 5-point model run on every YuNet face) and "after" (today's defaults):
+PRelu nodes kept and 64 faces per run; `FACERANK_DEVICE_BEFORE=one-thread`: SFace on one
+onnxruntime thread and dlib's 5-point model run on every YuNet face) and "after" (today's
+defaults):
 decode, detect, align, embed, search (Stage 1 + `--stage2 auto` + match probability), and the
 whole `facerank.Gallery.search(path)` call (first pass, so the feature cache is cold). Then
 enrolment in images/s for both, and one-probe Stage 2 (k = 100) for EMD and Face-ViT (on the
@@ -143,7 +144,8 @@ SKIP_5POINT_BEFORE = os.environ.get("FACERANK_DEVICE_NO_DLIB5") == "1"  # model 
 def _extractors(gallery: object) -> dict[str, object]:
     """"after": today's defaults. "before" ($FACERANK_DEVICE_BEFORE): "prelu" (default), the
     same chain with SFace's PRelu nodes kept (onnxruntime's PRelu kernel, as shipped before
-    `facerank.models.sface._prelu_as_max`); "one-thread": SFace on one onnxruntime thread and
+    `facerank.models.sface._prelu_as_max`) and up to 64 faces per onnxruntime run (before
+    `RUN_BATCH`); "one-thread": SFace on one onnxruntime thread and
     dlib's 5-point model on YuNet faces (the chain before that)."""
     from facerank.face.detect import FaceDetector
     from facerank.face.features import FeatureExtractor
@@ -159,6 +161,7 @@ def _extractors(gallery: object) -> dict[str, object]:
             backbone = SFaceBackbone()
         finally:
             sface._prelu_as_max = keep
+        backbone.net.run_batch = 64  # as the extractor's batches ran before
         before = FeatureExtractor(backbone=backbone, cache=False, grids=after.grid_names,
                                   detector=after.detector)
     else:

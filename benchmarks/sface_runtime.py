@@ -1,13 +1,16 @@
-"""SFace with onnxruntime's PRelu kernel vs the served Max(x, s x) graph, side by side.
+"""SFace's onnxruntime settings, side by side in one run: PRelu vs Max(x, s x), and batch size.
 
-    python -m benchmarks.sface_prelu [--n 64] [--probes 40] [--repeats 3] [--threads 1 2]
+    python -m benchmarks.sface_runtime [--n 64] [--probes 40] [--repeats 3] [--threads 1 2]
+        [--batches 1 2 4 8 16 64]
 
 Both graphs are `facerank.models.sface._float_graph` of the same checked ONNX file; "prelu"
 keeps the PRelu nodes (as served before), "max" is the served graph (`_prelu_as_max`). On the
 YuNet chips of `--n` LFW images (every len/n-th file): the largest absolute difference of the
 descriptors and of each grid between the two graphs. Then one face per call, alternately,
-`--repeats` passes over `--probes` chips, for each thread count: p50 ms and the ratio.
-Writes benchmarks/results/sface_prelu.json with the machine's load.
+`--repeats` passes over `--probes` chips, for each thread count: p50 ms and the ratio. Then, for
+each thread count, the served graph on all `--n` chips at each faces-per-run size in
+`--batches` (passes interleaved, `--repeats` times): median ms per face ("batch").
+Writes benchmarks/results/sface_runtime.json with the machine's load.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
     args = ap.parse_args()
     files = sorted((lfw_root() / "images").glob("*/*.jpg"))
     files = files[:: len(files) // args.n][: args.n]
@@ -70,9 +74,22 @@ def main() -> None:
                            "n": len(ms["max"])}
         print(f"threads {th}: PRelu {p50['prelu']:.2f} ms, Max {p50['max']:.2f} ms, "
               f"{p50['prelu'] / p50['max']:.2f}x")
+    batch = {}
+    for th in args.threads:
+        net = _net(th, False)
+        per: dict[int, list[float]] = {b: [] for b in args.batches}
+        for _ in range(args.repeats):
+            for b in args.batches:
+                net.run_batch = b
+                t = time.perf_counter()
+                net.embed_chips(chips, batch_size=b)
+                per[b].append(1000 * (time.perf_counter() - t) / len(chips))
+        batch[str(th)] = {str(b): float(np.median(v)) for b, v in per.items()}
+        print(f"threads {th}, ms per face by faces per run:", batch[str(th)])
     load.append(os.getloadavg())
-    write_result("sface_prelu", {"images": len(files), "max_abs_difference": diff,
-                                 "one_face": timing, "loadavg_before_after": load})
+    write_result("sface_runtime", {"images": len(files), "max_abs_difference": diff,
+                                   "one_face": timing, "batch": batch,
+                                   "loadavg_before_after": load})
 
 
 if __name__ == "__main__":

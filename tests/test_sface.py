@@ -350,3 +350,27 @@ def test_sface_graph_has_no_prelu_and_equals_the_prelu_graph(monkeypatch) -> Non
     np.testing.assert_allclose(d1, d0, rtol=1e-5, atol=1e-5)
     for g in S.SFACE_GRIDS:
         np.testing.assert_allclose(g1[g], g0[g], rtol=1e-5, atol=1e-5)
+
+
+def test_sface_runs_few_faces_at_a_time_with_equal_outputs(monkeypatch) -> None:
+    """embed_chips feeds onnxruntime at most `run_batch` faces per run; the descriptors and
+    grids equal one run over all faces."""
+    from facerank.models import sface as S
+
+    net = S.SFace(threads=1)
+    seen: list[int] = []
+    run = net._session.run
+
+    def spy(outputs, feed):  # noqa: ANN001, ANN202
+        seen.append(len(feed["data"]))
+        return run(outputs, feed)
+
+    chips = np.random.default_rng(3).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    net.run_batch = 64
+    d0, g0 = net.embed_chips(chips, grids=("l2",))
+    monkeypatch.setattr(net._session, "run", spy, raising=False)
+    net.run_batch = S.RUN_BATCH
+    d1, g1 = net.embed_chips(chips, grids=("l2",))
+    assert seen == [2, 2, 1] and S.RUN_BATCH == 2
+    np.testing.assert_allclose(d1, d0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g1["l2"], g0["l2"], rtol=1e-5, atol=1e-5)

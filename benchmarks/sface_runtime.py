@@ -9,7 +9,8 @@ YuNet chips of `--n` LFW images (every len/n-th file): the largest absolute diff
 descriptors and of each grid between the two graphs. Then one face per call, alternately,
 `--repeats` passes over `--probes` chips, for each thread count: p50 ms and the ratio. Then, for
 each thread count, the served graph on all `--n` chips at each faces-per-run size in
-`--batches` (passes interleaved, `--repeats` times): median ms per face ("batch").
+`--batches` (passes interleaved, `--repeats` times): median ms per face ("batch"). First,
+onnxruntime's profiler on one thread gives each graph's time per face by operator type.
 Writes benchmarks/results/sface_runtime.json with the machine's load.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +38,39 @@ def _net(threads: int | None, prelu: bool) -> sface.SFace:
         return sface.SFace(threads=threads)
     finally:
         sface._prelu_as_max = keep
+
+
+def op_profile(chips: np.ndarray, prelu: bool, runs: int = 60) -> dict[str, float]:
+    """Microseconds per one-face run by operator type (onnxruntime's profiler, one thread)."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from facerank._util.cores import ort_session_options
+
+    net = _net(1, prelu)  # its graph, rebuilt in a session that profiles
+    keep = sface._prelu_as_max
+    if prelu:
+        sface._prelu_as_max = lambda g: None
+    try:
+        graph = sface._float_graph(sface.read_checked(net.path, sface.SFACE_SHA256), {})
+    finally:
+        sface._prelu_as_max = keep
+    opts = ort_session_options(1)
+    opts.enable_profiling = True
+    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    for i in range(runs):
+        session.run(None, {"data": chips[i % len(chips)][None].transpose(0, 3, 1, 2)
+                           .astype(np.float32)})
+    path = session.end_profiling()
+    events = json.loads(Path(path).read_text())
+    Path(path).unlink()
+    per_op: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"].get("op_name", "?")] += e["dur"] / runs
+    return dict(per_op.most_common())
 
 
 def main() -> None:
@@ -57,6 +92,11 @@ def main() -> None:
             **{g: float(np.abs(g1[g] - g0[g]).max()) for g in grids}}
     print("largest |max - prelu|:", diff)
     load = [os.getloadavg()]
+    profile = {k: op_profile(chips, k == "prelu") for k in ("prelu", "max")}
+    for k, ops in profile.items():
+        total = sum(ops.values())
+        print(f"{k}: {total / 1000:.1f} ms per face by the profiler;",
+              ", ".join(f"{op} {us / total:.0%}" for op, us in list(ops.items())[:4]))
     timing = {}
     for th in args.threads:
         nets = {"prelu": _net(th, True), "max": _net(th, False)}
@@ -89,6 +129,7 @@ def main() -> None:
     load.append(os.getloadavg())
     write_result("sface_runtime", {"images": len(files), "max_abs_difference": diff,
                                    "one_face": timing, "batch": batch,
+                                   "profile_us_per_face_one_thread": profile,
                                    "loadavg_before_after": load})
 
 

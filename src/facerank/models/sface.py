@@ -21,8 +21,8 @@ normalisation (tests/test_sface.py). onnxruntime's PRelu kernel was the slowest 
 graph (46 % of a face's time on one core, by onnxruntime's profiler), so each PRelu runs as
 Max(x, s x) instead (`_prelu_as_max`). The outputs do not change: the largest difference on 64
 LFW chips is 0.0 for the descriptor and every grid. One face, side by side in one run on the
-shared 2-core machine (load 1.5, one other job): 26.1 -> 16.2 ms on one thread (1.61x),
-27.4 -> 17.7 ms on two (1.55x); `python -m benchmarks.sface_runtime`,
+shared 2-core machine (load 3.4-3.7, one other job): 28.3 -> 17.8 ms on one thread (1.59x),
+27.7 -> 17.9 ms on two (1.55x); `python -m benchmarks.sface_runtime`,
 benchmarks/results/sface_runtime.json. Earlier, with PRelu, side by side on this machine (busy
 2-core box, batch 32, one thread, min of 4 runs): onnxruntime on the dequantised graph
 64 ms/face, on the int8bq graph 74 ms/face, `FaceRecognizerSF.feature` (OpenCV DNN, no grids)
@@ -48,7 +48,7 @@ SFACE_GRIDS = {"l4": "conv_6_relu", "l3": "conv_12_relu", "l2": "conv_14_relu"}
 SFACE_GRID_SHAPES = {"l4": (256, 28, 28), "l3": (512, 14, 14), "l2": (1024, 7, 7)}
 _INPUT, _OUTPUT = "data", "fc1"
 # faces per onnxruntime run. A batch's maps outgrow the CPU caches: per face, batches of 64
-# took 1.6x as long as batches of 1 or 2 (one and two threads;
+# took 1.7x as long as batches of 2 (one and two threads;
 # `python -m benchmarks.sface_runtime`, benchmarks/results/sface_runtime.json, key "batch")
 RUN_BATCH = 2
 

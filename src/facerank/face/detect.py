@@ -156,6 +156,13 @@ class FaceDetector:
 
             self._sp68 = dlib.shape_predictor(str(bundled_model(DLIB_SHAPE68)))
 
+    @property
+    def points_only(self) -> bool:
+        """YuNet with no dlib landmark model run on its faces: the detection depends only on
+        the image YuNet looks at, which it shrinks to `YUNET_MAX_SIDE` anyway."""
+        return (self.method == "yunet" and self._sp68 is None
+                and not (self.landmarks5 and self.align5 != "points"))
+
     @staticmethod
     def _rect(left: int, top: int, right: int, bottom: int) -> object:
         """A dlib rectangle (dlib is imported only by the paths that run a dlib model)."""

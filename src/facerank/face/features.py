@@ -22,7 +22,7 @@ from facerank._util.progress import progress_bar
 from facerank.errors import FacerankError, InputError
 from facerank.face.align.dlib_chip import landmarks_to_chip
 from facerank.face.detect import Detection, FaceDetector
-from facerank.face.imageio import load_image
+from facerank.face.imageio import JPEG_SCALES, load_image, load_image_reduced
 from facerank.models.backbone import Backbone, make_backbone
 
 __all__ = ["CHIP_PADDING", "CHIP_SIZE", "FEATURES_VERSION", "Aligned", "FaceFeatures",
@@ -195,6 +195,26 @@ class Aligned:
     points: np.ndarray | None = None  # (5, 2) image points the chip was cut from
 
 
+MIN_PIXELS_PER_CHIP_PIXEL = 2.0  # a chip is cut from an image with the face at >= 2x its size
+
+
+def _rescaled(det: Detection, factor: float) -> Detection:
+    """`det` with its box and points multiplied by `factor` (another decoded size of the same
+    photo; the convention `FaceDetector` uses when it shrinks an image for YuNet)."""
+    from dataclasses import replace
+
+    def mul(x: np.ndarray | None) -> np.ndarray | None:
+        return None if x is None else np.asarray(x, np.float64) * factor
+
+    return replace(det, box=mul(det.box), landmarks5=mul(det.landmarks5),
+                   landmarks68=mul(det.landmarks68), points5=mul(det.points5))
+
+
+def _pixels_per_chip_pixel(chip_to_image: np.ndarray) -> float:
+    """Image pixels per chip pixel of a 2x3 chip -> image affine (its linear part's scale)."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(chip_to_image, np.float64)[:, :2]))))
+
+
 class FeatureExtractor:
     """Batched image -> FaceFeatures with an on-disk cache.
 
@@ -260,6 +280,43 @@ class FeatureExtractor:
                     return Aligned(chip=chip, detection=det, chip_landmarks68=chip_l68)
                 return self.align_detection(image, det)  # other templates from its points5
         return self.align_detection(image, self.detector.detect(image, name))
+
+    def align_file(self, data: bytes, name: str) -> Aligned:
+        """`align` on an encoded image file, decoding no more pixels than the face needs.
+
+        With YuNet alone (`FaceDetector.points_only`: it looks at most `YUNET_MAX_SIDE` pixels
+        wide anyway, and no dlib landmark model runs on the face), a JPEG is first
+        decoded at 1/k of its size (libjpeg's DCT scaling, `load_image_reduced`), the largest
+        k that keeps that long side; the face is found there. The chip is then cut from the
+        image decoded at the largest k <= that which keeps at least `MIN_PIXELS_PER_CHIP_PIXEL`
+        image pixels per chip pixel (the same image when the face is large, the full photo
+        when it is small), at the points found in the reduced image. Box and points are
+        returned in the full photo's pixels. Other
+        formats, other detectors, dlib landmarks and pre-aligned crops decode in full."""
+        from facerank.face.detect import YUNET_MAX_SIDE
+
+        if not data or self.aligned != "none" or not self.detector.points_only:
+            return self.align(load_image(data if data else name, name=name), name)
+        small, k0 = load_image_reduced(data, name, min_long_side=YUNET_MAX_SIDE)
+        if k0 == 1:
+            return self.align(small, name)
+        det = self.detector.detect(small, name)
+        full = _rescaled(det, k0)  # in the full photo's pixels
+        per_chip = _pixels_per_chip_pixel(
+            self.backbone.chip_transform(self.backbone.points(full)))
+        k = next((s for s in (*JPEG_SCALES, 1)
+                  if s <= k0 and per_chip / s >= MIN_PIXELS_PER_CHIP_PIXEL), 1)
+        if k == k0:
+            image, at_k = small, det
+        else:
+            image, got = load_image_reduced(data, name, scale=k)
+            at_k = _rescaled(det, k0 / got)
+            k = got
+        a = self.align_detection(image, at_k)
+        a.detection = full
+        if a.points is not None:
+            a.points = a.points * k
+        return a
 
     def align_points5(self, image: np.ndarray, points5: np.ndarray) -> Aligned:
         """Cut the backbone's chip of a face whose 5 ArcFace points (5, 2) are known; the 68
@@ -395,10 +452,11 @@ class FeatureExtractor:
                     cached = self._cache_get(digest, p) if data else None
                     if cached is not None:
                         results[i] = cached
+                    elif known is None:
+                        pending.append((i, digest, self.align_file(data, p)))
                     else:
                         image = load_image(data if data else p, name=p)
-                        pending.append((i, digest, self.align(image, p) if known is None
-                                        else self.align_points5(image, known[p])))
+                        pending.append((i, digest, self.align_points5(image, known[p])))
                         if len(pending) >= self.batch_size:
                             flush()
                 except FacerankError as e:

@@ -11,8 +11,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facerank.errors import ImageError, InputError
 
-__all__ = ["ALLOWED_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "expand_images",
-           "list_images", "load_image", "save_image"]
+__all__ = ["ALLOWED_FORMATS", "IMAGE_SUFFIXES", "JPEG_SCALES", "MAX_PIXELS", "MIN_SIDE",
+           "expand_images", "list_images", "load_image", "load_image_reduced", "save_image"]
 
 
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompression bombs)
@@ -57,6 +57,27 @@ def load_image(
     Grayscale, palette, CMYK and alpha images are converted to RGB (alpha composited on white).
     Raises `ImageError` naming the file for empty, non-image, truncated, tiny or huge input.
     """
+    return _decode(source, name, max_pixels, None, 1)[0]
+
+
+JPEG_SCALES = (8, 4, 2)  # what libjpeg's DCT scaling decodes to cheaply: 1/8, 1/4, 1/2
+
+
+def load_image_reduced(
+    source: str | Path | bytes, name: str | None = None, min_long_side: int | None = None,
+    scale: int = 1, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, int]:
+    """`load_image`, with a JPEG decoded at 1/k of its size by libjpeg's DCT scaling (PIL's
+    `Image.draft`), which skips most of the decoding work. Returns (image, k): pixel (x, y) of
+    the image covers the original's k x k block at (k x, k y); k = 1 for other formats.
+
+    min_long_side: the largest k in `JPEG_SCALES` that keeps the long side >= it;
+    scale: else this k (1, 2, 4 or 8). The checks of `load_image` apply to the full size."""
+    return _decode(source, name, max_pixels, min_long_side, scale)
+
+
+def _decode(source: str | Path | bytes, name: str | None, max_pixels: int,
+            min_long_side: int | None, scale: int) -> tuple[np.ndarray, int]:
     label = _describe(source, name)
     if isinstance(source, bytes):
         data = source
@@ -69,6 +90,9 @@ def load_image(
         data = path.read_bytes()
     if not data:
         raise ImageError(f"{label}: file is empty (0 bytes); pass a JPEG or PNG photo")
+    if scale not in (1, *JPEG_SCALES):
+        raise InputError(f"scale must be 1, 2, 4 or 8, got {scale}")
+    k = 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,7 +111,13 @@ def load_image(
                     f"{label}: image is only {w}x{h} pixels; a face needs at least "
                     f"{MIN_SIDE}x{MIN_SIDE}"
                 )
+            want = scale
+            if min_long_side is not None:
+                want = next((s for s in JPEG_SCALES if max(w, h) / s >= min_long_side), 1)
+            if fmt == "JPEG" and want > 1:
+                img.draft("RGB", (-(-w // want), -(-h // want)))
             img.load()
+            k = max(1, round(w / img.size[0]))
             img = ImageOps.exif_transpose(img)
     except ImageError:
         raise
@@ -100,7 +130,7 @@ def load_image(
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{label}: image data is corrupt or truncated ({e}); re-export or "
                          "re-download the file") from None
-    return _to_rgb(img)
+    return _to_rgb(img), k
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

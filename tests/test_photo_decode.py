@@ -126,3 +126,44 @@ def test_points_only_detectors() -> None:
 
     assert FaceDetector(method="yunet", landmarks68=False, landmarks5=False).points_only
     assert not FaceDetector(method="yunet", landmarks68=True).points_only
+
+
+def test_phone_photo_through_api_and_web(sface_fx, lfw_root: Path, tmp_path: Path) -> None:
+    """An upload of a 4032 x 3024 JPEG (EXIF-rotated to portrait) is searched: the web page
+    gets the photo's own size and a box inside it, around the pasted face; `facerank.embed`
+    on its bytes equals the file path's embedding (the same reduced decode)."""
+    import warnings
+
+    import facerank
+    from facerank.gallery import StoredGallery
+    from facerank.web.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*httpx2")
+        from fastapi.testclient import TestClient
+
+    people = ["Colin_Powell", "Tony_Blair"]
+    files = [f for p in people for f in sorted((lfw_root / "images" / p).glob("*.jpg"))[:2]]
+    with StoredGallery.create(tmp_path / "g", sface_fx) as g:
+        assert g.add_files(files, [f.parent.name for f in files], progress=False).added == 4
+    face = Image.open(sorted((lfw_root / "images" / "Tony_Blair").glob("*.jpg"))[3])
+    shown = Image.new("RGB", (3024, 4032), (120, 130, 110))  # portrait, face upright
+    shown.paste(face.convert("RGB").resize((1600, 1600), Image.LANCZOS), (700, 1200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, turned 90 degrees clockwise to show, as phones do
+    data = _jpeg(shown.transpose(Image.Transpose.ROTATE_90), exif=exif)
+    client = TestClient(create_app(tmp_path / "g", extractor=sface_fx))
+    resp = client.post("/api/search?k=2", files={"file": ("phone.jpg", data, "image/jpeg")})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["results"][0]["identity"] == "Tony_Blair"
+    probe = out["probe"]
+    assert (probe["width"], probe["height"]) == (3024, 4032)
+    x0, y0, x1, y1 = probe["box"]
+    assert 700 < x0 < x1 < 2300 and 1200 < y0 < y1 < 2800  # inside the pasted square
+    assert out["explanation"].startswith("data:image/png;base64,")
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(data)
+    a = facerank.embed(data, backbone="sface")
+    b = facerank.embed(path, backbone="sface")
+    np.testing.assert_allclose(a, b, atol=1e-6)

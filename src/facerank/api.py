@@ -71,6 +71,8 @@ def _image_array(x: Any, name: str) -> np.ndarray:  # noqa: ANN401 - any image-l
 def _features(fx: FeatureExtractor, x: Any, name: str = "<image>") -> FaceFeatures:  # noqa: ANN401
     if isinstance(x, str | Path):
         return fx.extract_file(x)
+    if isinstance(x, bytes | bytearray):  # as a file: decoded only as far as the face needs
+        return fx.extract_bytes(bytes(x), name)
     return fx.extract(_image_array(x, name), name)
 
 

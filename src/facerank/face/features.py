@@ -352,6 +352,13 @@ class FeatureExtractor:
         desc, grids = self.embed_chips(a.chip[None])
         return self._features(a, desc[0], {k: v[0] for k, v in grids.items()}, name)
 
+    def extract_bytes(self, data: bytes, name: str = "<image>") -> FaceFeatures:
+        """Features of the one face in an encoded image held in memory (`align_file`: a large
+        JPEG decodes only as far as its face needs); not cached. Raises NoFaceError etc."""
+        a = self.align_file(bytes(data), name)
+        desc, grids = self.embed_chips(a.chip[None])
+        return self._features(a, desc[0], {k: v[0] for k, v in grids.items()}, name)
+
     def extract_file(self, path: str | Path) -> FaceFeatures:
         """`extract` on an image file (cached)."""
         fs = self.extract_paths([path], progress=False, raise_errors=True)

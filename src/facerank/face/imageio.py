@@ -12,7 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facerank.errors import ImageError, InputError
 
 __all__ = ["ALLOWED_FORMATS", "IMAGE_SUFFIXES", "JPEG_SCALES", "MAX_PIXELS", "MIN_SIDE",
-           "expand_images", "list_images", "load_image", "load_image_reduced", "save_image"]
+           "expand_images", "list_images", "load_image", "load_image_reduced", "oriented_size",
+           "save_image"]
 
 
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompression bombs)
@@ -74,6 +75,16 @@ def load_image_reduced(
     min_long_side: the largest k in `JPEG_SCALES` that keeps the long side >= it;
     scale: else this k (1, 2, 4 or 8). The checks of `load_image` apply to the full size."""
     return _decode(source, name, max_pixels, min_long_side, scale)
+
+
+def oriented_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image as shown, EXIF orientation applied, read from its
+    header (for an image `load_image` or `load_image_reduced` has already accepted)."""
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+            w, h = h, w
+    return w, h
 
 
 def _decode(source: str | Path | bytes, name: str | None, max_pixels: int,

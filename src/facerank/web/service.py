@@ -25,7 +25,7 @@ from PIL import Image
 from facerank.errors import FacerankError, ImageError, InputError, MultipleFacesError, NoFaceError
 from facerank.face.detect import probe_label
 from facerank.face.features import FeatureExtractor, FeatureSet
-from facerank.face.imageio import load_image
+from facerank.face.imageio import load_image, load_image_reduced, oriented_size
 from facerank.gallery import StoredGallery
 from facerank.rerank.base import Reranker, make_stage2, stage2_names
 from facerank.web.upload import HTTPProblem
@@ -163,8 +163,8 @@ class SearchService:
         """Decode, detect, extract, search and explain one probe photo (in memory); `aligned`
         other than "none" takes a face crop as is (`facerank.face.align.prealigned`)."""
         t0 = time.perf_counter()
-        try:
-            image = load_image(data, name=name)
+        try:  # shown and explained at up to about PROBE_SIDE; the face is read as a file is
+            image, scale = load_image_reduced(data, name=name, min_long_side=PROBE_SIDE)
         except ImageError as e:
             raise HTTPProblem(400, str(e)) from None
         with self.lock:
@@ -177,7 +177,7 @@ class SearchService:
                     fx = FeatureExtractor(backbone=fx.backbone, detector=fx.detector,
                                           grids=fx.grid_names, cache=False,
                                           aligned=check_aligned(aligned))
-                face = fx.extract(image, name)
+                face = fx.extract_bytes(data, name)
             except NoFaceError:
                 raise HTTPProblem(422, f"no face found in {name}; upload a photo where one face "
                                   "is clearly visible, frontal and not too small") from None
@@ -198,16 +198,17 @@ class SearchService:
                 self.gallery.features().descriptors)
             t3 = time.perf_counter()
             explanation, explain_note = None, None
+            points = face.landmarks5 / scale  # in the shown image's pixels
             if explain and results:
-                explanation, explain_note = self._explain(probe, image, face.landmarks5,
-                                                          results[0], name, face.det_source,
+                explanation, explain_note = self._explain(probe, image, points, results[0],
+                                                          name, face.det_source,
                                                           face.det_score)
-            explanation_vit = (self._explain_vit(probe, image, face.landmarks5, results[0])
+            explanation_vit = (self._explain_vit(probe, image, points, results[0])
                                if explain and results else None)
             t4 = time.perf_counter()
         stage2_name = getattr(self.reranker, "name", None)
         image_url, _ = _jpeg_data_url(image, PROBE_SIDE)
-        h, w = image.shape[:2]
+        w, h = oriented_size(data)  # the photo's own size: box and points are in its pixels
         return {
             "probe": {
                 "name": name, "width": w, "height": h, "image": image_url,

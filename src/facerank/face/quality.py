@@ -3,9 +3,10 @@
     sharpness   log of the share of the chip's grey-level variance that lies in fine detail:
                 log(mean((g - G_sigma * g)^2) / (var(g) + 1)) over the chip's central 5/7 x 5/7,
                 g the grey chip, G_sigma a Gaussian blur of sigma 1.5 px per 112 px of chip.
-                A sharp face at full resolution scores about -3; a blurred or low-resolution
-                face (whose fine detail is gone) scores lower, -6 or below. It is a ratio, so
-                it does not move with the chip's brightness or contrast.
+                On the SFace chips of 300 LFW photos the median is -3.5 (5-95 %: -4.2
+                to -2.8); with the face 16-32 px wide and scaled back up it is -5.8 (-7.0
+                to -4.8): fine detail is gone. It is a ratio, so it barely moves with the
+                chip's brightness or contrast.
 
 The value is computed once per face at extraction (`FeatureExtractor`) and stored with the
 face (feature cache, gallery shards); `calibrate.probability` can use it as a quality feature.

@@ -57,6 +57,7 @@ from facerank.calibrate.ida import DEFAULT_K, DEFAULT_TAU, log_density
 from facerank.calibrate.probability import (
     FARS,
     KINDS,
+    QUALITY_FEATURES,
     MatchProbability,
     expected_calibration_error,
     quality_features,
@@ -198,19 +199,77 @@ def photo_fit_pairs(cal: str, data: EvalData, cohort: AnchorSet, g_rows: np.ndar
     return sc[ii, jj], y[ii, jj], ii, g_rows[jj]
 
 
+def clean_sharpness(data: EvalData) -> np.ndarray:
+    """(N_lfw,) `chip_sharpness` of every clean LFW face, its chip cut again from the photo
+    at the cached points (cached in FACERANK_CACHE/benchmarks)."""
+    from facerank._util.paths import cache_root
+    from facerank.face.imageio import load_image
+    from facerank.face.quality import SHARPNESS_VERSION, chip_sharpness
+
+    fx, feats = data.extractor, data.features
+    path = cache_root() / "benchmarks" / (f"sharpness-v{SHARPNESS_VERSION}-"
+                                          f"{fx.config_digest}-n{len(feats)}.npy")
+    if path.is_file():
+        return np.load(path)
+    out = np.array([chip_sharpness(fx.backbone.align_points(load_image(data.lfw.paths[i]),
+                                                            feats.landmarks5[i]))[0]
+                    for i in range(len(feats))])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+def chip_variant_sharpness(data: EvalData, kind: str, rows: np.ndarray, seed: int
+                           ) -> np.ndarray:
+    """(Q,) sharpness of the chip-level variant `kind` of `rows` (`occluded_queries`' chips)."""
+    from facerank.eval.occlusion import occlude
+    from facerank.face.imageio import load_image
+    from facerank.face.quality import chip_sharpness
+
+    fx, feats = data.extractor, data.features
+    rel = [str(data.lfw.paths[i].relative_to(data.lfw.root)) for i in rows]
+    chips = np.stack([fx.backbone.align_points(load_image(data.lfw.paths[i]),
+                                               feats.landmarks5[i]) for i in rows])
+    return chip_sharpness(occlude(kind, chips, feats.chip_landmarks68[rows], seed, ids=rel))
+
+
+def photo_sharpness(data: EvalData, kind: str, rows: np.ndarray, seed: int,
+                    landmarks5: np.ndarray, fx) -> np.ndarray:  # noqa: ANN001
+    """(Q,) sharpness of the photo variant `kind` of `rows`, its chip cut by `fx` at the
+    probes' own points `landmarks5` (Q, 5, 2) (`photo_queries`' chips)."""
+    from facerank.eval.photo import occlude_photo
+    from facerank.face.imageio import load_image
+    from facerank.face.quality import chip_sharpness
+
+    l68 = data.features.landmarks68
+    out = np.empty(len(rows))
+    for j, i in enumerate(rows):
+        img = load_image(data.lfw.paths[i])
+        if kind != "clean":
+            img = occlude_photo(kind, img, l68[i], seed,
+                                str(data.lfw.paths[i].relative_to(data.lfw.root)))
+        out[j] = chip_sharpness(fx.backbone.align_points(img, landmarks5[j]))[0]
+    return out
+
+
 def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], names: np.ndarray,
                 cohort: AnchorSet, centroid: np.ndarray, backbone: str, fit_impostors: float,
                 meta: dict, photo: dict | None = None, data: EvalData | None = None,
                 g_rows: np.ndarray | None = None, design: str = "sum",
-                per_probe: bool = False, floor_factor: float | None = None
-                ) -> MatchProbability:
+                per_probe: bool = False, floor_factor: float | None = None,
+                features: tuple[str, ...] = QUALITY_FEATURES,
+                sharp: dict[str, np.ndarray] | None = None,
+                g_sharp: np.ndarray | None = None) -> MatchProbability:
     """Quality-aware model on the fit half: clean pairs (all) + (clean, variant) pairs of each
     variant (same pairs all, impostors subsampled); `photo` {variant: (probe rows, raw probe
-    descriptors)}: also a group per photo variant, its probes against every clean face of
-    g_rows (`photo_fit_pairs`)."""
+    descriptors, probe sharpness or None)}: also a group per photo variant, its probes against
+    every clean face of g_rows (`photo_fit_pairs`). `features`: the quality features; with
+    "sharpness", `sharp` {variant: (Q,)} holds the faces' sharpness beside `desc` and
+    `g_sharp` (N_lfw,) that of every clean LFW face."""
     rng = np.random.default_rng(0)
+    sharp = sharp or {}
     clean = desc["clean"]
-    qc = quality_features(clean, centroid)  # per face, then indexed by pair
+    qc = quality_features(clean, centroid, features, sharp.get("clean"))  # per face
     ii, jj = off_diagonal(len(fit_rows))
     parts = []
     for g, (v, d) in enumerate(desc.items()):
@@ -219,17 +278,19 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
         sc, y = pair_scores(cal, e_a.astype(np.float32), e_b.astype(np.float32), names, cohort)
         keep = np.ones(len(sc), bool) if v == "clean" else y | (rng.random(len(sc))
                                                                 < fit_impostors)
-        qv = quality_features(d, centroid)
+        qv = quality_features(d, centroid, features, sharp.get(v))
         parts.append((sc[keep], y[keep], qc[ii[keep]], qv[jj[keep]], np.full(keep.sum(), g),
                       probe_weights(ii[keep], y[keep])))
-    for k, (rows, d) in enumerate((photo or {}).values()):
+    for k, (rows, d, ps) in enumerate((photo or {}).values()):
         sc, y, pi, gj = photo_fit_pairs(cal, data, cohort, g_rows, rows, d, fit_impostors, k)
-        parts.append((sc, y, quality_features(d, centroid)[pi],
-                      quality_features(data.features.descriptors[gj], centroid),
+        parts.append((sc, y, quality_features(d, centroid, features, ps)[pi],
+                      quality_features(data.features.descriptors[gj], centroid, features,
+                                       None if g_sharp is None else g_sharp[gj]),
                       np.full(len(sc), len(desc) + k), probe_weights(pi, y)))
     s, y, da, db, g, pw = (np.concatenate(c) for c in zip(*parts, strict=True))
     return MatchProbability.fit_quality(s, y, da, db, g, centroid, calibrator=cal,
                                         backbone=backbone, meta=meta, design=design,
+                                        features=tuple(features),
                                         weights=pw if per_probe else None,
                                         floor_factor=floor_factor,
                                         fallback_groups=len(desc) if photo else None)
@@ -239,10 +300,11 @@ PHOTO_SEED = 1  # the variant seed of `benchmarks.photo_variants`' cached probes
 
 
 def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[str],
-                     detector: str = "lfw", half: str = "B", backbone: str = "dlib"
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     detector: str = "lfw", half: str = "B", backbone: str = "dlib",
+                     sharpness: bool = False) -> dict[str, tuple]:
     """{set name: (LFW rows (Q,), raw probe descriptors (Q, D), detected (Q,) bool: a real
-    detection, not the no-face fallback crop)}, every probe
+    detection, not the no-face fallback crop, sharpness (Q,) or None unless `sharpness`)},
+    every probe
     of identity half B (`identity_fold(labels, 0)` False): a clean-probe reference, the
     `n` seeded half-B probes of each variant (seed `PHOTO_SEED`), and the half-B rows of the
     seeded third edited by `benchmarks.cluster` (seed 0) for the variants in `third`.
@@ -255,22 +317,28 @@ def photo_probe_sets(data: EvalData, variants: list[str], n: int, third: list[st
     labels = data.lfw.labels
     half_b = identity_fold(labels, 0) == (half == "A")
     qx = None if detector == "lfw" else query_extractor(detector, backbone)
-    sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    sets: dict[str, tuple] = {}
+    g_sharp = clean_sharpness(data) if sharpness else None
 
-    def add(key: str, rows: np.ndarray, fs) -> None:  # noqa: ANN001
+    def add(key: str, rows: np.ndarray, fs, kind: str, seed: int) -> None:  # noqa: ANN001
         keep = half_b[rows]
         det = np.array([not x.startswith("fallback") for x in fs.det_sources])[keep]
-        sets[key] = (rows[keep], fs.descriptors[keep], det)
+        sh = None
+        if sharpness:
+            sh = g_sharp[rows[keep]] if kind == "clean" else photo_sharpness(
+                data, kind, rows[keep], seed, fs.landmarks5[keep], qx or data.extractor)
+        sets[key] = (rows[keep], fs.descriptors[keep], det, sh)
 
     rows = variant_queries(labels, n, 0, train_fold=half == "A")
     if variants:
-        add(f"clean (n{n})", rows, data.features.take(rows))
+        add(f"clean (n{n})", rows, data.features.take(rows), "clean", 0)
     for v in variants:
         add(f"{v} (n{n})", rows, photo_variant(v, rows, PHOTO_SEED, data=data,
-                                               progress=False, queries=qx))
+                                               progress=False, queries=qx), v, PHOTO_SEED)
     edits = photo_edit_rows(len(labels), 1 / 3, 0, tuple(third)) if third else {}
     for v, r in edits.items():
-        add(f"{v} (third)", r, photo_variant(v, r, 0, data=data, progress=False, queries=qx))
+        add(f"{v} (third)", r, photo_variant(v, r, 0, data=data, progress=False, queries=qx),
+            v, 0)
     return sets
 
 
@@ -296,17 +364,20 @@ def _ece_interval(stats: np.ndarray, reps: int = 1000) -> list[float]:
 
 def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: EvalData,
                 g_rows: np.ndarray, probe_rows: np.ndarray, probe_desc: np.ndarray,
-                chunk: int = 128) -> dict:
+                chunk: int = 128, probe_sharp: np.ndarray | None = None,
+                g_sharp: np.ndarray | None = None) -> dict:
     """The bundled `model` on every (clean gallery face of g_rows, probe) pair but a probe's
-    own original: ECE and FAR / TAR of its score-only and quality-aware forms."""
+    own original: ECE and FAR / TAR of its score-only and quality-aware forms (a model that
+    reads sharpness gets the probes' `probe_sharp` and every LFW face's `g_sharp`)."""
     labels, names = data.lfw.labels, np.asarray(data.lfw.names)
     g_emb = data.features.embeddings[g_rows].astype(np.float64)
     p_emb = probe_desc / np.linalg.norm(probe_desc, axis=1, keepdims=True)
     g_lab, p_lab = labels[g_rows], labels[probe_rows]
     tg = cohort_terms(cal, g_emb.astype(np.float32), names[g_lab], cohort)
     tp = cohort_terms(cal, p_emb.astype(np.float32), names[p_lab], cohort)
-    qg, qp = model.face_quality(data.features.descriptors[g_rows]), model.face_quality(
-        probe_desc)
+    qg = model.face_quality(data.features.descriptors[g_rows],
+                            None if g_sharp is None else g_sharp[g_rows])
+    qp = model.face_quality(probe_desc, probe_sharp)
     thr = {f: model.threshold(f) for f in FARS}
     forms = ("score only", "with quality")
     probs: dict[str, list] = {k: [] for k in forms}
@@ -382,16 +453,19 @@ def run_photo(args: argparse.Namespace) -> dict:
     data, halves, cohorts = _halves(args.backbone)
     split = lambda x: [v.strip() for v in x.split(",") if v.strip()]  # noqa: E731
     t0 = time.perf_counter()
+    need_sharp = any(m is not None and m.needs_sharpness for m in (
+        MatchProbability.default(c, args.backbone) for c in split(args.calibrators)))
     sets = photo_probe_sets(data, split(args.photo_variants), args.photo_queries,
                             split(args.photo_third), args.photo_detector,
-                            backbone=args.backbone)
+                            backbone=args.backbone, sharpness=need_sharp)
     console.print(f"{len(sets)} probe sets loaded ({time.perf_counter() - t0:.0f} s)")
     g_rows = halves["B"]
+    g_sharp = clean_sharpness(data) if need_sharp else None
     out: dict = {"backbone": args.backbone, "model": data.extractor.model_id,
                  "gallery": f"all {len(g_rows)} clean images of LFW identity half B "
                             "(identity_fold(labels, 0) False), a probe's own original left out",
                  "probe_sets": {k: {"probes": int(len(r)), "detected": int(d.sum())}
-                                for k, (r, _, d) in sets.items()},
+                                for k, (r, _, d, _) in sets.items()},
                  "results": {}}
     for cal in split(args.calibrators):
         model = MatchProbability.default(cal, args.backbone)
@@ -402,12 +476,13 @@ def run_photo(args: argparse.Namespace) -> dict:
                                              "fit": model.meta.get("fit"),
                                              "command": model.meta.get("command")}
         for cname, ch in ((("-", "A"),) if cal == "none" else (("own", "B"), ("other", "A"))):
-            runs = [(k, r, d) for k, (r, d, _) in sets.items()]
+            runs = [(k, r, d, sh) for k, (r, d, _, sh) in sets.items()]
             if args.photo_detected:  # also the probes with a real detection only
-                runs += [(f"{k} detected", r[m], d[m]) for k, (r, d, m) in sets.items()
-                         if 0 < m.sum() < len(m)]
-            for key, rows, desc in runs:
-                r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc)
+                runs += [(f"{k} detected", r[m], d[m], None if sh is None else sh[m])
+                         for k, (r, d, m, sh) in sets.items() if 0 < m.sum() < len(m)]
+            for key, rows, desc, sh in runs:
+                r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc,
+                                probe_sharp=sh, g_sharp=g_sharp)
                 out["results"][f"{cal}/{cname}/{key}"] = r
                 far3 = {k: r[k]["far"]["1e-03"] for k in ("score only", "with quality")}
                 console.print(f"{cal:6s} {cname:5s} {key:28s} " + "  ".join(
@@ -418,13 +493,15 @@ def run_photo(args: argparse.Namespace) -> dict:
 
 def photo_report(cal: str, model: MatchProbability, data: EvalData,
                  cohorts: dict[str, AnchorSet], test_half: str, fit_half: str,
-                 g_rows: np.ndarray, sets: dict, tag: str = "") -> dict:
+                 g_rows: np.ndarray, sets: dict, tag: str = "",
+                 g_sharp: np.ndarray | None = None) -> dict:
     """`photo_pairs` of `model` on each probe set of the test half, per cohort."""
     out: dict = {}
     for cname, ch in ((("-", fit_half),) if cal == "none" else (("own", test_half),
                                                                  ("other", fit_half))):
-        for key, (rows, desc, _) in sets.items():
-            r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc)
+        for key, (rows, desc, _, sh) in sets.items():
+            r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc,
+                            probe_sharp=sh, g_sharp=g_sharp)
             out[f"{cname}/{key}"] = r
             far3 = {k: r[k]["far"]["1e-03"] for k in ("score only", "with quality")}
             console.print(f"{tag}{cal:6s} {cname:5s} {key:28s} " + "  ".join(
@@ -443,7 +520,13 @@ def run(args: argparse.Namespace) -> dict:
     labels, names = data.lfw.labels, np.asarray(data.lfw.names)
     emb = data.features.embeddings
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    out: dict = {"backbone": args.backbone, "images_per_half": args.images, "runs": {}}
+    features = tuple(_split(args.quality_features))
+    quality_features(np.zeros((1, emb.shape[1])), np.zeros(emb.shape[1]), features,
+                     np.zeros(1))  # an unknown feature name stops here
+    with_sharp = "sharpness" in features
+    g_sharp = clean_sharpness(data) if with_sharp else None
+    out: dict = {"backbone": args.backbone, "images_per_half": args.images,
+                 "quality_features": list(features), "runs": {}}
     for fit_half, test_half in (("A", "B"), ("B", "A"))[: 1 if args.one_direction else 2]:
         fit_rows = subset(labels, halves[fit_half], args.images, 1)
         test_rows = subset(labels, halves[test_half], args.images, 2)
@@ -451,15 +534,21 @@ def run(args: argparse.Namespace) -> dict:
         desc = data.features.descriptors
         var_desc = {"clean": desc[test_rows]}
         fit_desc = {"clean": desc[fit_rows]}
+        var_sharp = {"clean": g_sharp[test_rows]} if with_sharp else {}
+        fit_sharp = {"clean": g_sharp[fit_rows]} if with_sharp else {}
         for v in variants:
             if v == "clean":
                 continue
             t0 = time.perf_counter()
             var_desc[v] = occluded_queries(data, v, test_rows, VARIANT_SEED, False).descriptors
+            if with_sharp:
+                var_sharp[v] = chip_variant_sharpness(data, v, test_rows, VARIANT_SEED)
             if args.quality and (args.fit_variants is None
                                  or v in args.fit_variants.split(",")):
                 fit_desc[v] = occluded_queries(data, v, fit_rows, VARIANT_SEED,
                                                False).descriptors
+                if with_sharp:
+                    fit_sharp[v] = chip_variant_sharpness(data, v, fit_rows, VARIANT_SEED)
             console.print(f"{v}: {len(test_rows)} variant features "
                           f"({time.perf_counter() - t0:.0f} s)")
         var_emb = {v: (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
@@ -472,16 +561,18 @@ def run(args: argparse.Namespace) -> dict:
         photo_fit: dict = {}
         if args.quality and args.photo_fit:  # photo-variant probes of the fit half
             fit_sets = photo_probe_sets(data, _split(args.photo_fit), args.photo_queries, [],
-                                        args.photo_detector, fit_half, args.backbone)
-            photo_fit = {k.split(" (")[0]: (r, d) for k, (r, d, _) in fit_sets.items()
+                                        args.photo_detector, fit_half, args.backbone,
+                                        with_sharp)
+            photo_fit = {k.split(" (")[0]: (r, d, sh) for k, (r, d, _, sh) in fit_sets.items()
                          if not k.startswith("clean")}
             test_sets = photo_probe_sets(data, _split(args.photo_variants), args.photo_queries,
                                          _split(args.photo_third), args.photo_detector,
-                                         test_half, args.backbone)
+                                         test_half, args.backbone, with_sharp)
             console.print(f"photo variants: {len(photo_fit)} fit sets (half {fit_half}), "
                           f"{len(test_sets)} test sets (half {test_half})")
         qkw = {"data": data, "g_rows": halves[fit_half], "design": args.design,
-               "per_probe": args.per_probe, "floor_factor": args.floor_factor}
+               "per_probe": args.per_probe, "floor_factor": args.floor_factor,
+               "features": features, "sharp": fit_sharp, "g_sharp": g_sharp}
         for cal in ([] if args.openset_only else args.calibrators.split(",")):
             fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], fit_names,
                                  cohorts[fit_half])
@@ -507,8 +598,8 @@ def run(args: argparse.Namespace) -> dict:
                     row: dict = {"n_same": int(y.sum()), "n_different": int((~y).sum())}
                     for k, m in models.items():
                         if k == "quality":  # quality of both faces; probability thresholds
-                            qa = m.face_quality(var_desc["clean"])[ti]
-                            qb = m.face_quality(var_desc[v])[tj]
+                            qa = m.face_quality(var_desc["clean"], var_sharp.get("clean"))[ti]
+                            qb = m.face_quality(var_desc[v], var_sharp.get(v))[tj]
                             p = m(s, qa, qb)
                             acc = {f: m.accepts(s, qa, qb, f) for f in FARS}
                         else:
@@ -524,7 +615,8 @@ def run(args: argparse.Namespace) -> dict:
                                              f"{row[k]['far']['1e-03']:.5f}" for k in models))
             if photo_fit:
                 res["photo"] = photo_report(cal, models["quality"], data, cohorts, test_half,
-                                            fit_half, halves[test_half], test_sets)
+                                            fit_half, halves[test_half], test_sets,
+                                            g_sharp=g_sharp)
             if photo_fit and args.photo_holdout and cal == "none":
                 res["photo_holdout"] = {}
                 for v in photo_fit:  # leave v out of the fit, report on v
@@ -535,7 +627,7 @@ def run(args: argparse.Namespace) -> dict:
                     held = {k: x for k, x in test_sets.items() if k.split(" (")[0] == v}
                     res["photo_holdout"][v] = photo_report(
                         cal, m, data, cohorts, test_half, fit_half, halves[test_half], held,
-                        tag=f"without {v}: ")
+                        tag=f"without {v}: ", g_sharp=g_sharp)
             run_out[cal] = res
             if args.write_defaults and fit_half == "A":
                 m = models["quality" if args.quality else args.kind]
@@ -606,6 +698,9 @@ def main() -> None:
                    "the test half")
     p.add_argument("--photo-holdout", action="store_true",
                    help="with --photo-fit: refit without each photo variant, report on it")
+    p.add_argument("--quality-features", default=",".join(QUALITY_FEATURES),
+                   help="comma-separated quality features of the quality fit "
+                   "(calibrate.probability.KNOWN_FEATURES; sharpness: face.quality)")
     p.add_argument("--design", default="sum", choices=("sum", "minmax"),
                    help="pair terms of the quality model (MatchProbability.fit_quality)")
     p.add_argument("--per-probe", action="store_true",

@@ -156,7 +156,8 @@ def with_probability(cmp: Comparison, fa: FaceFeatures, fb: FaceFeatures, model_
     assert not isinstance(model, factory.AutoProbability)
     qa = qb = None
     if model is not None:  # both faces' quality (a quality-aware model; else score only)
-        qa, qb = model.face_quality(fa.descriptor), model.face_quality(fb.descriptor)
+        qa = model.face_quality(fa.descriptor, [fa.sharpness])
+        qb = model.face_quality(fb.descriptor, [fb.sharpness])
     prob = None if model is None else float(model(np.array([score]), qa, qb)[0])
     return replace(cmp, calibrator=calibrate, calibrated=None if cal is None else score,
                    probability=prob,
@@ -224,9 +225,10 @@ class Gallery:
         opts = {"gate": gate, **({"backbone": built} if built != "dlib" else {})}
         results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, **opts),
                                      calibrate=cal)
+        gf = self.stored.features()
         return factory.attach_probability(attach_results(self.stored, probe, results)[1], model,
-                                          probe.descriptors[0],
-                                          self.stored.features().descriptors)
+                                          probe.descriptors[0], gf.descriptors,
+                                          probe.sharpness[0], gf.sharpness)
 
     def close(self) -> None:
         self.stored.close()

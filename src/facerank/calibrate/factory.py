@@ -157,13 +157,18 @@ def pair_score_name(stage_scores: dict) -> str:
 
 def attach_probability(results: list, model: MatchProbability | AutoProbability | None,
                        probe_descriptor: np.ndarray | None = None,
-                       gallery_descriptors: np.ndarray | None = None) -> list:
+                       gallery_descriptors: np.ndarray | None = None,
+                       probe_sharpness: float | None = None,
+                       gallery_sharpness: np.ndarray | None = None) -> list:
     """Search results with `probability` = P(same person) of each (probe, gallery face) pair,
     from its Stage-1 (calibrated) score, whatever order Stage 2 gave them.
 
     probe_descriptor (D,) and gallery_descriptors (G, D) (rows as `SearchResult.row`), both
     raw: the quality of both faces for a quality-aware model; without them (or when they do
-    not fit the model) the model's score-only form answers."""
+    not fit the model) the model's score-only form answers. probe_sharpness and
+    gallery_sharpness (G,): the faces' stored chip sharpness (`FeatureSet.sharpness`), for a
+    model that reads it; NaN or missing (a gallery stored before it) gives the score-only
+    form too."""
     if model is None or not results:
         return results
     from dataclasses import replace
@@ -178,8 +183,10 @@ def attach_probability(results: list, model: MatchProbability | AutoProbability 
             and gallery_descriptors is not None:
         rows = np.array([r.row for r in results])
         if rows.min() >= 0 and rows.max() < len(gallery_descriptors):
-            qb = model.face_quality(np.asarray(gallery_descriptors)[rows])
-            qp = model.face_quality(np.asarray(probe_descriptor).reshape(1, -1))
+            gs = None if gallery_sharpness is None else np.asarray(gallery_sharpness)[rows]
+            qb = model.face_quality(np.asarray(gallery_descriptors)[rows], gs)
+            qp = model.face_quality(np.asarray(probe_descriptor).reshape(1, -1),
+                                    None if probe_sharpness is None else [probe_sharpness])
             qa = None if qp is None or qb is None else np.repeat(qp, len(rows), axis=0)
     probs = model(scores, qa, qb)
     return [replace(r, probability=None if not np.isfinite(p) else float(p))

@@ -118,23 +118,37 @@ def logistic_fit(s: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
     return float(a), float(theta[1] - a * mu), mu, sd
 
 
-QUALITY_FEATURES = ("log_norm", "centroid")
+QUALITY_FEATURES = ("log_norm", "centroid")  # read from the raw descriptor
+FACE_FEATURES = ("sharpness",)  # stored per face beside its descriptor (`face.quality`)
+KNOWN_FEATURES = QUALITY_FEATURES + FACE_FEATURES
 
 
 def quality_features(descriptors: np.ndarray, centroid: np.ndarray,
-                     features: tuple[str, ...] | list[str] = QUALITY_FEATURES) -> np.ndarray:
-    """(N, D) raw descriptors -> (N, F) per-face quality features (see the module doc)."""
+                     features: tuple[str, ...] | list[str] = QUALITY_FEATURES,
+                     sharpness: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) raw descriptors (and (N,) `face.quality.chip_sharpness` of the same faces, when
+    `features` names "sharpness") -> (N, F) per-face quality features (see the module doc)."""
     d = np.asarray(descriptors, np.float64)
     if d.ndim == 1:
         d = d[None]
     n = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
+
+    def sharp() -> np.ndarray:
+        if sharpness is None:
+            raise InputError("the quality feature 'sharpness' needs each face's sharpness")
+        s = np.asarray(sharpness, np.float64).reshape(-1)
+        if s.shape != (len(d),):
+            raise InputError(f"{len(s)} sharpness values for {len(d)} faces")
+        return s
+
     cols = {"log_norm": lambda: np.log(n),
-            "centroid": lambda: (d / n[:, None]) @ np.asarray(centroid, np.float64)}
+            "centroid": lambda: (d / n[:, None]) @ np.asarray(centroid, np.float64),
+            "sharpness": sharp}
     try:
         return np.stack([cols[f]() for f in features], axis=1)
     except KeyError as e:
         raise ModelFileError(f"unknown quality feature {e}; known: "
-                             f"{', '.join(QUALITY_FEATURES)}") from None
+                             f"{', '.join(KNOWN_FEATURES)}") from None
 
 
 def logistic_fit_matrix(X: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
@@ -231,6 +245,11 @@ class MatchProbability:
             except (KeyError, TypeError, ValueError):
                 raise ModelFileError("quality block: needs features, centroid, mean, sd and "
                                      "weights") from None
+            unknown = [f for f in feats if f not in KNOWN_FEATURES]
+            if unknown:
+                raise ModelFileError(f"quality block: unknown quality feature(s) "
+                                     f"{', '.join(unknown)}; this version knows "
+                                     f"{', '.join(KNOWN_FEATURES)}")
             if self._design not in PAIR_DESIGNS:
                 raise ModelFileError(f"quality block: unknown pair design {self._design!r}; "
                                      f"known: {', '.join(PAIR_DESIGNS)}")
@@ -285,9 +304,17 @@ class MatchProbability:
                 "tar": float((s[y] >= thr).mean()), "n_impostor": n_neg}
         return model
 
-    def face_quality(self, descriptors: np.ndarray) -> np.ndarray | None:
-        """(N, D) raw descriptors -> (N, F) standardised quality features; None when the
-        model has no quality block or the descriptors do not fit its centroid."""
+    @property
+    def needs_sharpness(self) -> bool:
+        """True when the quality block reads each face's stored sharpness."""
+        return self.quality is not None and "sharpness" in self._q[0]
+
+    def face_quality(self, descriptors: np.ndarray, sharpness: np.ndarray | None = None
+                     ) -> np.ndarray | None:
+        """(N, D) raw descriptors (and (N,) sharpness of the same faces, for a model that
+        reads it) -> (N, F) standardised quality features; None when the model has no quality
+        block, the descriptors do not fit its centroid, or a sharpness it needs is missing or
+        not finite (an older gallery): the caller then gets the score-only form."""
         if self.quality is None:
             return None
         feats, centroid, mean, sd, _ = self._q
@@ -296,7 +323,13 @@ class MatchProbability:
             d = d[None]
         if d.ndim != 2 or d.shape[1] != len(centroid) or not np.isfinite(d).all():
             return None
-        return (quality_features(d, centroid, feats) - mean) / sd
+        if "sharpness" in feats:
+            if sharpness is None:
+                return None
+            sharpness = np.asarray(sharpness, np.float64).reshape(-1)
+            if sharpness.shape != (len(d),) or not np.isfinite(sharpness).all():
+                return None
+        return (quality_features(d, centroid, feats, sharpness) - mean) / sd
 
     @classmethod
     def fit_quality(cls, scores: np.ndarray, same: np.ndarray, feats_a: np.ndarray,

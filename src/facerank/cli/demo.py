@@ -65,12 +65,14 @@ def _gallery(out: Path, paths: list[Path], names: list[str], console: Console,
 
 def _probe(fx, chip: np.ndarray, name: str) -> FeatureSet:  # noqa: ANN001
     """FeatureSet of an edited chip: the network on it, landmarks found again on it."""
+    from facerank.face.quality import chip_sharpness
+
     desc, grids = fx.embed_chips(chip[None])
     lm = fx.detector.chip_landmarks68(chip[None])
     return FeatureSet(paths=[name], descriptors=desc, grids=grids,
                       landmarks5=np.full((1, 5, 2), np.nan), landmarks68=lm,
                       chip_landmarks68=lm, boxes=np.zeros((1, 4)), det_scores=np.zeros(1),
-                      det_sources=["edited chip"])
+                      det_sources=["edited chip"], sharpness=chip_sharpness(chip))
 
 
 def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
@@ -117,7 +119,8 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         first = gallery.search(probe, k=5)
         probe_conf, chain = attach_results(gallery, probe, gallery.search(
             probe, k=5, stage2=stage2, calibrate=cal))
-        chain = attach_probability(chain, prob, probe.descriptors[0], gfeats.descriptors)
+        chain = attach_probability(chain, prob, probe.descriptors[0], gfeats.descriptors,
+                                   probe.sharpness[0], gfeats.sharpness)
         table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
         for col in ("rank", "Stage 1 identity", "cosine", f"{chain_name} identity",
                     *(("IDA-R score",) if cal is not None else ()), SCALE, "URL conf."):
@@ -134,8 +137,9 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         # the top-1 of a search is the best of thousands of impostor chances: quality may
         # only make its verdict stricter than the clean pair threshold
         said = None if prob is None else prob.verdict(
-            score, qa=prob.face_quality(probe.descriptors[:1]),
-            qb=prob.face_quality(gfeats.descriptors[[top.row]]), strict=True)
+            score, qa=prob.face_quality(probe.descriptors[:1], probe.sharpness[:1]),
+            qb=prob.face_quality(gfeats.descriptors[[top.row]], gfeats.sharpness[[top.row]]),
+            strict=True)
         line = f"top-1 {top.identity}: {SCALE} {_pct(top.probability)}"
         line += "" if said is None else f" -> {said} at FAR 1e-3"
         if probe_conf is not None:

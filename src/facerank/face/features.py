@@ -59,6 +59,9 @@ class FaceFeatures:
     # cached: one number (1.0 = a typical clean LFW face) and the (K,) sub-embedding values
     confidence: float | None = None
     confidences: np.ndarray | None = None
+    # `face.quality.chip_sharpness` of the aligned chip; NaN where unknown (features stored
+    # before it was computed)
+    sharpness: float = float("nan")
 
 
 @dataclass
@@ -75,6 +78,16 @@ class FeatureSet:
     det_scores: np.ndarray  # (N,)
     det_sources: list[str]
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # (N,) `face.quality.chip_sharpness` per face, NaN where unknown; None: all unknown
+    sharpness: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.paths)
+        s = np.full(n, np.nan) if self.sharpness is None else np.asarray(self.sharpness,
+                                                                           np.float64)
+        if s.shape != (n,):
+            raise InputError(f"FeatureSet: {s.size} sharpness values for {n} faces")
+        self.sharpness = s
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -96,6 +109,7 @@ class FeatureSet:
             det_score=float(self.det_scores[i]),
             det_source=self.det_sources[i],
             path=self.paths[i],
+            sharpness=float(self.sharpness[i]),
         )
 
     def take(self, rows: Sequence[int] | np.ndarray) -> FeatureSet:
@@ -106,7 +120,7 @@ class FeatureSet:
             grids={k: v[idx] for k, v in self.grids.items()}, landmarks5=self.landmarks5[idx],
             landmarks68=self.landmarks68[idx], chip_landmarks68=self.chip_landmarks68[idx],
             boxes=self.boxes[idx], det_scores=self.det_scores[idx],
-            det_sources=[self.det_sources[i] for i in idx],
+            det_sources=[self.det_sources[i] for i in idx], sharpness=self.sharpness[idx],
         )
 
     @classmethod
@@ -128,6 +142,7 @@ class FeatureSet:
             det_scores=np.array([f.det_score for f in items], dtype=np.float64),
             det_sources=[f.det_source for f in items],
             failures=list(failures or []),
+            sharpness=np.array([f.sharpness for f in items], dtype=np.float64),
         )
 
     def save(self, path: str | Path) -> None:
@@ -145,6 +160,7 @@ class FeatureSet:
             "det_scores": self.det_scores,
             "det_sources": np.array(self.det_sources, dtype=str),
             "failures": np.array([json.dumps(f) for f in self.failures], dtype=str),
+            "sharpness": self.sharpness,
         }
         arrays.update({f"grid_{k}": v for k, v in self.grids.items()})
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -169,6 +185,7 @@ class FeatureSet:
             det_scores=z["det_scores"],
             det_sources=[str(s) for s in z["det_sources"]],
             failures=[tuple(json.loads(f)) for f in z["failures"]],
+            sharpness=z["sharpness"] if "sharpness" in z.files else None,  # older files: NaN
         )
 
 
@@ -367,6 +384,8 @@ class FeatureExtractor:
     @staticmethod
     def _features(a: Aligned, desc: np.ndarray, grids: dict[str, np.ndarray],
                   name: str) -> FaceFeatures:
+        from facerank.face.quality import chip_sharpness
+
         d = a.detection
         l68 = d.landmarks68 if d.landmarks68 is not None else np.full((68, 2), np.nan)
         return FaceFeatures(
@@ -374,7 +393,7 @@ class FeatureExtractor:
             grids=grids, landmarks5=d.landmarks5 if a.points is None else a.points,
             landmarks68=l68,
             chip_landmarks68=a.chip_landmarks68, box=d.box, det_score=d.score,
-            det_source=d.source, path=name,
+            det_source=d.source, path=name, sharpness=float(chip_sharpness(a.chip)[0]),
         )
 
     # ---- many images ---------------------------------------------------------------------
@@ -457,6 +476,8 @@ class FeatureExtractor:
                     elif self.aligned != "none":  # a file read as a crop is another face
                         digest = file_digest(f"{digest}-aligned-{self.aligned}".encode())
                     cached = self._cache_get(digest, p) if data else None
+                    if cached is not None and not np.isfinite(cached.sharpness):
+                        cached.sharpness = self._sharpness_at(data, p, cached.landmarks5)
                     if cached is not None:
                         results[i] = cached
                     elif known is None:
@@ -474,6 +495,17 @@ class FeatureExtractor:
             flush()
         items = [results[i] for i in sorted(results)]
         return FeatureSet.stack(items, failures, self.grid_names)
+
+    def _sharpness_at(self, data: bytes, name: str, points: np.ndarray) -> float:
+        """`chip_sharpness` of the chip cut again at the stored points of a cached face (an
+        entry written before sharpness was stored); NaN if that fails."""
+        from facerank.face.quality import chip_sharpness
+
+        try:
+            chip = self.backbone.align_points(load_image(data, name=name), points)
+            return float(chip_sharpness(chip)[0])
+        except (FacerankError, ValueError):
+            return float("nan")
 
     # ---- cache ---------------------------------------------------------------------------
 
@@ -497,6 +529,7 @@ class FeatureExtractor:
                     chip_landmarks68=z["chip_landmarks68"], box=z["box"],
                     det_score=float(z["det_score"]), det_source=str(z["det_source"]),
                     path=name,
+                    sharpness=float(z["sharpness"]) if "sharpness" in z.files else float("nan"),
                 )
         except (OSError, KeyError, ValueError):
             return None  # a damaged entry is recomputed and rewritten
@@ -510,7 +543,7 @@ class FeatureExtractor:
         np.savez(
             tmp, descriptor=f.descriptor, landmarks5=f.landmarks5, landmarks68=f.landmarks68,
             chip_landmarks68=f.chip_landmarks68, box=f.box, det_score=f.det_score,
-            det_source=f.det_source,
+            det_source=f.det_source, sharpness=f.sharpness,
             **{f"grid_{n}": f.grids[n].astype(np.float16) for n in self.grid_names},
         )
         tmp.replace(path)

@@ -3,7 +3,8 @@
 Layout of a gallery folder:
 
     gallery.db                 SQLite (WAL): identities, images, shards, meta, index journal
-    arrays/shard-000001.npz    per-batch arrays (descriptors float32, grids float16, landmarks)
+    arrays/shard-000001.npz    per-batch arrays (descriptors float32, grids float16, landmarks,
+                               chip sharpness; absent in older shards: read as unknown)
     index-hnsw-<stamp>.faiss   optional persisted HNSW index (the flat index lives in memory)
     cohort-<digest>.npz        the identity cohort of the rows with that digest (`cohort.py`)
 
@@ -387,6 +388,9 @@ class FeatureStore:
             with np.load(path, allow_pickle=False) as z:
                 stored = z["sha1"][rows]
                 out = {k: z[k][rows] for k in keys}
+                # shards written before sharpness was stored: unknown (NaN)
+                out["sharpness"] = (z["sharpness"][rows].astype(np.float64)
+                                    if "sharpness" in z.files else np.full(len(rows), np.nan))
         except FileNotFoundError:
             raise
         except (OSError, ValueError, KeyError) as e:
@@ -403,7 +407,7 @@ class FeatureStore:
         fs = FeatureSet.stack(items, grid_names=grid_names)
         return {"sha1": np.array(sha1s, dtype=str), "descriptors": fs.descriptors,
                 "landmarks5": fs.landmarks5, "landmarks68": fs.landmarks68,
-                "chip_landmarks68": fs.chip_landmarks68,
+                "chip_landmarks68": fs.chip_landmarks68, "sharpness": fs.sharpness,
                 **{f"grid_{k}": v for k, v in fs.grids.items()}}
 
     # ---- adding --------------------------------------------------------------------------
@@ -708,6 +712,7 @@ class FeatureStore:
             f = reuse.features
             fields = {"descriptors": f.descriptors, "landmarks5": f.landmarks5,
                       "landmarks68": f.landmarks68, "chip_landmarks68": f.chip_landmarks68,
+                      "sharpness": f.sharpness,
                       **{f"grid_{g}": f.grids[g] for g in grid_names if g in f.grids}}
             for k, v in fields.items():
                 arrays[k] = np.empty((n, *v.shape[1:]), dtype=v.dtype)
@@ -733,7 +738,7 @@ class FeatureStore:
                 boxes=np.array([json.loads(r[8]) for r in rows], dtype=np.float64),
                 det_scores=np.array([np.nan if r[6] is None else r[6] for r in rows],
                                     dtype=np.float64),
-                det_sources=[r[7] for r in rows])
+                det_sources=[r[7] for r in rows], sharpness=arrays["sharpness"])
         stamp = hashlib.sha1(np.array(keys, dtype=np.int64).tobytes()).hexdigest()[:16]
         return Snapshot(generation=gen, with_grids=bool(want),
                                keys={k: i for i, k in enumerate(keys)}, features=fs,

@@ -116,7 +116,8 @@ class _ExtractActor:
             "descriptor": np.zeros((n, d), np.float32),
             "landmarks5": np.full((n, 5, 2), np.nan), "landmarks68": np.full((n, 68, 2), np.nan),
             "chip_landmarks68": np.full((n, 68, 2), np.nan), "box": np.full((n, 4), np.nan),
-            "det_score": np.full(n, np.nan), "det_source": np.array([""] * n, dtype=object)}
+            "det_score": np.full(n, np.nan), "det_source": np.array([""] * n, dtype=object),
+            "sharpness": np.full(n, np.nan)}
         for g, arr in fs.grids.items():
             out[f"grid_{g}"] = np.zeros((n, *arr.shape[1:]), np.float16)
         for j, p in enumerate(paths):
@@ -127,6 +128,7 @@ class _ExtractActor:
             out["landmarks5"][j], out["landmarks68"][j] = fs.landmarks5[r], fs.landmarks68[r]
             out["chip_landmarks68"][j], out["box"][j] = fs.chip_landmarks68[r], fs.boxes[r]
             out["det_score"][j], out["det_source"][j] = fs.det_scores[r], fs.det_sources[r]
+            out["sharpness"][j] = fs.sharpness[r]
             for g in fs.grids:
                 out[f"grid_{g}"][j] = fs.grids[g][r]
         return out
@@ -170,7 +172,8 @@ class RayExtract:
             landmarks5=res["landmarks5"][j], landmarks68=res["landmarks68"][j],
             chip_landmarks68=res["chip_landmarks68"][j], box=res["box"][j],
             det_score=float(res["det_score"][j]), det_source=str(res["det_source"][j]),
-            path=path)
+            path=path, sharpness=float(res["sharpness"][j]) if "sharpness" in res
+            else float("nan"))
 
     def stream(self, batches: Sequence[Sequence[Todo]]
                ) -> Iterator[tuple[list[Todo], list[FaceFeatures | None],

@@ -167,3 +167,22 @@ def test_phone_photo_through_api_and_web(sface_fx, lfw_root: Path, tmp_path: Pat
     a = facerank.embed(data, backbone="sface")
     b = facerank.embed(path, backbone="sface")
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_extraction_embeds_each_batch_as_it_fills(lfw_images: list[Path], monkeypatch,
+                                                  tmp_path: Path) -> None:
+    """Files are embedded (and cached) batch by batch, not all at the end."""
+    from facerank.face.features import make_extractor
+
+    fx = make_extractor(backbone="sface", cache=False)
+    fx.batch_size = 2
+    sizes: list[int] = []
+    real = fx.embed_chips
+
+    def spy(chips: np.ndarray):  # noqa: ANN202
+        sizes.append(len(chips))
+        return real(chips)
+
+    monkeypatch.setattr(fx, "embed_chips", spy)
+    fs = fx.extract_paths(lfw_images[:5], progress=False)
+    assert len(fs) == 5 and sizes == [2, 2, 1]

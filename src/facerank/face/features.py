@@ -480,11 +480,13 @@ class FeatureExtractor:
                         cached.sharpness = self._sharpness_at(data, p, cached.landmarks5)
                     if cached is not None:
                         results[i] = cached
-                    elif known is None:
-                        pending.append((i, digest, self.align_file(data, p)))
                     else:
-                        image = load_image(data if data else p, name=p)
-                        pending.append((i, digest, self.align_points5(image, known[p])))
+                        if known is None:
+                            a = self.align_file(data, p)
+                        else:
+                            a = self.align_points5(load_image(data if data else p, name=p),
+                                                   known[p])
+                        pending.append((i, digest, a))
                         if len(pending) >= self.batch_size:
                             flush()
                 except FacerankError as e:

@@ -60,8 +60,10 @@ from facerank.calibrate.probability import (
     QUALITY_FEATURES,
     MatchProbability,
     expected_calibration_error,
+    fit_recognisability,
     quality_features,
 )
+from facerank.errors import ModelFileError
 from facerank.eval.protocols import EvalData, lfw_extractor, occluded_queries
 from facerank.eval.studies.calibration_protocols import pick_per_identity
 from facerank.train.split import identity_fold
@@ -199,6 +201,20 @@ def photo_fit_pairs(cal: str, data: EvalData, cohort: AnchorSet, g_rows: np.ndar
     return sc[ii, jj], y[ii, jj], ii, g_rows[jj]
 
 
+def mate_cosine(data: EvalData, desc: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(Q,) mean cosine of each face (raw descriptors (Q, D) of LFW rows `rows`) to the clean
+    images of its person but its own original (NaN for a person with one image)."""
+    labels = data.lfw.labels
+    emb = data.features.embeddings.astype(np.float64)
+    sums = np.zeros((labels.max() + 1, emb.shape[1]))
+    np.add.at(sums, labels, emb)
+    e = np.asarray(desc, np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    n = np.bincount(labels)[labels[rows]] - 1
+    tot = (e * sums[labels[rows]]).sum(axis=1) - (e * emb[rows]).sum(axis=1)
+    return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
+
+
 def clean_sharpness(data: EvalData) -> np.ndarray:
     """(N_lfw,) `chip_sharpness` of every clean LFW face, its chip cut again from the photo
     at the cached points (cached in FACERANK_CACHE/benchmarks)."""
@@ -259,17 +275,33 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
                 per_probe: bool = False, floor_factor: float | None = None,
                 features: tuple[str, ...] = QUALITY_FEATURES,
                 sharp: dict[str, np.ndarray] | None = None,
-                g_sharp: np.ndarray | None = None) -> MatchProbability:
+                g_sharp: np.ndarray | None = None,
+                rec_inputs: tuple[str, ...] = ("descriptor", "log_norm"),
+                rec_alpha: float = 10.0) -> MatchProbability:
     """Quality-aware model on the fit half: clean pairs (all) + (clean, variant) pairs of each
     variant (same pairs all, impostors subsampled); `photo` {variant: (probe rows, raw probe
     descriptors, probe sharpness or None)}: also a group per photo variant, its probes against
     every clean face of g_rows (`photo_fit_pairs`). `features`: the quality features; with
     "sharpness", `sharp` {variant: (Q,)} holds the faces' sharpness beside `desc` and
-    `g_sharp` (N_lfw,) that of every clean LFW face."""
+    `g_sharp` (N_lfw,) that of every clean LFW face. With "recognisability", its regression
+    (`fit_recognisability` on `rec_inputs`, ridge `rec_alpha`) is fitted first on the same
+    faces (every face of `desc` and `photo`; target: the face's `mate_cosine`), so a variant
+    left out of the fit is left out of the regression too."""
     rng = np.random.default_rng(0)
     sharp = sharp or {}
     clean = desc["clean"]
-    qc = quality_features(clean, centroid, features, sharp.get("clean"))  # per face
+    spec = None
+    if "recognisability" in features:
+        faces = [(d, mate_cosine(data, d, fit_rows), sharp.get(v)) for v, d in desc.items()]
+        faces += [(d, mate_cosine(data, d, rows), ps) for rows, d, ps in (photo or {}).values()]
+        use_sharp = "sharpness" in rec_inputs
+        spec = fit_recognisability(
+            np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces]),
+            rec_inputs, np.concatenate([f[2] for f in faces]) if use_sharp else None,
+            rec_alpha)
+        console.print(f"recognisability ({','.join(rec_inputs)}): R^2 on its "
+                      f"{sum(len(f[0]) for f in faces)} fit faces {spec['r2_fit']:.3f}")
+    qc = quality_features(clean, centroid, features, sharp.get("clean"), spec)  # per face
     ii, jj = off_diagonal(len(fit_rows))
     parts = []
     for g, (v, d) in enumerate(desc.items()):
@@ -278,14 +310,14 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
         sc, y = pair_scores(cal, e_a.astype(np.float32), e_b.astype(np.float32), names, cohort)
         keep = np.ones(len(sc), bool) if v == "clean" else y | (rng.random(len(sc))
                                                                 < fit_impostors)
-        qv = quality_features(d, centroid, features, sharp.get(v))
+        qv = quality_features(d, centroid, features, sharp.get(v), spec)
         parts.append((sc[keep], y[keep], qc[ii[keep]], qv[jj[keep]], np.full(keep.sum(), g),
                       probe_weights(ii[keep], y[keep])))
     for k, (rows, d, ps) in enumerate((photo or {}).values()):
         sc, y, pi, gj = photo_fit_pairs(cal, data, cohort, g_rows, rows, d, fit_impostors, k)
-        parts.append((sc, y, quality_features(d, centroid, features, ps)[pi],
+        parts.append((sc, y, quality_features(d, centroid, features, ps, spec)[pi],
                       quality_features(data.features.descriptors[gj], centroid, features,
-                                       None if g_sharp is None else g_sharp[gj]),
+                                       None if g_sharp is None else g_sharp[gj], spec),
                       np.full(len(sc), len(desc) + k), probe_weights(pi, y)))
     s, y, da, db, g, pw = (np.concatenate(c) for c in zip(*parts, strict=True))
     return MatchProbability.fit_quality(s, y, da, db, g, centroid, calibrator=cal,
@@ -293,7 +325,8 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
                                         features=tuple(features),
                                         weights=pw if per_probe else None,
                                         floor_factor=floor_factor,
-                                        fallback_groups=len(desc) if photo else None)
+                                        fallback_groups=len(desc) if photo else None,
+                                        recognisability=spec)
 
 
 PHOTO_SEED = 1  # the variant seed of `benchmarks.photo_variants`' cached probes
@@ -521,12 +554,21 @@ def run(args: argparse.Namespace) -> dict:
     emb = data.features.embeddings
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     features = tuple(_split(args.quality_features))
-    quality_features(np.zeros((1, emb.shape[1])), np.zeros(emb.shape[1]), features,
-                     np.zeros(1))  # an unknown feature name stops here
-    with_sharp = "sharpness" in features
+    rec_inputs = tuple(_split(args.recognisability_inputs))
+    probe_spec = {"inputs": list(rec_inputs), "weights": [], "bias": 0.0}
+    try:  # an unknown feature or input name stops here
+        quality_features(np.zeros((1, emb.shape[1])), np.zeros(emb.shape[1]), features,
+                         np.zeros(1), probe_spec)
+    except ModelFileError as e:
+        if "weights for" not in str(e):
+            raise
+    with_sharp = "sharpness" in features or ("recognisability" in features
+                                             and "sharpness" in rec_inputs)
     g_sharp = clean_sharpness(data) if with_sharp else None
     out: dict = {"backbone": args.backbone, "images_per_half": args.images,
                  "quality_features": list(features), "runs": {}}
+    if "recognisability" in features:
+        out["recognisability_inputs"] = list(rec_inputs)
     for fit_half, test_half in (("A", "B"), ("B", "A"))[: 1 if args.one_direction else 2]:
         fit_rows = subset(labels, halves[fit_half], args.images, 1)
         test_rows = subset(labels, halves[test_half], args.images, 2)
@@ -572,7 +614,8 @@ def run(args: argparse.Namespace) -> dict:
                           f"{len(test_sets)} test sets (half {test_half})")
         qkw = {"data": data, "g_rows": halves[fit_half], "design": args.design,
                "per_probe": args.per_probe, "floor_factor": args.floor_factor,
-               "features": features, "sharp": fit_sharp, "g_sharp": g_sharp}
+               "features": features, "sharp": fit_sharp, "g_sharp": g_sharp,
+               "rec_inputs": rec_inputs, "rec_alpha": args.recognisability_alpha}
         for cal in ([] if args.openset_only else args.calibrators.split(",")):
             fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], fit_names,
                                  cohorts[fit_half])
@@ -701,6 +744,11 @@ def main() -> None:
     p.add_argument("--quality-features", default=",".join(QUALITY_FEATURES),
                    help="comma-separated quality features of the quality fit "
                    "(calibrate.probability.KNOWN_FEATURES; sharpness: face.quality)")
+    p.add_argument("--recognisability-inputs", default="descriptor,log_norm",
+                   help="inputs of the 'recognisability' regression "
+                   "(calibrate.probability.RECOGNISABILITY_INPUTS)")
+    p.add_argument("--recognisability-alpha", type=float, default=10.0,
+                   help="ridge penalty of the 'recognisability' regression")
     p.add_argument("--design", default="sum", choices=("sum", "minmax"),
                    help="pair terms of the quality model (MatchProbability.fit_quality)")
     p.add_argument("--per-probe", action="store_true",

@@ -56,19 +56,6 @@ def grid_spread(grids: np.ndarray, chunk: int = 1000) -> np.ndarray:
                                   .std(axis=1) + 1e-9) for s in range(0, len(grids), chunk)])
 
 
-def mate_cosine(data, desc: np.ndarray, rows: np.ndarray) -> np.ndarray:  # noqa: ANN001
-    """(Q,) mean cosine of each face to the clean images of its person but its own original
-    (NaN for a person with one image)."""
-    labels = data.lfw.labels
-    emb = data.features.embeddings.astype(np.float64)
-    sums = np.zeros((labels.max() + 1, emb.shape[1]))
-    np.add.at(sums, labels, emb)
-    e = desc / np.linalg.norm(desc, axis=1, keepdims=True)
-    n = np.bincount(labels)[labels[rows]] - 1
-    tot = (e * sums[labels[rows]]).sum(axis=1) - (e * emb[rows]).sum(axis=1)
-    return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
-
-
 def photo_chips(data, kind: str, rows: np.ndarray, seed: int, points: np.ndarray,  # noqa: ANN001
                 fx) -> np.ndarray:  # noqa: ANN001
     from facerank.eval.photo import occlude_photo
@@ -113,7 +100,7 @@ def auc(args: argparse.Namespace) -> dict:
             "conv14_log_energy": np.log((x ** 2).mean(axis=(1, 2, 3)) + 1e-9),
             "conv14_channel_spread": grid_spread(x),
             "flip_cosine": (unit * (flip / np.linalg.norm(flip, axis=1, keepdims=True))).sum(1),
-            "_mates": mate_cosine(data, d, rows)}
+            "_mates": bp.mate_cosine(data, d, rows)}
     out: dict = {"photos_half_A": int(len(rows)), "features": {}}
     ones = np.r_[np.ones(len(rows)), np.zeros(len(rows))]
     for name in feats["clean"]:
@@ -146,7 +133,7 @@ def ece(args: argparse.Namespace) -> dict:
         d = np.asarray(desc, np.float64)
         n = np.linalg.norm(d, axis=1)
         return np.stack([np.log(n), d / n[:, None] @ centroid, sharp, grid,
-                         mate_cosine(data, d, rows)], axis=1)
+                         bp.mate_cosine(data, d, rows)], axis=1)
 
     clean_all = cols(data.features.descriptors, g_sharp, grid_spread(data.features.grids["l2"]),
                      every)

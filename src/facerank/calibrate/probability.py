@@ -18,6 +18,15 @@ face at search time (gallery rows store their descriptors):
                low-resolution, blurred and occluded faces)
     centroid   cosine of the face to the mean face of the fit half (dlib's masked faces move
                towards it)
+    sharpness  the aligned chip's sharpness (`face.quality.chip_sharpness`), stored per face
+               beside its descriptor; faces stored before it read as unknown
+    recognisability
+               a learned estimate of how well the face matches its own person: a ridge
+               regression (`fit_recognisability`), fitted on the fit half's faces, from the
+               L2-normalised descriptor, its log length and optionally the sharpness to the
+               face's mean cosine to the other clean images of its person. Its weights live
+               in the quality block ("recognisability": inputs, centres, weights, bias), so
+               the model file stays plain JSON.
 
     p = 1 / (1 + exp(-(w_s s + w_1 + sum_f (c_f + d_f s) Q_f)))   Q_f = z_f(a) + z_f(b)
 
@@ -120,14 +129,94 @@ def logistic_fit(s: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
 
 QUALITY_FEATURES = ("log_norm", "centroid")  # read from the raw descriptor
 FACE_FEATURES = ("sharpness",)  # stored per face beside its descriptor (`face.quality`)
-KNOWN_FEATURES = QUALITY_FEATURES + FACE_FEATURES
+LEARNED_FEATURES = ("recognisability",)  # a regression on the above, kept in the model file
+KNOWN_FEATURES = QUALITY_FEATURES + FACE_FEATURES + LEARNED_FEATURES
+RECOGNISABILITY_INPUTS = ("descriptor", "log_norm", "sharpness")
+
+
+def recognisability_inputs(descriptors: np.ndarray, inputs: tuple[str, ...] | list[str],
+                           sharpness: np.ndarray | None = None,
+                           centre: dict | None = None) -> np.ndarray:
+    """(N, D) raw descriptors (and (N,) sharpness) -> (N, K) the inputs of the
+    recognisability regression: "descriptor" the L2-normalised descriptor (D columns),
+    "log_norm" its log length and "sharpness" the chip sharpness, each with its squared
+    distance to `centre[name]` (2 columns)."""
+    d = np.asarray(descriptors, np.float64)
+    if d.ndim == 1:
+        d = d[None]
+    n = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
+    centre = centre or {}
+    cols: list[np.ndarray] = []
+    for name in inputs:
+        if name == "descriptor":
+            cols.append(d / n[:, None])
+            continue
+        if name == "log_norm":
+            x = np.log(n)
+        elif name == "sharpness":
+            if sharpness is None:
+                raise InputError("the recognisability regression needs each face's sharpness")
+            x = np.asarray(sharpness, np.float64).reshape(-1)
+            if x.shape != (len(d),):
+                raise InputError(f"{len(x)} sharpness values for {len(d)} faces")
+        else:
+            raise ModelFileError(f"unknown recognisability input {name!r}; known: "
+                                 f"{', '.join(RECOGNISABILITY_INPUTS)}")
+        c = float(centre.get(name, 0.0))
+        cols.append(np.stack([x, (x - c) ** 2], axis=1))
+    return np.concatenate(cols, axis=1)
+
+
+def fit_recognisability(descriptors: np.ndarray, target: np.ndarray,
+                        inputs: tuple[str, ...] | list[str] = ("descriptor", "log_norm"),
+                        sharpness: np.ndarray | None = None, alpha: float = 10.0) -> dict:
+    """Ridge regression (penalty `alpha` on standardised inputs) of a per-face target (N,),
+    e.g. the face's mean cosine to the other clean images of its person, on the face's own
+    data (`recognisability_inputs`); rows with a non-finite target are left out.
+
+    Returns the JSON-ready spec a quality block keeps under "recognisability": inputs,
+    centres of the squared terms (the inputs' means), weights (K,) and bias on the raw
+    inputs, and the fit's R^2."""
+    t = np.asarray(target, np.float64).reshape(-1)
+    ok = np.isfinite(t)
+    d = np.asarray(descriptors, np.float64)[ok]
+    sh = None if sharpness is None else np.asarray(sharpness, np.float64).reshape(-1)[ok]
+    if ok.sum() < 10:
+        raise InputError("fitting recognisability needs at least 10 faces with a target")
+    first = recognisability_inputs(d, [i for i in inputs if i != "descriptor"], sh)
+    centre = {name: float(first[:, 2 * k].mean())
+              for k, name in enumerate(i for i in inputs if i != "descriptor")}
+    X = recognisability_inputs(d, inputs, sh, centre)
+    mu, sd = X.mean(axis=0), X.std(axis=0) + 1e-9
+    Z = np.c_[(X - mu) / sd, np.ones(len(X))]
+    pen = alpha * np.eye(Z.shape[1])
+    beta = np.linalg.solve(Z.T @ Z + pen, Z.T @ t[ok])
+    w = beta[:-1] / sd
+    b = float(beta[-1] - (w * mu).sum())
+    r2 = 1.0 - float(((X @ w + b - t[ok]) ** 2).mean() / max(t[ok].var(), 1e-12))
+    return {"inputs": list(inputs), "centre": centre, "weights": w.tolist(), "bias": b,
+            "alpha": float(alpha), "r2_fit": r2}
+
+
+def recognisability(descriptors: np.ndarray, spec: dict,
+                    sharpness: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) raw descriptors (and (N,) sharpness if the spec reads it) -> (N,) the face's
+    predicted recognisability under `spec` (`fit_recognisability`)."""
+    X = recognisability_inputs(descriptors, spec["inputs"], sharpness, spec.get("centre"))
+    w = np.asarray(spec["weights"], np.float64)
+    if X.shape[1] != len(w):
+        raise ModelFileError(f"recognisability: {len(w)} weights for {X.shape[1]} inputs")
+    return X @ w + float(spec["bias"])
 
 
 def quality_features(descriptors: np.ndarray, centroid: np.ndarray,
                      features: tuple[str, ...] | list[str] = QUALITY_FEATURES,
-                     sharpness: np.ndarray | None = None) -> np.ndarray:
+                     sharpness: np.ndarray | None = None,
+                     recognisability_spec: dict | None = None) -> np.ndarray:
     """(N, D) raw descriptors (and (N,) `face.quality.chip_sharpness` of the same faces, when
-    `features` names "sharpness") -> (N, F) per-face quality features (see the module doc)."""
+    `features` names "sharpness" or the recognisability regression reads it) -> (N, F)
+    per-face quality features (see the module doc); "recognisability" needs the regression's
+    `recognisability_spec` (`fit_recognisability`)."""
     d = np.asarray(descriptors, np.float64)
     if d.ndim == 1:
         d = d[None]
@@ -141,9 +230,14 @@ def quality_features(descriptors: np.ndarray, centroid: np.ndarray,
             raise InputError(f"{len(s)} sharpness values for {len(d)} faces")
         return s
 
+    def learned() -> np.ndarray:
+        if recognisability_spec is None:
+            raise InputError("the quality feature 'recognisability' needs its regression")
+        return recognisability(d, recognisability_spec, sharpness)
+
     cols = {"log_norm": lambda: np.log(n),
             "centroid": lambda: (d / n[:, None]) @ np.asarray(centroid, np.float64),
-            "sharpness": sharp}
+            "sharpness": sharp, "recognisability": learned}
     try:
         return np.stack([cols[f]() for f in features], axis=1)
     except KeyError as e:
@@ -231,6 +325,7 @@ class MatchProbability:
         self.thresholds = dict(thresholds or {})  # {"1e-03": {"score", "probability", ...}}
         self.meta = dict(meta or {})
         self.quality = None if quality is None else dict(quality)
+        self._rec: dict | None = None  # the recognisability regression, if the block has one
         if self.quality is not None:
             try:
                 feats = tuple(str(f) for f in self.quality["features"])
@@ -253,6 +348,26 @@ class MatchProbability:
             if self._design not in PAIR_DESIGNS:
                 raise ModelFileError(f"quality block: unknown pair design {self._design!r}; "
                                      f"known: {', '.join(PAIR_DESIGNS)}")
+            self._rec = self.quality.get("recognisability")
+            if ("recognisability" in feats) != (self._rec is not None):
+                raise ModelFileError("quality block: the feature 'recognisability' and its "
+                                     "regression 'recognisability' come together")
+            if self._rec is not None:
+                try:
+                    ins = [str(i) for i in self._rec["inputs"]]
+                    bad = [i for i in ins if i not in RECOGNISABILITY_INPUTS]
+                    k = sum(len(self._q[1]) if i == "descriptor" else 2 for i in ins)
+                    ok = (not bad and len(self._rec["weights"]) == k
+                          and np.isfinite(np.asarray(self._rec["weights"], np.float64)).all()
+                          and np.isfinite(float(self._rec["bias"]))
+                          and all(np.isfinite(float(v))
+                                  for v in dict(self._rec.get("centre", {})).values()))
+                except (KeyError, TypeError, ValueError):
+                    ok = False
+                if not ok:
+                    raise ModelFileError("quality block: the recognisability regression needs "
+                                         "known inputs, one finite weight per input column "
+                                         "and a bias")
             f, t = len(feats), _n_terms(len(feats), self._design)
             if kind != "logistic" or self._q[2].shape != (f,) or self._q[3].shape != (f,) \
                     or self._q[4].shape != (2 + 2 * t,) or self._q[1].ndim != 1 \
@@ -307,7 +422,8 @@ class MatchProbability:
     @property
     def needs_sharpness(self) -> bool:
         """True when the quality block reads each face's stored sharpness."""
-        return self.quality is not None and "sharpness" in self._q[0]
+        return self.quality is not None and ("sharpness" in self._q[0] or (
+            self._rec is not None and "sharpness" in self._rec["inputs"]))
 
     def face_quality(self, descriptors: np.ndarray, sharpness: np.ndarray | None = None
                      ) -> np.ndarray | None:
@@ -323,13 +439,13 @@ class MatchProbability:
             d = d[None]
         if d.ndim != 2 or d.shape[1] != len(centroid) or not np.isfinite(d).all():
             return None
-        if "sharpness" in feats:
+        if self.needs_sharpness:
             if sharpness is None:
                 return None
             sharpness = np.asarray(sharpness, np.float64).reshape(-1)
             if sharpness.shape != (len(d),) or not np.isfinite(sharpness).all():
                 return None
-        return (quality_features(d, centroid, feats, sharpness) - mean) / sd
+        return (quality_features(d, centroid, feats, sharpness, self._rec) - mean) / sd
 
     @classmethod
     def fit_quality(cls, scores: np.ndarray, same: np.ndarray, feats_a: np.ndarray,
@@ -338,7 +454,8 @@ class MatchProbability:
                     features: tuple[str, ...] = QUALITY_FEATURES, fars: tuple = FARS,
                     meta: dict | None = None, design: str = "sum",
                     weights: np.ndarray | None = None, floor_factor: float | None = None,
-                    fallback_groups: int | None = None) -> MatchProbability:
+                    fallback_groups: int | None = None,
+                    recognisability: dict | None = None) -> MatchProbability:
         """Fit P(same | score, quality) on pairs (P,) whose faces have the quality features
         feats_a, feats_b (P, F) (`quality_features(descriptors, centroid, features)` of each
         face, indexed by pair); group (P,) int: 0 = clean pairs, k > 0 = pairs with a degraded
@@ -357,6 +474,9 @@ class MatchProbability:
         (`normalised_score`) to reach the threshold that lets through f of the impostor pairs
         (each group weighted equally), and the score to reach the clean score threshold at
         FAR `floor_factor` * f (the floor: quality lowers the score threshold at most to it).
+
+        `recognisability`: the regression (`fit_recognisability`) behind the feature
+        "recognisability", kept in the quality block so that `face_quality` can compute it.
         """
         s = _scores(scores, "scores").ravel()
         y = np.asarray(same, dtype=bool).ravel()
@@ -398,6 +518,8 @@ class MatchProbability:
                    "design": design,
                    "pair_quality": "Q_f = z_f(a) + z_f(b)" if design == "sum" else
                    "[min_f, max_f, min(min_f, 0)^2] of z_f(a), z_f(b)"}
+        if recognisability is not None:
+            quality["recognisability"] = dict(recognisability)
         imp = ~y
         if floor_factor is not None:  # impostor score given the pair's quality
             X = np.concatenate([np.ones((len(s), 1)), pair_terms(qa, qb, design)], axis=1)

@@ -163,6 +163,8 @@ def test_extraction_and_gallery_store_sharpness_older_ones_fall_back(
     np.savez(entry, **arrays)
     again = fx.extract_paths(paths[:1], progress=False)
     assert again.sharpness[0] == pytest.approx(first.sharpness[0], abs=1e-9)
+    with np.load(entry) as z:  # and written back, so it is computed only once
+        assert float(z["sharpness"]) == pytest.approx(first.sharpness[0], abs=1e-9)
 
     g = StoredGallery.create(tmp_path / "g", extractor, load_grids=False)
     g.add_folder(faces, progress=False)

@@ -128,7 +128,8 @@ def test_points_only_detectors() -> None:
     assert not FaceDetector(method="yunet", landmarks68=True).points_only
 
 
-def test_phone_photo_through_api_and_web(sface_fx, lfw_root: Path, tmp_path: Path) -> None:
+def test_phone_photo_through_api_and_web(sface_fx, lfw_root: Path, tmp_path: Path,
+                                         monkeypatch) -> None:
     """An upload of a 4032 x 3024 JPEG (EXIF-rotated to portrait) is searched: the web page
     gets the photo's own size and a box inside it, around the pasted face; `facerank.embed`
     on its bytes equals the file path's embedding (the same reduced decode)."""
@@ -153,8 +154,20 @@ def test_phone_photo_through_api_and_web(sface_fx, lfw_root: Path, tmp_path: Pat
     exif[0x0112] = 6  # stored landscape, turned 90 degrees clockwise to show, as phones do
     data = _jpeg(shown.transpose(Image.Transpose.ROTATE_90), exif=exif)
     client = TestClient(create_app(tmp_path / "g", extractor=sface_fx))
+    import facerank.face.features as F
+
+    calls: list[dict] = []
+    real = F.load_image_reduced
+
+    def spy(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(F, "load_image_reduced", spy)
     resp = client.post("/api/search?k=2", files={"file": ("phone.jpg", data, "image/jpeg")})
+    monkeypatch.undo()
     assert resp.status_code == 200, resp.text
+    assert all("min_long_side" not in kw for kw in calls)  # the page's decode is reused
     out = resp.json()
     assert out["results"][0]["identity"] == "Tony_Blair"
     probe = out["probe"]

@@ -298,7 +298,8 @@ class FeatureExtractor:
                 return self.align_detection(image, det)  # other templates from its points5
         return self.align_detection(image, self.detector.detect(image, name))
 
-    def align_file(self, data: bytes, name: str) -> Aligned:
+    def align_file(self, data: bytes, name: str,
+                   decoded: tuple[np.ndarray, int] | None = None) -> Aligned:
         """`align` on an encoded image file, decoding no more pixels than the face needs.
 
         With YuNet alone (`FaceDetector.points_only`: it looks at most `YUNET_MAX_SIDE` pixels
@@ -309,12 +310,18 @@ class FeatureExtractor:
         image pixels per chip pixel (the same image when the face is large, the full photo
         when it is small), at the points found in the reduced image. Box and points are
         returned in the full photo's pixels. Other
-        formats, other detectors, dlib landmarks and pre-aligned crops decode in full."""
+        formats, other detectors, dlib landmarks and pre-aligned crops decode in full.
+
+        decoded: `load_image_reduced(data, name, min_long_side=YUNET_MAX_SIDE)`, where the
+        caller has decoded it already (it is not decoded again)."""
         from facerank.face.detect import YUNET_MAX_SIDE
 
         if not data or self.aligned != "none" or not self.detector.points_only:
-            return self.align(load_image(data if data else name, name=name), name)
-        small, k0 = load_image_reduced(data, name, min_long_side=YUNET_MAX_SIDE)
+            full = decoded[0] if decoded is not None and decoded[1] == 1 else \
+                load_image(data if data else name, name=name)
+            return self.align(full, name)
+        small, k0 = decoded if decoded is not None else \
+            load_image_reduced(data, name, min_long_side=YUNET_MAX_SIDE)
         if k0 == 1:
             return self.align(small, name)
         det = self.detector.detect(small, name)
@@ -365,14 +372,17 @@ class FeatureExtractor:
 
     def extract(self, image: np.ndarray, name: str = "<image>") -> FaceFeatures:
         """Features of the one face in an RGB image; raises NoFaceError etc."""
-        a = self.align(image, name)
-        desc, grids = self.embed_chips(a.chip[None])
-        return self._features(a, desc[0], {k: v[0] for k, v in grids.items()}, name)
+        return self._embed_one(self.align(image, name), name)
 
-    def extract_bytes(self, data: bytes, name: str = "<image>") -> FaceFeatures:
+    def extract_bytes(self, data: bytes, name: str = "<image>",
+                      decoded: tuple[np.ndarray, int] | None = None) -> FaceFeatures:
         """Features of the one face in an encoded image held in memory (`align_file`: a large
-        JPEG decodes only as far as its face needs); not cached. Raises NoFaceError etc."""
-        a = self.align_file(bytes(data), name)
+        JPEG decodes only as far as its face needs; `decoded` as there); not cached. Raises
+        NoFaceError etc."""
+        return self._embed_one(self.align_file(bytes(data), name, decoded), name)
+
+    def _embed_one(self, a: Aligned, name: str) -> FaceFeatures:
+        """The network on one aligned face -> its FaceFeatures (not cached)."""
         desc, grids = self.embed_chips(a.chip[None])
         return self._features(a, desc[0], {k: v[0] for k, v in grids.items()}, name)
 
@@ -478,6 +488,8 @@ class FeatureExtractor:
                     cached = self._cache_get(digest, p) if data else None
                     if cached is not None and not np.isfinite(cached.sharpness):
                         cached.sharpness = self._sharpness_at(data, p, cached.landmarks5)
+                        if np.isfinite(cached.sharpness):  # computed once, then kept
+                            self._cache_put(digest, cached)
                     if cached is not None:
                         results[i] = cached
                     else:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from facerank.errors import FacerankError, ImageError, InputError, MultipleFacesError, NoFaceError
-from facerank.face.detect import probe_label
+from facerank.face.detect import YUNET_MAX_SIDE, probe_label
 from facerank.face.features import FeatureExtractor, FeatureSet
 from facerank.face.imageio import load_image, load_image_reduced, oriented_size
 from facerank.gallery import StoredGallery
@@ -163,8 +163,9 @@ class SearchService:
         """Decode, detect, extract, search and explain one probe photo (in memory); `aligned`
         other than "none" takes a face crop as is (`facerank.face.align.prealigned`)."""
         t0 = time.perf_counter()
-        try:  # shown and explained at up to about PROBE_SIDE; the face is read as a file is
-            image, scale = load_image_reduced(data, name=name, min_long_side=PROBE_SIDE)
+        try:  # decoded once, as `FeatureExtractor.align_file` first decodes a file; the
+            # face is read from it (and finer decodes where it needs them), and it is shown
+            image, scale = load_image_reduced(data, name=name, min_long_side=YUNET_MAX_SIDE)
         except ImageError as e:
             raise HTTPProblem(400, str(e)) from None
         with self.lock:
@@ -177,7 +178,7 @@ class SearchService:
                     fx = FeatureExtractor(backbone=fx.backbone, detector=fx.detector,
                                           grids=fx.grid_names, cache=False,
                                           aligned=check_aligned(aligned))
-                face = fx.extract_bytes(data, name)
+                face = fx.extract_bytes(data, name, decoded=(image, scale))
             except NoFaceError:
                 raise HTTPProblem(422, f"no face found in {name}; upload a photo where one face "
                                   "is clearly visible, frontal and not too small") from None

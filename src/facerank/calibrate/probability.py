@@ -134,6 +134,16 @@ KNOWN_FEATURES = QUALITY_FEATURES + FACE_FEATURES + LEARNED_FEATURES
 RECOGNISABILITY_INPUTS = ("descriptor", "log_norm", "sharpness")
 
 
+def _sharpness_column(sharpness: np.ndarray | None, n: int, who: str) -> np.ndarray:
+    """(n,) float64 sharpness of n faces; one-line InputError when missing or mis-sized."""
+    if sharpness is None:
+        raise InputError(f"{who} needs each face's sharpness")
+    x = np.asarray(sharpness, np.float64).reshape(-1)
+    if x.shape != (n,):
+        raise InputError(f"{len(x)} sharpness values for {n} faces")
+    return x
+
+
 def recognisability_inputs(descriptors: np.ndarray, inputs: tuple[str, ...] | list[str],
                            sharpness: np.ndarray | None = None,
                            centre: dict | None = None) -> np.ndarray:
@@ -154,11 +164,7 @@ def recognisability_inputs(descriptors: np.ndarray, inputs: tuple[str, ...] | li
         if name == "log_norm":
             x = np.log(n)
         elif name == "sharpness":
-            if sharpness is None:
-                raise InputError("the recognisability regression needs each face's sharpness")
-            x = np.asarray(sharpness, np.float64).reshape(-1)
-            if x.shape != (len(d),):
-                raise InputError(f"{len(x)} sharpness values for {len(d)} faces")
+            x = _sharpness_column(sharpness, len(d), "the recognisability regression")
         else:
             raise ModelFileError(f"unknown recognisability input {name!r}; known: "
                                  f"{', '.join(RECOGNISABILITY_INPUTS)}")
@@ -223,12 +229,7 @@ def quality_features(descriptors: np.ndarray, centroid: np.ndarray,
     n = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
 
     def sharp() -> np.ndarray:
-        if sharpness is None:
-            raise InputError("the quality feature 'sharpness' needs each face's sharpness")
-        s = np.asarray(sharpness, np.float64).reshape(-1)
-        if s.shape != (len(d),):
-            raise InputError(f"{len(s)} sharpness values for {len(d)} faces")
-        return s
+        return _sharpness_column(sharpness, len(d), "the quality feature 'sharpness'")
 
     def learned() -> np.ndarray:
         if recognisability_spec is None:

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
         out["rows"].append(row)
         print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()},
               flush=True)
-    print(f"wrote {write_result(f'gate_variants_{a.backbone}_half{a.half}', out)}")
+    name = f"gate_variants_{a.backbone}_half{a.half}" + ("" if a.n == 300 else f"_n{a.n}")
+    print(f"wrote {write_result(name, out)}")
     return out
 
 

@@ -395,6 +395,29 @@ def _ece_interval(stats: np.ndarray, reps: int = 1000) -> list[float]:
     return [float(x) for x in np.quantile(ece, [0.025, 0.975])]
 
 
+def _ece_per_probe(stats: np.ndarray) -> float:
+    """The 50/50 ECE from per-probe bin sums stats (Q, 4, B) (`_ece_interval`) with each
+    probe counting once among the same-person pairs and once among the different-person
+    pairs (the fit's `--per-probe` weighting), so that a person with hundreds of images does
+    not decide it."""
+    ns = stats[:, 0].sum(axis=1, keepdims=True)
+    nd = stats[:, 1].sum(axis=1, keepdims=True)
+    t = np.stack([stats[:, 0] / np.maximum(ns, 1), stats[:, 1] / np.maximum(nd, 1),
+                  stats[:, 2] / np.maximum(ns, 1), stats[:, 3] / np.maximum(nd, 1)], axis=1)
+    t = t.sum(axis=0)  # (4, B)
+    ws, wd = 0.5 / max(t[0].sum(), 1e-12), 0.5 / max(t[1].sum(), 1e-12)
+    wt = t[0] * ws + t[1] * wd
+    return float(np.abs(t[2] * ws + t[3] * wd - t[0] * ws).sum() / wt.sum())
+
+
+def _ece_line(r: dict) -> str:
+    """One console line of a `photo_pairs` result: ECE (also per probe) and FAR at 1e-3."""
+    return "  ".join(
+        f"{k}: ECE {100 * r[k]['ece']:.2f} (per probe {100 * r[k]['ece_per_probe']:.2f}) "
+        f"FAR@1e-3 {r[k]['far']['1e-03']['ratio']:.2f}x ({r[k]['far']['1e-03']['false_accepts']})"
+        for k in ("score only", "with quality"))
+
+
 def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: EvalData,
                 g_rows: np.ndarray, probe_rows: np.ndarray, probe_desc: np.ndarray,
                 chunk: int = 128, probe_sharp: np.ndarray | None = None,
@@ -451,6 +474,7 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
     for k in forms:
         ece = expected_calibration_error(np.concatenate(probs[k]), y, 15, w)
         out[k] = {"ece": ece["ece"], "ece_ci95": _ece_interval(stats[k]),
+                  "ece_per_probe": _ece_per_probe(stats[k]),
                   "reliability": ece["bins"], "far": {}, "tar": {}}
         for f in FARS:
             fa = acc[k, f, "fa"]
@@ -517,10 +541,7 @@ def run_photo(args: argparse.Namespace) -> dict:
                 r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc,
                                 probe_sharp=sh, g_sharp=g_sharp)
                 out["results"][f"{cal}/{cname}/{key}"] = r
-                far3 = {k: r[k]["far"]["1e-03"] for k in ("score only", "with quality")}
-                console.print(f"{cal:6s} {cname:5s} {key:28s} " + "  ".join(
-                    f"{k}: ECE {100 * r[k]['ece']:.2f} FAR@1e-3 {f['ratio']:.2f}x "
-                    f"({f['false_accepts']})" for k, f in far3.items()))
+                console.print(f"{cal:6s} {cname:5s} {key:28s} " + _ece_line(r))
     return out
 
 
@@ -536,10 +557,7 @@ def photo_report(cal: str, model: MatchProbability, data: EvalData,
             r = photo_pairs(cal, model, cohorts[ch], data, g_rows, rows, desc,
                             probe_sharp=sh, g_sharp=g_sharp)
             out[f"{cname}/{key}"] = r
-            far3 = {k: r[k]["far"]["1e-03"] for k in ("score only", "with quality")}
-            console.print(f"{tag}{cal:6s} {cname:5s} {key:28s} " + "  ".join(
-                f"{k}: ECE {100 * r[k]['ece']:.2f} FAR@1e-3 {f['ratio']:.2f}x "
-                f"({f['false_accepts']})" for k, f in far3.items()))
+            console.print(f"{tag}{cal:6s} {cname:5s} {key:28s} " + _ece_line(r))
     return out
 
 
@@ -602,7 +620,8 @@ def run(args: argparse.Namespace) -> dict:
         run_out: dict = {}
         photo_fit: dict = {}
         if args.quality and args.photo_fit:  # photo-variant probes of the fit half
-            fit_sets = photo_probe_sets(data, _split(args.photo_fit), args.photo_queries, [],
+            fit_sets = photo_probe_sets(data, _split(args.photo_fit),
+                                        args.photo_fit_queries or args.photo_queries, [],
                                         args.photo_detector, fit_half, args.backbone,
                                         with_sharp)
             photo_fit = {k.split(" (")[0]: (r, d, sh) for k, (r, d, _, sh) in fit_sets.items()
@@ -683,7 +702,8 @@ def run(args: argparse.Namespace) -> dict:
                                     f"(impostors subsampled {args.fit_impostors}), each "
                                     "group weighted equally" if args.quality else "")
                                  + (f"; plus photo-level variants {args.photo_fit} of "
-                                    f"{args.photo_queries} seeded half-A photos "
+                                    f"{args.photo_fit_queries or args.photo_queries} seeded "
+                                    "half-A photos "
                                     f"({args.photo_detector} detector), each against every "
                                     "clean half-A image" if photo_fit else "")
                                  + ("; pairs weighted per probe" if args.per_probe else ""))
@@ -729,6 +749,8 @@ def main() -> None:
                    "the bundled models on (clean, photo-variant) pairs of half B instead")
     p.add_argument("--photo-queries", type=int, default=200,
                    help="seeded half-B probes per photo variant (cached: 200)")
+    p.add_argument("--photo-fit-queries", type=int, default=None,
+                   help="seeded photos per variant of the fit half (default: --photo-queries)")
     p.add_argument("--photo-third", default="",
                    help="photo variants also read from the seeded third of all images edited "
                    "by benchmarks.cluster (mask-shaded,lowres), half-B rows")

@@ -18,6 +18,7 @@ def _data(centroid: np.ndarray, n_people: int = 12, per: int = 4, seed: int = 0)
     rng = np.random.default_rng(seed)
     dim = len(centroid)
     labels = np.repeat(np.arange(n_people), per)
+    labels = np.r_[labels, np.zeros(per, int)]  # one person with twice the images
     x = 0.7 * centroid + (rng.normal(size=(n_people, dim))[labels]
                           + rng.normal(size=(len(labels), dim))) / np.sqrt(dim)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -40,7 +41,7 @@ def test_photo_pairs_match_a_double_loop() -> None:
     cohort = AnchorSet(data.features.embeddings[::4], "test", np.asarray(data.lfw.names))
     out = photo_pairs("none", model, cohort, data, g_rows, probe_rows, probe_desc, chunk=2)
 
-    s, y, pq, qa, qb = [], [], [], [], []
+    s, y, pq, qa, qb, who = [], [], [], [], [], []
     qg = model.face_quality(data.features.descriptors)
     qp = model.face_quality(probe_desc)
     for i, r in enumerate(probe_rows):
@@ -54,6 +55,7 @@ def test_photo_pairs_match_a_double_loop() -> None:
             pq.append(model(np.array([c]), qp[i:i + 1], qg[j:j + 1])[0])
             qa.append(qp[i])
             qb.append(qg[j])
+            who.append(i)
     s, y, pq, qa, qb = np.array(s), np.array(y), np.array(pq), np.array(qa), np.array(qb)
     assert out["n_same"] == y.sum() and out["n_different"] == (~y).sum()
     assert out["n_same"] + out["n_different"] == len(probe_rows) * (len(g_rows) - 1)
@@ -62,6 +64,16 @@ def test_photo_pairs_match_a_double_loop() -> None:
                       expected_calibration_error(pq, y, 15, w)["ece"], atol=1e-5)
     assert np.isclose(out["score only"]["ece"],
                       expected_calibration_error(model(s), y, 15, w)["ece"], atol=1e-5)
+    # per probe: each probe's same pairs weigh 1 in all, and its different pairs 1 in all
+    who = np.array(who)
+    n_same = np.bincount(who, weights=y)[who]
+    n_diff = np.bincount(who, weights=~y)[who]
+    wp = np.where(y, 0.5 / n_same / len(np.unique(who[y])),
+                  0.5 / n_diff / len(np.unique(who[~y])))
+    assert np.isclose(out["with quality"]["ece_per_probe"],
+                      expected_calibration_error(pq, y, 15, wp)["ece"], atol=1e-5)
+    assert not np.isclose(out["with quality"]["ece_per_probe"], out["with quality"]["ece"],
+                          atol=1e-4)  # the probes' same-pair counts differ (3 and 7)
     counted = 0
     for f in ("1e-02", "1e-03"):
         t = model.thresholds[f]

@@ -140,3 +140,23 @@ def test_a_model_whose_regression_reads_sharpness_falls_back_without_it() -> Non
     assert m.face_quality(da[:3]) is None
     assert m.face_quality(da[:3], np.array([-3.0, np.nan, -4.0])) is None
     np.testing.assert_allclose(m(s[:3], None, None), m(s[:3]))
+
+
+def test_the_bundled_sface_models_read_recognisability_from_the_descriptor_alone() -> None:
+    """The bundled SFace models use the learned feature from inputs every stored face has,
+    so a gallery stored before sharpness was kept still gets the quality-aware form."""
+    rng = np.random.default_rng(5)
+    for cal in ("none", "ida-r", "asnorm"):
+        m = MatchProbability.default(cal, "sface")
+        assert m is not None and m.quality is not None
+        assert "recognisability" in m.quality["features"] and not m.needs_sharpness
+        d = rng.normal(size=(4, len(m.quality["centroid"]))) * 0.1
+        q = m.face_quality(d, np.full(4, np.nan))  # sharpness unknown: not needed
+        assert q is not None and q.shape == (4, len(m.quality["features"])) \
+            and np.isfinite(q).all()
+        # a face whose descriptor points to the mean face (the typical clean face) is more
+        # recognisable than a random direction
+        mean_face = np.asarray(m.quality["centroid"])[None] * 12
+        r = quality_features(np.r_[mean_face, d], mean_face[0] / 12, ("recognisability",), None,
+                             m.quality["recognisability"])[:, 0]
+        assert r[0] > r[1:].max()

@@ -182,8 +182,7 @@ def test_extraction_and_gallery_store_sharpness_older_ones_fall_back(
         s, y, quality_features(d_a, centroid, FEATS, sa),
         quality_features(d_b, centroid, FEATS, sb), grp, centroid, calibrator="none",
         backbone="dlib", features=FEATS, design="minmax")
-    res = attach_probability(g.search(probe, k=3), model, probe.descriptors[0],
-                             gf.descriptors, probe.sharpness[0], gf.sharpness)
+    res = attach_probability(g.search(probe, k=3), model, probe, gf)
     rows = [r.row for r in res]
     qg = model.face_quality(gf.descriptors[rows], gf.sharpness[rows])
     qp = model.face_quality(probe.descriptors, probe.sharpness)
@@ -203,8 +202,7 @@ def test_extraction_and_gallery_store_sharpness_older_ones_fall_back(
     assert len(of) == len(gf) and np.isnan(of.sharpness).all()
     assert model.face_quality(of.descriptors, of.sharpness) is None
     np.testing.assert_array_equal(of.descriptors, gf.descriptors)
-    res = attach_probability(old.search(probe, k=3), model, probe.descriptors[0],
-                             of.descriptors, probe.sharpness[0], of.sharpness)
+    res = attach_probability(old.search(probe, k=3), model, probe, of)
     np.testing.assert_allclose([r.probability for r in res],
                                model(np.array([r.stage1 for r in res])))  # score only
     old.close()

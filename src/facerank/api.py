@@ -225,10 +225,8 @@ class Gallery:
         opts = {"gate": gate, **({"backbone": built} if built != "dlib" else {})}
         results = self.stored.search(probe, k=k, stage2=make_stage2(stage2, **opts),
                                      calibrate=cal)
-        gf = self.stored.features()
         return factory.attach_probability(attach_results(self.stored, probe, results)[1], model,
-                                          probe.descriptors[0], gf.descriptors,
-                                          probe.sharpness[0], gf.sharpness)
+                                          probe, self.stored.features())
 
     def close(self) -> None:
         self.stored.close()

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facerank.calibrate.base import Calibrator, make_calibrator
 from facerank.calibrate.probability import SCALE, MatchProbability
 from facerank.errors import InputError
+
+if TYPE_CHECKING:
+    from facerank.face.features import FeatureSet
 
 __all__ = ["AUTO_CALIBRATOR", "THRESHOLDS", "AutoProbability", "build", "thresholds",
            "verdict"]
@@ -156,19 +160,15 @@ def pair_score_name(stage_scores: dict) -> str:
 
 
 def attach_probability(results: list, model: MatchProbability | AutoProbability | None,
-                       probe_descriptor: np.ndarray | None = None,
-                       gallery_descriptors: np.ndarray | None = None,
-                       probe_sharpness: float | None = None,
-                       gallery_sharpness: np.ndarray | None = None) -> list:
+                       probe: FeatureSet | None = None, gallery: FeatureSet | None = None
+                       ) -> list:
     """Search results with `probability` = P(same person) of each (probe, gallery face) pair,
     from its Stage-1 (calibrated) score, whatever order Stage 2 gave them.
 
-    probe_descriptor (D,) and gallery_descriptors (G, D) (rows as `SearchResult.row`), both
-    raw: the quality of both faces for a quality-aware model; without them (or when they do
-    not fit the model) the model's score-only form answers. probe_sharpness and
-    gallery_sharpness (G,): the faces' stored chip sharpness (`FeatureSet.sharpness`), for a
-    model that reads it; NaN or missing (a gallery stored before it) gives the score-only
-    form too."""
+    probe (its first face) and gallery (rows as `SearchResult.row`): the stored raw
+    descriptors and chip sharpness of both faces, for a quality-aware model; without them
+    (or when they do not fit the model, or a sharpness the model reads is NaN, as in a
+    gallery stored before it was kept) the model's score-only form answers."""
     if model is None or not results:
         return results
     from dataclasses import replace
@@ -179,14 +179,11 @@ def attach_probability(results: list, model: MatchProbability | AutoProbability 
         return results
     scores = np.array([r.stage_scores[key] for r in results], dtype=np.float64)
     qa = qb = None
-    if model.quality is not None and probe_descriptor is not None \
-            and gallery_descriptors is not None:
+    if model.quality is not None and probe is not None and gallery is not None:
         rows = np.array([r.row for r in results])
-        if rows.min() >= 0 and rows.max() < len(gallery_descriptors):
-            gs = None if gallery_sharpness is None else np.asarray(gallery_sharpness)[rows]
-            qb = model.face_quality(np.asarray(gallery_descriptors)[rows], gs)
-            qp = model.face_quality(np.asarray(probe_descriptor).reshape(1, -1),
-                                    None if probe_sharpness is None else [probe_sharpness])
+        if rows.min() >= 0 and rows.max() < len(gallery.descriptors):
+            qb = model.face_quality(gallery.descriptors[rows], gallery.sharpness[rows])
+            qp = model.face_quality(probe.descriptors[:1], probe.sharpness[:1])
             qa = None if qp is None or qb is None else np.repeat(qp, len(rows), axis=0)
     probs = model(scores, qa, qb)
     return [replace(r, probability=None if not np.isfinite(p) else float(p))

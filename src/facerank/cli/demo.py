@@ -119,8 +119,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         first = gallery.search(probe, k=5)
         probe_conf, chain = attach_results(gallery, probe, gallery.search(
             probe, k=5, stage2=stage2, calibrate=cal))
-        chain = attach_probability(chain, prob, probe.descriptors[0], gfeats.descriptors,
-                                   probe.sharpness[0], gfeats.sharpness)
+        chain = attach_probability(chain, prob, probe, gfeats)
         table = Table(title=f"{kind} query of {path.parent.name} ({query_png})")
         for col in ("rank", "Stage 1 identity", "cosine", f"{chain_name} identity",
                     *(("IDA-R score",) if cal is not None else ()), SCALE, "URL conf."):

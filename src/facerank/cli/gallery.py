@@ -321,9 +321,7 @@ def search_command(
     from facerank.uncertainty.confidence import attach_results
 
     probe_conf, results = attach_results(g, probe_fs, results)
-    gf = g.features()
-    results = factory.attach_probability(results, prob_model, probe_fs.descriptors[0],
-                                         gf.descriptors, probe_fs.sharpness[0], gf.sharpness)
+    results = factory.attach_probability(results, prob_model, probe_fs, g.features())
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])

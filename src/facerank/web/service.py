@@ -194,10 +194,8 @@ class SearchService:
             probe_conf, results = attach_results(self.gallery, probe, results)
             from facerank.calibrate.factory import attach_probability
 
-            gf = self.gallery.features()
             results = attach_probability(  # the pair's Stage-1 score and both faces' quality
-                results, self.probability, probe.descriptors[0], gf.descriptors,
-                probe.sharpness[0], gf.sharpness)
+                results, self.probability, probe, self.gallery.features())
             t3 = time.perf_counter()
             explanation, explain_note = None, None
             points = face.landmarks5 / scale  # in the shown image's pixels

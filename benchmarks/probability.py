@@ -386,13 +386,19 @@ def _ece_interval(stats: np.ndarray, reps: int = 1000) -> list[float]:
     """95 % bootstrap interval (over probes) of the 50/50 ECE from per-probe bin sums
     stats (Q, 4, B): same-pair count, different-pair count, and their probability sums."""
     idx = np.random.default_rng(0).integers(0, len(stats), (reps, len(stats)))
-    t = stats[idx].sum(axis=1)  # (reps, 4, B)
-    ws = 0.5 / np.maximum(t[:, 0].sum(axis=1, keepdims=True), 1)
-    wd = 0.5 / np.maximum(t[:, 1].sum(axis=1, keepdims=True), 1)
-    wt = t[:, 0] * ws + t[:, 1] * wd
-    gap = np.abs(t[:, 2] * ws + t[:, 3] * wd - t[:, 0] * ws)
-    ece = gap.sum(axis=1) / wt.sum(axis=1)  # sum_b wt_b |mean p_b - share_b|, wt_b > 0
+    ece = _ece_of_sums(stats[idx].sum(axis=1))  # (reps,)
     return [float(x) for x in np.quantile(ece, [0.025, 0.975])]
+
+
+def _ece_of_sums(t: np.ndarray, floor: float = 1.0) -> np.ndarray:
+    """Bin sums t (..., 4, B) (same-pair count, different-pair count, and their probability
+    sums) -> (...) the 50/50 ECE, sum_b wt_b |mean p_b - share_b|; `floor` bounds the class
+    totals from below (1 pair for counts)."""
+    ws = 0.5 / np.maximum(t[..., 0, :].sum(axis=-1, keepdims=True), floor)
+    wd = 0.5 / np.maximum(t[..., 1, :].sum(axis=-1, keepdims=True), floor)
+    wt = t[..., 0, :] * ws + t[..., 1, :] * wd
+    gap = np.abs(t[..., 2, :] * ws + t[..., 3, :] * wd - t[..., 0, :] * ws)
+    return gap.sum(axis=-1) / wt.sum(axis=-1)
 
 
 def _ece_per_probe(stats: np.ndarray) -> float:
@@ -404,10 +410,7 @@ def _ece_per_probe(stats: np.ndarray) -> float:
     nd = stats[:, 1].sum(axis=1, keepdims=True)
     t = np.stack([stats[:, 0] / np.maximum(ns, 1), stats[:, 1] / np.maximum(nd, 1),
                   stats[:, 2] / np.maximum(ns, 1), stats[:, 3] / np.maximum(nd, 1)], axis=1)
-    t = t.sum(axis=0)  # (4, B)
-    ws, wd = 0.5 / max(t[0].sum(), 1e-12), 0.5 / max(t[1].sum(), 1e-12)
-    wt = t[0] * ws + t[1] * wd
-    return float(np.abs(t[2] * ws + t[3] * wd - t[0] * ws).sum() / wt.sum())
+    return float(_ece_of_sums(t.sum(axis=0), floor=1e-12))
 
 
 def _ece_line(r: dict) -> str:

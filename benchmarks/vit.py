@@ -17,6 +17,14 @@ OMP_NUM_THREADS=1, as on the busy 2-core machine; width 64 was the default then)
     facerank train vit --width 128 --depth 2 --epochs 12 --train-fold 1 \
         --out <cache>/vit/h2lwd2-fold1.pt
     (or `python -m benchmarks.vit train`, which runs the width-64 kinds for both folds)
+    facerank train vit --width 64 --train-fold {1,0} --out <cache>/vit/h2lw64-fold{1,0}.pt
+    facerank train vit --width 64 --heads 1 --train-fold {1,0} \
+        --out <cache>/vit/h2lw64h1-fold{1,0}.pt
+    facerank train vit --width 64 --heads 1 --train-fold {1,0} \
+        --distil-from <cache>/vit/h2lw16-fold{1,0}.pt --distil-weight 5 \
+        --out <cache>/vit/h2lw64h1d5-fold{1,0}.pt        # fold 1 = the bundled vit-fast
+
+    python -m benchmarks.vit eval --models h2lw16 h2lw64h1d5 --limit 0  # the fast model
 
     python -m benchmarks.vit eval --models h2l h2lcm h2lw16 --limit 0  # all queries + pairs
     python -m benchmarks.vit eval [--models h2l h2lcm]  # 1,000 seeded queries per protocol

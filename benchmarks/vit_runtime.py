@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +43,10 @@ def _faces(n: int = 200, seed: int = 0):  # noqa: ANN202 - a FeatureSet
     return data.features.take(pick)
 
 
-def latency(threads: list[int], probes: int, warm: int = 3) -> dict:
-    """One probe's Stage 2 (100 candidates): EMD and the Face-ViT runtimes, alternately."""
+def latency(threads: list[int], probes: int, warm: int = 3,
+            checkpoints: tuple[str, ...] = ()) -> dict:
+    """One probe's Stage 2 (100 candidates): EMD and the Face-ViT runtimes, alternately; each
+    of `checkpoints` (other Face-ViT checkpoints) runs beside them as `vit_<stem>`, onnx-int8."""
     import torch
 
     from facerank.ranking import cosine_topk
@@ -57,6 +60,10 @@ def latency(threads: list[int], probes: int, warm: int = 3) -> dict:
         vits = {r: make_stage2("vit", gate="none", runtime=r, threads=n_threads)
                 for r in RUNTIMES}
         fns = {"emd": emd.emd_scores, **{f"vit_{r}": v.vit_scores for r, v in vits.items()}}
+        for c in checkpoints:
+            fns[f"vit_{Path(c).stem}"] = make_stage2("vit", checkpoint=c, gate="none",
+                                                     runtime="onnx-int8",
+                                                     threads=n_threads).vit_scores
         t: dict[str, list[float]] = {n: [] for n in fns}
         diff = dict.fromkeys(RUNTIMES, 0.0)
         load0 = os.getloadavg()
@@ -73,7 +80,8 @@ def latency(threads: list[int], probes: int, warm: int = 3) -> dict:
                 diff[r] = max(diff[r], float(np.abs(got[f"vit_{r}"] - got["vit_torch"]).max()))
         res = {n: _pct(v) for n, v in t.items()}
         emd50 = res["emd"]["p50_ms"]
-        res["emd_over_vit_p50"] = {r: emd50 / res[f"vit_{r}"]["p50_ms"] for r in RUNTIMES}
+        res["emd_over_vit_p50"] = {n.removeprefix("vit_"): emd50 / v["p50_ms"]
+                                   for n, v in res.items() if n.startswith("vit_")}
         res["torch_over_runtime_p50"] = {r: res["vit_torch"]["p50_ms"] / res[f"vit_{r}"]["p50_ms"]
                                          for r in RUNTIMES}
         res["max_abs_score_diff_to_torch"] = diff
@@ -123,6 +131,8 @@ def main() -> None:
     ap.add_argument("mode", choices=["latency", "accuracy"])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--probes", type=int, default=60)
+    ap.add_argument("--checkpoint", nargs="*", default=[],
+                    help="other Face-ViT checkpoints timed beside the bundled one (onnx-int8)")
     ap.add_argument("--protocols", nargs="+", default=["lfw-1680", "lfw-crop", "lfw-mask",
                                                         "lfw-sunglasses", "lfw-lowres",
                                                         "lfw-pairs", "lfw-openset"])
@@ -130,8 +140,9 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="result file name (without .json)")
     args = ap.parse_args()
     if args.mode == "latency":
-        payload = {"threads": latency(args.threads, args.probes), "probes": args.probes,
-                   "k": 100, "faces": "200 seeded LFW faces (dlib features with grids)"}
+        times = latency(args.threads, args.probes, checkpoints=tuple(args.checkpoint))
+        payload = {"threads": times, "probes": args.probes, "k": 100,
+                   "faces": "200 seeded LFW faces (dlib features with grids)"}
         name = args.name or "vit_cpu_runtime"
     else:
         payload = accuracy(args.protocols, args.limit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -224,6 +226,23 @@ def test_registry_and_device_chunks(tmp_path) -> None:
         make_stage2("vit", checkpoint=str(tmp_path / "r.pt"), alpha=2.0)
 
 
+def test_the_bundled_fast_vit_is_the_bundled_model_distilled_into_width_64() -> None:
+    from facerank._util.checkpoint import read_config
+    from facerank.rerank.vit.reranker import DEFAULT_CHECKPOINT, FAST_CHECKPOINT
+
+    cfg, wide = read_config(FAST_CHECKPOINT), read_config(DEFAULT_CHECKPOINT)
+    assert (cfg["model"]["width"], cfg["model"]["heads"]) == (64, 1)
+    assert cfg["backbone"] == wide["backbone"] and cfg["split"] == wide["split"]
+    teacher = cfg["distilled_from"]
+    assert teacher["checkpoint"] == DEFAULT_CHECKPOINT.name
+    assert teacher["sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
+    assert "--distil-from src/facerank/rerank/checkpoints/vit-h2l-dlib.pt" in cfg["command"]
+    rr = make_stage2("vit-fast", backbone=wide["backbone"])
+    assert isinstance(rr, Stage2ViT) and "width 64" in rr.describe() and rr.gate is not None
+    with pytest.raises(ModelFileError, match="backbone"):
+        make_stage2("vit-fast", backbone="sface_2021dec_int8bq")
+
+
 def test_pair_drawing_and_hard_negatives() -> None:
     rng = np.random.default_rng(0)
     labels = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
@@ -287,6 +306,21 @@ def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
     assert rr.gate is not None and rr.alpha == cfg["alpha_gated"]
     with pytest.raises(InputError, match="unknown variants"):
         train_vit({}, "l1", True, 1, 32, 1e-3, 0, None, "", False, td, variants=("hat",))
+
+    # distillation: a narrower student of the model above records its teacher, and the teacher
+    # term changes what it learns; a teacher of the other identity half is refused
+    narrow = {"variant": "h2l", "width": 8, "depth": 1, "heads": 1, "embed_dim": 8}
+    args = ("l1", True, 2, 32, 1e-3, 0, None, "test", False, td)
+    plain = train_vit(narrow, *args, variants=("crop",))
+    taught = train_vit(narrow, *args, variants=("crop",), teacher=tmp_path / "t.pt", distil=5.0)
+    d = taught["config"]["distilled_from"]
+    assert d["checkpoint"] == "t.pt" and d["weight"] == 5.0 and d["model"]["width"] == 16
+    assert d["sha256"] == hashlib.sha256((tmp_path / "t.pt").read_bytes()).hexdigest()
+    assert "distilled_from" not in plain["config"]
+    assert not torch.equal(plain["model"].embed.weight, taught["model"].embed.weight)
+    with pytest.raises(InputError, match="identity half 0"):
+        train_vit(narrow, "l1", False, 1, 32, 1e-3, 0, None, "", False, td, variants=("crop",),
+                  teacher=tmp_path / "t.pt")
 
 
 def test_vit_plus_emd_is_the_mean_of_both_blends(tmp_path) -> None:

@@ -37,7 +37,8 @@ def eval_command(
         "on disk: bin:FILE.bin (insightface verification set), ijb:FOLDER (IJB-B/C), "
         "tinyface:FOLDER.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval-out"),
-    stage2: Annotated[str, typer.Option(help="Stage-2 method (none, emd, vit, vit+emd).")] = "none",
+    stage2: Annotated[str, typer.Option(
+        help="Stage-2 method (none, emd, vit, vit-fast, vit+emd).")] = "none",
     grid: Annotated[str, typer.Option(help="EMD patch grid: l2, l1, l2p4 (l2 pooled 4x4)...")]
     = "l2",
     weighting: Annotated[str, typer.Option(help="uniform, apc, cc, sc or lmk.")] = "apc",

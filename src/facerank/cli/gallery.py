@@ -253,8 +253,8 @@ def search_command(
     probe: Annotated[Path, typer.Argument(help="Probe image.")],
     gallery: Annotated[Path, typer.Option("--gallery", help="Gallery folder.")],
     stage2: Annotated[str, typer.Option(
-        help="Stage-2 re-ranker: emd, vit, vit+emd, none, or auto (the gallery backbone's "
-        "default: gated emd on dlib, none on sface).")] = "auto",
+        help="Stage-2 re-ranker: emd, vit, vit-fast, vit+emd, none, or auto (the gallery "
+        "backbone's default: gated emd on dlib, none on sface).")] = "auto",
     top: Annotated[int, typer.Option(help="Results to show.")] = 10,
     grid: Annotated[str | None, typer.Option(help="Stage-2 patch grid (l2, l1, l2p4 ...).")]
     = None,

@@ -36,8 +36,9 @@ def serve_command(
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     stage2: Annotated[str, typer.Option(
-        help="Stage-2 re-ranker: emd, vit, vit+emd, none, or auto (the gallery backbone's "
-        "default: gated emd on dlib, none on sface; emd falls back to none if unavailable).")]
+        help="Stage-2 re-ranker: emd, vit, vit-fast, vit+emd, none, or auto (the gallery "
+        "backbone's default: gated emd on dlib, none on sface; emd falls back to none if "
+        "unavailable).")]
     = "auto",
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", help="Largest probe photo accepted, in MiB.")] = 8.0,

@@ -170,6 +170,12 @@ def vit_command(
     variants: Annotated[str, typer.Option(help="Occluded variants to train on, comma-"
                                           "separated.")] = "crop,mask,sunglasses",
     backbone: Backbone = "dlib",
+    distil_from: Annotated[Path | None, typer.Option(
+        help="A Face-ViT H2L checkpoint (same backbone, grid and identity half) whose f1 and "
+        "f2 the new model also learns to reproduce: distils a wider model into a narrower "
+        "one.")] = None,
+    distil_weight: Annotated[float, typer.Option(
+        help="Weight of the distillation term (with --distil-from).")] = 1.0,
 ) -> None:
     """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
     import torch
@@ -194,7 +200,8 @@ def vit_command(
         data = load_training_data(lfw_extractor(backbone=backbone), kinds=kinds)
     res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
                      "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
-                    seed, out, command, data=data, variants=kinds)
+                    seed, out, command, data=data, variants=kinds, teacher=distil_from,
+                    distil=distil_weight)
     m = res["config"]["measured"]
     Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
                     f"{m['history'][-1]['val_auc']:.4f} (cosine "

@@ -44,6 +44,9 @@ from facerank.rerank.vit.model import FaceViT, ViTConfig
 KIND = "vit"
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints"  # rerank/checkpoints
 DEFAULT_CHECKPOINT = BUNDLED / "vit-h2l-dlib.pt"
+# width 64, 1 head, distilled from DEFAULT_CHECKPOINT: about 2x EMD's speed for one probe on a
+# CPU, about 1 P@1 below the wider model on crops and masks (docs/results.md)
+FAST_CHECKPOINT = BUNDLED / "vit-h2l-dlib-fast.pt"
 
 
 @dataclass
@@ -248,6 +251,12 @@ def _make(checkpoint: str | None = None, k: int = 100, alpha: float | None = Non
     extra = {} if alpha is None else {"alpha": alpha}
     return Stage2ViT.load(path, backbone=backbone, k=k, gate=gate, device=device,
                           **extra, **kw)
+
+
+@register_stage2("vit-fast")
+def _make_fast(checkpoint: str | None = None, **kw: object) -> Stage2ViT:
+    """The bundled narrow Face-ViT (`FAST_CHECKPOINT`), otherwise as "vit"."""
+    return _make(checkpoint=checkpoint or str(FAST_CHECKPOINT), **kw)  # type: ignore[arg-type]
 
 
 # ---- explanations -----------------------------------------------------------------------------

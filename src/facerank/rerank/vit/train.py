@@ -107,16 +107,26 @@ def draw_pairs(labels: np.ndarray, neighbours: np.ndarray, rng: np.random.Genera
 
 def pair_loss(model: FaceViT, arc_weight: torch.Tensor | None, ga: torch.Tensor,
               gb: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor, same: torch.Tensor,
-              s: float = 30.0, m: float = 0.5) -> torch.Tensor:
-    """Training loss of a batch: grids ga, gb (B, C, H, W), identities ya, yb (B,), same (B,)."""
+              s: float = 30.0, m: float = 0.5, teacher: FaceViT | None = None,
+              distil: float = 0.0) -> torch.Tensor:
+    """Training loss of a batch: grids ga, gb (B, C, H, W), identities ya, yb (B,), same (B,).
+
+    With a `teacher` (an H2L of the same grid, any width), H2L's loss adds `distil` x the mean
+    cosine distance of the student's f1 and f2 to the teacher's: 2 - cos(f1, f1_t) - cos(f2,
+    f2_t) (feature distillation into a narrower model)."""
     ta, tb = model.tokens(ga), model.tokens(gb)
     out = model.pair_outputs(ta, tb)
     if model.cfg.variant == "h2":
         return F.binary_cross_entropy_with_logits(out[0], same.float())
     if arc_weight is None:
         raise InputError("H2L and H1 are trained with ArcFace: pass the class weights")
-    return 0.5 * (F.cross_entropy(arcface_logits(out[0], arc_weight, ya, s, m), ya)
+    loss = 0.5 * (F.cross_entropy(arcface_logits(out[0], arc_weight, ya, s, m), ya)
                   + F.cross_entropy(arcface_logits(out[1], arc_weight, yb, s, m), yb))
+    if teacher is None or distil == 0:
+        return loss
+    with torch.no_grad():
+        t1, t2 = teacher.pair_outputs(teacher.tokens(ga), teacher.tokens(gb))
+    return loss + distil * (2 - (out[0] * t1).sum(1) - (out[1] * t2).sum(1)).mean()
 
 
 class GridTable:
@@ -145,7 +155,8 @@ class GridTable:
 
 def fit_epochs(model: FaceViT, table: GridTable, classes: np.ndarray, n_classes: int,
                neighbours: np.ndarray, epochs: int, batch: int, lr: float, seed: int,
-               progress: bool = True, on_epoch=None) -> list[dict]:  # noqa: ANN001
+               progress: bool = True, on_epoch=None,  # noqa: ANN001
+               teacher: FaceViT | None = None, distil: float = 0.0) -> list[dict]:
     """Train `model` in place; returns per-epoch {loss, seconds, ...on_epoch()}."""
     gen = torch.Generator().manual_seed(seed)
     arc = None
@@ -176,7 +187,8 @@ def fit_epochs(model: FaceViT, table: GridTable, classes: np.ndarray, n_classes:
                 gb = table.get(pb.row_b[sl], np.zeros(len(pb.row_b[sl]), dtype=np.int64))
                 ya = torch.from_numpy(classes[pb.row_a[sl]])
                 yb = torch.from_numpy(classes[pb.row_b[sl]])
-                loss = pair_loss(model, arc, ga, gb, ya, yb, torch.from_numpy(pb.same[sl]))
+                loss = pair_loss(model, arc, ga, gb, ya, yb, torch.from_numpy(pb.same[sl]),
+                                 teacher=teacher, distil=distil)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -268,8 +280,13 @@ def fit_alpha_gate(model: FaceViT, table: GridTable, rows_val: np.ndarray, label
 def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: int = 12,
               batch: int = 256, lr: float = 1e-3, seed: int = 0, out: Path | None = None,
               command: str = "", progress: bool = True, data=None,  # noqa: ANN001
-              variants: tuple[str, ...] = VARIANT_ORDER) -> dict:
-    """Train one Face-ViT on identity half `train_fold`; writes the checkpoint if `out`."""
+              variants: tuple[str, ...] = VARIANT_ORDER, teacher: str | Path | None = None,
+              distil: float = 1.0) -> dict:
+    """Train one Face-ViT on identity half `train_fold`; writes the checkpoint if `out`.
+
+    teacher: an H2L checkpoint of the same backbone and grid, trained on the same identity
+    half, whose f1 and f2 the new model also learns to reproduce (weight `distil`; see
+    `pair_loss`). Its file name and SHA-256 are recorded in the new checkpoint's JSON."""
     from facerank._util.checkpoint import save_checkpoint
     from facerank.train.data import load_training_data
     from facerank.train.split import describe_split
@@ -312,9 +329,11 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
         return {"val_auc": metrics.roc_auc(sc, vp.same),
                 "val_auc_occluded": metrics.roc_auc(sc[occl], vp.same[occl])}
 
+    teacher_model, distilled = _teacher(teacher, td.data.extractor.model_id, grid, cfg,
+                                        train_fold, td.split_seed, distil)
     t0 = time.perf_counter()
     history = fit_epochs(model, tr_table, classes, n_classes, neighbours, epochs, batch, lr,
-                         seed, progress, on_epoch)
+                         seed, progress, on_epoch, teacher_model, distil)
     train_seconds = time.perf_counter() - t0
     model.eval()
     fitted = fit_alpha_gate(model, table, va, labels, emb,
@@ -332,6 +351,7 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
         "n_train_images": int(len(tr)),
         "n_val_images": int(len(va)), "epochs": epochs, "batch": batch, "lr": lr,
         "loss": "arcface s=30 m=0.5" if cfg.variant != "h2" else "bce on [CLS]",
+        **({"distilled_from": distilled} if distilled else {}),
         "measured": {"history": history, "train_seconds": train_seconds,
                      "seconds_per_epoch": train_seconds / max(1, epochs),
                      "val_auc_stage1_cosine": metrics.roc_auc(cos_val, vp.same),
@@ -340,3 +360,34 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     if out is not None:
         save_checkpoint(out, model, config)
     return {"model": model, "config": config}
+
+
+def _teacher(path: str | Path | None, backbone: str, grid: str, cfg: ViTConfig,
+             train_fold: bool, split_seed: int, weight: float
+             ) -> tuple[FaceViT | None, dict | None]:
+    """The frozen teacher model of `train_vit` and what its JSON records (None: no teacher)."""
+    if path is None:
+        return None, None
+    import hashlib
+
+    from facerank._util.checkpoint import load_checkpoint, load_into
+
+    state, config = load_checkpoint(path, "vit", backbone)
+    t_cfg = ViTConfig.from_dict(config["model"])
+    split = config.get("split", {})
+    problems = [what for what, bad in (
+        ("an H2L student and teacher", cfg.variant != "h2l" or t_cfg.variant != "h2l"),
+        (f"grid {grid}", config.get("grid") != grid),
+        (f"embedding size {cfg.embed_dim}", t_cfg.embed_dim != cfg.embed_dim),
+        (f"identity half {int(train_fold)} (split seed {split_seed})",
+         split.get("train_fold") != train_fold or split.get("seed") != split_seed),
+    ) if bad]
+    if problems or weight <= 0:
+        raise InputError(f"{path}: cannot teach this model: it needs {', '.join(problems)}"
+                         if problems else f"--distil-weight must be positive, got {weight}")
+    teacher = FaceViT(t_cfg)
+    load_into(teacher, state, path)
+    teacher.eval().requires_grad_(False)
+    pt = Path(path).with_suffix(".pt")
+    return teacher, {"checkpoint": pt.name, "sha256": hashlib.sha256(pt.read_bytes()).hexdigest(),
+                     "model": t_cfg.to_dict(), "weight": weight}

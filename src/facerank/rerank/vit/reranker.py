@@ -125,7 +125,8 @@ class Stage2ViT(GatedBlendReranker):
         gated = ", gated" if self.gate is not None else ""
         run = "" if self.runtime == "torch" else f", {self.runtime}"
         return (f"Stage 2 Face-ViT {c.variant.upper()} ({self.grid}, depth {c.depth}, "
-                f"{c.heads} heads, width {c.width}, alpha={self.alpha:g}, k={self.k}{gated}{run})")
+                f"{c.heads} head{'s' * (c.heads != 1)}, width {c.width}, alpha={self.alpha:g}, "
+                f"k={self.k}{gated}{run})")
 
     # ---- inputs ---------------------------------------------------------------------------
 

@@ -22,9 +22,13 @@ OMP_NUM_THREADS=1, as on the busy 2-core machine; width 64 was the default then)
         --out <cache>/vit/h2lw64h1-fold{1,0}.pt
     facerank train vit --width 64 --heads 1 --train-fold {1,0} \
         --distil-from <cache>/vit/h2lw16-fold{1,0}.pt --distil-weight 5 \
-        --out <cache>/vit/h2lw64h1d5-fold{1,0}.pt        # fold 1 = the bundled vit-fast
+        --out <cache>/vit/h2lw64h1d5-fold{1,0}.pt
+    facerank train vit --width 48 --heads 1 --train-fold {1,0} \
+        --distil-from <cache>/vit/h2lw16-fold{1,0}.pt --distil-weight 5 \
+        --out <cache>/vit/h2lw48h1d5-fold{1,0}.pt        # fold 1 = the bundled vit-fast
 
-    python -m benchmarks.vit eval --models h2lw16 h2lw64h1d5 --limit 0  # the fast model
+    python -m benchmarks.vit eval --models h2lw16 h2lw64h1d5 --limit 0  # distilled width 64
+    python -m benchmarks.vit eval --models h2lw64h1d5 h2lw48h1d5 --limit 0  # and vit-fast
 
     python -m benchmarks.vit eval --models h2l h2lcm h2lw16 --limit 0  # all queries + pairs
     python -m benchmarks.vit eval [--models h2l h2lcm]  # 1,000 seeded queries per protocol

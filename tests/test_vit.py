@@ -226,19 +226,19 @@ def test_registry_and_device_chunks(tmp_path) -> None:
         make_stage2("vit", checkpoint=str(tmp_path / "r.pt"), alpha=2.0)
 
 
-def test_the_bundled_fast_vit_is_the_bundled_model_distilled_into_width_64() -> None:
+def test_the_bundled_fast_vit_is_the_bundled_model_distilled_into_width_48() -> None:
     from facerank._util.checkpoint import read_config
     from facerank.rerank.vit.reranker import DEFAULT_CHECKPOINT, FAST_CHECKPOINT
 
     cfg, wide = read_config(FAST_CHECKPOINT), read_config(DEFAULT_CHECKPOINT)
-    assert (cfg["model"]["width"], cfg["model"]["heads"]) == (64, 1)
+    assert (cfg["model"]["width"], cfg["model"]["heads"]) == (48, 1)
     assert cfg["backbone"] == wide["backbone"] and cfg["split"] == wide["split"]
     teacher = cfg["distilled_from"]
     assert teacher["checkpoint"] == DEFAULT_CHECKPOINT.name
     assert teacher["sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
     assert "--distil-from src/facerank/rerank/checkpoints/vit-h2l-dlib.pt" in cfg["command"]
     rr = make_stage2("vit-fast", backbone=wide["backbone"])
-    assert isinstance(rr, Stage2ViT) and "width 64" in rr.describe() and rr.gate is not None
+    assert isinstance(rr, Stage2ViT) and "width 48" in rr.describe() and rr.gate is not None
     with pytest.raises(ModelFileError, match="backbone"):
         make_stage2("vit-fast", backbone="sface_2021dec_int8bq")
 

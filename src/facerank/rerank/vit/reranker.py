@@ -44,8 +44,8 @@ from facerank.rerank.vit.model import FaceViT, ViTConfig
 KIND = "vit"
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints"  # rerank/checkpoints
 DEFAULT_CHECKPOINT = BUNDLED / "vit-h2l-dlib.pt"
-# width 64, 1 head, distilled from DEFAULT_CHECKPOINT: about 2x EMD's speed for one probe on a
-# CPU, about 1 P@1 below the wider model on crops and masks (docs/results.md)
+# width 48, 1 head, distilled from DEFAULT_CHECKPOINT: about 2.4x EMD's speed for one probe on
+# a CPU, 1-3 P@1 below the wider model on crops, masks and sunglasses (docs/results.md)
 FAST_CHECKPOINT = BUNDLED / "vit-h2l-dlib-fast.pt"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -321,6 +322,11 @@ def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
     with pytest.raises(InputError, match="identity half 0"):
         train_vit(narrow, "l1", False, 1, 32, 1e-3, 0, None, "", False, td, variants=("crop",),
                   teacher=tmp_path / "t.pt")
+    (tmp_path / "nomodel.pt").write_bytes((tmp_path / "t.pt").read_bytes())
+    bad = {k: v for k, v in cfg.items() if k != "model"}
+    (tmp_path / "nomodel.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="no valid 'model' entry"):
+        train_vit(narrow, *args, variants=("crop",), teacher=tmp_path / "nomodel.pt")
 
 
 def test_vit_plus_emd_is_the_mean_of_both_blends(tmp_path) -> None:

@@ -49,6 +49,20 @@ DEFAULT_CHECKPOINT = BUNDLED / "vit-h2l-dlib.pt"
 FAST_CHECKPOINT = BUNDLED / "vit-h2l-dlib-fast.pt"
 
 
+def load_model(path: str | Path, backbone: str | None = None) -> tuple[FaceViT, dict]:
+    """(model, config) of a checkpoint written by `facerank train vit`; refused in one line if
+    made for another backbone (None: any), or if its config has no valid model shape."""
+    state, config = load_checkpoint(path, KIND, backbone)
+    try:
+        cfg = ViTConfig.from_dict(config["model"])
+    except (KeyError, TypeError, InputError) as e:
+        raise InputError(f"{path}: checkpoint config has no valid 'model' entry ({e}); "
+                         "retrain it with `facerank train vit`") from None
+    model = FaceViT(cfg)
+    load_into(model, state, path)
+    return model, config
+
+
 @dataclass
 class PairHeatmaps:
     """Relevance of each patch of both faces for the score of B pairs (explanations)."""
@@ -102,14 +116,7 @@ class Stage2ViT(GatedBlendReranker):
              **kw: object) -> Stage2ViT:
         """A checkpoint written by `facerank train vit` (refused if made for another backbone
         or another shape); alpha and grid come from its config unless given."""
-        state, config = load_checkpoint(path, KIND, backbone)
-        try:
-            cfg = ViTConfig.from_dict(config["model"])
-        except (KeyError, TypeError, InputError) as e:
-            raise InputError(f"{path}: checkpoint config has no valid 'model' entry ({e}); "
-                             "retrain it with `facerank train vit`") from None
-        model = FaceViT(cfg)
-        load_into(model, state, path)
+        model, config = load_model(path, backbone)
         kw.setdefault("grid", str(config.get("grid", "l2")))
         gate = kw.pop("gate", None)
         if gate == "auto":

@@ -370,10 +370,10 @@ def _teacher(path: str | Path | None, backbone: str, grid: str, cfg: ViTConfig,
         return None, None
     import hashlib
 
-    from facerank._util.checkpoint import load_checkpoint, load_into
+    from facerank.rerank.vit.reranker import load_model
 
-    state, config = load_checkpoint(path, "vit", backbone)
-    t_cfg = ViTConfig.from_dict(config["model"])
+    teacher, config = load_model(path, backbone)
+    t_cfg = teacher.cfg
     split = config.get("split", {})
     problems = [what for what, bad in (
         ("an H2L student and teacher", cfg.variant != "h2l" or t_cfg.variant != "h2l"),
@@ -385,8 +385,6 @@ def _teacher(path: str | Path | None, backbone: str, grid: str, cfg: ViTConfig,
     if problems or weight <= 0:
         raise InputError(f"{path}: cannot teach this model: it needs {', '.join(problems)}"
                          if problems else f"--distil-weight must be positive, got {weight}")
-    teacher = FaceViT(t_cfg)
-    load_into(teacher, state, path)
     teacher.eval().requires_grad_(False)
     pt = Path(path).with_suffix(".pt")
     return teacher, {"checkpoint": pt.name, "sha256": hashlib.sha256(pt.read_bytes()).hexdigest(),

@@ -7,8 +7,9 @@ The groups are those `facerank train gate` fits on (`facerank.train.gate.gate_gr
 seeded queries per LFW protocol, 300 per identity half and photo variant through YuNet; EMD
 scores cached), reported on `--half` (B = the people the benefit gate was not fitted on). A gate
 is "bundled" (the gate `--stage2 emd` uses on this backbone), "none" (EMD on every query) or a
-gate JSON. The bundled SFace gate was fitted on both halves of the chip-level protocols, so only
-its photo-variant rows are held out.
+gate JSON. With `--checkpoint`, the Stage 2 is that Face-ViT (at its gated alpha) instead of EMD,
+and "bundled" is the gate its checkpoint stores. The bundled SFace EMD gate was fitted on both
+halves of the chip-level protocols, so only its photo-variant rows are held out.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from facerank.rerank.gate import FEATURES, QualityGate, bundled_gate_path
 from facerank.train.gate import gate_groups
 
 
+def bundled_vit_gate(checkpoint: str) -> QualityGate | None:
+    """The gate `--stage2 vit` uses with this checkpoint (`gate="auto"`)."""
+    from facerank.rerank.vit.reranker import Stage2ViT
+
+    return Stage2ViT.load(checkpoint, gate="auto").gate
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="sface")
@@ -29,12 +37,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--half", default="B", choices=["A", "B"])
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--protocol-limit", type=int, default=500)
+    ap.add_argument("--checkpoint", default=None, help="a Face-ViT checkpoint (default: EMD)")
+    ap.add_argument("--name", default=None, help="result name (default from the options)")
     a = ap.parse_args(argv)
-    groups, _ = gate_groups(a.backbone, a.n, protocol_limit=a.protocol_limit, progress=False)
+    groups, _, rr = gate_groups(a.backbone, a.n, protocol_limit=a.protocol_limit,
+                                progress=False, checkpoint=a.checkpoint)
+    a.alpha = rr.alpha
     groups = [g.take(g.fold == (a.half == "A")) for g in groups]
     out: dict = {"setup": vars(a), "rows": []}
     gates = {}
     for name in a.gates:
+        if name == "bundled" and a.checkpoint:
+            gates[name] = bundled_vit_gate(a.checkpoint)
+            continue
         gates[name] = (None if name == "none" else QualityGate.load(
             bundled_gate_path("l2", "apc", a.backbone) if name == "bundled" else name))
     for g in groups:
@@ -49,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
         out["rows"].append(row)
         print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()},
               flush=True)
-    name = f"gate_variants_{a.backbone}_half{a.half}" + ("" if a.n == 300 else f"_n{a.n}")
+    name = a.name or (f"gate_variants_{a.backbone}_half{a.half}"
+                      + ("" if a.n == 300 else f"_n{a.n}"))
     print(f"wrote {write_result(name, out)}")
     return out
 

@@ -104,3 +104,71 @@ def test_train_gate_cli_refuses_bad_sizes_before_loading_data(capsys) -> None:  
 
     assert main(["train", "gate", "--n", "5"]) == 2
     assert "--n and --protocol-limit must be at least 10" in capsys.readouterr().err
+
+
+def test_a_face_vit_gate_is_refused_unless_the_vit_never_saw_the_fitting_people(
+        capsys) -> None:  # noqa: ANN001
+    from facerank.cli.app import main
+    from facerank.rerank.vit.reranker import FAST_CHECKPOINT
+
+    # trained on all of identity half 1 (A): no unseen people there to fit its gate on
+    assert main(["train", "gate", "--backbone", "dlib", "--checkpoint",
+                 str(FAST_CHECKPOINT)]) == 2
+    err = capsys.readouterr().err
+    assert "never saw" in err and "--subfold 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_face_vit_benefit_gate_is_used_beside_its_checkpoint_and_only_there(
+        tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    from facerank.rerank.vit.reranker import (
+        FAST_CHECKPOINT,
+        Stage2ViT,
+        benefit_gate_path,
+    )
+
+    ckpt = tmp_path / "v.pt"
+    shutil.copy(FAST_CHECKPOINT, ckpt)
+    shutil.copy(FAST_CHECKPOINT.with_suffix(".json"), ckpt.with_suffix(".json"))
+    stored = Stage2ViT.load(ckpt, gate="auto").gate  # the clean-vs-occluded gate it was made with
+    assert stored is not None and "features" in stored.meta
+    gate = fit_benefit_gate([_group("a", 400, 1.0, 0, 0.02), _group("b", 400, 3.0, 1, 0.3)],
+                            meta={"stage2": "vit", "checkpoint_sha256":
+                                  hashlib.sha256(ckpt.read_bytes()).hexdigest()})
+    gate.save(benefit_gate_path(ckpt))
+    used = Stage2ViT.load(ckpt, gate="auto").gate
+    assert used is not None and used.digest() == gate.digest() != stored.digest()
+    assert Stage2ViT.load(ckpt, gate=None).gate is None
+    # a gate fitted for other weights is refused in one line, not silently used
+    gate.meta["checkpoint_sha256"] = "0" * 64
+    gate.save(benefit_gate_path(ckpt))
+    with pytest.raises(ModelFileError, match="another Face-ViT checkpoint") as e:
+        Stage2ViT.load(ckpt, gate="auto")
+    assert "\n" not in str(e.value)
+
+
+def test_score_group_runs_any_ungated_stage2_and_refuses_a_gated_one(tmp_path: Path,
+                                                                     monkeypatch) -> None:  # noqa: ANN001
+    from facerank.train.gate import score_group, stage2_key
+
+    monkeypatch.setenv("FACERANK_CACHE", str(tmp_path))
+    q, g = _queries(5, True, 0), _queries(30, False, 1)
+    labels = np.arange(30) % 10
+
+    class Fixed(Stage2EMD):  # EMD's blend and gate inputs; scores that favour candidate 3
+        def topk_scores(self, queries, gallery, cand, progress=False):  # noqa: ANN001, ANN201
+            return (labels[cand] == 3).astype(np.float32)
+
+    rr = Fixed(backbone="sface", alpha=0.9, k=30)  # every gallery face is a candidate
+    got = score_group("t", q, np.full(5, 3), g, labels, np.full(5, -1), np.ones(5, bool), rr)
+    assert got.x.shape == (5, len(GATE_FEATURES)) and got.s2_ok.all()
+    assert stage2_key(rr) == "sface-l2-apc"
+    with pytest.raises(InputError, match="ungated"):
+        score_group("t", q, np.full(5, 3), g, labels, np.full(5, -1), np.ones(5, bool),
+                    Stage2EMD(backbone="sface", gate=gate_for_test()))
+
+
+def gate_for_test() -> QualityGate:
+    return fit_benefit_gate([_group("a", 400, 1.0, 0, 0.02), _group("b", 400, 3.0, 1, 0.3)])

@@ -55,3 +55,20 @@ def test_checkpoint_round_trip_and_refusals(tmp_path) -> None:
     (tmp_path / "head.json").write_text(json.dumps([1]))
     with pytest.raises(ModelFileError, match="object"):
         load_checkpoint(path, "toy")
+
+
+def test_sub_fold_splits_one_half_by_person_and_leaves_the_other_alone() -> None:
+    from facerank.train.split import sub_fold
+
+    labels = np.random.default_rng(3).integers(0, 400, 3000)
+    half = identity_fold(labels, 0)
+    for fold in (True, False):
+        part = sub_fold(labels, fold)
+        assert not (part & (half != fold)).any()  # only people of that half
+        people, inside = np.unique(labels[half == fold]), np.unique(labels[part])
+        assert abs(len(inside) - len(people) / 2) <= 1
+        for p in np.unique(labels):  # every image of a person on one side
+            assert len(set(part[labels == p])) == 1
+    assert np.array_equal(sub_fold(labels, True), sub_fold(labels, True))
+    assert not np.array_equal(sub_fold(labels, True, sub_seed=1), sub_fold(labels, True,
+                                                                             sub_seed=2))

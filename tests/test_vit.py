@@ -307,6 +307,22 @@ def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
     assert rr.gate is not None and rr.alpha == cfg["alpha_gated"]
     with pytest.raises(InputError, match="unknown variants"):
         train_vit({}, "l1", True, 1, 32, 1e-3, 0, None, "", False, td, variants=("hat",))
+    # --subfold: trained on one part of the half; the JSON says which, for the gate's fitting
+    from facerank.train.split import sub_fold
+
+    many = np.repeat(np.arange(240), 3)  # enough people for a quarter to hold out some
+    pro = np.abs(rng.normal(size=(240, *GRID))).astype(np.float32)
+    big = TrainingData(SimpleNamespace(features=_features(len(many), 3, protos=pro,
+                                                          labels=many),
+                                       extractor=data.extractor),
+                       {"crop": _features(len(many), 4, protos=pro, labels=many)}, many,
+                       identity_fold(many, 0), 0, 1)
+    part = train_vit({"variant": "h2l", "width": 8, "depth": 1, "heads": 1, "embed_dim": 8},
+                     "l1", True, 1, 32, 1e-3, 0, None, "test", False, big, variants=("crop",),
+                     subfold=True)["config"]
+    seen = sub_fold(many, True)
+    assert part["split"]["subfold"] is True and "subfold" not in cfg["split"]
+    assert part["n_train_images"] + part["n_val_images"] == seen.sum() == 180
 
     # distillation: a narrower student of the model above records its teacher, and the teacher
     # term changes what it learns; a teacher of the other identity half is refused

@@ -56,7 +56,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path, kind: str, backbone: str | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, config) of a checkpoint of `kind` made for `backbone` (None: any)."""
+    """(state_dict, config) of a checkpoint of `kind` made for `backbone` (None: any): its
+    model id ("sface_2021dec_int8bq@facerank-features-1") or short name ("sface")."""
     pt, js = _paths(path)
     config = read_config(path)
     if "kind" not in config:
@@ -65,7 +66,8 @@ def load_checkpoint(path: str | Path, kind: str, backbone: str | None = None
     if config.get("kind") != kind:
         raise ModelFileError(f"{js}: a {config.get('kind')!r} checkpoint, not {kind!r}; pass a "
                              f"{kind} checkpoint")
-    if backbone is not None and config.get("backbone") != backbone:
+    made_for = str(config.get("backbone", ""))
+    if backbone is not None and backbone not in (made_for, made_for.split("_", 1)[0]):
         raise ModelFileError(f"{js}: trained on backbone {config.get('backbone')!r}, but the "
                              f"features in use come from {backbone!r}; train one for this "
                              f"backbone with `facerank train {kind} --backbone ...`")

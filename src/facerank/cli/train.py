@@ -176,6 +176,10 @@ def vit_command(
         "one.")] = None,
     distil_weight: Annotated[float, typer.Option(
         help="Weight of the distillation term (with --distil-from).")] = 1.0,
+    subfold: Annotated[int, typer.Option(
+        help="Train on one part of the identity half only (1 or 0 of a second seeded split), "
+        "so that `facerank train gate --checkpoint` can fit the gate on the other part's "
+        "people; -1: the whole half.")] = -1,
 ) -> None:
     """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
     import torch
@@ -183,9 +187,10 @@ def vit_command(
 
     from facerank.rerank.vit.train import train_vit
 
-    if train_fold not in (0, 1) or epochs < 1 or batch < 1 or lr <= 0:
-        raise InputError(f"--train-fold must be 0 or 1 and --epochs, --batch, --lr "
-                         f"positive; got {train_fold}, {epochs}, {batch}, {lr}")
+    if train_fold not in (0, 1) or subfold not in (-1, 0, 1) or epochs < 1 or batch < 1 or lr <= 0:
+        raise InputError(f"--train-fold must be 0 or 1, --subfold -1, 0 or 1, and --epochs, "
+                         f"--batch, --lr positive; got {train_fold}, {subfold}, {epochs}, "
+                         f"{batch}, {lr}")
     torch.manual_seed(seed)
     command = "facerank train vit " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     kinds = tuple(v.strip() for v in variants.split(",") if v.strip())
@@ -201,7 +206,7 @@ def vit_command(
     res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
                      "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
                     seed, out, command, data=data, variants=kinds, teacher=distil_from,
-                    distil=distil_weight)
+                    distil=distil_weight, subfold=None if subfold < 0 else bool(subfold))
     m = res["config"]["measured"]
     Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
                     f"{m['history'][-1]['val_auc']:.4f} (cosine "
@@ -225,28 +230,34 @@ def gate_command(
     report: Annotated[Path | None, typer.Option(help="Also write the per-group table (JSON).")
                       ] = None,
     backbone: Backbone = "sface",
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Fit the gate of this Face-ViT checkpoint instead of EMD's (--bundle: written "
+        "beside it as NAME.gate.json, which `--stage2 vit` then uses).")] = None,
 ) -> None:
-    """Fit a Stage-2 EMD gate on what EMD does to each query (identity half A; abstains if it
-    never helps) and report Stage 1 vs gated EMD per protocol and variant on half B."""
+    """Fit a Stage-2 gate on what Stage 2 (EMD, or the Face-ViT --checkpoint) does to each
+    query (identity half A; abstains if it never helps) and report Stage 1 vs gated Stage 2
+    per protocol and variant on half B."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
     from facerank.rerank.gate import bundled_gate_path
+    from facerank.rerank.vit.reranker import benefit_gate_path
     from facerank.train.gate import train_gate
 
     if n < 10 or protocol_limit < 10:
         raise InputError(f"--n and --protocol-limit must be at least 10, got {n} and "
                          f"{protocol_limit}")
     gate, res = train_gate(backbone, n=n, seed=seed, protocol_limit=protocol_limit,
-                           max_loss=max_loss)
+                           max_loss=max_loss, checkpoint=checkpoint)
     table = Table(title=f"held-out identity half ({backbone}): P@1 %")
-    for col in ("group", "queries", "sent", "Stage 1", "EMD", "gated", "change"):
+    for col in ("group", "queries", "sent", "Stage 1", "ViT" if checkpoint else "EMD", "gated",
+                "change"):
         table.add_column(col)
     for r in res["held_out_half"]:
         table.add_row(r["group"], str(r["queries"]), f"{100 * r['sent']:.1f} %",
-                      f"{r['p1_stage1']:.2f}", f"{r['p1_emd']:.2f}", f"{r['p1_gated']:.2f}",
+                      f"{r['p1_stage1']:.2f}", f"{r['p1_stage2']:.2f}", f"{r['p1_gated']:.2f}",
                       f"{r['change']:+.2f}")
     console = Console()
     console.print(table)
@@ -260,6 +271,7 @@ def gate_command(
             console.print(f"not bundled: the gate {'abstains' if not sends else 'loses'} "
                           f"(worst held-out change {worst:+.2f} P@1)")
             return
-        out = bundled_gate_path("l2", "apc", backbone)
+        out = (bundled_gate_path("l2", "apc", backbone) if checkpoint is None
+               else benefit_gate_path(checkpoint))
     console.print(f"threshold {gate.threshold:.4f} ({'abstains' if not sends else 'sends'}); "
                   f"wrote {gate.save(out)}")

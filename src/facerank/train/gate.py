@@ -1,4 +1,5 @@
-"""Fit a Stage-2 gate that learns when EMD helps a query, and abstains when it never does.
+"""Fit a Stage-2 gate that learns when Stage 2 (EMD, or a Face-ViT checkpoint) helps a query,
+and abstains when it never does.
 
 The bundled dlib gate (`benchmarks.stage2 gated`) separates clean from occluded queries and lets
 1 % of clean ones through. That is the wrong question for a backbone whose Stage 1 already
@@ -8,16 +9,18 @@ fitted on what Stage 2 does to each query instead.
     groups   the LFW identification protocols (lfw-1680, lfw-crop, lfw-mask, lfw-sunglasses:
              evaluation set-up) and the photo variants (`eval.photo_variants`, clean included)
              through the product's query chain (YuNet, largest face)
-    label    helps = EMD's blend puts a right person first where Stage 1 did not; hurts = the
-             other way round. The logistic regression is fitted on the queries where the two
-             disagree, to give P(helps | they disagree) from `FEATURES` + `EXTRA_FEATURES`
-             (the Stage-1 margin top1 - top2 and the detector score).
+    label    helps = Stage 2's blend (EMD's, or the Face-ViT's) puts a right person first where
+             Stage 1 did not; hurts = the other way round. The logistic regression is fitted
+             on the queries where the two disagree, to give P(helps | they disagree) from
+             `FEATURES` + `EXTRA_FEATURES` (the Stage-1 margin top1 - top2 and the detector
+             score; for a Face-ViT, its scores take EMD's place in the list features).
     threshold  chosen on the fitting half only: the one with the largest summed P@1 gain over
              the groups such that no group loses any P@1 there. If no threshold gains, the gate
              sends nothing (threshold 1.0): it abstains.
 
 Fitted on identity half A (`train.split.identity_fold` True); every number reported for half B
-comes from people the gate never saw.
+comes from people the gate never saw. A Face-ViT trained on half A was fitted on those people
+too, so its gate sees it at its best there; half B shows what that costs.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from facerank._util.paths import cache_root
 from facerank.errors import InputError
@@ -36,10 +41,11 @@ from facerank.eval.photo_variants import PHOTO_VARIANTS
 from facerank.eval.protocols import IDENTIFICATION, EvalData, lfw_extractor, setup_identification
 from facerank.face.features import FeatureSet
 from facerank.ranking import cosine_topk
+from facerank.rerank.base import GatedBlendReranker
 from facerank.rerank.emd.reranker import Stage2EMD
 from facerank.rerank.gate import EXTRA_FEATURES, FEATURES, QualityGate, extra_features
 from facerank.train.data import TRAIN_VARIANT_SEED, photo_variant, query_extractor, variant_queries
-from facerank.train.split import describe_split, identity_fold
+from facerank.train.split import describe_split, identity_fold, sub_fold
 
 ABSTAIN = 1.0  # a gate threshold no probability exceeds: nothing is sent
 GATE_FEATURES = FEATURES + EXTRA_FEATURES
@@ -48,7 +54,7 @@ GATE_FEATURES = FEATURES + EXTRA_FEATURES
 @dataclass
 class GateGroup:
     """One protocol or variant: per query, its identity half, whether Stage 1 and the ungated
-    EMD blend put a right person first, and the gate's inputs."""
+    Stage-2 blend put a right person first, and the gate's inputs."""
 
     name: str
     fold: np.ndarray  # (Q,) bool, identity_fold of the query's person
@@ -68,40 +74,58 @@ class GateGroup:
                          self.s2_ok[mask], self.x[mask])
 
     def p_at_1(self, sent: np.ndarray | None = None) -> tuple[float, float]:
-        """(Stage 1, gated EMD) P@1 in %; sent (Q,) bool: the queries blended (None: all)."""
+        """(Stage 1, gated Stage 2) P@1 in %; sent (Q,) bool: the queries blended (None: all)."""
         sent = np.ones(len(self.fold), bool) if sent is None else sent
         gated = np.where(sent, self.s2_ok, self.s1_ok)
         return float(100 * self.s1_ok.mean()), float(100 * gated.mean())
 
 
-def _emd_cached(rr: Stage2EMD, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
-                tag: str, progress: bool) -> np.ndarray:
-    """EMD of each query's candidates cand (Q, k), cached by the query descriptors and cand."""
+def stage2_key(rr: GatedBlendReranker) -> str:
+    """A file-name key naming what `rr` scores with: EMD's backbone, grid and weighting, or a
+    Face-ViT's weights (a digest of its state_dict) and runtime."""
+    if isinstance(rr, Stage2EMD):
+        return f"{rr.backbone}-{rr.grid}-{rr.weighting}"
+    h = hashlib.sha1()
+    model: torch.nn.Module = rr.model  # type: ignore[attr-defined]
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return f"vit-{h.hexdigest()[:16]}-{getattr(rr, 'runtime', 'torch')}"
+
+
+def _stage2_cached(rr: GatedBlendReranker, queries: FeatureSet, gallery: FeatureSet,
+                   cand: np.ndarray, tag: str, progress: bool) -> np.ndarray:
+    """Stage-2 scores of each query's candidates cand (Q, k), cached by the re-ranker
+    (`stage2_key`), the query descriptors and cand."""
     h = hashlib.sha1(np.ascontiguousarray(queries.descriptors, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(cand, dtype=np.int64).tobytes())
-    path = cache_root() / "stage2" / (f"gate-{rr.backbone}-{tag}-{rr.grid}-{rr.weighting}-"
-                                      f"{h.hexdigest()[:16]}.npy")
+    if isinstance(rr, Stage2EMD):  # the name earlier EMD runs were cached under
+        name = f"gate-{rr.backbone}-{tag}-{rr.grid}-{rr.weighting}-{h.hexdigest()[:16]}.npy"
+    else:
+        name = f"gate-{stage2_key(rr)}-{tag}-{h.hexdigest()[:16]}.npy"
+    path = cache_root() / "stage2" / name
     if path.is_file():
         return np.load(path)
-    emd = rr.emd_scores(queries, gallery, cand, progress=progress)
+    scores = rr.topk_scores(queries, gallery, cand, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, emd)
-    return emd
+    np.save(path, scores)
+    return scores
 
 
 def score_group(name: str, queries: FeatureSet, q_labels: np.ndarray, gallery: FeatureSet,
-                g_labels: np.ndarray, exclude: np.ndarray, fold: np.ndarray, rr: Stage2EMD,
-                progress: bool = False) -> GateGroup:
-    """Stage 1 (top rr.k, `exclude` (Q,) hidden per query), EMD of those candidates, the
-    ungated blend at rr.alpha, and the gate inputs of the Q queries."""
+                g_labels: np.ndarray, exclude: np.ndarray, fold: np.ndarray,
+                rr: GatedBlendReranker, progress: bool = False) -> GateGroup:
+    """Stage 1 (top rr.k, `exclude` (Q,) hidden per query), the Stage-2 scores of those
+    candidates by `rr` (EMD or Face-ViT, ungated), its blend at rr.alpha, and the gate inputs
+    of the Q queries."""
+    if rr.gate is not None:
+        raise InputError("a gate is fitted on the ungated Stage 2; pass one without a gate")
     ranking = cosine_topk(queries.embeddings, gallery.embeddings, rr.k, exclude)
     cand = ranking.indices[:, : rr.k]
-    emd = _emd_cached(rr, queries, gallery, cand, name, progress)
-    plain = Stage2EMD(grid=rr.grid, weighting=rr.weighting, alpha=rr.alpha, k=rr.k,
-                      backbone=rr.backbone)
-    blended = plain.blend(ranking, emd)
+    scores = _stage2_cached(rr, queries, gallery, cand, name, progress)
+    blended = rr.blend(ranking, scores)
     cos = ranking.stage_scores.get("stage1", ranking.scores)[:, : rr.k]
-    x = np.concatenate([plain.gate_features(queries, cos, emd),
+    x = np.concatenate([rr.gate_features(queries, cos, scores),
                         extra_features(EXTRA_FEATURES, cos, queries.det_scores)], axis=1)
     return GateGroup(name, np.asarray(fold, bool), np.asarray(q_labels),
                      g_labels[ranking.indices[:, 0]] == q_labels,
@@ -111,15 +135,19 @@ def score_group(name: str, queries: FeatureSet, q_labels: np.ndarray, gallery: F
 def gate_groups(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_limit: int = 500,
                 variants: tuple[str, ...] = ("clean", *PHOTO_VARIANTS), detector: str = "yunet",
                 split_seed: int = 0, grid: str = "l2", weighting: str = "apc",
-                alpha: float = 0.7, k: int = 100, progress: bool = True
-                ) -> tuple[list[GateGroup], str]:
-    """(groups, backbone model id): every protocol (`protocol_limit` seeded queries, both
-    halves) and photo variant (`n` seeded queries from each identity half, through
-    `detector`), scored by `score_group`."""
+                alpha: float | None = None, k: int = 100, progress: bool = True,
+                checkpoint: str | Path | None = None
+                ) -> tuple[list[GateGroup], EvalData, GatedBlendReranker]:
+    """(groups, the evaluation data, the ungated Stage 2): every protocol (`protocol_limit`
+    seeded queries, both halves) and photo variant (`n` seeded queries from each identity
+    half, through `detector`), scored by `score_group`. The Stage 2 is EMD (grid, weighting,
+    alpha 0.7 unless given), or the Face-ViT `checkpoint` (its gated alpha unless given: the
+    one it fitted on occluded queries, which is what a gate sends)."""
     data = EvalData.load(lfw_extractor(backbone=backbone), progress=progress)
     labels = data.lfw.labels
     half = identity_fold(labels, split_seed)
-    rr = Stage2EMD(grid=grid, weighting=weighting, alpha=alpha, k=k, backbone=backbone)
+    rr = _ungated_stage2(data.extractor.model_id, backbone, grid, weighting, alpha, k,
+                         checkpoint)
     groups = []
     for protocol in IDENTIFICATION:
         st = setup_identification(data, protocol, seed=seed, limit=protocol_limit,
@@ -137,7 +165,21 @@ def gate_groups(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_l
             parts.append(score_group(f"photo-{name}", q, labels[rows], data.features, labels,
                                      rows, half[rows], rr, progress))
         groups.append(GateGroup.concat(parts))
-    return groups, data.extractor.model_id
+    return groups, data, rr
+
+
+def _ungated_stage2(model_id: str, backbone: str, grid: str, weighting: str,
+                    alpha: float | None, k: int, checkpoint: str | Path | None
+                    ) -> GatedBlendReranker:
+    if checkpoint is None:
+        return Stage2EMD(grid=grid, weighting=weighting, alpha=0.7 if alpha is None else alpha,
+                         k=k, backbone=backbone)
+    from facerank.rerank.vit.reranker import Stage2ViT, load_model
+
+    _, config = load_model(checkpoint, model_id)  # refused in one line for another backbone
+    fitted = config.get("alpha_gated", config.get("alpha", 0.5))
+    return Stage2ViT.load(checkpoint, backbone=model_id, k=k, gate=None,
+                          alpha=float(fitted if alpha is None else alpha))
 
 
 def choose_threshold(p: list[np.ndarray], groups: list[GateGroup], max_loss: float = 0.0,
@@ -165,16 +207,16 @@ def choose_threshold(p: list[np.ndarray], groups: list[GateGroup], max_loss: flo
 
 def _fit_logistic(groups: list[GateGroup], l2: float, meta: dict | None = None
                   ) -> QualityGate:
-    """Logistic P(EMD helps | EMD and Stage 1 disagree) on the queries of `groups`."""
+    """Logistic P(Stage 2 helps | it and Stage 1 disagree) on the queries of `groups`."""
     x = np.concatenate([g.x for g in groups])
     s1 = np.concatenate([g.s1_ok for g in groups])
     s2 = np.concatenate([g.s2_ok for g in groups])
     disagree = s1 != s2
     helps = (s2 & ~s1)[disagree]
     if helps.sum() < 2 or (~helps).sum() < 2:
-        raise InputError(f"gate fitting needs queries EMD fixed and queries it broke; got "
+        raise InputError(f"gate fitting needs queries Stage 2 fixed and queries it broke; got "
                          f"{int(helps.sum())} and {int((~helps).sum())}")
-    info = {"features": list(GATE_FEATURES), "label": "EMD's blend right where Stage 1 was "
+    info = {"features": list(GATE_FEATURES), "label": "Stage 2's blend right where Stage 1 was "
             "wrong (fitted on the queries where the two disagree)",
             "fit_queries": int(len(x)), "fit_helps": int(helps.sum()),
             "fit_hurts": int((~helps).sum()), **(meta or {})}
@@ -184,7 +226,7 @@ def _fit_logistic(groups: list[GateGroup], l2: float, meta: dict | None = None
 def fit_benefit_gate(groups: list[GateGroup], l2: float = 1e-2, max_loss: float = 0.0,
                      meta: dict | None = None, inner_seed: int = 1) -> QualityGate:
     """A `QualityGate` on GATE_FEATURES fitted on `groups` (the fitting half's queries):
-    logistic P(EMD helps | EMD and Stage 1 disagree) on all of them; its threshold is chosen by
+    logistic P(Stage 2 helps | it and Stage 1 disagree) on all of them; its threshold is chosen by
     `choose_threshold` on out-of-fold probabilities (the fitting half's people split in two
     by `identity_fold(person, inner_seed)`, each half scored by a regression fitted on the
     other), so a threshold that only fits noise of the fitting queries is not picked."""
@@ -212,15 +254,43 @@ def fit_benefit_gate(groups: list[GateGroup], l2: float = 1e-2, max_loss: float 
 
 
 def report(gate: QualityGate, groups: list[GateGroup]) -> list[dict]:
-    """Per group: queries, share sent, Stage-1 / ungated EMD / gated EMD P@1 (%)."""
+    """Per group: queries, share sent, Stage-1 / ungated Stage 2 / gated Stage 2 P@1 (%)."""
     rows = []
     for g in groups:
         sent = gate.use_stage2(g.x)
         s1, plain = g.p_at_1()
         rows.append({"group": g.name, "queries": len(g.fold), "sent": float(sent.mean()),
-                     "p1_stage1": s1, "p1_emd": plain, "p1_gated": g.p_at_1(sent)[1],
+                     "p1_stage1": s1, "p1_stage2": plain, "p1_gated": g.p_at_1(sent)[1],
                      "change": g.p_at_1(sent)[1] - s1})
     return rows
+
+
+def _describe_stage2(rr: GatedBlendReranker, checkpoint: object) -> dict:
+    """What the gate's meta records about the Stage 2 it was fitted for."""
+    if isinstance(rr, Stage2EMD):
+        return {"stage2": "emd", "grid": rr.grid, "weighting": rr.weighting}
+    path = Path(str(checkpoint))
+    return {"stage2": "vit", "checkpoint": path.name,
+            "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _unseen_part(checkpoint: object, fit_fold: bool) -> bool | None:
+    """For a Face-ViT `checkpoint`: the part (`sub_fold`) of the fitting half whose people it
+    never saw, where its gate is fitted; refused in one line unless it was trained on the
+    other part of that very half (a gate fitted on a model's own training people sees it at
+    its best and sends too much; a model trained on the report half would make the report
+    its training score). None for EMD."""
+    if checkpoint is None:
+        return None
+    from facerank._util.checkpoint import read_config
+
+    split = read_config(Path(str(checkpoint))).get("split", {})
+    if split.get("train_fold") != fit_fold or split.get("subfold") is None:
+        raise InputError(f"{checkpoint}: its gate is fitted on identity half "
+                         f"{'A' if fit_fold else 'B'} on people the Face-ViT never saw; "
+                         f"train it with `facerank train vit --train-fold {int(fit_fold)} "
+                         "--subfold 1` (it trains on one part of that half)")
+    return not bool(split["subfold"])
 
 
 def train_gate(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_limit: int = 500,
@@ -229,9 +299,15 @@ def train_gate(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_li
     """Fit on identity half `fit_fold` (A = True), report on both halves; returns the gate
     (meta: command, seed, split, data, fitting-half gain, held-out table) and the report."""
     t0 = time.perf_counter()
-    groups, model_id = gate_groups(backbone, n, seed, protocol_limit, progress=progress,
-                         **group_options)  # type: ignore[arg-type]
-    fit = [g.take(g.fold == fit_fold) for g in groups]
+    checkpoint = group_options.get("checkpoint")
+    unseen = _unseen_part(checkpoint, fit_fold)  # refused before any scoring
+    groups, data, rr = gate_groups(backbone, n, seed, protocol_limit, progress=progress,
+                                   **group_options)  # type: ignore[arg-type]
+    model_id, labels = data.extractor.model_id, data.lfw.labels
+    fitting = (lambda g: g.fold == fit_fold) if unseen is None else (
+        lambda g: (g.fold == fit_fold) & np.isin(g.person, np.unique(labels[sub_fold(
+            labels, fit_fold) == unseen])))
+    fit = [g.take(fitting(g)) for g in groups]
     held = [g.take(g.fold != fit_fold) for g in groups]
     data_desc = {"protocols": list(IDENTIFICATION), "protocol_queries": protocol_limit,
                  "protocol_seed": seed, "photo_variants": [g.name for g in groups
@@ -242,10 +318,10 @@ def train_gate(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_li
                  "gallery": "all 13,233 clean LFW images (evaluation set-up) minus the "
                             "query's original"}
     gate = fit_benefit_gate(fit, max_loss=max_loss, meta={
-        "backbone": model_id, "grid": "l2", "weighting": "apc",
-        "k": 100, "alpha": 0.7, "command": "facerank " + " ".join(
+        "backbone": model_id, **_describe_stage2(rr, checkpoint),
+        "k": rr.k, "alpha": rr.alpha, "command": "facerank " + " ".join(
             shlex.quote(a) for a in sys.argv[1:]), "seed": seed,
-        "split": describe_split(fit_fold), "data": data_desc})
+        "split": describe_split(fit_fold, subfold=unseen), "data": data_desc})
     out = {"fit_half": report(gate, fit), "held_out_half": report(gate, held),
            "seconds": round(time.perf_counter() - t0, 1)}
     gate.meta["held_out"] = [{k: (round(v, 3) if isinstance(v, float) else v)

@@ -33,8 +33,31 @@ def split_rows(labels: np.ndarray, train_fold: bool, seed: int = 0
     return train, test
 
 
-def describe_split(train_fold: bool, seed: int = 0) -> dict:
-    """What a checkpoint's config records about its training identities."""
-    return {"kind": "lfw-identity-halves", "seed": seed, "train_fold": bool(train_fold),
-            "rule": "np.random.default_rng(seed).permutation(np.unique(lfw.labels))"
-                    "[: n // 2] is fold True (facerank.train.split.identity_fold)"}
+SUB_SEED = 1  # the seed that splits a training half once more (`sub_fold`)
+
+
+def sub_fold(labels: np.ndarray, train_fold: bool, seed: int = 0, sub_seed: int = SUB_SEED
+             ) -> np.ndarray:
+    """labels (N,) of all LFW images -> (N,) bool: True where the person is in the first half
+    of a seeded permutation (`sub_seed`) of the identities of half `train_fold`. Used to train
+    a head on one part of a half and fit its gate on the other, whose people the head never
+    saw; the other identity half stays for the report."""
+    labels = np.asarray(labels)
+    fold = identity_fold(labels, seed)
+    inside = identity_fold(labels[fold == train_fold], sub_seed)
+    out = np.zeros(len(labels), dtype=bool)
+    out[np.flatnonzero(fold == train_fold)[inside]] = True
+    return out
+
+
+def describe_split(train_fold: bool, seed: int = 0, subfold: bool | None = None) -> dict:
+    """What a checkpoint's config records about its training identities (subfold: trained on
+    that part of the half only, `sub_fold`; None: the whole half)."""
+    out = {"kind": "lfw-identity-halves", "seed": seed, "train_fold": bool(train_fold),
+           "rule": "np.random.default_rng(seed).permutation(np.unique(lfw.labels))"
+                   "[: n // 2] is fold True (facerank.train.split.identity_fold)"}
+    if subfold is not None:
+        out.update(subfold=bool(subfold), sub_seed=SUB_SEED,
+                   sub_rule="the same rule with seed sub_seed on the identities of fold "
+                   "train_fold; trained on part subfold (facerank.train.split.sub_fold)")
+    return out

@@ -25,7 +25,7 @@ import torch
 
 from facerank._util.checkpoint import load_checkpoint, load_into
 from facerank._util.progress import progress_bar
-from facerank.errors import InputError
+from facerank.errors import InputError, ModelFileError
 from facerank.face.features import FeatureSet
 from facerank.ranking import Ranking
 from facerank.rerank.base import (
@@ -49,6 +49,17 @@ DEFAULT_CHECKPOINT = BUNDLED / "vit-h2l-dlib.pt"
 FAST_CHECKPOINT = BUNDLED / "vit-h2l-dlib-fast.pt"
 
 
+def default_checkpoint(backbone: str | None = None) -> Path:
+    """The bundled Face-ViT for `backbone` ("dlib" or None: `DEFAULT_CHECKPOINT`; "sface":
+    `vit-h2l-sface.pt`, trained on SFace's 7x7 grid; a model id names its backbone by its
+    first word). Another backbone gets dlib's, which `Stage2ViT.load` then refuses."""
+    name = str(backbone or "dlib").split("_", 1)[0]
+    if name == "dlib":
+        return DEFAULT_CHECKPOINT
+    own = BUNDLED / f"vit-h2l-{name}.pt"
+    return own if own.is_file() else DEFAULT_CHECKPOINT
+
+
 def load_model(path: str | Path, backbone: str | None = None) -> tuple[FaceViT, dict]:
     """(model, config) of a checkpoint written by `facerank train vit`; refused in one line if
     made for another backbone (None: any), or if its config has no valid model shape."""
@@ -61,6 +72,29 @@ def load_model(path: str | Path, backbone: str | None = None) -> tuple[FaceViT, 
     model = FaceViT(cfg)
     load_into(model, state, path)
     return model, config
+
+
+def benefit_gate_path(checkpoint: str | Path) -> Path:
+    """Where the gate fitted on what this Face-ViT does to each query (`facerank train gate
+    --checkpoint ... --bundle`) is kept: `<checkpoint>.gate.json` beside it."""
+    return Path(checkpoint).with_suffix(".gate.json")
+
+
+def benefit_gate(checkpoint: str | Path) -> QualityGate | None:
+    """The benefit gate stored beside `checkpoint`, if any; refused in one line if it was
+    fitted for another checkpoint (its meta records the checkpoint's SHA-256)."""
+    import hashlib
+
+    path = benefit_gate_path(checkpoint)
+    if not path.is_file():
+        return None
+    gate = QualityGate.load(path)
+    want = gate.meta.get("checkpoint_sha256")
+    if want != hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest():
+        raise ModelFileError(f"{path}: this gate was fitted for another Face-ViT checkpoint "
+                             f"than {Path(checkpoint).name}; refit it with `facerank train gate "
+                             f"--checkpoint {checkpoint}` or delete it")
+    return gate
 
 
 @dataclass
@@ -120,8 +154,8 @@ class Stage2ViT(GatedBlendReranker):
         kw.setdefault("grid", str(config.get("grid", "l2")))
         gate = kw.pop("gate", None)
         if gate == "auto":
-            gate = config.get("gate")
-            gate = QualityGate(**gate) if isinstance(gate, dict) else None
+            gate = benefit_gate(path) or config.get("gate")
+            gate = QualityGate(**gate) if isinstance(gate, dict) else gate
         # gated, Stage 2 sees (nearly) only occluded queries: the alpha fitted on those
         fitted = config.get("alpha_gated") if gate is not None else None
         kw.setdefault("alpha", float(fitted if fitted is not None else config.get("alpha", 0.5)))
@@ -248,12 +282,13 @@ def _make(checkpoint: str | None = None, k: int = 100, alpha: float | None = Non
           grid: str | None = None, weighting: str | None = None,
           **kw: object) -> Stage2ViT:
     """The product's Face-ViT re-ranker: the bundled H2L checkpoint unless one is given.
-    gate: "auto" = the gate stored in the checkpoint (if any), "none", or a gate JSON file.
+    gate: "auto" = the benefit gate kept beside the checkpoint (`benefit_gate_path`), else the
+    gate stored in the checkpoint (if any); "none"; or a gate JSON file.
     runtime (keyword): "auto" (onnx-int8 on the CPU), "onnx-int8", "onnx" or "torch".
     grid and weighting are EMD options that the CLI passes to every method: a Face-ViT's grid
     is the one it was trained on (its checkpoint's) and it has no patch weighting."""
     del grid, weighting
-    path = checkpoint or DEFAULT_CHECKPOINT
+    path = checkpoint or default_checkpoint(backbone)
     if gate == "none":
         gate = None
     extra = {} if alpha is None else {"alpha": alpha}

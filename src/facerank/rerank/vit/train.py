@@ -281,15 +281,18 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
               batch: int = 256, lr: float = 1e-3, seed: int = 0, out: Path | None = None,
               command: str = "", progress: bool = True, data=None,  # noqa: ANN001
               variants: tuple[str, ...] = VARIANT_ORDER, teacher: str | Path | None = None,
-              distil: float = 1.0) -> dict:
+              distil: float = 1.0, subfold: bool | None = None) -> dict:
     """Train one Face-ViT on identity half `train_fold`; writes the checkpoint if `out`.
+
+    subfold: train on that part of the half only (`train.split.sub_fold`), leaving the other
+    part's people unseen for fitting a gate (`facerank train gate --checkpoint`).
 
     teacher: an H2L checkpoint of the same backbone and grid, trained on the same identity
     half, whose f1 and f2 the new model also learns to reproduce (weight `distil`; see
     `pair_loss`). Its file name and SHA-256 are recorded in the new checkpoint's JSON."""
     from facerank._util.checkpoint import save_checkpoint
     from facerank.train.data import load_training_data
-    from facerank.train.split import describe_split
+    from facerank.train.split import describe_split, sub_fold
 
     unknown = sorted(set(variants) - set(VARIANT_ORDER))
     if unknown:
@@ -298,6 +301,8 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     td = data if data is not None else load_training_data(kinds=variants, progress=progress)
     grid_name, pool = parse_grid(grid)
     rows, _ = td.rows(train_fold)  # the other half is never read below
+    if subfold is not None:
+        rows = rows[sub_fold(td.labels, train_fold, td.split_seed)[rows] == subfold]
     labels = td.labels[rows]
     variants = tuple(k for k in VARIANT_ORDER if k in td.variants and k in variants)
     sets = [td.clean] + [td.variants[k] for k in variants]
@@ -346,7 +351,8 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
         "kind": "vit", "backbone": td.data.extractor.model_id, "model": cfg.to_dict(),
         "grid": grid, "alpha": fitted["alpha"], "alpha_gated": fitted["alpha_gated"],
         "gate": fitted["gate"].__dict__ if fitted["gate"] is not None else None,
-        "command": command, "seed": seed, "split": describe_split(train_fold, td.split_seed),
+        "command": command, "seed": seed,
+        "split": describe_split(train_fold, td.split_seed, subfold),
         "data": td.describe(), "variants_trained": list(variants), "n_classes": n_classes,
         "n_train_images": int(len(tr)),
         "n_val_images": int(len(va)), "epochs": epochs, "batch": batch, "lr": lr,

@@ -121,6 +121,7 @@ class GatedBlendReranker:
     alpha: float
     gate: QualityGate | None
     k: int
+    grid_name: str  # the feature grid the method reads (its gate's query statistics too)
     pre_gate: PreGate | None = None  # the gate's cheap first step, when one ships for it
 
     def _set_blend(self, alpha: float, k: int, gate: QualityGate | str | None,
@@ -138,9 +139,19 @@ class GatedBlendReranker:
         self.pre_gate = (PreGate.for_gate(self.gate) if pre_gate and self.gate is not None
                          else None)
 
+    def _query_stats(self, queries: FeatureSet) -> np.ndarray:
+        """(Q, 5) `gate.query_features` of the queries' descriptors and this method's grid."""
+        from facerank.rerank.gate import query_features
+
+        if self.grid_name not in queries.grids:
+            raise InputError(f"query features have no grid {self.grid_name!r}")
+        return query_features(queries.descriptors, queries.grids[self.grid_name])
+
     def pre_gate_features(self, queries: FeatureSet, cos: np.ndarray) -> np.ndarray | None:
-        """(Q, 10) the pre-gate's inputs (None: this method has no pre-gate features)."""
-        return None
+        """(Q, 10) the pre-gate's inputs: Stage-1 cos (Q, k) and the query statistics."""
+        from facerank.rerank.gate import pre_gate_features
+
+        return pre_gate_features(cos, self._query_stats(queries))
 
     def maybe_sent(self, queries: FeatureSet, ranking: Ranking, k: int) -> np.ndarray | None:
         """(Q,) bool: the queries the gate may send to Stage 2, decided before any Stage-2
@@ -161,8 +172,13 @@ class GatedBlendReranker:
 
     def gate_features(self, queries: FeatureSet, cos: np.ndarray,
                       scores: np.ndarray) -> np.ndarray:
-        """(Q, F) the gate's inputs from the queries, their cosines and Stage-2 scores."""
-        raise NotImplementedError
+        """(Q, F) the gate's inputs: Stage-1 cos (Q, k) and this method's scores (Q, k) of the
+        same candidates (in EMD's place in `gate.gate_features`), the query statistics, and the
+        extra columns the gate reads."""
+        from facerank.rerank.gate import gate_features, gate_inputs
+
+        base = gate_features(cos, scores, self._query_stats(queries))
+        return gate_inputs(self.gate, base, cos, queries.det_scores)
 
     def blend(self, ranking: Ranking, scores: np.ndarray,
               queries: FeatureSet | None = None,

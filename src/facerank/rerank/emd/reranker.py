@@ -31,10 +31,6 @@ from facerank.rerank.emd.solver import (
 from facerank.rerank.gate import (
     QualityGate,
     bundled_gate,
-    gate_features,
-    gate_inputs,
-    pre_gate_features,
-    query_features,
 )
 
 _MODEL_PREFIX = {"dlib": "dlib_resnet", "sface": "sface"}
@@ -252,21 +248,6 @@ class Stage2EMD(GatedBlendReranker):
         return emd_rerank_scores(qg, cg, qw, cw, self.eps, self.max_iter,
                                  cand_index=inv.to(self.device),
                                  weighting=in_chunks).cpu().numpy()
-
-    def gate_features(self, queries: FeatureSet, cos: np.ndarray, emd: np.ndarray) -> np.ndarray:
-        """(Q, F) gate inputs: Stage-1 cos (Q, k) and emd (Q, k) of the same candidates."""
-        if self.grid_name not in queries.grids:
-            raise InputError(f"query features have no grid {self.grid_name!r}")
-        base = gate_features(cos, emd, query_features(queries.descriptors,
-                                                      queries.grids[self.grid_name]))
-        return gate_inputs(self.gate, base, cos, queries.det_scores)
-
-    def pre_gate_features(self, queries: FeatureSet, cos: np.ndarray) -> np.ndarray:
-        """(Q, 10) the pre-gate's inputs: Stage-1 cos (Q, k) and the query statistics."""
-        if self.grid_name not in queries.grids:
-            raise InputError(f"query features have no grid {self.grid_name!r}")
-        return pre_gate_features(cos, query_features(queries.descriptors,
-                                                     queries.grids[self.grid_name]))
 
     def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
                     progress: bool = False) -> np.ndarray:

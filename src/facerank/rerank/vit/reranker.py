@@ -37,7 +37,7 @@ from facerank.rerank.base import (
 from facerank.rerank.device import CPU_VIT_CHUNK_PAIRS, default_chunk_pairs, pick_device
 from facerank.rerank.emd.reranker import parse_grid
 from facerank.rerank.emd.solver import pool_grid
-from facerank.rerank.gate import QualityGate, gate_features, gate_inputs, query_features
+from facerank.rerank.gate import QualityGate
 from facerank.rerank.vit import fast
 from facerank.rerank.vit.model import FaceViT, ViTConfig
 
@@ -263,13 +263,6 @@ class Stage2ViT(GatedBlendReranker):
         return self.alpha * vit + (1 - self.alpha) * cos
 
     # ---- re-ranking -----------------------------------------------------------------------
-
-    def gate_features(self, queries: FeatureSet, cos: np.ndarray, vit: np.ndarray
-                      ) -> np.ndarray:
-        """(Q, F) gate inputs: EMD's gate features with the ViT's scores in EMD's place."""
-        base = gate_features(cos, vit, query_features(queries.descriptors,
-                                                      queries.grids[self.grid_name]))
-        return gate_inputs(self.gate, base, cos, queries.det_scores)
 
     def topk_scores(self, queries: FeatureSet, gallery: FeatureSet, cand: np.ndarray,
                     progress: bool = False) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,20 @@ def test_score_group_runs_any_ungated_stage2_and_refuses_a_gated_one(tmp_path: P
 
 def gate_for_test() -> QualityGate:
     return fit_benefit_gate([_group("a", 400, 1.0, 0, 0.02), _group("b", 400, 3.0, 1, 0.3)])
+
+
+def test_the_pre_gate_passes_every_query_the_gate_sends_where_it_was_fitted() -> None:
+    from facerank.train.gate import PRE_COLUMNS, fit_pre_gate, report
+
+    groups = [_group("helps", 600, 1.0, 2, 0.0), _group("mixed", 600, 2.0, 3, 0.2)]
+    for g in groups:  # make the signal visible before Stage 2: a pre-gate column carries it
+        g.x[:, PRE_COLUMNS[0]] = g.x[:, 0]
+    gate = fit_benefit_gate(groups)
+    pre = fit_pre_gate(gate, groups)
+    assert pre is not None and pre.for_gate == gate.digest()
+    for g, row in zip(groups, report(gate, groups, pre), strict=True):
+        sent = gate.use_stage2(g.x)
+        assert pre.maybe_stage2(g.x[:, PRE_COLUMNS])[sent].all()
+        assert row["p1_gated"] == row["p1_gate_alone"] and row["pre_passed"] < 1.0
+    abstains = replace(gate, threshold=ABSTAIN)
+    assert fit_pre_gate(abstains, groups) is None

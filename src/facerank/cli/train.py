@@ -249,14 +249,15 @@ def gate_command(
     if n < 10 or protocol_limit < 10:
         raise InputError(f"--n and --protocol-limit must be at least 10, got {n} and "
                          f"{protocol_limit}")
-    gate, res = train_gate(backbone, n=n, seed=seed, protocol_limit=protocol_limit,
-                           max_loss=max_loss, checkpoint=checkpoint)
+    gate, res, pre = train_gate(backbone, n=n, seed=seed, protocol_limit=protocol_limit,
+                                max_loss=max_loss, checkpoint=checkpoint)
     table = Table(title=f"held-out identity half ({backbone}): P@1 %")
-    for col in ("group", "queries", "sent", "Stage 1", "ViT" if checkpoint else "EMD", "gated",
-                "change"):
+    for col in ("group", "queries", "scored", "sent", "Stage 1", "ViT" if checkpoint else "EMD",
+                "gated", "change"):
         table.add_column(col)
     for r in res["held_out_half"]:
-        table.add_row(r["group"], str(r["queries"]), f"{100 * r['sent']:.1f} %",
+        table.add_row(r["group"], str(r["queries"]), f"{100 * r['pre_passed']:.1f} %",
+                      f"{100 * r['sent']:.1f} %",
                       f"{r['p1_stage1']:.2f}", f"{r['p1_stage2']:.2f}", f"{r['p1_gated']:.2f}",
                       f"{r['change']:+.2f}")
     console = Console()
@@ -275,3 +276,7 @@ def gate_command(
                else benefit_gate_path(checkpoint))
     console.print(f"threshold {gate.threshold:.4f} ({'abstains' if not sends else 'sends'}); "
                   f"wrote {gate.save(out)}")
+    beside = Path(out).with_suffix(".pre.json")  # where QualityGate.pre_path looks
+    if pre is not None:  # a pre-gate left there for another gate is ignored (`for_gate`)
+        console.print(f"pre-gate (Stage 2 scores only the queries it passes): wrote "
+                      f"{pre.save(beside)}")

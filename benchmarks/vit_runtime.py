@@ -35,35 +35,37 @@ from benchmarks.device_latency import _pct
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
-def _faces(n: int = 200, seed: int = 0):  # noqa: ANN202 - a FeatureSet
+def _faces(n: int = 200, seed: int = 0, backbone: str = "dlib"):  # noqa: ANN202 - a FeatureSet
     from facerank.eval import protocols as P
 
-    data = P.EvalData.load(P.lfw_extractor(backbone="dlib"))
+    data = P.EvalData.load(P.lfw_extractor(backbone=backbone))
     pick = np.sort(np.random.default_rng(seed).choice(len(data.features), n, replace=False))
     return data.features.take(pick)
 
 
 def latency(threads: list[int], probes: int, warm: int = 3,
-            checkpoints: tuple[str, ...] = ()) -> dict:
+            checkpoints: tuple[str, ...] = (), backbone: str = "dlib") -> dict:
     """One probe's Stage 2 (100 candidates): EMD and the Face-ViT runtimes, alternately; each
-    of `checkpoints` (other Face-ViT checkpoints) runs beside them as `vit_<stem>`, onnx-int8."""
+    of `checkpoints` (other Face-ViT checkpoints) runs beside them as `vit_<stem>`, onnx-int8.
+    backbone: whose features and bundled Face-ViT (`vit-h2l-<backbone>.pt` for SFace)."""
     import torch
 
     from facerank.ranking import cosine_topk
     from facerank.rerank.base import make_stage2
 
-    fs = _faces()
-    emd = make_stage2("emd", gate="none")
+    fs = _faces(backbone=backbone)
+    on = {} if backbone == "dlib" else {"backbone": backbone}
+    emd = make_stage2("emd", gate="none", **on)
     out: dict = {}
     for n_threads in threads:
         torch.set_num_threads(n_threads)
-        vits = {r: make_stage2("vit", gate="none", runtime=r, threads=n_threads)
+        vits = {r: make_stage2("vit", gate="none", runtime=r, threads=n_threads, **on)
                 for r in RUNTIMES}
         fns = {"emd": emd.emd_scores, **{f"vit_{r}": v.vit_scores for r, v in vits.items()}}
         for c in checkpoints:
             fns[f"vit_{Path(c).stem}"] = make_stage2("vit", checkpoint=c, gate="none",
-                                                     runtime="onnx-int8",
-                                                     threads=n_threads).vit_scores
+                                                     runtime="onnx-int8", threads=n_threads,
+                                                     **on).vit_scores
         t: dict[str, list[float]] = {n: [] for n in fns}
         diff = dict.fromkeys(RUNTIMES, 0.0)
         load0 = os.getloadavg()
@@ -137,12 +139,15 @@ def main() -> None:
                                                         "lfw-sunglasses", "lfw-lowres",
                                                         "lfw-pairs", "lfw-openset"])
     ap.add_argument("--limit", type=int, default=None, help="seeded subset of N queries")
+    ap.add_argument("--backbone", default="dlib", choices=["dlib", "sface"],
+                    help="latency: whose features, EMD grids and bundled Face-ViT")
     ap.add_argument("--name", default=None, help="result file name (without .json)")
     args = ap.parse_args()
     if args.mode == "latency":
-        times = latency(args.threads, args.probes, checkpoints=tuple(args.checkpoint))
+        times = latency(args.threads, args.probes, checkpoints=tuple(args.checkpoint),
+                        backbone=args.backbone)
         payload = {"threads": times, "probes": args.probes, "k": 100,
-                   "faces": "200 seeded LFW faces (dlib features with grids)"}
+                   "faces": f"200 seeded LFW faces ({args.backbone} features with grids)"}
         name = args.name or "vit_cpu_runtime"
     else:
         payload = accuracy(args.protocols, args.limit)

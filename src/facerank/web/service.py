@@ -73,9 +73,11 @@ class SearchService:
             from facerank.rerank.base import default_stage2
 
             stage2 = default_stage2(backbone_name(self.extractor.model_id))
-        self.reranker, self.stage2_note = self._stage2(stage2)
         from facerank.calibrate import factory
         from facerank.models.backbone import backbone_name
+
+        self.reranker, self.stage2_note = self._stage2(stage2,
+                                                       backbone_name(self.extractor.model_id))
 
         self.calibrator = factory.build(calibrate, calibrate_with, self.extractor.model_id)
         self.probability = factory.probability_model(calibrate,
@@ -87,8 +89,9 @@ class SearchService:
         self._thumb_lock = threading.Lock()
 
     @staticmethod
-    def _stage2(name: str) -> tuple[Reranker | None, str | None]:
-        """Build Stage 2; an unavailable "emd" falls back to Stage 1 only, with a note."""
+    def _stage2(name: str, backbone: str = "dlib") -> tuple[Reranker | None, str | None]:
+        """Build Stage 2 for the gallery's backbone (its grids, gate and Face-ViT); an
+        unavailable "emd" falls back to Stage 1 only, with a note."""
         try:
             available = stage2_names()
         except ImportError as e:
@@ -100,7 +103,7 @@ class SearchService:
                 return None, "Stage 2 'emd' is not available in this install; showing Stage 1 only"
             raise InputError(f"unknown Stage-2 method {name!r}; choose from "
                              f"{', '.join(available)}")
-        return make_stage2(name), None
+        return make_stage2(name, **({} if backbone == "dlib" else {"backbone": backbone})), None
 
     def info(self) -> dict[str, Any]:
         """What the page shows in its header."""
@@ -272,10 +275,11 @@ class SearchService:
         """
         try:
             from facerank.explain.vit_heatmap import render_vit_pair
-            from facerank.rerank.vit.reranker import Stage2ViT
+            from facerank.rerank.vit.reranker import Stage2ViT, default_checkpoint
 
             if self._vit is None:
-                self._vit = Stage2ViT.load(backbone=self.extractor.model_id)
+                model_id = self.extractor.model_id
+                self._vit = Stage2ViT.load(default_checkpoint(model_id), backbone=model_id)
             cand = self.gallery.features(grids=True).take([top.row])
             with tempfile.TemporaryDirectory(prefix="facerank-explain-") as tmp:
                 bb = self.extractor.backbone

@@ -143,7 +143,8 @@ def gate_groups(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_l
                 variants: tuple[str, ...] = ("clean", *PHOTO_VARIANTS), detector: str = "yunet",
                 split_seed: int = 0, grid: str = "l2", weighting: str = "apc",
                 alpha: float | None = None, k: int = 100, progress: bool = True,
-                checkpoint: str | Path | None = None
+                checkpoint: str | Path | None = None,
+                protocols: tuple[str, ...] = IDENTIFICATION
                 ) -> tuple[list[GateGroup], EvalData, GatedBlendReranker]:
     """(groups, the evaluation data, the ungated Stage 2): every protocol (`protocol_limit`
     seeded queries, both halves) and photo variant (`n` seeded queries from each identity
@@ -156,7 +157,7 @@ def gate_groups(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_l
     rr = _ungated_stage2(data.extractor.model_id, backbone, grid, weighting, alpha, k,
                          checkpoint)
     groups = []
-    for protocol in IDENTIFICATION:
+    for protocol in protocols:
         st = setup_identification(data, protocol, seed=seed, limit=protocol_limit,
                                   progress=progress)
         groups.append(score_group(protocol, st.queries, st.query_labels, st.gallery,

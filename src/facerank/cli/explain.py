@@ -24,7 +24,8 @@ def explain_command(
     method: Annotated[str, typer.Option(help="emd (flows) or vit (Face-ViT relevance "
                                         "heatmaps).")] = "emd",
     checkpoint: Annotated[Path | None, typer.Option(help="Face-ViT checkpoint (--method vit; "
-                                                    "default: the bundled one).")] = None,
+                                                    "default: the one bundled for the "
+                                                    "backbone).")] = None,
 ) -> None:
     """Explain why two faces match: EMD flows and patch weights, or Face-ViT heatmaps."""
     if method == "vit":
@@ -60,10 +61,10 @@ def _explain_vit(a: Path, b: Path, out_path: Path, faces: str, checkpoint: Path 
 
     from facerank.explain.vit_heatmap import render_vit_pair
     from facerank.face.features import FeatureSet, make_extractor
-    from facerank.rerank.vit.reranker import DEFAULT_CHECKPOINT, Stage2ViT
+    from facerank.rerank.vit.reranker import Stage2ViT, default_checkpoint
 
     fx = make_extractor(faces=faces)
-    scorer = Stage2ViT.load(checkpoint or DEFAULT_CHECKPOINT, backbone=fx.model_id)
+    scorer = Stage2ViT.load(checkpoint or default_checkpoint(fx.model_id), backbone=fx.model_id)
     fx.grid_names = tuple(dict.fromkeys((*fx.grid_names, scorer.grid_name)))
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     path, heat = render_vit_pair(FeatureSet.stack([fa]), FeatureSet.stack([fb]), out_path,

@@ -397,3 +397,33 @@ def test_vit_plus_emd_runs_the_vit_only_for_the_queries_emds_gate_sends(tmp_path
     assert np.isnan(out.stage_scores["vit"][[1, 3]]).all()
     assert np.isfinite(out.stage_scores["vit"][[0, 2], :8]).all()
     assert np.isfinite(out.stage_scores["emd"][:, :8]).all()
+
+
+def test_the_bundled_sface_vit_its_benefit_gate_and_pre_gate_belong_together() -> None:
+    from facerank._util.checkpoint import read_config
+    from facerank.rerank.gate import PreGate, QualityGate
+    from facerank.rerank.vit.reranker import (
+        BUNDLED,
+        benefit_gate_path,
+        default_checkpoint,
+    )
+
+    ckpt = default_checkpoint("sface")
+    assert ckpt == BUNDLED / "vit-h2l-sface.pt"
+    assert default_checkpoint("sface_2021dec_int8bq@facerank-features-1") == ckpt
+    cfg = read_config(ckpt)
+    assert cfg["backbone"].startswith("sface") and cfg["grid"] == "l2"
+    assert cfg["model"]["grid_h"] == cfg["model"]["grid_w"] == 7
+    # trained on one part of identity half A; its gate on the other part, unseen by the model
+    assert cfg["split"]["train_fold"] is True and cfg["split"]["subfold"] is True
+    gate = QualityGate.load(benefit_gate_path(ckpt))
+    assert gate.meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert gate.meta["split"]["subfold"] is False and gate.threshold < 1.0
+    pre = PreGate.for_gate(gate)
+    assert pre is not None and pre.for_gate == gate.digest()
+    rr = make_stage2("vit", backbone="sface")
+    assert isinstance(rr, Stage2ViT) and rr.gate is not None
+    assert rr.gate.digest() == gate.digest() and rr.pre_gate is not None
+    assert rr.alpha == cfg["alpha_gated"] == gate.meta["alpha"]
+    with pytest.raises(ModelFileError, match="backbone"):  # the narrow model is dlib's only
+        make_stage2("vit-fast", backbone="sface")

@@ -374,3 +374,40 @@ def test_sface_runs_few_faces_at_a_time_with_equal_outputs(monkeypatch) -> None:
     assert seen == [2, 2, 1] and S.RUN_BATCH == 2
     np.testing.assert_allclose(d1, d0, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g1["l2"], g0["l2"], rtol=1e-5, atol=1e-5)
+
+
+def test_search_runs_sfaces_own_face_vit_with_its_gate(tmp_path: Path, lfw_root: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """`--stage2 vit` on an SFace gallery: the Face-ViT trained for SFace, behind its own
+    gate and pre-gate; a 70 % crop of a photo is ranked, and `--explain` writes its picture."""
+    import json
+
+    from PIL import Image
+
+    from facerank.cli.app import main
+    from facerank.face.features import make_extractor
+
+    from .conftest import small_gallery
+
+    people = ["Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Tony_Blair"]
+    g, held = small_gallery(tmp_path, lfw_root, make_extractor(backbone="sface", cache=False),
+                            people)
+    g.close()
+    img = Image.open(held[2])
+    w, h = img.size
+    crop = tmp_path / "crop.jpg"
+    img.crop((int(0.15 * w), int(0.15 * h), int(0.85 * w), int(0.85 * h))).save(crop)
+    for probe in (held[2], crop):
+        assert main(["search", str(probe), "--gallery", str(tmp_path / "g"), "--stage2", "vit",
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert "Face-ViT H2L" in out["stage2"] and "gated" in out["stage2"]
+        assert len(out["results"]) == 8
+    assert out["results"][0]["identity"] in people
+    assert main(["search", str(held[2]), "--gallery", str(tmp_path / "g"), "--stage2", "vit",
+                 "--explain", str(tmp_path / "why.png")]) == 0
+    assert (tmp_path / "why.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["search", str(held[2]), "--gallery", str(tmp_path / "g"), "--stage2",
+                 "vit-fast"]) == 2  # dlib's narrow model: refused in one line on SFace
+    assert "backbone" in capsys.readouterr().err

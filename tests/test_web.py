@@ -466,3 +466,19 @@ def test_browser_upload_and_render(server: str, web_gallery: tuple[Path, dict[st
         assert urls and all(u.startswith((server, "data:")) for u in urls), urls  # no network
     finally:
         browser.close()
+
+
+def test_the_page_builds_stage2_for_the_gallerys_backbone() -> None:
+    """An SFace gallery gets SFace's EMD gate and SFace's Face-ViT, not dlib's."""
+    from facerank.rerank.gate import bundled_gate_path
+    from facerank.rerank.vit.reranker import default_checkpoint
+    from facerank.web.service import SearchService
+
+    emd, _ = SearchService._stage2("emd", "sface")
+    assert emd.backbone == "sface" and emd.gate is not None
+    assert emd.gate.meta["_path"] == str(bundled_gate_path("l2", "apc", "sface"))
+    vit, _ = SearchService._stage2("vit", "sface")
+    assert vit.meta["backbone"].startswith("sface") and vit.gate is not None
+    assert default_checkpoint("sface").name == "vit-h2l-sface.pt"
+    dlib_vit, _ = SearchService._stage2("vit")
+    assert dlib_vit.meta["backbone"].startswith("dlib")

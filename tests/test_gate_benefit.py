@@ -190,3 +190,14 @@ def test_the_pre_gate_passes_every_query_the_gate_sends_where_it_was_fitted() ->
         assert row["p1_gated"] == row["p1_gate_alone"] and row["pre_passed"] < 1.0
     abstains = replace(gate, threshold=ABSTAIN)
     assert fit_pre_gate(abstains, groups) is None
+
+
+def test_train_gate_cli_refuses_an_unwritable_report_before_any_work(tmp_path: Path,
+                                                                      capsys) -> None:  # noqa: ANN001
+    from facerank.cli.app import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "gate", "--report", str(blocker / "sub" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write there" in err and len(err.strip().splitlines()) == 1

@@ -249,6 +249,13 @@ def gate_command(
     if n < 10 or protocol_limit < 10:
         raise InputError(f"--n and --protocol-limit must be at least 10, got {n} and "
                          f"{protocol_limit}")
+    for path in (out, report):  # before minutes of scoring, not after
+        if path is not None:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"{path}: cannot write there ({e.strerror}); pass another "
+                                 "path") from None
     gate, res, pre = train_gate(backbone, n=n, seed=seed, protocol_limit=protocol_limit,
                                 max_loss=max_loss, checkpoint=checkpoint)
     table = Table(title=f"held-out identity half ({backbone}): P@1 %")

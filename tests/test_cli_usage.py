@@ -104,3 +104,17 @@ def test_usage_error_is_one_line_hint_exit_2(path, case, capsys):
 def test_every_command_is_walked():
     """The walk reaches subcommands of groups (a guard against a silent empty tree)."""
     assert ("gallery", "add") in COMMANDS and ("train",) in COMMANDS and ("search",) in COMMANDS
+
+
+def test_an_unwritable_or_unreadable_path_is_one_line_and_exit_2(monkeypatch, capsys):
+    """An OSError that reaches the entry point (a path the user gave that cannot be written,
+    a full disk) names the file in one line instead of a traceback."""
+    import facerank.cli.app as cli
+
+    def deny(**_kw):
+        raise PermissionError(13, "Permission denied", "/read-only/out.json")
+
+    monkeypatch.setattr(cli, "app", deny)
+    assert cli.main(["extract"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: /read-only/out.json: Permission denied") and "\n" not in err

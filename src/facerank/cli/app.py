@@ -194,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     except aborts:
         err.print("interrupted")
         return 130
+    except OSError as e:  # a path the user gave that cannot be read or written (full disk, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"error: {where}{e.strerror or e}; check the path, its permissions and the "
+                  "free space", markup=False, highlight=False, soft_wrap=True)
+        return 2
     return rv if isinstance(rv, int) else 0
 
 if __name__ == "__main__":

@@ -226,8 +226,10 @@ def stage2_names() -> list[str]:
 # The Stage 2 each backbone runs by default. On dlib, gated EMD never lost P@1 on any set
 # measured; on SFace, gated EMD lost 4.5 P@1 on real masked photos and 0.45 on celebrity
 # photos against SFace's own cosine, so SFace's default chain stops at Stage 1 (abstains).
-# A gate fitted on where EMD helps SFace (`facerank train gate`) gained only on LFW-crop and
-# lost one query on a held-out photo variant (docs/results.md, "SFace heads"): still Stage 1.
+# The gates fitted on where Stage 2 helps SFace (`facerank train gate`, for EMD and for
+# SFace's own Face-ViT; what `--stage2 emd` / `vit` use there) never cost more than 0.1 P@1 on
+# held-out people but gain only on LFW-crop, and the queries their pre-gates pass would pay
+# 23-53 ms of Stage 2 (docs/results.md, "SFace heads"): the default stays Stage 1.
 DEFAULT_STAGE2 = {"dlib": "emd", "sface": "none"}
 
 

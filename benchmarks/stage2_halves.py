@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -29,6 +30,25 @@ from facerank.train.data import TRAIN_VARIANT_SEED, photo_variant, query_extract
 from facerank.train.split import identity_fold
 
 
+def half_groups(data: EvalData, half_a: bool, n: int, protocol_limit: int, backbone: str
+                ) -> Iterator[tuple]:
+    """(name, queries, query labels, gallery, gallery labels, exclude) of each LFW protocol
+    (the half's share of `protocol_limit` seeded queries) and photo variant (`n` seeded photos
+    of the half through YuNet), against all clean LFW images minus the query's original."""
+    labels = data.lfw.labels
+    in_half = identity_fold(labels, 0) == half_a
+    for protocol in IDENTIFICATION:
+        st = setup_identification(data, protocol, seed=0, limit=protocol_limit, progress=False)
+        m = in_half[st.query_index]
+        yield (protocol, st.queries.take(np.flatnonzero(m)), st.query_labels[m], st.gallery,
+               st.gallery_labels, st.exclude[m])
+    fx = query_extractor("yunet", backbone)
+    rows = variant_queries(labels, n, 0, 0, train_fold=half_a)
+    for name in ["clean", *PHOTO_VARIANTS]:
+        q = photo_variant(name, rows, TRAIN_VARIANT_SEED, data=data, progress=False, queries=fx)
+        yield f"photo-{name}", q, labels[rows], data.features, labels, rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="sface", choices=["dlib", "sface"])
@@ -39,8 +59,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--name", default=None)
     a = ap.parse_args(argv)
     data = EvalData.load(lfw_extractor(backbone=a.backbone), progress=False)
-    labels = data.lfw.labels
-    in_half = identity_fold(labels, 0) == (a.half == "A")
     on = {} if a.backbone == "dlib" else {"backbone": a.backbone}
     methods = {m: make_stage2(m, **on) for m in a.methods}
     out: dict = {"setup": vars(a), "describe": {m: r.describe() for m, r in methods.items()},
@@ -59,16 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()},
               flush=True)
 
-    for protocol in IDENTIFICATION:
-        st = setup_identification(data, protocol, seed=0, limit=a.protocol_limit, progress=False)
-        m = in_half[st.query_index]
-        run(protocol, st.queries.take(np.flatnonzero(m)), st.query_labels[m], st.gallery,
-            st.gallery_labels, st.exclude[m])
-    fx = query_extractor("yunet", a.backbone)
-    rows = variant_queries(labels, a.n, 0, 0, train_fold=a.half == "A")
-    for name in ["clean", *PHOTO_VARIANTS]:
-        q = photo_variant(name, rows, TRAIN_VARIANT_SEED, data=data, progress=False, queries=fx)
-        run(f"photo-{name}", q, labels[rows], data.features, labels, rows)
+    for name, *group in half_groups(data, a.half == "A", a.n, a.protocol_limit, a.backbone):
+        run(name, *group)
     print(f"wrote {write_result(a.name or f'stage2_halves_{a.backbone}_half{a.half}', out)}")
     return out
 

@@ -15,13 +15,11 @@ import time
 import numpy as np
 
 from benchmarks.common import write_result
-from facerank.eval.photo_variants import PHOTO_VARIANTS
-from facerank.eval.protocols import IDENTIFICATION, EvalData, lfw_extractor, setup_identification
+from benchmarks.stage2_halves import half_groups
+from facerank.eval.protocols import EvalData, lfw_extractor
 from facerank.face.features import FeatureSet
 from facerank.ranking import cosine_topk
 from facerank.rerank.vit.reranker import Stage2ViT
-from facerank.train.data import TRAIN_VARIANT_SEED, photo_variant, query_extractor, variant_queries
-from facerank.train.split import identity_fold
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,8 +30,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--name", default="vit_sface_halfB")
     a = ap.parse_args(argv)
     data = EvalData.load(lfw_extractor(backbone="sface"), progress=False)
-    labels = data.lfw.labels
-    half = identity_fold(labels, 0)
     vit = Stage2ViT.load(a.checkpoint, backbone=data.extractor.model_id, k=100, gate=None)
     out: dict = {"setup": {**vars(a), "alpha": vit.alpha, "gate": None,
                            "config": json.loads(open(a.checkpoint.replace(".pt", ".json")).read()
@@ -50,16 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "seconds": round(time.perf_counter() - t0, 1)}
         print(name, out["rows"][name], flush=True)
 
-    for protocol in IDENTIFICATION:
-        st = setup_identification(data, protocol, seed=0, limit=a.protocol_limit, progress=False)
-        m = ~half[st.query_index]
-        run(protocol, st.queries.take(np.flatnonzero(m)), st.query_labels[m], st.gallery,
-            st.gallery_labels, st.exclude[m])
-    fx = query_extractor("yunet", "sface")
-    rows = variant_queries(labels, a.n, 0, 0, train_fold=False)
-    for name in ["clean", *PHOTO_VARIANTS]:
-        q = photo_variant(name, rows, TRAIN_VARIANT_SEED, data=data, progress=False, queries=fx)
-        run(f"photo-{name}", q, labels[rows], data.features, labels, rows)
+    for name, *group in half_groups(data, False, a.n, a.protocol_limit, "sface"):
+        run(name, *group)
     print(f"wrote {write_result(a.name, out)}")
     return out
 

@@ -23,7 +23,7 @@ from benchmarks.common import write_result
 from benchmarks.stage2 import prepare_all
 from facerank.eval.protocols import EvalData, _retrieval, lfw_extractor
 from facerank.rerank.emd.reranker import Stage2EMD
-from facerank.rerank.gate import PreGate, QualityGate, bundled_gate_path
+from facerank.rerank.gate import PreGate, QualityGate, bundled_gate_path, pre_gate_path
 
 console = Console()
 
@@ -81,7 +81,7 @@ def main() -> None:
         pre = PreGate.fit(x, y, gate, args.margin, meta={
             "fitted_on": f"the gate's decisions on {args.limit} seeded queries of each LFW "
                          "identification protocol", "backbone": args.backbone})
-        path = pre.save(gate_path.with_suffix(".pre.json"))
+        path = pre.save(pre_gate_path(gate_path))
         console.print(f"wrote {path}; OT skipped on {pre.meta['kept_share_fit']:.1%} of the "
                       "fitting queries")
     bb = "" if args.backbone == "dlib" else f"_{args.backbone}"

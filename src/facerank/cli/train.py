@@ -242,7 +242,7 @@ def gate_command(
     from rich.console import Console
     from rich.table import Table
 
-    from facerank.rerank.gate import bundled_gate_path
+    from facerank.rerank.gate import bundled_gate_path, pre_gate_path
     from facerank.rerank.vit.reranker import benefit_gate_path
     from facerank.train.gate import train_gate
 
@@ -283,7 +283,6 @@ def gate_command(
                else benefit_gate_path(checkpoint))
     console.print(f"threshold {gate.threshold:.4f} ({'abstains' if not sends else 'sends'}); "
                   f"wrote {gate.save(out)}")
-    beside = Path(out).with_suffix(".pre.json")  # where QualityGate.pre_path looks
     if pre is not None:  # a pre-gate left there for another gate is ignored (`for_gate`)
         console.print(f"pre-gate (Stage 2 scores only the queries it passes): wrote "
-                      f"{pre.save(beside)}")
+                      f"{pre.save(pre_gate_path(out))}")

@@ -34,7 +34,7 @@ from facerank.errors import InputError, ModelFileError
 
 __all__ = ["BACKBONE_GATE_PREFIX", "BUNDLED", "EXTRA_FEATURES", "FEATURES", "LIST_FEATURES",
            "QUERY_FEATURES", "QualityGate", "bundled_gate", "bundled_gate_path", "extra_features",
-           "gate_features", "query_features"]
+           "gate_features", "pre_gate_path", "query_features"]
 
 
 LIST_FEATURES = ("cos_std", "cos_top1", "cos_peak", "cos_gap10", "cos_mean", "emd_std",
@@ -121,6 +121,11 @@ def bundled_gate_path(grid: str, weighting: str, backbone: str = "dlib") -> Path
     return BUNDLED / f"{BACKBONE_GATE_PREFIX[backbone]}-{grid}-{weighting}.json"
 
 
+def pre_gate_path(gate_path: str | Path) -> Path:
+    """Where the pre-gate of the gate file `gate_path` is kept: `<gate>.pre.json` beside it."""
+    return Path(gate_path).with_suffix(".pre.json")
+
+
 def bundled_gate(grid: str, weighting: str, backbone: str = "dlib") -> Path | None:
     """The gate shipped for `backbone` with this grid and weighting, if there is one."""
     path = bundled_gate_path(grid, weighting, backbone)
@@ -170,9 +175,9 @@ class QualityGate:
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def pre_path(self) -> Path | None:
-        """Where this gate's pre-gate is looked for (`<gate>.pre.json` beside its file)."""
+        """Where this gate's pre-gate is looked for (`pre_gate_path` of its file)."""
         src = self.meta.get("_path")
-        return None if not src else Path(src).with_suffix(".pre.json")
+        return None if not src else pre_gate_path(src)
 
     @classmethod
     def fit(cls, features: np.ndarray, hard: np.ndarray, l2: float = 1e-2,

@@ -31,9 +31,10 @@ from facerank.train.gate import PRE_COLUMNS, gate_groups
 
 def bundled_vit_gate(checkpoint: str) -> QualityGate | None:
     """The gate `--stage2 vit` uses with this checkpoint (`gate="auto"`)."""
-    from facerank.rerank.vit.reranker import Stage2ViT
+    from facerank._util.checkpoint import read_config
+    from facerank.rerank.vit.reranker import auto_gate
 
-    return Stage2ViT.load(checkpoint, gate="auto").gate
+    return auto_gate(checkpoint, read_config(checkpoint))
 
 
 def main(argv: list[str] | None = None) -> dict:

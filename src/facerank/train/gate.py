@@ -19,8 +19,9 @@ fitted on what Stage 2 does to each query instead.
              sends nothing (threshold 1.0): it abstains.
 
 Fitted on identity half A (`train.split.identity_fold` True); every number reported for half B
-comes from people the gate never saw. A Face-ViT trained on half A was fitted on those people
-too, so its gate sees it at its best there; half B shows what that costs.
+comes from people the gate never saw. A Face-ViT's gate is fitted only on the part of half A
+(`train.split.sub_fold`) that the Face-ViT was not trained on (`facerank train vit --subfold`);
+a Face-ViT trained on the whole fitting half is refused.
 """
 
 from __future__ import annotations
@@ -182,12 +183,13 @@ def _ungated_stage2(model_id: str, backbone: str, grid: str, weighting: str,
     if checkpoint is None:
         return Stage2EMD(grid=grid, weighting=weighting, alpha=0.7 if alpha is None else alpha,
                          k=k, backbone=backbone)
-    from facerank.rerank.vit.reranker import Stage2ViT, load_model
+    from facerank._util.checkpoint import read_config
+    from facerank.rerank.vit.reranker import Stage2ViT
 
-    _, config = load_model(checkpoint, model_id)  # refused in one line for another backbone
+    config = read_config(checkpoint)
     fitted = config.get("alpha_gated", config.get("alpha", 0.5))
-    return Stage2ViT.load(checkpoint, backbone=model_id, k=k, gate=None,
-                          alpha=float(fitted if alpha is None else alpha))
+    return Stage2ViT.load(checkpoint, backbone=model_id, k=k, gate=None,  # refuses another
+                          alpha=float(fitted if alpha is None else alpha))  # backbone
 
 
 def choose_threshold(p: list[np.ndarray], groups: list[GateGroup], max_loss: float = 0.0,
@@ -336,10 +338,11 @@ def train_gate(backbone: str = "sface", n: int = 300, seed: int = 0, protocol_li
     groups, data, rr = gate_groups(backbone, n, seed, protocol_limit, progress=progress,
                                    **group_options)  # type: ignore[arg-type]
     model_id, labels = data.extractor.model_id, data.lfw.labels
-    fitting = (lambda g: g.fold == fit_fold) if unseen is None else (
-        lambda g: (g.fold == fit_fold) & np.isin(g.person, np.unique(labels[sub_fold(
-            labels, fit_fold) == unseen])))
-    fit = [g.take(fitting(g)) for g in groups]
+    if unseen is None:
+        fit = [g.take(g.fold == fit_fold) for g in groups]
+    else:  # only the people of the part the Face-ViT never saw
+        people = np.unique(labels[sub_fold(labels, fit_fold) == unseen])
+        fit = [g.take((g.fold == fit_fold) & np.isin(g.person, people)) for g in groups]
     held = [g.take(g.fold != fit_fold) for g in groups]
     data_desc = {"protocols": list(IDENTIFICATION), "protocol_queries": protocol_limit,
                  "protocol_seed": seed, "photo_variants": [g.name for g in groups

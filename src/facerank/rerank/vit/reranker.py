@@ -51,9 +51,11 @@ FAST_CHECKPOINT = BUNDLED / "vit-h2l-dlib-fast.pt"
 
 def default_checkpoint(backbone: str | None = None) -> Path:
     """The bundled Face-ViT for `backbone` ("dlib" or None: `DEFAULT_CHECKPOINT`; "sface":
-    `vit-h2l-sface.pt`, trained on SFace's 7x7 grid; a model id names its backbone by its
-    first word). Another backbone gets dlib's, which `Stage2ViT.load` then refuses."""
-    name = str(backbone or "dlib").split("_", 1)[0]
+    `vit-h2l-sface.pt`, trained on SFace's 7x7 grid; or a model id, named by
+    `models.backbone.backbone_name`). Any other name gets dlib's."""
+    from facerank.models.backbone import backbone_name
+
+    name = backbone_name(str(backbone or "dlib"))
     if name == "dlib":
         return DEFAULT_CHECKPOINT
     own = BUNDLED / f"vit-h2l-{name}.pt"
@@ -95,6 +97,14 @@ def benefit_gate(checkpoint: str | Path) -> QualityGate | None:
                              f"than {Path(checkpoint).name}; refit it with `facerank train gate "
                              f"--checkpoint {checkpoint}` or delete it")
     return gate
+
+
+def auto_gate(checkpoint: str | Path, config: dict) -> QualityGate | None:
+    """The gate `gate="auto"` uses with `checkpoint` (its `config`): the benefit gate kept
+    beside it if there is one, else the clean-vs-occluded gate its training stored (if any)."""
+    stored = config.get("gate")
+    return benefit_gate(checkpoint) or (QualityGate(**stored) if isinstance(stored, dict)
+                                        else None)
 
 
 @dataclass
@@ -154,8 +164,7 @@ class Stage2ViT(GatedBlendReranker):
         kw.setdefault("grid", str(config.get("grid", "l2")))
         gate = kw.pop("gate", None)
         if gate == "auto":
-            gate = benefit_gate(path) or config.get("gate")
-            gate = QualityGate(**gate) if isinstance(gate, dict) else gate
+            gate = auto_gate(path, config)
         # gated, Stage 2 sees (nearly) only occluded queries: the alpha fitted on those
         fitted = config.get("alpha_gated") if gate is not None else None
         kw.setdefault("alpha", float(fitted if fitted is not None else config.get("alpha", 0.5)))

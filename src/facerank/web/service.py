@@ -68,20 +68,16 @@ class SearchService:
         self.gallery_dir = Path(gallery_dir)
         self.gallery = StoredGallery.open(self.gallery_dir, extractor=extractor)
         self.extractor = self.gallery.extractor  # the gallery's own model and detector settings
-        if stage2 == "auto":  # the backbone's default chain (SFace: Stage 1 only)
-            from facerank.models.backbone import backbone_name
-            from facerank.rerank.base import default_stage2
-
-            stage2 = default_stage2(backbone_name(self.extractor.model_id))
         from facerank.calibrate import factory
         from facerank.models.backbone import backbone_name
+        from facerank.rerank.base import default_stage2
 
-        self.reranker, self.stage2_note = self._stage2(stage2,
-                                                       backbone_name(self.extractor.model_id))
-
+        backbone = backbone_name(self.extractor.model_id)
+        if stage2 == "auto":  # the backbone's default chain (SFace: Stage 1 only)
+            stage2 = default_stage2(backbone)
+        self.reranker, self.stage2_note = self._stage2(stage2, backbone)
         self.calibrator = factory.build(calibrate, calibrate_with, self.extractor.model_id)
-        self.probability = factory.probability_model(calibrate,
-                                                     backbone_name(self.extractor.model_id))
+        self.probability = factory.probability_model(calibrate, backbone)
         self._vit: Any = None  # Face-ViT scorer for heatmaps, loaded on first use
         self.lock = threading.Lock()  # dlib, torch and matplotlib state: one request at a time
         self._ids: tuple[str, dict[int, str]] = ("", {})

@@ -135,9 +135,8 @@ def test_a_face_vit_benefit_gate_is_used_beside_its_checkpoint_and_only_there(
     shutil.copy(FAST_CHECKPOINT.with_suffix(".json"), ckpt.with_suffix(".json"))
     stored = Stage2ViT.load(ckpt, gate="auto").gate  # the clean-vs-occluded gate it was made with
     assert stored is not None and "features" in stored.meta
-    gate = fit_benefit_gate([_group("a", 400, 1.0, 0, 0.02), _group("b", 400, 3.0, 1, 0.3)],
-                            meta={"stage2": "vit", "checkpoint_sha256":
-                                  hashlib.sha256(ckpt.read_bytes()).hexdigest()})
+    gate = gate_for_test(meta={"stage2": "vit", "checkpoint_sha256":
+                               hashlib.sha256(ckpt.read_bytes()).hexdigest()})
     gate.save(benefit_gate_path(ckpt))
     used = Stage2ViT.load(ckpt, gate="auto").gate
     assert used is not None and used.digest() == gate.digest() != stored.digest()
@@ -171,8 +170,10 @@ def test_score_group_runs_any_ungated_stage2_and_refuses_a_gated_one(tmp_path: P
                     Stage2EMD(backbone="sface", gate=gate_for_test()))
 
 
-def gate_for_test() -> QualityGate:
-    return fit_benefit_gate([_group("a", 400, 1.0, 0, 0.02), _group("b", 400, 3.0, 1, 0.3)])
+def gate_for_test(meta: dict | None = None) -> QualityGate:
+    """A gate that sends: fitted on two groups where EMD helps some queries."""
+    return fit_benefit_gate([_group("a", 400, 1.0, 0, 0.02), _group("b", 400, 3.0, 1, 0.3)],
+                            meta=meta)
 
 
 def test_the_pre_gate_passes_every_query_the_gate_sends_where_it_was_fitted() -> None:

@@ -279,6 +279,25 @@ def test_heatmaps(variant: str, method: str, tmp_path) -> None:
         explain_pairs(rr, a, b, "gradcam")
 
 
+def test_grid_table_picks_one_draw_of_each_pairs_kind() -> None:
+    from facerank.rerank.vit.train import GridTable
+
+    g = [np.full((4, 1, 2, 2), v, dtype=np.float16) for v in (0, 1, 2)]  # clean, crop, mask
+    plain = GridTable(g, None)
+    rng = np.random.default_rng(0)
+    kinds = np.array([0, 1, 2, 1] * 50)
+    assert plain.columns(kinds, rng) is kinds  # no extra draws: nothing drawn from rng
+    assert rng.random() == np.random.default_rng(0).random()
+    table = GridTable(g, None, [(1, np.full((4, 1, 2, 2), 7, np.float16)),
+                                (2, np.full((4, 1, 2, 2), 8, np.float16)),
+                                (1, np.full((4, 1, 2, 2), 9, np.float16))])
+    assert table.n_kinds == 3
+    cols = table.columns(kinds, rng)
+    seen = table.get(np.zeros(len(cols), np.int64), cols)[:, 0, 0, 0].numpy()
+    assert set(seen[kinds == 0]) == {0} and set(seen[kinds == 1]) == {1, 7, 9}
+    assert set(seen[kinds == 2]) == {2, 8}
+
+
 def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
     from types import SimpleNamespace
 
@@ -323,6 +342,26 @@ def test_train_vit_end_to_end_on_synthetic_features(tmp_path) -> None:
     seen = sub_fold(many, True)
     assert part["split"]["subfold"] is True and "subfold" not in cfg["split"]
     assert part["n_train_images"] + part["n_val_images"] == seen.sum() == 180
+
+    # extra draws of a variant (other seeds, training rows only): recorded, and they change
+    # what is learnt; a variant that is not trained is refused
+    asked = []
+
+    def draw(data, kind, rows, seed, progress):  # noqa: ANN001
+        asked.append((kind, len(rows), seed))
+        return _features(len(many), 10 + seed, protos=pro, labels=many).take(rows)
+
+    small = {"variant": "h2l", "width": 8, "depth": 1, "heads": 1, "embed_dim": 8}
+    kw = {"variants": ("crop",), "subfold": True}
+    more = train_vit(small, "l1", True, 1, 32, 1e-3, 0, None, "test", False, big,
+                     extra_seeds=(2, 3), extra_variants=("crop",), draw=draw, **kw)
+    assert asked == [("crop", 180, 2), ("crop", 180, 3)]
+    assert more["config"]["extra_draws"]["seeds"] == [2, 3] and "extra_draws" not in part
+    again = train_vit(small, "l1", True, 1, 32, 1e-3, 0, None, "test", False, big, **kw)
+    assert not torch.equal(more["model"].embed.weight, again["model"].embed.weight)
+    with pytest.raises(InputError, match="extra draws"):
+        train_vit(small, "l1", True, 1, 32, 1e-3, 0, None, "", False, big, extra_seeds=(2,),
+                  extra_variants=("mask",), draw=draw, **kw)
 
     # distillation: a narrower student of the model above records its teacher, and the teacher
     # term changes what it learns; a teacher of the other identity half is refused

@@ -180,6 +180,11 @@ def vit_command(
         help="Train on one part of the identity half only (1 or 0 of a second seeded split), "
         "so that `facerank train gate --checkpoint` can fit the gate on the other part's "
         "people; -1: the whole half.")] = -1,
+    extra_seeds: Annotated[str, typer.Option(
+        help="More draws of the --extra-variants, made with these seeds (comma-separated) on "
+        "the training images: a training pair takes any one draw of its variant.")] = "",
+    extra_variants: Annotated[str, typer.Option(
+        help="Variants that get the --extra-seeds draws, comma-separated.")] = "crop",
 ) -> None:
     """Train a Face-ViT Stage 2 on one identity half of LFW (backbone frozen)."""
     import torch
@@ -194,6 +199,12 @@ def vit_command(
     torch.manual_seed(seed)
     command = "facerank train vit " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     kinds = tuple(v.strip() for v in variants.split(",") if v.strip())
+    try:
+        seeds = tuple(int(v) for v in extra_seeds.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--extra-seeds takes integers separated by commas, got "
+                         f"{extra_seeds!r}") from None
+    extras = tuple(v.strip() for v in extra_variants.split(",") if v.strip()) if seeds else ()
     data = None
     if backbone != "dlib":  # dlib: train_vit loads the evaluation set-up's features itself
         from facerank.eval.protocols import lfw_extractor
@@ -206,7 +217,8 @@ def vit_command(
     res = train_vit({"variant": variant, "width": width, "depth": depth, "heads": heads,
                      "embed_dim": embed_dim}, grid, bool(train_fold), epochs, batch, lr,
                     seed, out, command, data=data, variants=kinds, teacher=distil_from,
-                    distil=distil_weight, subfold=None if subfold < 0 else bool(subfold))
+                    distil=distil_weight, subfold=None if subfold < 0 else bool(subfold),
+                    extra_seeds=seeds, extra_variants=extras)
     m = res["config"]["measured"]
     Console().print(f"trained in {m['train_seconds']:.0f} s; held-out AUC "
                     f"{m['history'][-1]['val_auc']:.4f} (cosine "

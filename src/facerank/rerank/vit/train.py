@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 
 from facerank.errors import InputError
 from facerank.eval import metrics
+from facerank.face.features import FeatureSet
 from facerank.ranking import cosine_topk
 from facerank.rerank.emd.reranker import parse_grid
 from facerank.rerank.emd.solver import pool_grid
@@ -130,20 +132,40 @@ def pair_loss(model: FaceViT, arc_weight: torch.Tensor | None, ga: torch.Tensor,
 
 
 class GridTable:
-    """Grids of R images x kinds (clean first), float16 (R, kinds, C, H, W), pooled if asked."""
+    """Grids of R images x kinds (clean first), float16 (R, kinds, C, H, W), pooled if asked.
 
-    def __init__(self, grids: list[np.ndarray], pool: int | None) -> None:
-        stacked = np.stack(grids, axis=1)  # (R, K, C, H, W)
+    `extra`: more columns, each another draw of a kind (the same variant made with another
+    seed), appended after the kinds: `extra[j]` is the kind of column K + j. Pairs are drawn
+    over the K kinds (`n_kinds`); `columns` then picks, per pair, one of its kind's columns."""
+
+    def __init__(self, grids: list[np.ndarray], pool: int | None,
+                 extra: list[tuple[int, np.ndarray]] = ()) -> None:
+        stacked = np.stack([*grids, *(g for _, g in extra)], axis=1)  # (R, K + E, C, H, W)
         t = torch.from_numpy(stacked)
         if pool:
             r, k = t.shape[:2]
             t = pool_grid(t.flatten(0, 1).float(), pool).half()
             t = t.view(r, k, *t.shape[1:])
         self.t = t
+        self._kinds = len(grids)
+        self._alt = [[k] + [self._kinds + j for j, (kind, _) in enumerate(extra) if kind == k]
+                     for k in range(self._kinds)]
 
     @property
     def n_kinds(self) -> int:
-        return int(self.t.shape[1])
+        return self._kinds
+
+    def columns(self, kinds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(B,) kinds -> (B,) columns: each pair's kind, or uniformly one of its other draws.
+        Without extra columns it returns `kinds` and draws nothing from `rng`."""
+        if self.t.shape[1] == self._kinds:
+            return kinds
+        n_alt = np.array([len(a) for a in self._alt])
+        table = np.full((self._kinds, n_alt.max()), -1, dtype=np.int64)
+        for k, a in enumerate(self._alt):
+            table[k, : len(a)] = a
+        pick = (rng.random(len(kinds)) * n_alt[kinds]).astype(np.int64)
+        return table[kinds, pick]
 
     def get(self, rows: np.ndarray, kinds: np.ndarray) -> torch.Tensor:
         return self.t[torch.from_numpy(rows), torch.from_numpy(kinds)].float()
@@ -179,6 +201,7 @@ def fit_epochs(model: FaceViT, table: GridTable, classes: np.ndarray, n_classes:
         model.train()
         t0 = time.perf_counter()
         pb = draw_pairs(classes, neighbours, rng, table.n_kinds)
+        pb.kind_a = table.columns(pb.kind_a, rng)
         losses = []
         with progress_bar(progress, f"epoch {epoch + 1}/{epochs}", steps_per_epoch) as advance:
             for s in range(0, len(pb.same), batch):
@@ -281,16 +304,25 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
               batch: int = 256, lr: float = 1e-3, seed: int = 0, out: Path | None = None,
               command: str = "", progress: bool = True, data=None,  # noqa: ANN001
               variants: tuple[str, ...] = VARIANT_ORDER, teacher: str | Path | None = None,
-              distil: float = 1.0, subfold: bool | None = None) -> dict:
+              distil: float = 1.0, subfold: bool | None = None,
+              extra_seeds: tuple[int, ...] = (), extra_variants: tuple[str, ...] = (),
+              draw: Callable[..., FeatureSet] | None = None) -> dict:
     """Train one Face-ViT on identity half `train_fold`; writes the checkpoint if `out`.
 
     subfold: train on that part of the half only (`train.split.sub_fold`), leaving the other
     part's people unseen for fitting a gate (`facerank train gate --checkpoint`).
 
+    extra_seeds, extra_variants: each of `extra_variants` (trained variants) is also made with
+    each of these seeds on the training rows (`occluded_queries`, cached); a training pair's
+    face a then takes any one of its variant's draws, uniformly (`GridTable.columns`). More
+    crop windows, mask shapes, ... per image, the same share of each variant. `draw(data,
+    kind, rows, seed, progress)` makes one draw (default `occluded_queries`).
+
     teacher: an H2L checkpoint of the same backbone and grid, trained on the same identity
     half, whose f1 and f2 the new model also learns to reproduce (weight `distil`; see
     `pair_loss`). Its file name and SHA-256 are recorded in the new checkpoint's JSON."""
     from facerank._util.checkpoint import save_checkpoint
+    from facerank.eval.protocols import occluded_queries
     from facerank.train.data import load_training_data
     from facerank.train.split import describe_split, sub_fold
 
@@ -319,7 +351,14 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     emb = {i: fs.embeddings[rows] for i, fs in enumerate(sets)}
     # training table restricted to the training people (row ids local to `tr`)
-    tr_table = GridTable([fs.grids[grid_name][rows[tr]] for fs in sets], pool)
+    stray = sorted(set(extra_variants) - set(variants))
+    if stray or (extra_variants and not extra_seeds):
+        raise InputError(f"extra draws need --extra-seeds and variants that are trained; got "
+                         f"seeds {list(extra_seeds)} for {', '.join(extra_variants)}")
+    draw = draw or occluded_queries
+    extra = [(1 + variants.index(k), draw(td.data, k, rows, s, progress).grids[grid_name][tr])
+             for s in extra_seeds for k in extra_variants]
+    tr_table = GridTable([fs.grids[grid_name][rows[tr]] for fs in sets], pool, extra)
     _, classes = np.unique(labels[tr], return_inverse=True)
     classes = classes.astype(np.int64)
     n_classes = int(classes.max()) + 1
@@ -354,6 +393,8 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
         "command": command, "seed": seed,
         "split": describe_split(train_fold, td.split_seed, subfold),
         "data": td.describe(), "variants_trained": list(variants), "n_classes": n_classes,
+        **({"extra_draws": {"seeds": list(extra_seeds), "variants": list(extra_variants),
+                            "rows": "the training rows only"}} if extra_seeds else {}),
         "n_train_images": int(len(tr)),
         "n_val_images": int(len(va)), "epochs": epochs, "batch": batch, "lr": lr,
         "loss": "arcface s=30 m=0.5" if cfg.variant != "h2" else "bce on [CLS]",

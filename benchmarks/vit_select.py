@@ -24,7 +24,7 @@ from benchmarks.common import write_result
 from facerank.eval.protocols import lfw_extractor, occluded_queries
 from facerank.ranking import cosine_topk
 from facerank.rerank.vit.reranker import load_model
-from facerank.rerank.vit.train import GridTable, score_table_pairs
+from facerank.rerank.vit.train import GridTable, blend_p_at_1, score_table_pairs
 from facerank.train.data import load_training_data
 from facerank.train.split import sub_fold
 
@@ -71,9 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
                                     np.zeros(nq * kk, np.int64), (nq + cand).reshape(-1)
                                     ).reshape(nq, kk)
             match = match_of[cand] == labels[q][:, None]
-            row = {f"{a:.1f}": round(100 * float(
-                match[np.arange(nq), np.argmax(a * vit + (1 - a) * rank.scores, 1)].mean()), 2)
-                for a in ALPHAS}
+            row = {a: round(100 * p1, 2)
+                   for a, p1 in blend_p_at_1(rank.scores, vit, match, ALPHAS).items()}
             row["mate_in_top100"] = round(100 * float(match.any(1).mean()), 2)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             res[kind] = row

@@ -148,8 +148,10 @@ class GridTable:
             t = t.view(r, k, *t.shape[1:])
         self.t = t
         self._kinds = len(grids)
-        self._alt = [[k] + [self._kinds + j for j, (kind, _) in enumerate(extra) if kind == k]
-                     for k in range(self._kinds)]
+        alt = [[k] + [self._kinds + j for j, (kind, _) in enumerate(extra) if kind == k]
+               for k in range(self._kinds)]
+        self._n_alt = np.array([len(a) for a in alt])  # (K,) draws of each kind
+        self._alt = np.array([a + [-1] * (self._n_alt.max() - len(a)) for a in alt])  # (K, A)
 
     @property
     def n_kinds(self) -> int:
@@ -160,12 +162,8 @@ class GridTable:
         Without extra columns it returns `kinds` and draws nothing from `rng`."""
         if self.t.shape[1] == self._kinds:
             return kinds
-        n_alt = np.array([len(a) for a in self._alt])
-        table = np.full((self._kinds, n_alt.max()), -1, dtype=np.int64)
-        for k, a in enumerate(self._alt):
-            table[k, : len(a)] = a
-        pick = (rng.random(len(kinds)) * n_alt[kinds]).astype(np.int64)
-        return table[kinds, pick]
+        pick = (rng.random(len(kinds)) * self._n_alt[kinds]).astype(np.int64)
+        return self._alt[kinds, pick]
 
     def get(self, rows: np.ndarray, kinds: np.ndarray) -> torch.Tensor:
         return self.t[torch.from_numpy(rows), torch.from_numpy(kinds)].float()
@@ -252,6 +250,16 @@ def val_pairs(labels: np.ndarray, neighbours: np.ndarray, seed: int, n_kinds: in
     return draw_pairs(labels, neighbours, np.random.default_rng(seed + 2000), n_kinds)
 
 
+def blend_p_at_1(cos: np.ndarray, vit: np.ndarray, match: np.ndarray,
+                 alphas: tuple[float, ...] = ALPHAS) -> dict[str, float]:
+    """cos, vit, match (Q, k): Stage-1 cosine and ViT score of each query's k candidates, and
+    whether each is the query's person -> {"0.4": P@1 (fraction) when the candidates are
+    re-ordered by alpha * vit + (1 - alpha) * cos} per alpha (0 is Stage 1's order)."""
+    rows = np.arange(len(match))
+    return {f"{a:.1f}": float(match[rows, np.argmax(a * vit + (1 - a) * cos, axis=1)].mean())
+            for a in alphas}
+
+
 def fit_alpha_gate(model: FaceViT, table: GridTable, rows_val: np.ndarray, labels: np.ndarray,
                    emb: dict[int, np.ndarray], descriptors: dict[int, np.ndarray],
                    query_grids: dict[int, np.ndarray], kinds: tuple[str, ...] = KINDS,
@@ -280,13 +288,8 @@ def fit_alpha_gate(model: FaceViT, table: GridTable, rows_val: np.ndarray, label
         feats.append(gate_features(rank.scores, vit,
                                    query_features(descriptors[kind][rows_val],
                                                   query_grids[kind][rows_val])))
-    sweep = {}
-    for a in ALPHAS:
-        p1 = {}
-        for name, (cos, vit, match) in per_kind.items():
-            top = np.argmax(a * vit + (1 - a) * cos, axis=1)
-            p1[name] = float(match[np.arange(len(top)), top].mean())
-        sweep[f"{a:.1f}"] = p1
+    by_kind = {name: blend_p_at_1(*v) for name, v in per_kind.items()}
+    sweep = {a: {name: p1[a] for name, p1 in by_kind.items()} for a in by_kind[kinds[0]]}
     best = max(sweep, key=lambda a: np.mean(list(sweep[a].values())))
     # with the gate, Stage 2 sees (nearly) only occluded queries: alpha for those alone
     best_gated = max(sweep, key=lambda a: np.mean([v for n, v in sweep[a].items()

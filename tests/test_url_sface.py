@@ -60,3 +60,12 @@ def test_train_vit_on_sface_refuses_unknown_variants_before_loading_data(capsys)
     assert main(["train", "vit", "--backbone", "sface", "--grid", "l2", "--variants",
                  "crop,bogus"]) == 2
     assert "unknown variants ['bogus']" in capsys.readouterr().err
+
+
+def test_train_vit_refuses_extra_seeds_that_are_not_integers_before_loading_data(
+        capsys) -> None:  # noqa: ANN001
+    from facerank.cli.app import main
+
+    assert main(["train", "vit", "--backbone", "sface", "--extra-seeds", "2,x"]) == 2
+    err = capsys.readouterr().err
+    assert "--extra-seeds takes integers" in err and len(err.strip().splitlines()) == 1

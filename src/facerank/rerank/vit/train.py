@@ -362,6 +362,7 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     extra = [(1 + variants.index(k), draw(td.data, k, rows, s, progress).grids[grid_name][tr])
              for s in extra_seeds for k in extra_variants]
     tr_table = GridTable([fs.grids[grid_name][rows[tr]] for fs in sets], pool, extra)
+    del extra  # copied into tr_table: 16 crop draws of SFace's map are ~5.6 GB each way
     _, classes = np.unique(labels[tr], return_inverse=True)
     classes = classes.astype(np.int64)
     n_classes = int(classes.max()) + 1
@@ -382,6 +383,7 @@ def train_vit(cfg_kw: dict, grid: str = "l1", train_fold: bool = True, epochs: i
     history = fit_epochs(model, tr_table, classes, n_classes, neighbours, epochs, batch, lr,
                          seed, progress, on_epoch, teacher_model, distil)
     train_seconds = time.perf_counter() - t0
+    del tr_table  # the gate fit below reads the full-rows table; free the training copy
     model.eval()
     fitted = fit_alpha_gate(model, table, va, labels, emb,
                             {i: fs.descriptors[rows] for i, fs in enumerate(sets)},

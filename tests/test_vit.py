@@ -269,7 +269,10 @@ def test_heatmaps(variant: str, method: str, tmp_path) -> None:
     rr = Stage2ViT(_model(variant, depth=2), grid="l1", alpha=0.5, runtime="torch")
     heat = explain_pairs(rr, a, b, method)  # explains (and shows) the torch model's score
     assert heat.heat_a.shape == (3, 4, 4) and heat.heat_b.shape == (3, 4, 4)
-    assert np.allclose(heat.heat_a.max(axis=(1, 2)), 1.0)
+    # each map is scaled to max 1, or all 0 where no token has positive relevance (chefer on an
+    # untrained model: which pairs do depends on the CPU's float kernels)
+    peaks = heat.heat_a.max(axis=(1, 2))
+    assert np.all(np.isclose(peaks, 1.0) | (peaks == 0)) and np.isclose(peaks, 1.0).sum() >= 2
     assert np.all(heat.heat_a >= 0)
     assert np.allclose(heat.score, rr.vit_pair_scores(a, b, symmetric=False), atol=1e-5)
     chip = np.zeros((150, 150, 3), np.uint8)

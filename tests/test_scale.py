@@ -134,6 +134,40 @@ def test_milvus_kill_during_add_loses_nothing(lfw_root: Path, extractor: Feature
     gal.close()
 
 
+@pytest.mark.parametrize("damage", ["truncated-segment", "dropped"])
+def test_milvus_lite_collection_rebuilt_from_store(people: tuple[Path, list[Path]],
+                                                   extractor: FeatureExtractor, tmp_path: Path,
+                                                   damage: str) -> None:
+    """The collection is a replica: a milvus-lite segment cut short (a kill inside
+    milvus-lite's own write) or a collection dropped behind the gallery's back is rebuilt from
+    the store on open, and the gallery answers as before."""
+    from pymilvus import MilvusClient
+
+    root, probe_files = people
+    probes = extractor.extract_paths(probe_files, progress=False)
+    uri = tmp_path / "faces.db"
+    g = StoredGallery.create(tmp_path / "g", extractor, index="milvus", milvus_uri=str(uri))
+    g.add_folder(root, progress=False)
+    before = [[(r.path, round(r.score, 5)) for r in q] for q in g.search_many(probes, k=5)]
+    g.close()
+    if damage == "dropped":
+        client = MilvusClient(uri=str(uri))
+        client.drop_collection("facerank_faces")
+        client.close()
+        from facerank.gallery.milvus import disconnect
+        disconnect(client, str(uri))
+    else:
+        segments = sorted((uri / "collections" / "facerank_faces").rglob("*.parquet"))
+        assert segments, "milvus-lite keeps no parquet segments: the test needs another damage"
+        for f in segments:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    again = StoredGallery.open(tmp_path / "g", extractor)
+    assert set(again.index.ids().tolist()) == _ids_sqlite(tmp_path / "g") and len(again) == 32
+    after = [[(r.path, round(r.score, 5)) for r in q] for q in again.search_many(probes, k=5)]
+    assert after == before
+    again.close()
+
+
 def test_milvus_bad_uri_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from facerank.cli.app import main

@@ -170,9 +170,9 @@ class StoredGallery:
         self._lock = threading.RLock()
         self._extractor = extractor
         meta = store.meta()
+        store.journal_enabled = meta.get("index", "faiss") != "faiss"
         self.index: VectorIndex = open_index(store, index, meta)
         self.index_kind = self.index.kind
-        store.journal_enabled = meta.get("index", "faiss") != "faiss"
         self.load_grids = load_grids
         self.batch_size = batch_size or batch_size_from_env()
         self._loaded: Snapshot | None = None

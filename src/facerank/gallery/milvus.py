@@ -31,6 +31,8 @@ from facerank.gallery.store import FeatureStore, Snapshot
 __all__ = ["DEFAULT_COLLECTION", "MilvusIndex", "connect", "disconnect", "normalise_uri",
            "scale_extra_missing"]
 
+log = logging.getLogger(__name__)
+
 
 DEFAULT_COLLECTION = "facerank_faces"
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix://")
@@ -116,12 +118,38 @@ class MilvusIndex:
         self.collection = collection
         self._client = connect(uri)
         try:
-            if self._client.has_collection(collection):
+            present = self._client.has_collection(collection)
+            if present:
                 self._client.load_collection(collection)  # a reopened collection is released
         except Exception as e:  # noqa: BLE001
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if not _is_lite(uri):  # a server's trouble may pass; never drop its data
+                self.close()
+                raise GalleryError(f"Milvus at {uri}: cannot load collection {collection!r} "
+                                   f"({why}); check the server, then reopen") from None
+            present = False
+            self._drop_unreadable(why)
+        if not present and self._store.journal_enabled and len(self._store):
+            # the collection is a replica: lost or unreadable, it is refilled from the store
+            # by the next sync (upserts are idempotent, so rows already queued do no harm)
+            n = self._store.journal_all()
+            log.warning("Milvus collection %r at %s is missing; refilling it with the "
+                        "gallery's %d stored faces", collection, uri, n)
+
+    def _drop_unreadable(self, why: str) -> None:
+        """Drop a milvus-lite collection that cannot be read (a process killed inside
+        milvus-lite's own write can leave a truncated segment file)."""
+        log.warning("milvus-lite collection %r at %s cannot be read (%s); dropping it to "
+                    "rebuild it from the gallery", self.collection, self.uri, why)
+        try:
+            self._client.drop_collection(self.collection)
+        except Exception as e:  # noqa: BLE001
             self.close()
-            raise GalleryError(f"Milvus at {uri}: cannot load collection {collection!r} "
-                               f"({str(e).splitlines()[0][:200]})") from None
+            raise GalleryError(
+                f"milvus-lite collection {self.collection!r} in {self.uri} cannot be read "
+                f"({why}) nor dropped ({str(e).splitlines()[0][:120]}); delete "
+                f"{Path(self.uri) / 'collections' / self.collection} and reopen the gallery, "
+                "which rebuilds it from its stored faces") from None
 
     @classmethod
     def from_meta(cls, store: FeatureStore, meta: dict[str, str]) -> MilvusIndex:

@@ -314,6 +314,14 @@ class FeatureStore:
             c.executemany("INSERT INTO index_journal(image_id, op) VALUES (?, ?)",
                           [(int(i), op) for i in image_ids])
 
+    def journal_all(self) -> int:
+        """Queue every stored image for upsert, so the external index is refilled from the
+        store (after its copy was lost or could not be read); returns how many were queued."""
+        with self.write() as c:
+            ids = [int(r[0]) for r in c.execute("SELECT id FROM images ORDER BY id")]
+            self._journal(c, ids, "upsert")
+        return len(ids)
+
     def pending(self) -> list[tuple[int, int, str]]:
         """Journal rows not yet applied to the external index: (seq, image id, op)."""
         with self.lock:

@@ -277,7 +277,7 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
                 sharp: dict[str, np.ndarray] | None = None,
                 g_sharp: np.ndarray | None = None,
                 rec_inputs: tuple[str, ...] = ("descriptor", "log_norm"),
-                rec_alpha: float = 10.0) -> MatchProbability:
+                rec_alpha: float = 10.0, verdict: str = "auto") -> MatchProbability:
     """Quality-aware model on the fit half: clean pairs (all) + (clean, variant) pairs of each
     variant (same pairs all, impostors subsampled); `photo` {variant: (probe rows, raw probe
     descriptors, probe sharpness or None)}: also a group per photo variant, its probes against
@@ -326,7 +326,7 @@ def fit_quality(cal: str, fit_rows: np.ndarray, desc: dict[str, np.ndarray], nam
                                         weights=pw if per_probe else None,
                                         floor_factor=floor_factor,
                                         fallback_groups=len(desc) if photo else None,
-                                        recognisability=spec)
+                                        recognisability=spec, verdict=verdict)
 
 
 PHOTO_SEED = 1  # the variant seed of `benchmarks.photo_variants`' cached probes
@@ -417,7 +417,8 @@ def _ece_line(r: dict) -> str:
     """One console line of a `photo_pairs` result: ECE (also per probe) and FAR at 1e-3."""
     return "  ".join(
         f"{k}: ECE {100 * r[k]['ece']:.2f} (per probe {100 * r[k]['ece_per_probe']:.2f}) "
-        f"FAR@1e-3 {r[k]['far']['1e-03']['ratio']:.2f}x ({r[k]['far']['1e-03']['false_accepts']})"
+        f"FAR@1e-3 {r[k]['far']['1e-03']['ratio']:.2f}x ({r[k]['far']['1e-03']['false_accepts']}) "
+        f"TAR@1e-3 {100 * r[k]['tar']['1e-03']:.1f}"
         for k in ("score only", "with quality"))
 
 
@@ -446,7 +447,7 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
     # per probe: impostor / same pairs, and per (form, far) false / true accepts
     n_imp, n_same = np.zeros(len(probe_rows)), np.zeros(len(probe_rows))
     acc = {(k, f, w): np.zeros(len(probe_rows)) for k in forms for f in FARS
-           for w in ("fa", "ta")}
+           for w in ("fa", "ta", "low")}
     for c in range(0, len(probe_rows), chunk):
         sl = slice(c, c + chunk)
         s = combine(cal, p_emb[sl] @ g_emb.T, tp[sl][:, None, :], tg[None, :, :])
@@ -463,6 +464,10 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
                            ("with quality", model.accepts(s, qp[sl][ii], qg[jj], f))):
                 acc[k, f, "fa"] += np.bincount(q, weights=dec & ~y, minlength=len(probe_rows))
                 acc[k, f, "ta"] += np.bincount(q, weights=dec & y, minlength=len(probe_rows))
+                # accepted, yet shown as less likely than not: a verdict and a probability
+                # that disagree in front of the user
+                acc[k, f, "low"] += np.bincount(q, weights=dec & (p[k] < 0.5),
+                                                minlength=len(probe_rows))
         for k in forms:
             probs[k].append(p[k].astype(np.float32))
             b = q * bins + np.minimum((p[k] * bins).astype(int), bins - 1)
@@ -486,6 +491,9 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
                 "false_accepts": int(fa.sum()),
                 "ci95": _far_interval(fa, n_imp)}
             out[k]["tar"][f"{f:.0e}"] = float(acc[k, f, "ta"].sum() / n_same.sum())
+            n_acc = acc[k, f, "fa"].sum() + acc[k, f, "ta"].sum()
+            out[k].setdefault("accepted_below_half", {})[f"{f:.0e}"] = float(
+                acc[k, f, "low"].sum() / max(n_acc, 1))
     return out
 
 
@@ -637,7 +645,8 @@ def run(args: argparse.Namespace) -> dict:
         qkw = {"data": data, "g_rows": halves[fit_half], "design": args.design,
                "per_probe": args.per_probe, "floor_factor": args.floor_factor,
                "features": features, "sharp": fit_sharp, "g_sharp": g_sharp,
-               "rec_inputs": rec_inputs, "rec_alpha": args.recognisability_alpha}
+               "rec_inputs": rec_inputs, "rec_alpha": args.recognisability_alpha,
+               "verdict": args.verdict}
         for cal in ([] if args.openset_only else args.calibrators.split(",")):
             fs, fy = pair_scores(cal, emb[fit_rows], emb[fit_rows], fit_names,
                                  cohorts[fit_half])
@@ -654,6 +663,14 @@ def run(args: argparse.Namespace) -> dict:
                          "thresholds": models["isotonic"].thresholds}
             if args.quality:
                 res["thresholds_quality"] = models["quality"].thresholds
+                q = models["quality"].quality or {}
+                res["verdict"] = {"rule": q.get("verdict"), "fit": q.get("verdict_fit")}
+                console.print(f"{cal}: verdict rule {q.get('verdict')} "
+                              + " ".join(f"{r}: TAR {v['tar_mean']:.4f} FAR x "
+                                         f"{min(v['far_ratio_by_group']):.2f}-"
+                                         f"{max(v['far_ratio_by_group']):.2f}"
+                                         for r, v in (q.get("verdict_fit") or {}).items()
+                                         if isinstance(v, dict)))
             for cohort_name, ch in (("own", test_half), ("other", fit_half)):
                 if cal == "none" and cohort_name == "other":
                     continue
@@ -778,6 +795,8 @@ def main() -> None:
                    help="pair terms of the quality model (MatchProbability.fit_quality)")
     p.add_argument("--per-probe", action="store_true",
                    help="weight the quality fit's pairs 1 / pairs of their probe")
+    p.add_argument("--verdict", default="auto", choices=("auto", "quality", "score"),
+                   help="the quality model's verdict rule (MatchProbability.fit_quality)")
     p.add_argument("--floor-factor", type=float, default=None,
                    help="fit the impostor scores given quality: verdicts by the "
                    "quality-normalised score, floored at the clean score threshold of this "

@@ -214,3 +214,39 @@ def test_quality_normalised_verdict_holds_the_far_on_each_quality(tmp_path) -> N
         MatchProbability.load(tmp_path / "bad.json")
     with pytest.raises(InputError, match="floor_factor"):
         MatchProbability.fit_quality(s, y, fa, fb, g, centroid, floor_factor=10)
+
+
+def test_verdict_rule_is_chosen_on_the_fit_pairs_and_kept(tmp_path) -> None:
+    """`fit_quality(verdict="auto")` measures both rules on its own pairs and keeps one that
+    holds the FAR on every group with the higher mean TAR; "score" decides by the clean score
+    threshold alone while quality still moves the probability."""
+    (s, y, da, db, g), centroid = _shifted_impostor_pairs()
+    fa, fb = quality_features(da, centroid), quality_features(db, centroid)
+    kw = {"calibrator": "none", "backbone": "sface", "design": "minmax", "floor_factor": 10,
+          "fallback_groups": 1, "verdict_far": 1e-2}  # 1e-3 of 14k impostors is too few
+    auto = MatchProbability.fit_quality(s, y, fa, fb, g, centroid, **kw)
+    fit = auto.quality["verdict_fit"]
+    # degraded impostors score lower here, so one score threshold lets too few through
+    assert not fit["score"]["far_holds"] and fit["quality"]["far_holds"]
+    assert auto.quality["verdict"] == "quality"
+    held = [r for r in ("quality", "score") if fit[r]["far_holds"]]
+    assert auto.quality["verdict"] == max(held, key=lambda r: fit[r]["tar_mean"])
+
+    by_score = MatchProbability.fit_quality(s, y, fa, fb, g, centroid, verdict="score", **kw)
+    qa, qb = by_score.face_quality(da), by_score.face_quality(db)
+    t = by_score.thresholds["1e-02"]["score"]
+    np.testing.assert_array_equal(by_score.accepts(s, qa, qb, 1e-2), s >= t)
+    assert not np.array_equal(auto.accepts(s, qa, qb, 1e-2), s >= t)
+    # the probability is the same quality-aware one whichever rule decides
+    np.testing.assert_allclose(by_score(s, qa, qb), auto(s, qa, qb))
+    by_score.save(tmp_path / "m.json")
+    back = MatchProbability.load(tmp_path / "m.json", calibrator="none", backbone="sface")
+    assert back.quality["verdict"] == "score"
+    np.testing.assert_array_equal(back.accepts(s, qa, qb, 1e-2), s >= t)
+    d = by_score.to_dict()
+    d["quality"]["verdict"] = "vibes"
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="verdict rule"):
+        MatchProbability.load(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="verdict rule"):
+        MatchProbability.fit_quality(s, y, fa, fb, g, centroid, verdict="vibes", **kw)

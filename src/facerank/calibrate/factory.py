@@ -203,6 +203,7 @@ def describe_probability(model: MatchProbability | AutoProbability | None,
             "threshold_far_1e-3": thr.get("probability"),
             "threshold_far_1e-3_with_quality": thr.get("probability_quality"),
             "verdict_with_quality": None if model.quality is None else (
+                "score threshold" if model.quality.get("verdict") == "score" else
                 "quality-normalised score" if "z" in thr else "score and probability"),
             "fitted_on": model.meta.get("fit"),
             "quality": None if model.quality is None else model.quality["features"]}

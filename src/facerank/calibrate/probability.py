@@ -47,7 +47,9 @@ threshold, but only that far. Low-quality
 impostor pairs score lower, so one score threshold is too strict on them (SFace let through
 0.05-0.4x of 1e-3 on photo-level variants); the normalised score holds the FAR per quality.
 An older "sum" model asks the score threshold and its quality-aware probability threshold
-both.
+both. A quality block whose "verdict" is "score" decides by the clean score threshold alone
+(quality then moves only the probability): `fit_quality` picks that rule where it holds the FAR
+on every fit group and accepts more true pairs there than the quality-aware rule.
 
 A model file is a small JSON: the form, its parameters, the calibrator and backbone it was
 made for (a file for another calibrator or backbone is refused), the thresholds, and the
@@ -273,6 +275,7 @@ def logistic_fit_matrix(X: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int 
 
 
 PAIR_DESIGNS = ("sum", "minmax")
+VERDICT_RULES = ("quality", "score")  # how a quality model decides (`fit_quality(verdict=)`)
 
 
 def pair_terms(qa: np.ndarray, qb: np.ndarray, design: str = "sum") -> np.ndarray:
@@ -346,6 +349,10 @@ class MatchProbability:
                 raise ModelFileError(f"quality block: unknown quality feature(s) "
                                      f"{', '.join(unknown)}; this version knows "
                                      f"{', '.join(KNOWN_FEATURES)}")
+            if self.quality.get("verdict", "quality") not in VERDICT_RULES:
+                raise ModelFileError(f"quality block: unknown verdict rule "
+                                     f"{self.quality.get('verdict')!r}; known: "
+                                     f"{', '.join(VERDICT_RULES)}")
             if self._design not in PAIR_DESIGNS:
                 raise ModelFileError(f"quality block: unknown pair design {self._design!r}; "
                                      f"known: {', '.join(PAIR_DESIGNS)}")
@@ -456,7 +463,8 @@ class MatchProbability:
                     meta: dict | None = None, design: str = "sum",
                     weights: np.ndarray | None = None, floor_factor: float | None = None,
                     fallback_groups: int | None = None,
-                    recognisability: dict | None = None) -> MatchProbability:
+                    recognisability: dict | None = None,
+                    verdict: str = "auto", verdict_far: float = 1e-3) -> MatchProbability:
         """Fit P(same | score, quality) on pairs (P,) whose faces have the quality features
         feats_a, feats_b (P, F) (`quality_features(descriptors, centroid, features)` of each
         face, indexed by pair); group (P,) int: 0 = clean pairs, k > 0 = pairs with a degraded
@@ -478,7 +486,20 @@ class MatchProbability:
 
         `recognisability`: the regression (`fit_recognisability`) behind the feature
         "recognisability", kept in the quality block so that `face_quality` can compute it.
+
+        `verdict`: the rule of `accepts` with both faces' quality. "quality" is the rule above
+        (the normalised score with `floor_factor`, else score and probability thresholds);
+        "score" the clean score threshold alone (quality then only moves the probability);
+        "auto" measures both on these pairs (`VERDICT_RULES`) and keeps the one whose FAR at
+        `verdict_far` is within [0.5x, 2x] of nominal on every group with the higher mean TAR over
+        the groups (if neither holds the FAR, the one closer to it). A quality model that
+        ranks pairs worse than the score alone (dlib: the verdict lost 3 points of clean
+        TAR on the fit half) then keeps the score's verdict and still calibrates the
+        probability.
         """
+        if verdict not in ("auto", *VERDICT_RULES):
+            raise InputError(f"unknown verdict rule {verdict!r}; choose auto, "
+                             f"{', '.join(VERDICT_RULES)}")
         s = _scores(scores, "scores").ravel()
         y = np.asarray(same, dtype=bool).ravel()
         g = np.asarray(group).ravel()
@@ -555,7 +576,34 @@ class MatchProbability:
                                                    int(np.ceil((1 - fl) * len(s_imp))))])
                 t["tar_quality"] = float(model.accepts(s[y & clean], qa[y & clean],
                                                        qb[y & clean], far).mean())
+        model._choose_verdict(verdict, s, y, g, qa, qb, verdict_far)
         return model
+
+    def _choose_verdict(self, verdict: str, s: np.ndarray, y: np.ndarray, g: np.ndarray,
+                        qa: np.ndarray, qb: np.ndarray, far: float = 1e-3) -> None:
+        """Measure each verdict rule on the fit pairs (FAR at `far` per group as a multiple
+        of it, TAR per group) and record the chosen one in the quality block (`fit_quality`)."""
+        assert self.quality is not None
+        stats: dict[str, dict] = {}
+        groups = np.unique(g)
+        for rule in VERDICT_RULES:
+            self.quality["verdict"] = rule
+            acc = self.accepts(s, qa, qb, far)
+            ratio = [float(acc[(g == k) & ~y].mean() / far) for k in groups]
+            tar = [float(acc[(g == k) & y].mean()) for k in groups]
+            stats[rule] = {"far_ratio_by_group": ratio, "tar_by_group": tar,
+                           "tar_mean": float(np.mean(tar)),
+                           "far_holds": bool(all(0.5 <= r <= 2.0 for r in ratio))}
+        if verdict == "auto":
+            held = [r for r in VERDICT_RULES if stats[r]["far_holds"]]
+            if held:
+                verdict = max(held, key=lambda r: (stats[r]["tar_mean"], r == "quality"))
+            else:
+                verdict = min(VERDICT_RULES, key=lambda r: max(
+                    abs(np.log(max(x, 1e-6))) for x in stats[r]["far_ratio_by_group"]))
+        self.quality["verdict"] = verdict
+        self.quality["verdict_fit"] = {"far": far, "groups": [int(k) for k in groups],
+                                       **stats}
 
     def normalised_score(self, scores: np.ndarray, qa: np.ndarray, qb: np.ndarray
                          ) -> np.ndarray | None:
@@ -577,6 +625,7 @@ class MatchProbability:
         t = self.thresholds[_far_key(far)]
         s = np.asarray(scores, np.float64).ravel()
         if self.quality is None or qa is None or qb is None \
+                or self.quality.get("verdict", "quality") == "score" \
                 or np.shape(qa) != np.shape(qb) or np.shape(qa) != (len(s), len(self._q[0])):
             return s >= float(t["score"])
         if "z" in t and self._imp is not None:

@@ -2,7 +2,8 @@
 sub-fold 0 (`train.split.sub_fold`), the people a `--subfold 1` model leaves for its gate.
 
     facerank train vit --backbone sface --grid l2 --variants crop,mask,sunglasses \\
-        --epochs 12 --subfold 1 --extra-seeds 2,3,4,5,6,7,8,9 --out a.pt
+        --epochs 20 --subfold 1 --extra-seeds 2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17 \\
+        --out a.pt
     python -m benchmarks.vit_select --kinds crop clean mask --checkpoints a.pt b.pt
 
 Queries: `--n` seeded images of those people (people with >= 2 images), clean or as the

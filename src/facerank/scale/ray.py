@@ -85,7 +85,15 @@ def start(address: str | None, num_cpus: int | None = None) -> Any:
     try:
         with warnings.catch_warnings():  # our one line below says what its warning says
             warnings.simplefilter("ignore")
-            ray.init(**kwargs)
+            try:
+                ray.init(**kwargs)
+            except Exception:  # noqa: BLE001
+                if address:
+                    raise
+                # a local Ray's first start can time out on a loaded machine (its GCS did
+                # not answer in time); one clean retry, then the error stands
+                ray.shutdown()
+                ray.init(**kwargs)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # facerank draws its own
         ctx.print_on_execution_start = False

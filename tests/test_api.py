@@ -70,6 +70,17 @@ def test_compare_matches_cli(env: None, lfw_root: Path,
         assert r.decision.split()[0] in printed and r.sources == ("yunet", "yunet")
     assert facerank.compare(a, b, backbone="dlib").same
     assert not facerank.compare(a, c, backbone="dlib").same
+    # --json: the same numbers, the probability on its one named scale
+    for x, y in ((a, b), (a, c)):
+        assert main(["compare", str(x), str(y), "--backbone", "dlib", "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        r = facerank.compare(x, y, backbone="dlib")
+        assert got["cosine"] == pytest.approx(r.cosine, abs=1e-6)
+        assert got["dlib_rule"]["same"] == r.same
+        mp = got["match_probability"]
+        assert mp["scale"] == "match probability" and mp["value"] == pytest.approx(
+            r.probability, abs=1e-9) and mp["verdict_far_1e-3"] == r.verdict_far
+        assert [d["source"] for d in got["detections"]] == ["yunet", "yunet"]
     cosines = []
     for x, y in ((a, b), (a, c)):  # the default backbone is SFace: its cosine, as the CLI's
         assert main(["compare", str(x), str(y)]) == 0

@@ -10,6 +10,7 @@ import pytest
 from facerank.calibrate.probability import (
     MatchProbability,
     expected_calibration_error,
+    format_probability,
     quality_features,
 )
 from facerank.errors import InputError, ModelFileError
@@ -250,3 +251,10 @@ def test_verdict_rule_is_chosen_on_the_fit_pairs_and_kept(tmp_path) -> None:
         MatchProbability.load(tmp_path / "bad.json")
     with pytest.raises(InputError, match="verdict rule"):
         MatchProbability.fit_quality(s, y, fa, fb, g, centroid, verdict="vibes", **kw)
+
+
+def test_probability_is_shown_without_false_certainty() -> None:
+    shown = [format_probability(p) for p in (0.9999, 0.9995, 0.99949, 0.5, 0.0004, 0.0,
+                                             None, float("nan"))]
+    assert shown == ["> 99.9 %", "> 99.9 %", "99.9 %", "50.0 %", "< 0.1 %", "< 0.1 %", "-",
+                     "-"]

@@ -72,6 +72,18 @@ SCALE = "match probability"  # the one name every output uses for this scale
 FORMAT = 1
 
 
+def format_probability(p: float | None) -> str:
+    """A match probability as a person reads it: "97.3 %", and "> 99.9 %" / "< 0.1 %" at the
+    ends (a model fitted on a finite set of pairs never knows 100 %); "-" when there is none."""
+    if p is None or not np.isfinite(p):
+        return "-"
+    if p >= 0.9995:
+        return "> 99.9 %"
+    if p < 0.0005:
+        return "< 0.1 %"
+    return f"{100 * p:.1f} %"
+
+
 def _far_key(far: float) -> str:
     return f"{far:.0e}"
 

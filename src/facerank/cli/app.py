@@ -84,18 +84,40 @@ def compare(
     aligned: Aligned = "none",
     backbone: Backbone = "sface",
     probability_with: ProbabilityWith = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
     """Compare two faces: cosine, dlib distance and same/different at dlib's 0.6 rule, and
     the match probability P(same person) of the pair (from the cosine, or with --calibrate
     from the calibrated score) with its verdict at the LFW FAR 1e-3 threshold."""
     from facerank.api import Comparison, with_probability
-    from facerank.calibrate.probability import SCALE
+    from facerank.calibrate.probability import SCALE, format_probability
     from facerank.face.features import make_extractor
 
     fx = make_extractor(detector, faces, no_face, model, aligned=aligned, backbone=backbone)
     fa, fb = fx.extract_file(a), fx.extract_file(b)
     cmp = with_probability(Comparison.of(fa, fb, backbone), fa, fb, fx.model_id, calibrate,
                            calibrate_with, probability_with)
+    if as_json:
+        import json
+        import sys
+
+        import numpy as np
+
+        sys.stdout.write(json.dumps({
+            "a": str(a), "b": str(b), "backbone": backbone, "model_id": fx.model_id,
+            "cosine": cmp.cosine,
+            "dlib_rule": None if cmp.distance is None else {
+                "distance": cmp.distance, "threshold": cmp.threshold, "same": cmp.same},
+            "calibrate": cmp.calibrator, "calibrated": cmp.calibrated,
+            "match_probability": None if cmp.probability is None else {
+                "scale": SCALE, "value": cmp.probability,
+                "from": "cosine" if cmp.calibrated is None else f"{calibrate} score",
+                "prior": "equal odds", "verdict_far_1e-3": cmp.verdict_far},
+            "detections": [{"image": str(p), "source": f.det_source,
+                            "score": float(f.det_score) if np.isfinite(f.det_score) else None}
+                           for p, f in ((a, fa), (b, fb))],
+        }, indent=2) + "\n")
+        return
     table = Table(show_header=True)
     for col in ("image A", "image B", f"cosine ({backbone})"):
         table.add_column(col)
@@ -111,7 +133,8 @@ def compare(
     out.print(table)
     if cmp.probability is not None:
         score = "cosine" if cmp.calibrated is None else f"{calibrate} score"
-        out.print(f"{SCALE}: {100 * cmp.probability:.1f} % (from the {score}; equal prior odds) "
+        out.print(f"{SCALE}: {format_probability(cmp.probability)} (from the {score}; equal "
+                  "prior odds) "
                   f"-> {cmp.verdict_far} at FAR 1e-3", markup=False, highlight=False)
     for name, f in ((a, fa), (b, fb)):
         out.print(f"{name}: {describe_detection(f.det_source, f.det_score)}", markup=False,

@@ -90,7 +90,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
     from facerank.calibrate.factory import attach_probability, build, probability_model
-    from facerank.calibrate.probability import SCALE
+    from facerank.calibrate.probability import SCALE, format_probability
     from facerank.rerank.emd.reranker import Stage2EMD
     from facerank.uncertainty.confidence import attach_results
 
@@ -129,7 +129,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
             calibrated = (f"{r2.stage_scores['calibrated']:.4f}",) if cal is not None else ()
             table.add_row(str(r1.rank), _mark(r1.identity, path.parent.name),
                           f"{r1.stage1:.3f}", _mark(r2.identity, path.parent.name),
-                          *calibrated, _pct(r2.probability), conf)
+                          *calibrated, format_probability(r2.probability), conf)
         console.print(table)
         top = chain[0]
         score = top.stage_scores["calibrated"] if cal is not None else top.stage1
@@ -139,7 +139,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
             score, qa=prob.face_quality(probe.descriptors[:1], probe.sharpness[:1]),
             qb=prob.face_quality(gfeats.descriptors[[top.row]], gfeats.sharpness[[top.row]]),
             strict=True)
-        line = f"top-1 {top.identity}: {SCALE} {_pct(top.probability)}"
+        line = f"top-1 {top.identity}: {SCALE} {format_probability(top.probability)}"
         line += "" if said is None else f" -> {said} at FAR 1e-3"
         if probe_conf is not None:
             line += f"; query URL confidence {probe_conf['confidence']:.2f}"
@@ -150,9 +150,6 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
                     labels=(f"{kind} query", f"top-1: {top.identity}"), backbone=fx.backbone)
         console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")
 
-
-def _pct(p: float | None) -> str:
-    return "-" if p is None else f"{100 * p:.1f} %"
 
 
 def _mark(identity: str, truth: str) -> str:

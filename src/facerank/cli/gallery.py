@@ -357,6 +357,8 @@ def search_command(
 
 
 def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker | None) -> None:
+    from facerank.calibrate.probability import format_probability
+
     names = [n for n in (results[0].stage_scores if results else {}) if n != "stage1"]
     title = f"{probe.name}: {reranker.describe() if reranker else 'Stage 1 only'}"
     table = Table(title=title)
@@ -380,13 +382,10 @@ def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker 
     for r in results:
         table.add_row(str(r.rank), r.identity, Path(r.path).name, fmt(r.score), fmt(r.stage1),
                       *(fmt(r.stage_scores[n]) for n in names),
-                      *((_pct(r.probability),) if has_prob else ()),
+                      *((format_probability(r.probability),) if has_prob else ()),
                       "-" if r.confidence is None else f"{r.confidence:.2f}")
     out.print(table)
 
-
-def _pct(p: float | None) -> str:
-    return "-" if p is None else f"{100 * p:.1f} %"
 
 
 def _explain(probe: FeatureSet, cand: FeatureSet, out_path: Path, reranker: Reranker | None,

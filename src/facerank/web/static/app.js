@@ -19,6 +19,14 @@ function fmt(x, digits = 3) {
   return typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "—";
 }
 
+// a match probability as people read it (same rule as the CLI's format_probability)
+function pct(p) {
+  if (typeof p !== "number" || !isFinite(p)) return "—";
+  if (p >= 0.9995) return "> 99.9 %";
+  if (p < 0.0005) return "< 0.1 %";
+  return `${(100 * p).toFixed(1)} %`;
+}
+
 function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -186,7 +194,7 @@ function renderCard(r, stage2Name) {
     dl.appendChild(scoreRow("probability", "match probability", r.match_probability,
       "probability that this is the same person (from the pair's Stage-1 score, not the " +
       "re-ranker's blend; fitted on LFW at equal odds)",
-      `${(100 * r.match_probability).toFixed(1)} %`));
+      pct(r.match_probability)));
   }
   dl.appendChild(scoreRow("final", "final score", r.score));
   dl.appendChild(scoreRow("stage1", "Stage 1 cosine", r.stage1));

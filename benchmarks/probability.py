@@ -169,6 +169,48 @@ def openset(data: EvalData, rows: np.ndarray, probes: dict[str, np.ndarray],
     return out
 
 
+def openset_photo(data: EvalData, half_rows: np.ndarray, sets: dict[str, tuple],
+                  other: AnchorSet, sizes: list[int], cals: tuple[str, ...]) -> dict:
+    """TPIR@FPIR 1 % of photo-level probes on an open set of identity half `half_rows`:
+    half of its people (with >= 2 images) enrolled with one clean image each
+    (`openset_split`, seed 0), or a seeded subset of `sizes` of them; `sets` {name: (LFW rows,
+    raw probe descriptors, ...)} from `photo_probe_sets`. Mated probes: the probes of enrolled
+    people but their enrolled image; non-mated: the probes of people never enrolled. The
+    same rows in every set, so the variants differ only in the photo edit."""
+    from facerank.eval.metrics import tpir_at_fpir
+    from facerank.eval.protocols import openset_split
+
+    labels = data.lfw.labels
+    emb = data.features.embeddings
+    multi = half_rows[np.bincount(labels[half_rows],
+                                  minlength=labels.max() + 1)[labels[half_rows]] >= 2]
+    g_idx, _, nonmated = openset_split(labels, multi, 0)
+    never = np.unique(labels[nonmated])
+    out: dict = {}
+    for n in sizes:
+        g_sel = np.sort(np.random.default_rng(n).permutation(g_idx)[: min(n, len(g_idx))])
+        people = labels[g_sel]
+        gl = np.asarray(data.lfw.names)[people]
+        for v, (rows, desc, *_) in sets.items():
+            q = (desc / np.linalg.norm(desc, axis=1, keepdims=True)).astype(np.float32)
+            m = np.isin(labels[rows], people) & ~np.isin(rows, g_sel)
+            nm = np.isin(labels[rows], never)
+            row: dict = {"n_mated": int(m.sum()), "n_nonmated": int(nm.sum())}
+            for cal in cals:
+                for cname, ch in ((("own", None), ("other", other)) if cal != "none"
+                                  else (("-", None),)):
+                    sm = openset_scores(cal, ch, q[m], emb[g_sel], gl)
+                    sn = openset_scores(cal, ch, q[nm], emb[g_sel], gl)
+                    r = tpir_at_fpir(sm, labels[rows[m]], sn, people, 0.01)
+                    row[cal if cal == "none" else f"{cal}/{cname}"] = float(r["tpir"])
+            out[f"gallery {len(g_sel)} / {v}"] = row
+            console.print(f"photo open set, {len(g_sel)} enrolled, {v} ({row['n_mated']} "
+                          f"mated, {row['n_nonmated']} non-mated): "
+                          + ", ".join(f"{k} {100 * x:.2f}" for k, x in row.items()
+                                      if not k.startswith("n_")))
+    return out
+
+
 def off_diagonal(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Row / column of every ordered pair i != j of n faces, in `pair_scores`' order."""
     return np.nonzero(~np.eye(n, dtype=bool))
@@ -523,19 +565,29 @@ def run_photo(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     need_sharp = any(m is not None and m.needs_sharpness for m in (
         MatchProbability.default(c, args.backbone) for c in split(args.calibrators)))
+    half, other_half = args.photo_half, "B" if args.photo_half == "A" else "A"
+    if half == "A" and not args.openset_only:
+        raise SystemExit("--photo-half A is for --openset-only (the bundled models were "
+                         "fitted on half A)")
     sets = photo_probe_sets(data, split(args.photo_variants), args.photo_queries,
-                            split(args.photo_third), args.photo_detector,
+                            split(args.photo_third), args.photo_detector, half=half,
                             backbone=args.backbone, sharpness=need_sharp)
     console.print(f"{len(sets)} probe sets loaded ({time.perf_counter() - t0:.0f} s)")
-    g_rows = halves["B"]
+    g_rows = halves[half]
     g_sharp = clean_sharpness(data) if need_sharp else None
     out: dict = {"backbone": args.backbone, "model": data.extractor.model_id,
-                 "gallery": f"all {len(g_rows)} clean images of LFW identity half B "
-                            "(identity_fold(labels, 0) False), a probe's own original left out",
+                 "gallery": f"all {len(g_rows)} clean images of LFW identity half {half} "
+                            f"(identity_fold(labels, 0) {half == 'A'}), a probe's own "
+                            "original left out",
                  "probe_sets": {k: {"probes": int(len(r)), "detected": int(d.sum())}
                                 for k, (r, _, d, _) in sets.items()},
                  "results": {}}
-    for cal in split(args.calibrators):
+    if args.photo_openset:
+        out["openset_tpir_at_fpir_1e-2"] = openset_photo(
+            data, g_rows, sets, cohorts[other_half],
+            [int(x) for x in split(args.photo_openset)],
+            tuple(split(args.calibrators)))
+    for cal in ([] if args.openset_only else split(args.calibrators)):
         model = MatchProbability.default(cal, args.backbone)
         if model is None:
             console.print(f"no bundled model for {args.backbone} / {cal}: skipped")
@@ -801,6 +853,13 @@ def main() -> None:
                    help="fit the impostor scores given quality: verdicts by the "
                    "quality-normalised score, floored at the clean score threshold of this "
                    "many times the FAR (minmax design)")
+    p.add_argument("--photo-openset", default=None, metavar="SIZES",
+                   help="with --photo-variants: also TPIR@FPIR 1 %% of the photo probes on an "
+                   "open set of half B with this many people enrolled (comma-separated); "
+                   "--openset-only skips the pair measurements")
+    p.add_argument("--photo-half", default="B", choices=("A", "B"),
+                   help="the identity half of the photo probes (A only with --openset-only: "
+                   "the bundled models were fitted on A)")
     p.add_argument("--photo-detected", action="store_true",
                    help="also report each photo probe set on its probes with a real detection")
     args = p.parse_args()

@@ -217,7 +217,15 @@ def test_auto_calibration_abstains_below_the_cohort_minimum(lfw_root, extractor,
     if cosine_model is not None:
         np.testing.assert_allclose([r.probability for r in shown],
                                    cosine_model(np.array([r.stage1 for r in res])))
+    # a named IDA-R gets the gallery's cohort from MIN_IDENTITIES; auto still abstains there
     monkeypatch.setattr(C, "MIN_IDENTITIES", 3)
+    monkeypatch.setattr(C, "AUTO_MIN_IDENTITIES", 5)
+    named = factory.build("ida-r", None, extractor.model_id)
+    assert g.cohort_used(named)["cohort"] == "gallery"
+    assert g.cohort_used(cal) == {"cohort": "none", "identities": 4, "minimum": 5,
+                                  "calibrator": "none", "note": None}
+    assert [r.row for r in g.search(probe, k=6, calibrate=cal)] == [r.row for r in plain]
+    monkeypatch.setattr(C, "AUTO_MIN_IDENTITIES", 4)
     res = g.search(probe, k=6, calibrate=cal)
     assert all("calibrated" in r.stage_scores for r in res)
     assert g.cohort_used(cal)["cohort"] == "gallery" and g.calibration_used(cal) is cal

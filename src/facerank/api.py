@@ -198,7 +198,7 @@ class Gallery:
                probability_with: str | Path | None = None) -> list[SearchResult]:
         """The best k matches of the face in `x`, as `facerank search` ranks them (the gallery's
         own detector settings; Stage 1 calibrated by `calibrate` = asnorm / ida-r / ida-l, "none",
-        or "auto": IDA-R with the gallery's own cohort on a dlib gallery of 200+ identities,
+        or "auto": IDA-R with the gallery's own cohort on a dlib gallery of 400+ identities,
         else cosine; Stage 2 "emd" behind the bundled quality gate, or "none"), each with the
         gallery face's URL confidence and the pair's match probability (from its Stage-1
         score) as the CLI shows them."""

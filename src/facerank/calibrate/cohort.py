@@ -26,6 +26,21 @@ to cosine with 50 / 100 people enrolled and gained 0.2 / 10.6 with 200 / 400
 (`python -m benchmarks.probability --openset-only`, docs/results.md)."""
 
 
+AUTO_MIN_IDENTITIES = 400
+"""`--calibrate auto` uses the gallery's own cohort (dlib) from this many identities and
+abstains (cosine) below: photo-level probes (occluders, low light, low resolution drawn before
+detection; dlib, TPIR@FPIR 1 % on LFW's open set) lost up to 6.1 points to cosine with 200
+people enrolled and 3.3 with 300, and at most 1-2 probes (0.25 points) with all 419-421
+people of an identity half (`python -m benchmarks.probability --photo-openset`,
+docs/results.md)."""
+
+
+def minimum_identities(auto: bool) -> int:
+    """The identities a gallery needs for its own cohort: `AUTO_MIN_IDENTITIES` for
+    `--calibrate auto`, `MIN_IDENTITIES` for a calibrator the user named."""
+    return AUTO_MIN_IDENTITIES if auto else MIN_IDENTITIES
+
+
 def identity_cohort(embeddings: np.ndarray, labels: np.ndarray, model_id: str,
                     **meta: object) -> AnchorSet:
     """One anchor per identity: the normalised mean of its (N, D) embeddings -> AnchorSet."""

@@ -21,7 +21,7 @@ Gate = Annotated[str, typer.Option(
     "if one ships), none (re-rank every query), or a gate JSON file.")]
 Calibrate = Annotated[str, typer.Option(
     "--calibrate", help="Score calibration: auto (searches: IDA-R with the gallery's own "
-    "cohort where it was measured to help - dlib, 200+ identities - else cosine; pairs: "
+    "cohort where it was measured to help - dlib, 400+ identities - else cosine; pairs: "
     "cosine), none (cosine), asnorm, ida-r (IDA; the gallery's own cohort from 200 identities, "
     "else the bundled LFW anchors of the backbone) or ida-l (IDA's learned regressor, no "
     "anchors); see facerank.calibrate.")]

@@ -482,21 +482,23 @@ class StoredGallery:
         "anchors file" | "none", "identities": n, "minimum": m, "note": ...}."""
         if cal is None:
             return None
-        from facerank.calibrate.cohort import MIN_IDENTITIES, choose_cohort
+        from facerank.calibrate.cohort import choose_cohort, minimum_identities
 
         n = len(self.identities())
+        auto = bool(getattr(cal, "auto", False))
+        least = minimum_identities(auto)
         if not getattr(cal, "gallery_cohort", False):
             kind = "anchors file" if cal.name in ("ida-r", "asnorm") else "none"
-            return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": None}
-        kind = choose_cohort(n)
-        if getattr(cal, "auto", False):
+            return {"cohort": kind, "identities": n, "minimum": least, "note": None}
+        kind = choose_cohort(n, least)
+        if auto:
             return {"cohort": "gallery" if kind == "gallery" else "none", "identities": n,
-                    "minimum": MIN_IDENTITIES, "calibrator": cal.name if kind == "gallery"
+                    "minimum": least, "calibrator": cal.name if kind == "gallery"
                     else "none", "note": None}
         note = None if kind == "gallery" else (
-            f"the gallery has {n} identities, fewer than the {MIN_IDENTITIES} its own cohort "
+            f"the gallery has {n} identities, fewer than the {least} its own cohort "
             "needs; using the bundled LFW anchors")
-        return {"cohort": kind, "identities": n, "minimum": MIN_IDENTITIES, "note": note}
+        return {"cohort": kind, "identities": n, "minimum": least, "note": note}
 
     def calibration_used(self, cal: Calibrator | None) -> Calibrator | None:
         """`cal`, or None where `--calibrate auto` abstains on this gallery (cosine)."""
@@ -510,10 +512,11 @@ class StoredGallery:
         crash between a commit and the cohort write cannot leave it out of date."""
         if not getattr(cal, "gallery_cohort", False):
             return None
-        from facerank.calibrate.cohort import choose_cohort
+        from facerank.calibrate.cohort import choose_cohort, minimum_identities
         from facerank.gallery.cohort import cohort_digest, stored_cohort
 
-        if choose_cohort(len(set(loaded.labels))) != "gallery":
+        least = minimum_identities(bool(getattr(cal, "auto", False)))
+        if choose_cohort(len(set(loaded.labels)), least) != "gallery":
             return None
         model_id = self.meta().get("model_id", "")
         key = "cohort-" + cohort_digest(loaded, model_id)

@@ -816,6 +816,7 @@ def main() -> None:
                    help="enrolled gallery sizes (people) of the open set")
     p.add_argument("--plot", nargs="+", metavar="JSON",
                    help="only draw the reliability diagram from these results files")
+    p.add_argument("--plot-out", default="docs/img/probability_reliability.png")
     p.add_argument("--photo-variants", default=None,
                    help="comma-separated photo variants (facerank.eval.photo_variants): report "
                    "the bundled models on (clean, photo-variant) pairs of half B instead")
@@ -869,7 +870,7 @@ def main() -> None:
         write_result(f"probability_{args.backbone}_photo{args.suffix}", out)
         return
     if args.plot:
-        plot(args.plot)
+        plot(args.plot, args.plot_out)
         return
     out = run(args)
     out["command"] = "python -m benchmarks.probability " + " ".join(
@@ -894,19 +895,26 @@ def plot(paths: list[str], out: str = "docs/img/probability_reliability.png") ->
     data = [json.loads(Path(p).read_text()) for p in paths]
     kinds = [k for k in ("logistic", "quality")
              if any(k in d["runs"]["fit A -> test B"]["none"]["own/clean"] for d in data)]
+    if any("photo" in d["runs"]["fit A -> test B"]["none"] for d in data):
+        kinds.append("photo")  # the quality model on photo-level probe sets
     fig, axes = plt.subplots(len(paths), len(kinds), figsize=(5 * len(kinds), 4.6 * len(paths)),
                              squeeze=False)
     for row_axes, d in zip(axes, data, strict=True):
         res = d["runs"]["fit A -> test B"]["none"]
         for ax, kind in zip(row_axes, kinds, strict=True):
-            for key, row in res.items():
-                if not key.startswith("own/") or kind not in row:
-                    continue
-                bins = [b for b in row[kind]["reliability"] if b["mean_prob"] is not None]
+            if kind == "photo":  # {"-/<set> (n...)": {"with quality": {...}}}
+                curves = [(k[2:].split(" (")[0], r["with quality"])
+                          for k, r in res.get("photo", {}).items()]
+            else:
+                curves = [(k[4:], r[kind]) for k, r in res.items()
+                          if k.startswith("own/") and isinstance(r, dict) and kind in r]
+            for name, r in curves:
+                bins = [b for b in r["reliability"] if b["mean_prob"] is not None]
                 ax.plot([b["mean_prob"] for b in bins], [b["share_same"] for b in bins], "o-",
-                        ms=3, label=f"{key[4:]} (ECE {100 * row[kind]['ece']:.1f} %)")
+                        ms=3, label=f"{name} (ECE {100 * r['ece']:.1f} %)")
             ax.plot([0, 1], [0, 1], "k:", lw=1)
-            what = "score only" if kind == "logistic" else "score + quality"
+            what = {"logistic": "score only", "quality": "score + quality",
+                    "photo": "score + quality, photo-level"}[kind]
             ax.set(title=f"{d['backbone']}: cosine, {what} (LFW half B)",
                    xlabel="predicted match probability", ylabel="share of same-person pairs",
                    xlim=(0, 1), ylim=(0, 1))

@@ -169,6 +169,15 @@ def _shifted_impostor_pairs(n: int = 20000, seed: int = 0):  # noqa: ANN202
     return [np.concatenate(c) for c in zip(*rows, strict=True)], centroid
 
 
+def _edited(model: MatchProbability, folder, **quality: object):  # noqa: ANN001, ANN202
+    """The model's JSON with its quality block's `quality` keys replaced, written to a file."""
+    d = model.to_dict()
+    d["quality"].update(quality)
+    path = folder / "edited.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
 def test_quality_normalised_verdict_holds_the_far_on_each_quality(tmp_path) -> None:
     (s, y, da, db, g), centroid = _shifted_impostor_pairs()
     fa, fb = quality_features(da, centroid), quality_features(db, centroid)
@@ -208,11 +217,8 @@ def test_quality_normalised_verdict_holds_the_far_on_each_quality(tmp_path) -> N
     back = MatchProbability.load(tmp_path / "m.json", calibrator="none", backbone="sface")
     np.testing.assert_array_equal(back.accepts(s, qa, qb, 1e-2), acc)
     np.testing.assert_allclose(back(s, qa, qb), m(s, qa, qb))
-    d = m.to_dict()
-    d["quality"]["design"] = "cubic"
-    (tmp_path / "bad.json").write_text(json.dumps(d))
     with pytest.raises(ModelFileError, match="pair design"):
-        MatchProbability.load(tmp_path / "bad.json")
+        MatchProbability.load(_edited(m, tmp_path, design="cubic"))
     with pytest.raises(InputError, match="floor_factor"):
         MatchProbability.fit_quality(s, y, fa, fb, g, centroid, floor_factor=10)
 
@@ -244,11 +250,8 @@ def test_verdict_rule_is_chosen_on_the_fit_pairs_and_kept(tmp_path) -> None:
     back = MatchProbability.load(tmp_path / "m.json", calibrator="none", backbone="sface")
     assert back.quality["verdict"] == "score"
     np.testing.assert_array_equal(back.accepts(s, qa, qb, 1e-2), s >= t)
-    d = by_score.to_dict()
-    d["quality"]["verdict"] = "vibes"
-    (tmp_path / "bad.json").write_text(json.dumps(d))
     with pytest.raises(ModelFileError, match="verdict rule"):
-        MatchProbability.load(tmp_path / "bad.json")
+        MatchProbability.load(_edited(by_score, tmp_path, verdict="vibes"))
     with pytest.raises(InputError, match="verdict rule"):
         MatchProbability.fit_quality(s, y, fa, fb, g, centroid, verdict="vibes", **kw)
 

@@ -688,7 +688,7 @@ def run(args: argparse.Namespace) -> dict:
                                         args.photo_detector, fit_half, args.backbone,
                                         with_sharp)
             photo_fit = {k.split(" (")[0]: (r, d, sh) for k, (r, d, _, sh) in fit_sets.items()
-                         if not k.startswith("clean")}
+                         if args.photo_fit_clean or not k.startswith("clean")}
             test_sets = photo_probe_sets(data, _split(args.photo_variants), args.photo_queries,
                                          _split(args.photo_third), args.photo_detector,
                                          test_half, args.backbone, with_sharp)
@@ -858,6 +858,9 @@ def main() -> None:
                    help="with --photo-variants: also TPIR@FPIR 1 %% of the photo probes on an "
                    "open set of half B with this many people enrolled (comma-separated); "
                    "--openset-only skips the pair measurements")
+    p.add_argument("--photo-fit-clean", action="store_true",
+                   help="with --photo-fit: the clean photos through the same detector are a "
+                   "fit group too")
     p.add_argument("--photo-half", default="B", choices=("A", "B"),
                    help="the identity half of the photo probes (A only with --openset-only: "
                    "the bundled models were fitted on A)")

@@ -461,6 +461,9 @@ def _ece_line(r: dict) -> str:
         f"{k}: ECE {100 * r[k]['ece']:.2f} (per probe {100 * r[k]['ece_per_probe']:.2f}) "
         f"FAR@1e-3 {r[k]['far']['1e-03']['ratio']:.2f}x ({r[k]['far']['1e-03']['false_accepts']}) "
         f"TAR@1e-3 {100 * r[k]['tar']['1e-03']:.1f}"
+        + ("" if "cannot_tell" not in r[k] else
+           f" cannot tell: same {100 * r[k]['cannot_tell']['1e-03']['same']:.1f} %, "
+           f"different {100 * r[k]['cannot_tell']['1e-03']['different']:.1f} %")
         for k in ("score only", "with quality"))
 
 
@@ -489,7 +492,7 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
     # per probe: impostor / same pairs, and per (form, far) false / true accepts
     n_imp, n_same = np.zeros(len(probe_rows)), np.zeros(len(probe_rows))
     acc = {(k, f, w): np.zeros(len(probe_rows)) for k in forms for f in FARS
-           for w in ("fa", "ta", "low")}
+           for w in ("fa", "ta", "low", "cant_same", "cant_diff")}
     for c in range(0, len(probe_rows), chunk):
         sl = slice(c, c + chunk)
         s = combine(cal, p_emb[sl] @ g_emb.T, tp[sl][:, None, :], tg[None, :, :])
@@ -510,6 +513,12 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
                 # that disagree in front of the user
                 acc[k, f, "low"] += np.bincount(q, weights=dec & (p[k] < 0.5),
                                                 minlength=len(probe_rows))
+                if k == "with quality":  # "cannot tell" instead of "different people"
+                    cant = ~dec & model.abstains(qp[sl][ii], qg[jj])
+                    acc[k, f, "cant_same"] += np.bincount(q, weights=cant & y,
+                                                          minlength=len(probe_rows))
+                    acc[k, f, "cant_diff"] += np.bincount(q, weights=cant & ~y,
+                                                          minlength=len(probe_rows))
         for k in forms:
             probs[k].append(p[k].astype(np.float32))
             b = q * bins + np.minimum((p[k] * bins).astype(int), bins - 1)
@@ -536,6 +545,10 @@ def photo_pairs(cal: str, model: MatchProbability, cohort: AnchorSet, data: Eval
             n_acc = acc[k, f, "fa"].sum() + acc[k, f, "ta"].sum()
             out[k].setdefault("accepted_below_half", {})[f"{f:.0e}"] = float(
                 acc[k, f, "low"].sum() / max(n_acc, 1))
+            if k == "with quality":  # shares of the same / different pairs
+                out[k].setdefault("cannot_tell", {})[f"{f:.0e}"] = {
+                    "same": float(acc[k, f, "cant_same"].sum() / n_same.sum()),
+                    "different": float(acc[k, f, "cant_diff"].sum() / n_imp.sum())}
     return out
 
 

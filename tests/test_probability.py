@@ -261,3 +261,46 @@ def test_probability_is_shown_without_false_certainty() -> None:
                                              None, float("nan"))]
     assert shown == ["> 99.9 %", "> 99.9 %", "99.9 %", "50.0 %", "< 0.1 %", "< 0.1 %", "-",
                      "-"]
+
+
+def test_verdict_abstains_on_faces_too_degraded_to_judge(tmp_path) -> None:
+    """With the learned recognisability, a pair the verdict does not accept is "cannot tell"
+    when its worse face is below the level at which the fit accepted `abstain_tar` of the
+    same-person pairs; clean pairs still get "different people", accepted ones "same person"."""
+    from facerank.calibrate.probability import CANNOT_TELL, fit_recognisability
+
+    (s, y, da, db, g), centroid = _shifted_impostor_pairs()
+    feats = ("log_norm", "centroid", "recognisability")
+    faces = np.concatenate([da, db])
+    spec = fit_recognisability(faces, np.log(np.linalg.norm(faces, axis=1)))
+    fa = quality_features(da, centroid, feats, recognisability_spec=spec)
+    fb = quality_features(db, centroid, feats, recognisability_spec=spec)
+    kw = {"calibrator": "none", "backbone": "sface", "design": "minmax", "floor_factor": 10,
+          "fallback_groups": 1, "verdict_far": 1e-2, "features": feats,
+          "recognisability": spec}
+    m = MatchProbability.fit_quality(s, y, fa, fb, g, centroid, abstain_tar=0.9, **kw)
+    block = m.quality["abstain"]
+    qa, qb = m.face_quality(da), m.face_quality(db)
+    acc = m.accepts(s, qa, qb, 1e-2)
+    # the degraded group's true matches are accepted less often than 90 %: it abstains there
+    assert acc[(g == 1) & y].mean() < 0.9 < acc[(g == 0) & y].mean()
+    low = m.abstains(qa, qb)
+    assert low[g == 1].mean() > 0.9 and low[g == 0].mean() < 0.05
+    assert 0.3 < block["share_same_below"] < 0.7
+    said = {}
+    picks = [np.flatnonzero(~acc & (g == k))[:150] for k in (0, 1)] + [np.flatnonzero(acc)[:50]]
+    for i in np.concatenate(picks).tolist():
+        v = m.verdict(float(s[i]), far=1e-2, qa=qa[i:i + 1], qb=qb[i:i + 1])
+        want = "same person" if acc[i] else CANNOT_TELL if low[i] else "different people"
+        assert v == want
+        said[v] = said.get(v, 0) + 1
+    assert len(said) == 3, said
+    # a bare score never abstains; the block survives a round trip; a bad one is refused
+    assert m.verdict(float(s[np.flatnonzero(~acc & low)[0]]), far=1e-2) == "different people"
+    m.save(tmp_path / "m.json")
+    back = MatchProbability.load(tmp_path / "m.json", calibrator="none", backbone="sface")
+    np.testing.assert_array_equal(back.abstains(qa, qb), low)
+    with pytest.raises(ModelFileError, match="abstain"):
+        MatchProbability.load(_edited(m, tmp_path, abstain={"feature": "x", "below": 0.0}))
+    never = MatchProbability.fit_quality(s, y, fa, fb, g, centroid, abstain_tar=None, **kw)
+    assert "abstain" not in never.quality and not never.abstains(qa, qb).any()

@@ -101,7 +101,7 @@ class Comparison:
     calibrator: str = "none"  # the score the probability describes: cosine or a calibrator
     calibrated: float | None = None  # the calibrator's score (None without --calibrate)
     probability: float | None = None  # match probability P(same person), equal prior
-    verdict_far: str | None = None  # same/different at the model's FAR 1e-3 threshold
+    verdict_far: str | None = None  # same/different (or cannot tell) at FAR 1e-3
 
     @classmethod
     def of(cls, fa: FaceFeatures, fb: FaceFeatures, backbone: str = "dlib") -> Comparison:

@@ -49,7 +49,11 @@ impostor pairs score lower, so one score threshold is too strict on them (SFace 
 An older "sum" model asks the score threshold and its quality-aware probability threshold
 both. A quality block whose "verdict" is "score" decides by the clean score threshold alone
 (quality then moves only the probability): `fit_quality` picks that rule where it holds the FAR
-on every fit group and accepts more true pairs there than the quality-aware rule.
+on every fit group and accepts more true pairs there than the quality-aware rule. A model
+with the recognisability may also abstain: below the level of the worse face at which the
+verdict accepts fewer than half the same-person pairs of its fit, a pair it does not accept is
+"cannot tell", not "different people" (a barely readable face is no evidence of another
+person).
 
 A model file is a small JSON: the form, its parameters, the calibrator and backbone it was
 made for (a file for another calibrator or backbone is refused), the thresholds, and the
@@ -101,6 +105,13 @@ def _pav(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.nd
     Pool-adjacent-violators on blocks; ties in x are merged first. Returns one knot per
     block at the block's weighted mean score (for interpolation between blocks).
     """
+    _, kx, ky = _pav_blocks(x, y, w)
+    return kx, ky
+
+
+def _pav_blocks(x: np.ndarray, y: np.ndarray, w: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_pav` with each block's smallest x too -> (block starts, knots_x, knots_y)."""
     ux, inv = np.unique(x, return_inverse=True)
     wy = np.bincount(inv, weights=w * y)
     ws = np.bincount(inv, weights=w)
@@ -108,18 +119,21 @@ def _pav(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.nd
     vals: list[float] = []
     wts: list[float] = []
     xs: list[float] = []
-    for v, wt, xx in zip(wy / ws, ws, wx, strict=True):  # O(n) amortised over blocks
+    starts: list[float] = []
+    for v, wt, xx, u in zip(wy / ws, ws, wx, ux, strict=True):  # O(n) amortised over blocks
         vals.append(v)
         wts.append(wt)
         xs.append(xx)
+        starts.append(u)
         while len(vals) > 1 and vals[-2] >= vals[-1]:
             v2, w2, x2 = vals.pop(), wts.pop(), xs.pop()
+            starts.pop()
             wt1 = wts[-1]
             vals[-1] = (vals[-1] * wt1 + v2 * w2) / (wt1 + w2)
             wts[-1] = wt1 + w2
             xs[-1] = xs[-1] + x2
     kx = np.asarray(xs) / np.asarray(wts)
-    return kx, np.asarray(vals)
+    return np.asarray(starts), kx, np.asarray(vals)
 
 
 def logistic_fit(s: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 100
@@ -287,6 +301,7 @@ def logistic_fit_matrix(X: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int 
 
 
 PAIR_DESIGNS = ("sum", "minmax")
+CANNOT_TELL = "cannot tell (a face too degraded)"  # the verdict's abstention
 VERDICT_RULES = ("quality", "score")  # how a quality model decides (`fit_quality(verdict=)`)
 
 
@@ -388,6 +403,13 @@ class MatchProbability:
                     raise ModelFileError("quality block: the recognisability regression needs "
                                          "known inputs, one finite weight per input column "
                                          "and a bias")
+            abstain = self.quality.get("abstain")
+            if abstain is not None and not (
+                    isinstance(abstain, dict) and abstain.get("feature") in feats
+                    and isinstance(abstain.get("below"), int | float)
+                    and np.isfinite(float(abstain["below"]))):
+                raise ModelFileError("quality block: 'abstain' needs a known feature and a "
+                                     "finite level 'below'")
             f, t = len(feats), _n_terms(len(feats), self._design)
             if kind != "logistic" or self._q[2].shape != (f,) or self._q[3].shape != (f,) \
                     or self._q[4].shape != (2 + 2 * t,) or self._q[1].ndim != 1 \
@@ -476,7 +498,8 @@ class MatchProbability:
                     weights: np.ndarray | None = None, floor_factor: float | None = None,
                     fallback_groups: int | None = None,
                     recognisability: dict | None = None,
-                    verdict: str = "auto", verdict_far: float = 1e-3) -> MatchProbability:
+                    verdict: str = "auto", verdict_far: float = 1e-3,
+                    abstain_tar: float | None = 0.5) -> MatchProbability:
         """Fit P(same | score, quality) on pairs (P,) whose faces have the quality features
         feats_a, feats_b (P, F) (`quality_features(descriptors, centroid, features)` of each
         face, indexed by pair); group (P,) int: 0 = clean pairs, k > 0 = pairs with a degraded
@@ -508,6 +531,11 @@ class MatchProbability:
         ranks pairs worse than the score alone (dlib: the verdict lost 3 points of clean
         TAR on the fit half) then keeps the score's verdict and still calibrates the
         probability.
+
+        `abstain_tar`: with the feature "recognisability", the verdict may say "cannot tell"
+        instead of "different people" for a pair whose worse face is less recognisable than
+        the level at which the verdict accepts `abstain_tar` of the same-person pairs
+        (isotonic in that face's recognisability, every group, at `verdict_far`); None: never.
         """
         if verdict not in ("auto", *VERDICT_RULES):
             raise InputError(f"unknown verdict rule {verdict!r}; choose auto, "
@@ -589,7 +617,40 @@ class MatchProbability:
                 t["tar_quality"] = float(model.accepts(s[y & clean], qa[y & clean],
                                                        qb[y & clean], far).mean())
         model._choose_verdict(verdict, s, y, g, qa, qb, verdict_far)
+        if abstain_tar is not None and "recognisability" in features:
+            model._fit_abstain(s[y], qa[y], qb[y], w[y], verdict_far, abstain_tar)
         return model
+
+    def _fit_abstain(self, s: np.ndarray, qa: np.ndarray, qb: np.ndarray, w: np.ndarray,
+                     far: float, tar_floor: float) -> None:
+        """From same-person pairs (P,): the recognisability of the worse face below which
+        the verdict accepts fewer than `tar_floor` of them (weighted isotonic fit), kept in
+        the quality block as "abstain" (none when every level reaches it or none does)."""
+        assert self.quality is not None
+        f = list(self._q[0]).index("recognisability")
+        worse = np.minimum(qa[:, f], qb[:, f])
+        acc = self.accepts(s, qa, qb, far).astype(np.float64)
+        o = np.argsort(worse, kind="stable")
+        starts, _, ky = _pav_blocks(worse[o], acc[o], w[o])
+        ok = ky >= tar_floor
+        if ok.all() or not ok.any():
+            self.quality.pop("abstain", None)
+            return
+        below = float(starts[int(np.argmax(ok))])  # the first level where the fit reaches it
+        self.quality["abstain"] = {
+            "feature": "recognisability", "below": below, "tar_floor": float(tar_floor),
+            "far": float(far), "share_same_below": float(w[worse < below].sum() / w.sum())}
+
+    def abstains(self, qa: np.ndarray | None, qb: np.ndarray | None) -> np.ndarray:
+        """(P,) bool: pairs whose worse face is below the model's "abstain" level (its
+        verdict says "cannot tell" rather than "different people"); all False without the
+        block or the faces' quality."""
+        block = None if self.quality is None else self.quality.get("abstain")
+        if block is None or qa is None or qb is None or np.shape(qa) != np.shape(qb) \
+                or np.ndim(qa) != 2 or np.shape(qa)[1] != len(self._q[0]):
+            return np.zeros(0 if qa is None else len(qa), bool)
+        f = list(self._q[0]).index(block["feature"])
+        return np.minimum(np.asarray(qa)[:, f], np.asarray(qb)[:, f]) < float(block["below"])
 
     def _choose_verdict(self, verdict: str, s: np.ndarray, y: np.ndarray, g: np.ndarray,
                         qa: np.ndarray, qb: np.ndarray, far: float = 1e-3) -> None:
@@ -675,7 +736,9 @@ class MatchProbability:
 
     def verdict(self, score: float, far: float = 1e-3, qa: np.ndarray | None = None,
                 qb: np.ndarray | None = None, strict: bool = False) -> str | None:
-        """"same person" / "different people" at the FAR threshold, None without one.
+        """"same person" / "different people" at the FAR threshold (or `CANNOT_TELL` instead
+        of "different people" where the worse face is below the model's abstain level, see
+        `fit_quality(abstain_tar=)`), None without a threshold.
 
         Without both faces' quality (qa, qb (1, F)) the score must reach the FAR's score
         threshold. With them, a model with the impostor fit (`fit_quality(floor_factor=)`)
@@ -687,8 +750,11 @@ class MatchProbability:
         """
         if self.thresholds.get(_far_key(far)) is None:
             return None
-        same = bool(self.accepts(np.array([float(score)]), qa, qb, far, strict)[0])
-        return "same person" if same else "different people"
+        if bool(self.accepts(np.array([float(score)]), qa, qb, far, strict)[0]):
+            return "same person"
+        if self.abstains(qa, qb).any():
+            return CANNOT_TELL
+        return "different people"
 
     def check(self, calibrator: str, backbone: str | None = None) -> None:
         """Refuse use with another calibrator / backbone than the model was fitted for."""

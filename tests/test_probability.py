@@ -304,3 +304,17 @@ def test_verdict_abstains_on_faces_too_degraded_to_judge(tmp_path) -> None:
         MatchProbability.load(_edited(m, tmp_path, abstain={"feature": "x", "below": 0.0}))
     never = MatchProbability.fit_quality(s, y, fa, fb, g, centroid, abstain_tar=None, **kw)
     assert "abstain" not in never.quality and not never.abstains(qa, qb).any()
+
+
+@pytest.mark.parametrize("backbone", ["sface", "dlib"])
+def test_search_json_names_the_verdict_rule_and_its_abstention(backbone: str) -> None:
+    """The bundled models record how their verdict decides, and `search --json` says it."""
+    from facerank.calibrate.factory import describe_probability, probability_model
+    from facerank.calibrate.probability import CANNOT_TELL
+
+    block = describe_probability(probability_model("none", backbone))
+    assert block["scale"] == "match probability" and block["backbone"] == backbone
+    assert block["verdict_with_quality"] == (
+        "quality-normalised score" if backbone == "sface" else "score threshold")
+    assert block["verdict_abstains"]["says"] == CANNOT_TELL
+    assert np.isfinite(block["verdict_abstains"]["below"])

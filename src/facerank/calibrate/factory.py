@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facerank.calibrate.base import Calibrator, make_calibrator
-from facerank.calibrate.probability import SCALE, MatchProbability
+from facerank.calibrate.probability import CANNOT_TELL, SCALE, MatchProbability
 from facerank.errors import InputError
 
 if TYPE_CHECKING:
@@ -207,5 +207,10 @@ def describe_probability(model: MatchProbability | AutoProbability | None,
             "verdict_with_quality": None if model.quality is None else (
                 "score threshold" if model.quality.get("verdict") == "score" else
                 "quality-normalised score" if "z" in thr else "score and probability"),
+            "verdict_abstains": None if model.quality is None else (
+                None if "abstain" not in model.quality else
+                {"below": model.quality["abstain"]["below"],
+                 "of": f"the worse face's {model.quality['abstain']['feature']} (standardised)",
+                 "says": CANNOT_TELL}),
             "fitted_on": model.meta.get("fit"),
             "quality": None if model.quality is None else model.quality["features"]}

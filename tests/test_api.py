@@ -111,6 +111,10 @@ def test_gallery_search_matches_cli(env: None, lfw_root: Path, tmp_path: Path,
     assert main(["search", str(probe), "--gallery", str(g), "--top", "4", "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)
     assert cli["probe_detection"]["source"] == "yunet"
+    # a clean probe of an enrolled person: the strict top-1 verdict accepts it
+    assert cli["top1_verdict_far_1e-3"] == "same person"
+    assert main(["search", str(probe), "--gallery", str(g), "--top", "2"]) == 0
+    assert f"top-1 {PEOPLE[1]}: same person at FAR 1e-3" in capsys.readouterr().out
     gal = facerank.Gallery.open(g)
     try:
         hits = gal.search(probe, k=4)

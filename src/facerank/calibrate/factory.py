@@ -192,6 +192,26 @@ def attach_probability(results: list, model: MatchProbability | AutoProbability 
             for r, p in zip(results, probs, strict=True)]
 
 
+def top1_verdict(results: list, model: MatchProbability | AutoProbability | None,
+                 probe: FeatureSet, gallery: FeatureSet, far: float = 1e-3) -> str | None:
+    """The verdict on a search's top-1 pair (its Stage-1 or calibrated score and both faces'
+    quality), in the strict form: the top-1 is the best of many impostor chances, so quality
+    may only make it stricter than the clean threshold (`MatchProbability.verdict`). None
+    without results or a model with thresholds."""
+    if not results:
+        return None
+    key = pair_score_name(results[0].stage_scores)
+    model = _pick(model, key)
+    if model is None:
+        return None
+    top = results[0]
+    return model.verdict(
+        float(top.stage_scores[key]), far,
+        qa=model.face_quality(probe.descriptors[:1], probe.sharpness[:1]),
+        qb=model.face_quality(gallery.descriptors[[top.row]], gallery.sharpness[[top.row]]),
+        strict=True)
+
+
 def describe_probability(model: MatchProbability | AutoProbability | None,
                          results: list | None = None) -> dict | None:
     """JSON block naming the scale and where its model came from (None: no model); for

@@ -89,7 +89,12 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
     gallery = _gallery(out, paths, names, console, backbone)
     console.print(f"gallery: {len(gallery)} images of {len(gallery.identities())} people")
     fx = gallery.extractor
-    from facerank.calibrate.factory import attach_probability, build, probability_model
+    from facerank.calibrate.factory import (
+        attach_probability,
+        build,
+        probability_model,
+        top1_verdict,
+    )
     from facerank.calibrate.probability import SCALE, format_probability
     from facerank.rerank.emd.reranker import Stage2EMD
     from facerank.uncertainty.confidence import attach_results
@@ -132,13 +137,7 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
                           *calibrated, format_probability(r2.probability), conf)
         console.print(table)
         top = chain[0]
-        score = top.stage_scores["calibrated"] if cal is not None else top.stage1
-        # the top-1 of a search is the best of thousands of impostor chances: quality may
-        # only make its verdict stricter than the clean pair threshold
-        said = None if prob is None else prob.verdict(
-            score, qa=prob.face_quality(probe.descriptors[:1], probe.sharpness[:1]),
-            qb=prob.face_quality(gfeats.descriptors[[top.row]], gfeats.sharpness[[top.row]]),
-            strict=True)
+        said = top1_verdict(chain, prob, probe, gfeats)  # strict: the best of many impostors
         line = f"top-1 {top.identity}: {SCALE} {format_probability(top.probability)}"
         line += "" if said is None else f" -> {said} at FAR 1e-3"
         if probe_conf is not None:

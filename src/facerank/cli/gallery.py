@@ -322,6 +322,7 @@ def search_command(
 
     probe_conf, results = attach_results(g, probe_fs, results)
     results = factory.attach_probability(results, prob_model, probe_fs, g.features())
+    verdict = factory.top1_verdict(results, prob_model, probe_fs, g.features())
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
@@ -341,11 +342,15 @@ def search_command(
                           else "none"),
             "cohort": cohort,
             "match_probability": factory.describe_probability(prob_model, results),
+            "top1_verdict_far_1e-3": verdict,
             "explanation": str(explained) if explained else None,
             "probe_confidence": probe_conf,
             "results": [r.to_dict() for r in results]}, indent=2) + "\n")
         return
     _print_results(probe, results, reranker)
+    if verdict is not None:
+        out.print(f"top-1 {results[0].identity}: {verdict} at FAR 1e-3 (strict: the best of "
+                  "the gallery's candidates)", markup=False, highlight=False)
     out.print(f"probe face: {describe_detection(probe_fs.det_sources[0], probe_fs.det_scores[0])}",
               markup=False, highlight=False)
     if probe_conf is not None:

@@ -100,6 +100,7 @@ def test_search_finds_the_enrolled_person(client: TestClient,
         data = resp.json()
         results = data["results"]
         assert results[0]["identity"] == name
+        assert data["top1_verdict_far_1e-3"] == "same person"  # a clean enrolled face
         assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
         scores = [r["score"] for r in results]
         assert scores == sorted(scores, reverse=True)

@@ -191,10 +191,11 @@ class SearchService:
             from facerank.uncertainty.confidence import attach_results  # URL confidence
 
             probe_conf, results = attach_results(self.gallery, probe, results)
-            from facerank.calibrate.factory import attach_probability
+            from facerank.calibrate.factory import attach_probability, top1_verdict
 
             results = attach_probability(  # the pair's Stage-1 score and both faces' quality
                 results, self.probability, probe, self.gallery.features())
+            verdict = top1_verdict(results, self.probability, probe, self.gallery.features())
             t3 = time.perf_counter()
             explanation, explain_note = None, None
             points = face.landmarks5 / scale  # in the shown image's pixels
@@ -230,6 +231,7 @@ class SearchService:
                 "match_probability": r.probability,
             } for r in results],
             "match_probability": self._describe_probability(results),
+            "top1_verdict_far_1e-3": verdict,
             "explanation": explanation, "explanation_note": explain_note,
             "explanation_vit": explanation_vit,
             "timings_ms": {"decode": round(1e3 * (t1 - t0), 1),

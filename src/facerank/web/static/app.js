@@ -234,8 +234,11 @@ function render(data) {
   }
   const t = data.timings_ms;
   const top = data.results[0];
+  const verdict = data["top1_verdict_far_1e-3"];  // strict: the best of many candidates
   $("status").textContent = top
-    ? `top match ${top.identity.replace(/_/g, " ")} · ${Math.round(t.extract + t.search)} ms`
+    ? `top match ${top.identity.replace(/_/g, " ")}` +
+      (verdict ? ` (${verdict} at FAR 1e-3)` : "") +
+      ` · ${Math.round(t.extract + t.search)} ms`
     : "no matches";
   if (data.explanation_note && !data.explanation) {
     $("status").textContent += ` · ${data.explanation_note}`;

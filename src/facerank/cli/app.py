@@ -99,9 +99,8 @@ def compare(
                            calibrate_with, probability_with)
     if as_json:
         import json
+        import math
         import sys
-
-        import numpy as np
 
         sys.stdout.write(json.dumps({
             "a": str(a), "b": str(b), "backbone": backbone, "model_id": fx.model_id,
@@ -114,7 +113,7 @@ def compare(
                 "from": "cosine" if cmp.calibrated is None else f"{calibrate} score",
                 "prior": "equal odds", "verdict_far_1e-3": cmp.verdict_far},
             "detections": [{"image": str(p), "source": f.det_source,
-                            "score": float(f.det_score) if np.isfinite(f.det_score) else None}
+                            "score": float(f.det_score) if math.isfinite(f.det_score) else None}
                            for p, f in ((a, fa), (b, fb))],
         }, indent=2) + "\n")
         return

@@ -150,6 +150,5 @@ def run_demo(console: Console | None = None, out: Path = Path("demo-out"),
         console.print(f"explanation of the top-1 match: [bold]{explain.resolve()}[/]")
 
 
-
 def _mark(identity: str, truth: str) -> str:
     return f"[green]{identity}[/]" if identity == truth else identity

@@ -321,8 +321,9 @@ def search_command(
     from facerank.uncertainty.confidence import attach_results
 
     probe_conf, results = attach_results(g, probe_fs, results)
-    results = factory.attach_probability(results, prob_model, probe_fs, g.features())
-    verdict = factory.top1_verdict(results, prob_model, probe_fs, g.features())
+    feats = g.features()  # one snapshot for the probabilities and the verdict
+    results = factory.attach_probability(results, prob_model, probe_fs, feats)
+    verdict = factory.top1_verdict(results, prob_model, probe_fs, feats)
     explained = None
     if explain is not None and results:
         cand = g.features(grids=True).take([results[0].row])
@@ -390,7 +391,6 @@ def _print_results(probe: Path, results: list[SearchResult], reranker: Reranker 
                       *((format_probability(r.probability),) if has_prob else ()),
                       "-" if r.confidence is None else f"{r.confidence:.2f}")
     out.print(table)
-
 
 
 def _explain(probe: FeatureSet, cand: FeatureSet, out_path: Path, reranker: Reranker | None,

@@ -193,9 +193,10 @@ class SearchService:
             probe_conf, results = attach_results(self.gallery, probe, results)
             from facerank.calibrate.factory import attach_probability, top1_verdict
 
+            feats = self.gallery.features()  # one snapshot for the probabilities and verdict
             results = attach_probability(  # the pair's Stage-1 score and both faces' quality
-                results, self.probability, probe, self.gallery.features())
-            verdict = top1_verdict(results, self.probability, probe, self.gallery.features())
+                results, self.probability, probe, feats)
+            verdict = top1_verdict(results, self.probability, probe, feats)
             t3 = time.perf_counter()
             explanation, explain_note = None, None
             points = face.landmarks5 / scale  # in the shown image's pixels

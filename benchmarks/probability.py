@@ -182,9 +182,7 @@ def openset_photo(data: EvalData, half_rows: np.ndarray, sets: dict[str, tuple],
 
     labels = data.lfw.labels
     emb = data.features.embeddings
-    multi = half_rows[np.bincount(labels[half_rows],
-                                  minlength=labels.max() + 1)[labels[half_rows]] >= 2]
-    g_idx, _, nonmated = openset_split(labels, multi, 0)
+    g_idx, _, nonmated = openset_split(labels, with_two_images(labels, half_rows), 0)
     never = np.unique(labels[nonmated])
     out: dict = {}
     for n in sizes:
@@ -637,8 +635,13 @@ def photo_report(cal: str, model: MatchProbability, data: EvalData,
     return out
 
 
+def with_two_images(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows whose person has >= 2 images among `rows`."""
+    return rows[np.bincount(labels[rows], minlength=labels.max() + 1)[labels[rows]] >= 2]
+
+
 def subset(labels: np.ndarray, rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    multi = rows[np.bincount(labels[rows], minlength=labels.max() + 1)[labels[rows]] >= 2]
+    multi = with_two_images(labels, rows)
     return np.sort(np.random.default_rng(seed).choice(multi, min(n, len(multi)), False))
 
 
@@ -869,7 +872,8 @@ def main() -> None:
                    "many times the FAR (minmax design)")
     p.add_argument("--photo-openset", default=None, metavar="SIZES",
                    help="with --photo-variants: also TPIR@FPIR 1 %% of the photo probes on an "
-                   "open set of half B with this many people enrolled (comma-separated); "
+                   "open set of their half (--photo-half) with this many people enrolled "
+                   "(comma-separated); "
                    "--openset-only skips the pair measurements")
     p.add_argument("--photo-fit-clean", action="store_true",
                    help="with --photo-fit: the clean photos through the same detector are a "
